@@ -1,0 +1,33 @@
+"""Image folders and files: listing, decoding (CPU Pillow; GPU nvJPEG in :mod:`.gpu`), bad files.
+
+Public surface::
+
+    list_images(paths) -> list[Path]
+    decode_image(path, *, mode="RGB", max_pixels=DEFAULT_MAX_PIXELS, resize=None,
+                 center_crop=None) -> np.ndarray  # (H, W, C) uint8, or raises BadImage
+    ImageFileDataset(files, **decode_opts)        # ds[i] -> DecodedImage, never raises
+    iter_decoded(files, *, workers, batch_size, start=0, stop=None, **decode_opts)
+    gpu.gpu_decode_available() / gpu.decode_files_gpu(...)   # import gpustats.sources.gpu
+    synthetic.make_demo_folder / make_jpeg_corpus / make_tiny_folder
+
+:mod:`.gpu` and :mod:`.synthetic` are not imported here: import them explicitly.
+"""
+
+from .dataset import DecodedImage, ImageFileDataset, iter_decoded
+from .decode import DEFAULT_MAX_PIXELS, decode_image
+from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
+from .listing import IMAGE_EXTENSIONS, list_images
+
+__all__ = [
+    "BadImage",
+    "DEFAULT_MAX_PIXELS",
+    "DecodedImage",
+    "IMAGE_EXTENSIONS",
+    "ImageFileDataset",
+    "NoImagesFoundError",
+    "SourceError",
+    "SourceNotFoundError",
+    "decode_image",
+    "iter_decoded",
+    "list_images",
+]

@@ -1,0 +1,192 @@
+"""Decode one image file to a ``(H, W, C)`` uint8 numpy array, or raise :class:`BadImage`.
+
+Colour conversion is exactly torchvision's default loader
+(``torchvision.datasets.folder.pil_loader``: ``Image.open(f).convert("RGB")``), so the
+statistics describe what a standard ``ImageFolder`` pipeline feeds the model:
+
+* grayscale (``L``, ``I``, ``I;16``, ``1``) -> the gray value replicated in R, G and B;
+* palette (``P``/``PA``) -> colours looked up in the palette; transparency is dropped;
+* ``CMYK`` (e.g. Adobe JPEGs) -> Pillow's own CMYK->RGB conversion (no ICC profile applied);
+* ``RGBA``/``LA`` -> the alpha channel is dropped, *not* composited onto a background;
+* multi-frame files (GIF, TIFF, WebP) -> the first frame.
+
+``mode="L"`` gives one channel with ``.convert("L")`` (ITU-R 601-2 luma,
+``L = R*299/1000 + G*587/1000 + B*114/1000``), shape ``(H, W, 1)``.
+
+Bad files never crash and are never partially counted:
+
+* zero-byte file -> ``"zero-byte file"``;
+* not an image -> ``"not an image"``;
+* header larger than ``max_pixels`` -> ``"too large: WxH > max_pixels=N"``, checked from the
+  header *before* any pixel is decoded (guards against decompression bombs); Pillow's own
+  ``DecompressionBombError`` is reported the same way. Pillow's ``DecompressionBombWarning``
+  is silenced, because ``max_pixels`` is the limit that decides;
+* truncated or corrupt data -> ``"truncated or corrupt: <Pillow's message>"``; the pixels are
+  decoded with ``.load()`` inside the ``try``, and Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
+  enabled by gpustats (if *your* code enables it globally, truncated files decode with grey
+  fill; gpustats warns once when it sees that).
+
+The file format is sniffed from content, so a PNG named ``.jpg`` decodes fine.
+
+Optional geometry, equal to torchvision's ``Resize(N)`` then ``CenterCrop(M)`` on the PIL
+image (applied after colour conversion, in that order):
+
+* ``resize=N``: shorter side to ``N``, longer side ``int(N * long / short)``, Pillow
+  ``BILINEAR`` (antialiased, as torchvision does on PIL images); same size -> unchanged.
+* ``center_crop=M`` (int or ``(h, w)``): top ``int(round((H - h) / 2.0))``, left likewise.
+  If the image is smaller than the crop it is **padded with zeros** first, exactly like
+  torchvision (left/top pad ``(h - H) // 2``, right/bottom the rest), so black borders are
+  counted, as they are in what the model sees.
+
+>>> import io, tempfile, os
+>>> from PIL import Image
+>>> path = os.path.join(tempfile.mkdtemp(), "gray.png")
+>>> Image.new("L", (4, 3), 7).save(path)
+>>> arr = decode_image(path)
+>>> arr.shape, arr.dtype, int(arr[0, 0, 2])
+((3, 4, 3), dtype('uint8'), 7)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .errors import BadImage
+
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "resized_size", "center_crop_array"]
+
+#: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
+#: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+_MODES = ("RGB", "L")
+_warned_truncated = False
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(new_width, new_height) of torchvision ``Resize(size)`` for an int ``size``.
+
+    >>> resized_size(500, 375, 256)
+    (341, 256)
+    """
+    if size <= 0:
+        raise ValueError(f"resize must be a positive int, got {size!r}")
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _crop_hw(center_crop: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(center_crop, (int, np.integer)):
+        crop_h = crop_w = int(center_crop)
+    else:
+        dims = [int(v) for v in center_crop]
+        if len(dims) == 1:
+            dims = dims * 2
+        if len(dims) != 2:
+            raise ValueError(f"center_crop must be an int or (height, width), got {center_crop!r}")
+        crop_h, crop_w = dims
+    if crop_h <= 0 or crop_w <= 0:
+        raise ValueError(f"center_crop must be positive, got {center_crop!r}")
+    return crop_h, crop_w
+
+
+def center_crop_array(array: np.ndarray, center_crop: int | Sequence[int]) -> np.ndarray:
+    """torchvision ``CenterCrop`` on an ``(H, W, C)`` array, zero padding included."""
+    crop_h, crop_w = _crop_hw(center_crop)
+    height, width = array.shape[:2]
+    if crop_w > width or crop_h > height:
+        pad_left = (crop_w - width) // 2 if crop_w > width else 0
+        pad_top = (crop_h - height) // 2 if crop_h > height else 0
+        pad_right = (crop_w - width + 1) // 2 if crop_w > width else 0
+        pad_bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
+        array = np.pad(array, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
+        height, width = array.shape[:2]
+        if (crop_h, crop_w) == (height, width):
+            return array
+    top = int(round((height - crop_h) / 2.0))
+    left = int(round((width - crop_w) / 2.0))
+    return np.ascontiguousarray(array[top:top + crop_h, left:left + crop_w])
+
+
+def _check_options(mode: str, resize: int | None, center_crop) -> None:
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    if resize is not None and (not isinstance(resize, (int, np.integer)) or resize <= 0):
+        raise ValueError(f"resize must be a positive int (shorter side), got {resize!r}")
+    if center_crop is not None:
+        _crop_hw(center_crop)
+
+
+def decode_image(
+    path: str | os.PathLike[str],
+    *,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize: int | None = None,
+    center_crop: int | Sequence[int] | None = None,
+) -> np.ndarray:
+    """Decode ``path`` to a writable C-contiguous ``(H, W, C)`` uint8 array (C = 3 or 1).
+
+    Raises :class:`BadImage` (with ``.reason``) for any file that cannot be fully decoded;
+    raises ``ValueError`` only for invalid options. See the module docstring for the rules.
+    """
+    _check_options(mode, resize, center_crop)
+    global _warned_truncated
+    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
+        _warned_truncated = True
+        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled by the calling program: "
+                      "truncated images will be decoded with filler pixels and counted",
+                      stacklevel=2)
+    try:
+        if os.stat(path).st_size == 0:
+            raise BadImage("zero-byte file", path)
+    except OSError as exc:
+        raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with open(path, "rb") as fh:
+                try:
+                    img = Image.open(fh)
+                except UnidentifiedImageError:
+                    raise BadImage("not an image", path) from None
+                except Image.DecompressionBombError as exc:
+                    raise BadImage(f"too large: {exc}", path) from None
+                with img:
+                    width, height = img.size
+                    if max_pixels is not None and width * height > max_pixels:
+                        raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}",
+                                       path)
+                    try:
+                        img.load()
+                        converted = img.convert(mode)
+                    except Image.DecompressionBombError as exc:
+                        raise BadImage(f"too large: {exc}", path) from None
+                    except Exception as exc:  # OSError, SyntaxError, EOFError, zlib.error, ...
+                        msg = str(exc) or type(exc).__name__
+                        raise BadImage(f"truncated or corrupt: {msg}", path) from None
+        except BadImage:
+            raise
+        except OSError as exc:
+            raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
+        except Exception as exc:  # Image.open can raise odd errors on odd headers
+            msg = str(exc) or type(exc).__name__
+            raise BadImage(f"truncated or corrupt: {msg}", path) from None
+
+    if resize is not None:
+        new_size = resized_size(converted.width, converted.height, int(resize))
+        if new_size != converted.size:
+            converted = converted.resize(new_size, Image.BILINEAR)
+    array = np.array(converted, dtype=np.uint8)  # a writable copy (np.asarray is read-only)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if center_crop is not None:
+        array = center_crop_array(array, center_crop)
+    return np.ascontiguousarray(array)

@@ -1,0 +1,121 @@
+"""Find the image files under one or more folders, in a deterministic order.
+
+Rules (each one is tested in ``tests/test_sources.py``):
+
+* Roots are processed in the order given. Inside a folder root, files are sorted by their
+  relative POSIX path (plain string order), so the order does not depend on the file system.
+* A file given explicitly is always accepted, whatever its extension (the user asked for it).
+  Files found by walking a folder are kept only if their extension is one of
+  :data:`IMAGE_EXTENSIONS` (case-insensitive).
+* Names starting with ``'.'`` (hidden files and hidden folders) are skipped while walking;
+  a hidden root given explicitly is still walked.
+* Symlinked folders are followed, but each real folder is walked at most once (realpaths of
+  visited folders are tracked), so symlink loops terminate.
+* Duplicates are dropped: a file whose realpath was already listed (same file given twice, a
+  root nested in another root, a symlink to a listed file) keeps its first position.
+* A path that does not exist raises :class:`SourceNotFoundError` (a ``FileNotFoundError``);
+  an empty result raises :class:`NoImagesFoundError` naming the paths and the extensions.
+* Folders that cannot be read (permissions) are skipped with a ``warnings.warn``.
+
+>>> import tempfile, pathlib
+>>> root = pathlib.Path(tempfile.mkdtemp())
+>>> for name in ["b.png", "a/c.JPG", ".hidden.jpg", "notes.txt"]:
+...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+...     _ = (root / name).write_bytes(b"")
+>>> [p.relative_to(root).as_posix() for p in list_images([root])]
+['a/c.JPG', 'b.png']
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from .errors import NoImagesFoundError, SourceNotFoundError
+
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "is_image_name"]
+
+#: Extensions (lower case, with the dot) picked up when walking folders.
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp",
+)
+
+
+def is_image_name(name: str) -> bool:
+    """True when ``name`` ends with one of :data:`IMAGE_EXTENSIONS` (any case)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_folder(root: Path, visited_dirs: set[str]) -> list[tuple[str, Path]]:
+    """(relative POSIX path, path) of the image files under ``root``, unsorted."""
+    found: list[tuple[str, Path]] = []
+    # Explicit stack of (folder path, relative prefix); entries sorted so that the choice of
+    # which alias of a doubly reachable folder gets walked is deterministic.
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        real = os.path.realpath(folder)
+        if real in visited_dirs:
+            continue  # a symlink loop, or a folder already walked through another path
+        visited_dirs.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            warnings.warn(f"gpustats: skipping unreadable folder {str(folder)!r}: {exc}",
+                          stacklevel=3)
+            continue
+        subdirs: list[tuple[Path, str]] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            rel = prefix + entry.name
+            try:
+                if entry.is_dir():  # follows symlinks
+                    subdirs.append((Path(entry.path), rel + "/"))
+                elif entry.is_file() and is_image_name(entry.name):
+                    found.append((rel, Path(entry.path)))
+            except OSError:
+                continue  # vanished or unreadable entry: not listed
+        stack.extend(reversed(subdirs))  # depth-first in name order
+    return found
+
+
+def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
+    """List the image files under ``paths`` (folders or files) in a deterministic order.
+
+    See the module docstring for the exact rules. Returns paths as found (under the given
+    roots, not resolved), so reports show what the user typed.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    roots = [Path(p) for p in paths]
+    for root in roots:
+        if not os.path.exists(root):
+            raise SourceNotFoundError(root)
+
+    visited_dirs: set[str] = set()
+    seen_files: set[str] = set()
+    result: list[Path] = []
+    for root in roots:
+        if os.path.isdir(root):
+            candidates = [p for _, p in sorted(_walk_folder(root, visited_dirs),
+                                               key=lambda item: item[0])]
+        else:
+            candidates = [root]
+        for path in candidates:
+            real = os.path.realpath(path)
+            if real in seen_files:
+                continue
+            seen_files.add(real)
+            result.append(path)
+
+    if not result:
+        where = ", ".join(repr(str(r)) for r in roots) or "(no paths given)"
+        raise NoImagesFoundError(
+            f"no images found under {where}; accepted extensions (any case): "
+            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
+        )
+    return result
