@@ -1,0 +1,216 @@
+"""The CPU backend: numba loops over the canonical chunk, exact for integers, float64 for floats.
+
+Each batch becomes a ``ChannelStats`` that the reducer merges (see ``MergingReducer``); nothing
+is kept on failure. uint8 moments come from per-channel histograms (:func:`hist_u8`), which are
+exact and read every byte once; other integers and per-image/covariance requests use exact
+per-image integer totals; floats use per-image corrected two-pass float64 moments merged with
+Chan's formula (DESIGN.md, "The state and its numerics").
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from ..batches import Chunk, InputError
+from ..stats import INTEGER_DTYPES, ChannelStats, ImageMoments
+from . import MergingReducer, Options
+
+__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "merge_rows"]
+
+_VALUES = np.arange(256, dtype=np.int64)
+
+
+class NonFiniteError(InputError):
+    """A batch holds NaN or inf under ``nan_policy="raise"``."""
+
+
+def check_nonfinite(bad: np.ndarray, batch_index: int) -> None:
+    """Raise the ``nan_policy="raise"`` error for per-channel non-finite counts ``bad``."""
+    if bad.sum() > 0:
+        channels = [int(c) for c in np.nonzero(bad)[0]]
+        raise NonFiniteError(
+            f"batch {batch_index} has {int(bad.sum())} non-finite values (NaN or inf) in channel(s) {channels}; "
+            "pass nan_policy='omit' to leave them out or nan_policy='propagate' to get NaN/inf results"
+        )
+
+
+def float_hist_spec(options: Options, dtype: str) -> tuple[int, float, float]:
+    """``(bins, lo, hi)`` for a histogram of non-uint8 data, or a clear error when not given."""
+    if options.hist_bins is None or options.hist_range is None:
+        raise InputError(
+            f"histogram=True on {dtype} data needs hist_bins=... and hist_range=(lo, hi) in raw input units "
+            "(only uint8 data has the natural 256 bins)"
+        )
+    lo, hi = options.hist_range
+    return int(options.hist_bins), float(lo), float(hi)
+
+
+def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index: int) -> InputError:
+    return InputError(
+        f"batch {batch_index} has {below} values below and {above} above hist_range=({lo}, {hi}); "
+        "widen hist_range or pass clip=True to count them in the edge bins"
+    )
+
+
+def merge_rows(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, comoment: np.ndarray | None = None):
+    """Chan's formula over many groups at once: rows [R, C] -> totals [C] (and [C, C])."""
+    total = count.sum(axis=0)
+    w = count.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        grand = np.where(total > 0, (w * mean).sum(axis=0) / np.where(total > 0, total, 1), 0.0)
+    dev = np.where(count > 0, mean - grand, 0.0)
+    m2_total = m2.sum(axis=0) + (w * dev**2).sum(axis=0)
+    com_total = None
+    if comoment is not None:
+        com_total = comoment.sum(axis=0) + np.einsum("r,ri,rj->ij", w[:, 0] if w.size else w, dev, dev)
+    return total, grand, m2_total, com_total
+
+
+def _numpy_parts(chunk: Chunk, widen: bool) -> list[np.ndarray]:
+    parts = []
+    for p in chunk.parts:
+        p = p.detach()
+        if p.device.type != "cpu":
+            p = p.cpu()
+        if widen and p.dtype in (torch.float16, torch.bfloat16):
+            p = p.float()  # numba has no half types on the CPU; exact widening
+        parts.append(p.numpy())
+    return parts
+
+
+class CpuReducer(MergingReducer):
+    """Reduce batches on the CPU with numba loops (the strategy is always "numba")."""
+
+    name = "cpu"
+    strategy = "numba"
+
+    def __init__(self, device: torch.device, options: Options):
+        super().__init__(device, options)
+        import numba
+
+        from . import _cpu_kernels  # numba loads here, not at import gpustats
+
+        self._k = _cpu_kernels
+        self._threads = numba.get_num_threads()
+
+    def reduce_chunk(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
+        if chunk.dtype in INTEGER_DTYPES:
+            return self._reduce_int(chunk, scale, batch_index)
+        return self._reduce_float(chunk, scale, batch_index)
+
+    # ----------------------------------------------------------------- integers
+    def _reduce_int(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
+        opts, k, C = self.options, self._k, chunk.channels
+        cp = chunk.layout == "CP"
+        arrays = _numpy_parts(chunk, widen=False)
+        hist = hist_range = None
+        if opts.histogram:
+            if chunk.dtype == "uint8":
+                hist_range = (0.0, 256.0)
+                hist = np.zeros((C, 256), np.int64)
+                for a in arrays:
+                    k.hist_u8(a, cp, hist, self._threads)
+            else:
+                bins, lo, hi = float_hist_spec(opts, chunk.dtype)
+                hist_range = (lo, hi)
+                hist = np.zeros((C, bins), np.int64)
+                for a in arrays:
+                    below, above = k.hist_float(a, cp, lo, hi, bins, opts.clip, hist)
+                    if (below or above) and not opts.clip:
+                        raise out_of_range_error(below, above, lo, hi, batch_index)
+        if chunk.dtype == "uint8" and not (opts.per_image or opts.covariance):
+            if hist is None:
+                hist = np.zeros((C, 256), np.int64)
+                for a in arrays:
+                    k.hist_u8(a, cp, hist, self._threads)
+                keep = None
+            else:
+                keep = hist
+            count = [int(h.sum()) for h in hist]
+            total = [int(h @ _VALUES) for h in hist]
+            total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
+            nz = [np.flatnonzero(h) for h in hist]
+            vmin = [float(z[0]) if z.size else np.inf for z in nz]
+            vmax = [float(z[-1]) if z.size else -np.inf for z in nz]
+            return ChannelStats.from_integer_sums(count, total, total_sq, vmin, vmax, dtype=chunk.dtype, scale=scale,
+                                                  hist=keep, hist_range=hist_range if keep is not None else None)
+        rows = {name: [] for name in ("count", "total", "total_sq", "vmin", "vmax", "cross")}
+        for a in arrays:
+            n = a.shape[0]
+            out = [np.zeros((n, C), np.int64) for _ in range(5)]
+            cross = np.zeros((n, C, C), np.int64)
+            k.int_rows(a, cp, opts.covariance, *out, cross)
+            for name, arr in zip(rows, [*out, cross]):
+                rows[name].append(arr)
+        r = {name: np.concatenate(v) for name, v in rows.items()}
+        count = [int(v) for v in r["count"].sum(axis=0)]
+        total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
+        total_sq = [sum(int(v) for v in r["total_sq"][:, c]) for c in range(C)]
+        cross = None
+        if opts.covariance:
+            cross = [[sum(int(v) for v in r["cross"][:, i, j]) for j in range(C)] for i in range(C)]
+        images = None
+        if opts.per_image:
+            img_mean = np.empty(r["count"].shape)
+            img_m2 = np.empty(r["count"].shape)
+            for idx in np.ndindex(*r["count"].shape):
+                n, s, q = int(r["count"][idx]), int(r["total"][idx]), int(r["total_sq"][idx])
+                img_mean[idx] = float(Fraction(s, n))
+                img_m2[idx] = float(Fraction(n * q - s * s, n))
+            images = ImageMoments.from_images(r["count"], img_mean, img_m2)
+        return ChannelStats.from_integer_sums(
+            count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
+            dtype=chunk.dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images,
+        )
+
+    # ----------------------------------------------------------------- floats
+    def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
+        opts, k, C = self.options, self._k, chunk.channels
+        cp = chunk.layout == "CP"
+        arrays = _numpy_parts(chunk, widen=True)
+        names = ("count", "mean", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
+        rows = {name: [] for name in (*names, "comoment")}
+        for a in arrays:
+            n = a.shape[0]
+            out = [np.zeros((n, C), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64) for name in names]
+            com = np.zeros((n, C, C), np.float64)
+            k.float_rows(a, cp, opts.covariance, *out, com)
+            for name, arr in zip(rows, [*out, com]):
+                rows[name].append(arr)
+        r = {name: np.concatenate(v) for name, v in rows.items()}
+        nan, pos, neg = (r[n].sum(axis=0) for n in ("nan", "posinf", "neginf"))
+        bad = nan + pos + neg
+        if opts.nan_policy == "raise":
+            check_nonfinite(bad, batch_index)
+        hist = hist_range = None
+        if opts.histogram:
+            bins, lo, hi = float_hist_spec(opts, chunk.dtype)
+            hist_range = (lo, hi)
+            hist = np.zeros((C, bins), np.int64)
+            for a in arrays:
+                below, above = k.hist_float(a, cp, lo, hi, bins, opts.clip, hist)
+                if (below or above) and not opts.clip:
+                    raise out_of_range_error(below, above, lo, hi, batch_index)
+        count, mean, m2, comoment = merge_rows(r["count"], r["mean"], r["m2"], r["comoment"] if opts.covariance else None)
+        vmin = r["vmin"].min(axis=0)
+        vmax = r["vmax"].max(axis=0)
+        images = None
+        if opts.per_image:
+            keep = r["count"][:, 0] > 0
+            images = ImageMoments.from_images(r["count"][keep], r["mean"][keep], r["m2"][keep])
+        if opts.nan_policy == "propagate" and bad.sum() > 0:
+            count = count + bad
+            inf_mean = np.where(pos > 0, np.inf, -np.inf)
+            mean = np.where(bad > 0, np.where((nan > 0) | ((pos > 0) & (neg > 0)), np.nan, inf_mean), mean)
+            m2 = np.where(bad > 0, np.nan, m2)
+            vmin = np.where(nan > 0, np.nan, np.where(neg > 0, -np.inf, vmin))
+            vmax = np.where(nan > 0, np.nan, np.where(pos > 0, np.inf, vmax))
+            if comoment is not None:
+                comoment = np.full_like(comoment, np.nan)
+        return ChannelStats.from_moments(
+            count, mean, m2, vmin, vmax, dtype=chunk.dtype, scale=scale, nonfinite=bad, hist=hist,
+            hist_range=hist_range, comoment=comoment, images=images,
+        )
