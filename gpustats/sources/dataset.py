@@ -84,6 +84,16 @@ def _keep_list(records: list[DecodedImage]) -> list[DecodedImage]:
     return list(records)
 
 
+def _to_shared(records: list[DecodedImage]) -> list[DecodedImage]:
+    """Collate in a worker: arrays travel as tensors (shared memory), not as pickled bytes."""
+    return [r if r.array is None else r._replace(array=torch.from_numpy(r.array))
+            for r in records]
+
+
+def _from_shared(records: list[DecodedImage]) -> list[DecodedImage]:
+    return [r if r.array is None else r._replace(array=r.array.numpy()) for r in records]
+
+
 def iter_decoded(
     files: Sequence[str | os.PathLike[str]],
     *,
@@ -117,8 +127,12 @@ def iter_decoded(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_keep_list,
+        collate_fn=_to_shared if workers > 0 else _keep_list,
         persistent_workers=False,
         pin_memory=False,
     )
-    yield from loader
+    if workers == 0:
+        yield from loader
+    else:
+        for batch in loader:
+            yield _from_shared(batch)
