@@ -1,0 +1,336 @@
+"""Shared pieces of the reduction strategies: dtypes, decoding, launch config, block combines.
+
+The one accumulator rule (DESIGN.md, "The state and its numerics"), stated here once and cited
+by every strategy:
+
+* Integer input (uint8, uint16) is reduced exactly: per-thread int64 sums of ``x`` and ``x*x``
+  (and ``x_i*x_j`` for co-moments), int64 block combines and int64 totals. No float ever touches
+  an integer sum, so every strategy, batch split and launch configuration gives the same bits.
+* Float input is first shifted by the caller's per-channel reference ``shift[c]`` (float64, split
+  into a float32 ``hi + lo`` pair so the subtraction stays in float32 and loses nothing to the
+  offset), then summed in the *run type* (:func:`run_type`: float32 for 16/32-bit input, float64
+  for float64 input) over at most :data:`RUN_LENGTH` pixels per thread, then flushed into float64
+  thread registers; everything from there on (block combine, partials, totals) is float64.
+* Min/max are tracked in the run type (exact for every input type) and stored as float64.
+* Non-finite float values (NaN, +-inf) are counted in ``nonfinite`` and excluded from the count,
+  the sums, min and max.
+
+Kernels are compiled lazily and cached by their factory's arguments (strategy, dtype tag,
+layout, channel count, options and threads per block), see each strategy's ``_build``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda, float32, float64, int32, int64
+
+DTYPE_TAGS = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
+INTEGER_TAGS = ("uint8", "uint16")
+LAYOUTS = ("CP", "PC")
+MAX_CHANNELS = 16
+HIST_BINS = 256
+
+# Pixels a thread sums in the run type before flushing into float64 registers. Small under the
+# simulator so the tests exercise the flush path on tiny inputs.
+_RUN_LENGTH_GPU = 256
+_RUN_LENGTH_SIM = 4
+
+_INT64_MAX = np.iinfo(np.int64).max
+_MAX_INT_VALUE = {"uint8": 255, "uint16": 65535}
+
+# 2**(e - 134) for a bfloat16 biased exponent e: (128 + mantissa) * POW2[e] is the exact value.
+_BF16_POW2 = np.ldexp(1.0, np.arange(256) - 134)
+
+
+def simulator_enabled() -> bool:
+    """True when numba.cuda is the simulator (``NUMBA_ENABLE_CUDASIM=1`` at import time)."""
+    return cuda.jit.__module__.startswith("numba.cuda.simulator")
+
+
+RUN_LENGTH = _RUN_LENGTH_SIM if simulator_enabled() else _RUN_LENGTH_GPU
+
+
+def is_integer(dtype_tag: str) -> bool:
+    check_dtype_tag(dtype_tag)
+    return dtype_tag in INTEGER_TAGS
+
+
+def check_dtype_tag(dtype_tag: str) -> None:
+    if dtype_tag not in DTYPE_TAGS:
+        raise ValueError(f"unsupported dtype_tag {dtype_tag!r}; expected one of {DTYPE_TAGS}")
+
+
+def run_type(dtype_tag: str):
+    """numba type of the short-run float accumulators (the one place this is decided)."""
+    return float64 if dtype_tag == "float64" else float32
+
+
+def max_elements_before_flush(dtype_tag: str) -> int:
+    """Elements per channel an :class:`Accumulators` can absorb before an int64 sum may overflow.
+
+    For integer input this bounds ``isumsq`` (and ``cross``): ``floor((2**63 - 1) / max**2)``,
+    about 1.4e14 for uint8 and 2.1e9 for uint16. The caller must ``to_host()`` the totals into
+    Python ints and ``reset()`` the accumulators before passing this many elements per channel.
+    For float input only the int64 ``count`` can overflow; the bound is 2**62.
+    """
+    check_dtype_tag(dtype_tag)
+    if dtype_tag in _MAX_INT_VALUE:
+        return _INT64_MAX // (_MAX_INT_VALUE[dtype_tag] ** 2)
+    return 2**62
+
+
+def channels_of(x, layout: str) -> int:
+    check_layout(layout)
+    return int(x.shape[1] if layout == "CP" else x.shape[2])
+
+
+def pixels_per_image(x, layout: str) -> int:
+    return int(x.shape[2] if layout == "CP" else x.shape[1])
+
+
+def check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unsupported layout {layout!r}; expected 'CP' ([N, C, L]) or 'PC' ([N, L, C])")
+
+
+def as_device_array(x, stream=0):
+    """A numba device array view of ``x`` (zero-copy for ``__cuda_array_interface__`` objects).
+
+    The view is made with ``sync=False``: the kernels are launched on ``stream``, which the
+    caller makes the producer's stream (torch's current stream), so no host synchronization is
+    needed or done. A host numpy array is copied to the device (a convenience for tests and the
+    simulator).
+    """
+    if hasattr(x, "copy_to_host") and hasattr(x, "shape"):  # numba device array (or simulated)
+        return x
+    if hasattr(x, "__cuda_array_interface__"):
+        if not hasattr(cuda, "as_cuda_array"):
+            raise TypeError("the numba CUDA simulator cannot view __cuda_array_interface__ objects; pass numpy arrays")
+        return cuda.as_cuda_array(x, sync=False)
+    if isinstance(x, np.ndarray):
+        return cuda.to_device(x, stream=stream)
+    raise TypeError(
+        f"expected a CUDA array (numba device array or an object with __cuda_array_interface__), "
+        f"got {type(x).__name__}"
+    )
+
+
+def check_input(x, layout: str, dtype_tag: str, acc) -> int:
+    """Validate shapes and dtypes; returns the channel count."""
+    check_layout(layout)
+    check_dtype_tag(dtype_tag)
+    if len(x.shape) != 3:
+        raise ValueError(
+            f"kernels take a 3-D array ([N, C, L] for layout 'CP', [N, L, C] for 'PC'), got shape {tuple(x.shape)}"
+        )
+    channels = channels_of(x, layout)
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"{channels} channels; kernels support 1..{MAX_CHANNELS}")
+    if channels != acc.channels:
+        raise ValueError(f"input has {channels} channels but the accumulators were made for {acc.channels}")
+    if acc.integer != is_integer(dtype_tag):
+        kind = "integer" if acc.integer else "float"
+        raise ValueError(f"{dtype_tag} input into {kind} accumulators; make them with integer={is_integer(dtype_tag)}")
+    width = np.dtype(x.dtype).itemsize
+    expected = {"uint8": 1, "uint16": 2, "float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}[dtype_tag]
+    if width != expected:
+        raise ValueError(f"dtype_tag {dtype_tag!r} needs {expected}-byte elements, got {x.dtype}")
+    return channels
+
+
+# ----------------------------------------------------------------------------- launch config
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(device_id: int):
+    """(threads per block, resident blocks per SM, SM count) for the current device."""
+    if simulator_enabled():
+        return 32, 1, 2
+    dev = cuda.get_current_device()
+    max_threads = int(dev.MAX_THREADS_PER_BLOCK)
+    threads = 1 << (min(256, max_threads).bit_length() - 1)  # power of two, <= 256
+    per_sm = max(1, int(getattr(dev, "MAX_THREADS_PER_MULTI_PROCESSOR", 2048)) // threads)
+    return threads, per_sm, int(dev.MULTIPROCESSOR_COUNT)
+
+
+def _current_device_id() -> int:
+    if simulator_enabled():
+        return 0
+    return int(cuda.get_current_device().id)
+
+
+def launch_config(work_items: int, launch=None):
+    """(blocks, threads) for a grid-stride loop over ``work_items`` pixels (or images).
+
+    Threads per block: the largest power of two <= min(256, device limit); blocks: enough to fill
+    every SM with resident blocks, no more than there is work. ``launch=(blocks, threads)``
+    overrides (threads must be a power of two); tests use it to hit block and grid edges.
+    """
+    if launch is not None:
+        blocks, threads = int(launch[0]), int(launch[1])
+        if threads < 1 or threads & (threads - 1):
+            raise ValueError(f"threads per block must be a power of two, got {threads}")
+        return max(1, blocks), threads
+    threads, per_sm, sms = _device_limits(_current_device_id())
+    wanted = max(1, -(-work_items // threads))
+    return max(1, min(per_sm * sms, wanted)), threads
+
+
+# ----------------------------------------------------------------------------- device helpers
+
+
+@functools.lru_cache(maxsize=None)
+def make_load(layout: str):
+    """Device function ``load(x, n, c, l)`` for the layout."""
+    check_layout(layout)
+    if layout == "CP":
+
+        @cuda.jit(device=True, inline=True)
+        def load(x, n, c, l):
+            return x[n, c, l]
+
+    else:
+
+        @cuda.jit(device=True, inline=True)
+        def load(x, n, c, l):
+            return x[n, l, c]
+
+    return load
+
+
+@functools.lru_cache(maxsize=None)
+def make_decode(dtype_tag: str):
+    """Device function turning a stored element into its value.
+
+    Integers come back as int64 (masked to their width, so int8/int16 views of the same bits
+    work); floats as the run type. bfloat16 arrives as 16-bit patterns and is decoded exactly;
+    float16 arrives as float16 (``<f2``).
+    """
+    check_dtype_tag(dtype_tag)
+    if dtype_tag == "uint8":
+
+        @cuda.jit(device=True, inline=True)
+        def decode(v):
+            return int64(v) & 0xFF
+
+    elif dtype_tag == "uint16":
+
+        @cuda.jit(device=True, inline=True)
+        def decode(v):
+            return int64(v) & 0xFFFF
+
+    elif dtype_tag == "float16":
+
+        @cuda.jit(device=True, inline=True)
+        def decode(v):
+            return float32(v)
+
+    elif dtype_tag == "bfloat16":
+        pow2_host = _BF16_POW2
+
+        @cuda.jit(device=True, inline=True)
+        def decode(v):
+            pow2 = cuda.const.array_like(pow2_host)
+            bits = int32(v) & 0xFFFF
+            exponent = (bits >> 7) & 0xFF
+            mantissa = bits & 0x7F
+            if exponent == 255:
+                value = math.inf if mantissa == 0 else math.nan
+            elif exponent == 0:
+                value = float64(mantissa) * pow2[1]
+            else:
+                value = float64(128 + mantissa) * pow2[exponent]
+            if bits & 0x8000:
+                value = -value
+            return float32(value)
+
+    elif dtype_tag == "float32":
+
+        @cuda.jit(device=True, inline=True)
+        def decode(v):
+            return float32(v)
+
+    else:
+
+        @cuda.jit(device=True, inline=True)
+        def decode(v):
+            return float64(v)
+
+    return decode
+
+
+# Elements of one shared combine buffer: a block reduces GROUP = SHARED_SLOTS // threads values per
+# pass, so a combine costs ceil(K / GROUP) tree passes rather than K (fewer barriers).
+SHARED_SLOTS = 1024
+
+
+def group_size(threads: int) -> int:
+    return max(1, SHARED_SLOTS // threads)
+
+
+@functools.lru_cache(maxsize=None)
+def make_block_ops(threads: int):
+    """Shared-memory tree combines over a block of ``threads`` (a power of two).
+
+    ``block_sum(buf, tid, vals, k)`` and ``block_min(buf, tid, vals, k)`` combine the first ``k``
+    entries of every thread's local array ``vals`` element-wise across the block; thread 0's
+    ``vals`` then holds the block's results (other threads' are left as they were). ``buf`` is a
+    shared array of ``SHARED_SLOTS`` elements of the values' type. Fixed order: bitwise
+    reproducible. All threads of the block must call them.
+    """
+    TPB = threads
+    GROUP = group_size(threads)
+
+    @cuda.jit(device=True, inline=True)
+    def block_sum(buf, tid, vals, k):
+        base = 0
+        while base < k:
+            m = min(GROUP, k - base)
+            for q in range(m):
+                buf[q * TPB + tid] = vals[base + q]
+            cuda.syncthreads()
+            step = TPB // 2
+            while step > 0:
+                if tid < step:
+                    for q in range(m):
+                        buf[q * TPB + tid] += buf[q * TPB + tid + step]
+                cuda.syncthreads()
+                step //= 2
+            if tid == 0:
+                for q in range(m):
+                    vals[base + q] = buf[q * TPB]
+            cuda.syncthreads()
+            base += GROUP
+
+    @cuda.jit(device=True, inline=True)
+    def block_min(buf, tid, vals, k):
+        base = 0
+        while base < k:
+            m = min(GROUP, k - base)
+            for q in range(m):
+                buf[q * TPB + tid] = vals[base + q]
+            cuda.syncthreads()
+            step = TPB // 2
+            while step > 0:
+                if tid < step:
+                    for q in range(m):
+                        buf[q * TPB + tid] = min(buf[q * TPB + tid], buf[q * TPB + tid + step])
+                cuda.syncthreads()
+                step //= 2
+            if tid == 0:
+                for q in range(m):
+                    vals[base + q] = buf[q * TPB]
+            cuda.syncthreads()
+            base += GROUP
+
+    return block_sum, block_min
+
+
+def not_supported(strategy: str, what: str):
+    return NotImplementedError(
+        f"strategy {strategy!r} does not compute {what}; use strategy 'atomic' (the CUDA backend "
+        f"routes there automatically when {what} is asked for)"
+    )

@@ -1,0 +1,178 @@
+"""Device-resident accumulators that the reduction kernels add into.
+
+Many batches accumulate on the device with no host synchronization; :meth:`Accumulators.to_host`
+is the only place that waits for the device. An :class:`Accumulators` is used on one stream at a
+time (the kernels of a strategy's second pass update totals with plain read-modify-writes that
+are ordered by the stream).
+
+What each array holds (see ``_common`` for the accumulator rule):
+
+==============  ==============  ===========================================================
+name            dtype, shape    contents
+==============  ==============  ===========================================================
+count           int64[C]        finite elements seen
+nonfinite       int64[C]        NaN/inf elements seen (excluded from everything else)
+isum, isumsq    int64[C]        integer input: exact sum of x and of x*x
+fsum, fsumsq    float64[C]      float input: sum of (x - shift[c]) and of its square
+shift           float64[C]      per-channel reference, set by the caller before float input
+vmin, vmax      float64[C]      running min / max (start at +inf / -inf)
+hist            int64[C, 256]   optional, uint8 input: exact per-channel histogram
+cross           [C, C]          optional co-moments at the same pixel: int64 sum x_i*x_j for
+                                integer input; float64 sum (x_i-shift_i)(x_j-shift_j) for
+                                float input. Only the upper triangle (i <= j) is accumulated;
+                                ``to_host`` mirrors it. A pixel pair with a non-finite value
+                                contributes nothing, so ``cross`` is exact when nonfinite == 0.
+==============  ==============  ===========================================================
+
+Per-image outputs (:class:`PerImage`, strategy ``atomic`` only) belong to one launch: image ``n``
+of that launch's input adds into row ``n``. ``img_sum``/``img_sumsq`` are float64 sums of
+``x - shift[c]`` for float input and of raw ``x`` for integer input (exact below 2**53).
+
+Example (under the simulator or on a GPU)::
+
+    >>> import numpy as np
+    >>> from gpustats.kernels import Accumulators, get_strategy
+    >>> acc = Accumulators.zeros(1, integer=True)
+    >>> get_strategy("atomic").reduce(np.arange(10, dtype=np.uint8).reshape(1, 1, 10), "CP", "uint8", acc)
+    >>> int(acc.to_host()["isum"][0])
+    45
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from ._common import HIST_BINS, MAX_CHANNELS
+
+
+def _zeros(shape, dtype, stream):
+    return cuda.to_device(np.zeros(shape, dtype=dtype), stream=stream)
+
+
+def _synchronize(stream):
+    if hasattr(stream, "synchronize"):
+        stream.synchronize()
+    else:
+        cuda.synchronize()
+
+
+def _full(shape, value, dtype, stream):
+    return cuda.to_device(np.full(shape, value, dtype=dtype), stream=stream)
+
+
+class Accumulators:
+    """Per-channel device totals; kernels add into them, ``to_host()`` reads them back."""
+
+    def __init__(self, channels: int, *, integer: bool, histogram: bool, cross: bool, stream=0):
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise ValueError(f"{channels} channels; kernels support 1..{MAX_CHANNELS}")
+        if histogram and not integer:
+            raise ValueError("histograms are exact 256-bin counts of uint8 data; make them with integer=True")
+        self.channels = int(channels)
+        self.integer = bool(integer)
+        self.histogram = bool(histogram)
+        self.has_cross = bool(cross)
+        self.stream = stream
+        self._scratch_arrays: dict = {}
+        c = self.channels
+        self.count = _zeros(c, np.int64, stream)
+        self.nonfinite = _zeros(c, np.int64, stream)
+        self.isum = _zeros(c, np.int64, stream)
+        self.isumsq = _zeros(c, np.int64, stream)
+        self.fsum = _zeros(c, np.float64, stream)
+        self.fsumsq = _zeros(c, np.float64, stream)
+        self.shift = _zeros(c, np.float64, stream)
+        self.vmin = _full(c, np.inf, np.float64, stream)
+        self.vmax = _full(c, -np.inf, np.float64, stream)
+        # Kernels take every array; absent optional outputs are 1-element placeholders.
+        self.hist = _zeros((c, HIST_BINS) if histogram else (1, 1), np.int64, stream)
+        cross_dtype = np.int64 if integer else np.float64
+        self.cross = _zeros((c, c) if cross else (1, 1), cross_dtype, stream)
+
+    @classmethod
+    def zeros(cls, channels: int, *, integer: bool, histogram: bool = False, cross: bool = False, stream=0):
+        """Fresh totals for ``channels`` channels of integer (uint8/uint16) or float input."""
+        return cls(channels, integer=integer, histogram=histogram, cross=cross, stream=stream)
+
+    def set_shift(self, shift) -> None:
+        """Set the per-channel float reference (e.g. the first batch's mean) before float input."""
+        values = np.asarray(shift, dtype=np.float64).reshape(-1)
+        if values.shape != (self.channels,):
+            raise ValueError(f"shift needs {self.channels} values, got {values.shape[0]}")
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"shift must be finite, got {values}")
+        self.shift.copy_to_device(values, stream=self.stream)
+
+    def reset(self) -> None:
+        """Zero every total (keeping ``shift``); used after flushing integer sums to the host."""
+        c = self.channels
+        for name in ("count", "nonfinite", "isum", "isumsq", "fsum", "fsumsq", "hist", "cross"):
+            arr = getattr(self, name)
+            arr.copy_to_device(np.zeros(arr.shape, dtype=arr.dtype), stream=self.stream)
+        self.vmin.copy_to_device(np.full(c, np.inf), stream=self.stream)
+        self.vmax.copy_to_device(np.full(c, -np.inf), stream=self.stream)
+
+    def per_image(self, images: int) -> "PerImage":
+        """Zeroed per-image outputs for a launch over ``images`` images."""
+        return PerImage.zeros(images, self.channels, stream=self.stream)
+
+    def scratch(self, name: str, shape, dtype):
+        """A zeroed device work array owned by these accumulators (reused across launches)."""
+        key = (name, tuple(shape), np.dtype(dtype).str)
+        arr = self._scratch_arrays.get(key)
+        if arr is None:
+            arr = _zeros(shape, dtype, self.stream)
+            self._scratch_arrays[key] = arr
+        return arr
+
+    def to_host(self) -> dict:
+        """Synchronize and return the totals as numpy arrays (the only sync point).
+
+        Keys: count, nonfinite, vmin, vmax, shift, and isum/isumsq (integer) or fsum/fsumsq
+        (float); hist and cross when they were asked for (cross mirrored to a full matrix).
+        """
+        _synchronize(self.stream)
+        out = {
+            "count": self.count.copy_to_host(),
+            "nonfinite": self.nonfinite.copy_to_host(),
+            "vmin": self.vmin.copy_to_host(),
+            "vmax": self.vmax.copy_to_host(),
+            "shift": self.shift.copy_to_host(),
+        }
+        if self.integer:
+            out["isum"] = self.isum.copy_to_host()
+            out["isumsq"] = self.isumsq.copy_to_host()
+        else:
+            out["fsum"] = self.fsum.copy_to_host()
+            out["fsumsq"] = self.fsumsq.copy_to_host()
+        if self.histogram:
+            out["hist"] = self.hist.copy_to_host()
+        if self.has_cross:
+            upper = np.triu(self.cross.copy_to_host())
+            out["cross"] = upper + np.triu(upper, 1).T
+        return out
+
+
+class PerImage:
+    """Per-image outputs of one launch: ``img_count`` int64[N, C], ``img_sum``/``img_sumsq`` float64[N, C]."""
+
+    def __init__(self, images: int, channels: int, stream=0):
+        self.images = int(images)
+        self.channels = int(channels)
+        self.stream = stream
+        self.img_count = _zeros((self.images, self.channels), np.int64, stream)
+        self.img_sum = _zeros((self.images, self.channels), np.float64, stream)
+        self.img_sumsq = _zeros((self.images, self.channels), np.float64, stream)
+
+    @classmethod
+    def zeros(cls, images: int, channels: int, stream=0):
+        return cls(images, channels, stream)
+
+    def to_host(self) -> dict:
+        _synchronize(self.stream)
+        return {
+            "img_count": self.img_count.copy_to_host(),
+            "img_sum": self.img_sum.copy_to_host(),
+            "img_sumsq": self.img_sumsq.copy_to_host(),
+        }

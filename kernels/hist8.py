@@ -1,0 +1,134 @@
+"""Strategy ``hist8``: exact per-channel 256-bin histograms of uint8 data.
+
+Each block keeps a private ``int32[C, 256]`` histogram in shared memory (shared-memory atomics,
+so contention stays inside the block), walks its grid-stride slice of pixels, then flushes the
+non-zero bins into a per-launch ``int64[C, 256]`` scratch histogram with one global atomic per
+bin. A second one-thread-per-channel kernel adds the scratch histogram into ``acc.hist`` (when
+asked for), derives the launch's count, sum, sum of squares, min and max from it exactly, and
+zeroes the scratch for the next launch. uint8 data only; no non-finite values exist there.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from numba import cuda, float64, int32, int64
+
+from ._common import (
+    HIST_BINS,
+    as_device_array,
+    check_input,
+    launch_config,
+    make_decode,
+    make_load,
+    not_supported,
+    pixels_per_image,
+)
+
+NAME = "hist8"
+SUPPORTS_SIMULATOR = True
+SUPPORTS = frozenset({"histogram"})
+
+# Shared counters are int32: a block must see fewer than this many pixels per launch.
+_MAX_PIXELS_PER_BLOCK = 1 << 30
+
+
+@functools.lru_cache(maxsize=None)
+def _build(layout, channels, threads):
+    C = channels
+    TPB = threads
+    BINS = HIST_BINS
+    HS = C * HIST_BINS
+    CP = layout == "CP"
+    decode = make_decode("uint8")
+    load = make_load(layout)
+
+    @cuda.jit
+    def hist_kernel(x, scratch):
+        tid = cuda.threadIdx.x
+        private = cuda.shared.array(HS, int32)
+        i = tid
+        while i < HS:
+            private[i] = 0
+            i += TPB
+        cuda.syncthreads()
+        images = x.shape[0]
+        pixels = x.shape[2] if CP else x.shape[1]
+        total = images * pixels
+        stride = cuda.gridDim.x * TPB
+        p = cuda.blockIdx.x * TPB + tid
+        n = p // pixels
+        l = p - n * pixels
+        step_n = stride // pixels
+        step_l = stride - step_n * pixels
+        while p < total:
+            for c in range(C):
+                cuda.atomic.add(private, c * BINS + decode(load(x, n, c, l)), int32(1))
+            p += stride
+            n += step_n
+            l += step_l
+            if l >= pixels:
+                l -= pixels
+                n += 1
+        cuda.syncthreads()
+        i = tid
+        while i < HS:
+            h = private[i]
+            if h > 0:
+                cuda.atomic.add(scratch, (i // BINS, i % BINS), int64(h))
+            i += TPB
+
+    @cuda.jit
+    def finish_kernel(scratch, keep_hist, hist, count, isum, isumsq, vmin, vmax):
+        c = cuda.grid(1)
+        if c < C:
+            t_count = int64(0)
+            t_sum = int64(0)
+            t_sumsq = int64(0)
+            lowest = int64(-1)
+            highest = int64(-1)
+            for b in range(BINS):
+                h = scratch[c, b]
+                if h > 0:
+                    if keep_hist:
+                        hist[c, b] += h
+                    t_count += h
+                    t_sum += h * b
+                    t_sumsq += h * (b * b)
+                    if lowest < 0:
+                        lowest = b
+                    highest = b
+                    scratch[c, b] = 0
+            if t_count > 0:
+                count[c] += t_count
+                isum[c] += t_sum
+                isumsq[c] += t_sumsq
+                vmin[c] = min(vmin[c], float64(lowest))
+                vmax[c] = max(vmax[c], float64(highest))
+
+    return hist_kernel, finish_kernel
+
+
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
+    """Histogram ``x`` (uint8) and add count/sums/min/max (and the histogram if asked) into ``acc``."""
+    if dtype_tag != "uint8":
+        raise ValueError(f"strategy 'hist8' needs uint8 input, got {dtype_tag}; use 'atomic' or 'tree'")
+    if cross:
+        raise not_supported(NAME, "co-moments (cross=True)")
+    if per_image is not None:
+        raise not_supported(NAME, "per-image sums")
+    if histogram and not acc.histogram:
+        raise ValueError("histogram=True needs Accumulators made with histogram=True")
+    x = as_device_array(x, stream)
+    channels = check_input(x, layout, dtype_tag, acc)
+    total = int(x.shape[0]) * pixels_per_image(x, layout)
+    if total == 0:
+        return
+    blocks, threads = launch_config(total, launch)
+    blocks = max(blocks, -(-total // (_MAX_PIXELS_PER_BLOCK - 1)))
+    hist_kernel, finish_kernel = _build(layout, channels, threads)
+    scratch = acc.scratch("hist8_launch", (channels, HIST_BINS), "int64")
+    hist_kernel[blocks, threads, stream](x, scratch)
+    finish_kernel[1, channels, stream](
+        scratch, bool(histogram), acc.hist, acc.count, acc.isum, acc.isumsq, acc.vmin, acc.vmax
+    )
