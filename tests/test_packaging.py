@@ -1,0 +1,41 @@
+"""Packaging: kernels/ installs as gpustats.kernels; import gpustats stays light."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_is_light_and_does_not_touch_numba_or_cuda():
+    code = (
+        "import time, sys, torch; t = time.perf_counter(); import gpustats; dt = time.perf_counter() - t; "
+        "print(dt); assert 'numba' not in sys.modules, 'numba imported'; "
+        "assert not torch.cuda.is_initialized(), 'CUDA initialized'"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) < 0.5  # well under a second on top of torch
+
+
+@pytest.mark.slow
+def test_non_editable_install_provides_gpustats_kernels(tmp_path):
+    target = tmp_path / "site"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet", "--target", str(target), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (target / "gpustats" / "kernels" / "__init__.py").is_file()
+    assert not (target / "kernels").exists()  # no clashing top-level "kernels" module
+    env = {**os.environ, "PYTHONPATH": str(target), "NUMBA_ENABLE_CUDASIM": "1"}
+    code = "import gpustats, gpustats.kernels as k; print(k.__file__); print(gpustats.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    kfile, gfile = out.stdout.split()
+    assert kfile.startswith(str(target)) and gfile.startswith(str(target))  # the installed copy, not the checkout
