@@ -1,0 +1,434 @@
+"""Kernel cases, run by tests/test_kernels_sim.py: under the numba CUDA simulator (in a subprocess
+with NUMBA_ENABLE_CUDASIM=1) where there is no GPU, or in-process on a real GPU.
+
+Every strategy is compared against an independent numpy float64 two-pass reference
+(tests/reference.py style, recomputed here per channel on the decoded values).
+Sizes stay tiny: the simulator runs every CUDA thread as a Python thread.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from gpustats import kernels as K
+from gpustats.kernels._common import launch_config
+
+SIM = K.simulator_enabled()
+if SIM:
+    sys.setswitchinterval(1e-4)  # simulated barriers wait on the GIL switch interval (5 ms default)
+
+pytestmark = pytest.mark.cudasim
+
+STRATEGIES = [s for s in K.SIMULATOR_STRATEGIES if s != "hist8"]  # every dtype
+FLOAT_TAGS = ("float16", "bfloat16", "float32", "float64")
+
+#: per dtype: (mean rtol, std rtol); integer paths are compared exactly
+TOLERANCE = {
+    "float16": (1e-6, 1e-5),
+    "bfloat16": (1e-6, 1e-5),
+    "float32": (1e-6, 1e-5),
+    "float64": (1e-12, 1e-10),
+}
+
+#: grid stride of the default launch: (blocks, threads) under the simulator
+BLOCKS, THREADS = launch_config(10**9)
+
+
+def _gpu_only():
+    from numba import cuda
+
+    if SIM or not cuda.is_available():
+        pytest.skip("needs a real NVIDIA GPU with numba-cuda (simulator on or no GPU)")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _bf16_bits(values: np.ndarray) -> np.ndarray:
+    return (np.asarray(values, np.float32).view(np.uint32) >> 16).astype(np.uint16)
+
+
+def _bf16_decode(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def make_data(dtype: str, shape, rng, *, nonfinite=False, loc=0.0, scale=1.0):
+    """(stored array [N, C, L] in the kernel's storage dtype, its decoded float64 values)."""
+    if dtype == "uint8":
+        stored = rng.integers(0, 256, shape, dtype=np.uint8)
+        return stored, stored.astype(np.float64)
+    if dtype == "uint16":
+        stored = rng.integers(0, 65536, shape, dtype=np.uint16)
+        return stored, stored.astype(np.float64)
+    values = (loc + scale * rng.standard_normal(shape)).astype(np.float32)
+    flat = values.reshape(-1)
+    if nonfinite and flat.size >= 6:
+        flat[1], flat[3], flat[5] = np.nan, np.inf, -np.inf
+        flat[0] = 1e-40 if dtype in ("bfloat16", "float32", "float64") else 6e-8  # subnormal
+        flat[2] = -0.0
+    if dtype == "bfloat16":
+        stored = _bf16_bits(values)
+        return stored, _bf16_decode(stored).astype(np.float64)
+    stored = values.astype(dtype)
+    return stored, stored.astype(np.float64)
+
+
+def to_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    return a if layout == "CP" else np.ascontiguousarray(a.transpose(0, 2, 1))
+
+
+def reference(values: np.ndarray) -> dict:
+    """Two-pass float64 per-channel statistics of [N, C, L] values, non-finite excluded."""
+    channels = values.shape[1]
+    rows = values.transpose(1, 0, 2).reshape(channels, -1)
+    out = {k: [] for k in ("count", "nonfinite", "mean", "std", "min", "max", "sum", "sumsq")}
+    for row in rows:
+        ok = np.isfinite(row)
+        good = row[ok]
+        out["count"].append(good.size)
+        out["nonfinite"].append(row.size - good.size)
+        mean = good.sum() / good.size if good.size else np.nan
+        out["mean"].append(mean)
+        out["std"].append(np.sqrt(((good - mean) ** 2).sum() / good.size) if good.size else np.nan)
+        out["min"].append(good.min() if good.size else np.inf)
+        out["max"].append(good.max() if good.size else -np.inf)
+        out["sum"].append(sum(int(v) for v in good) if good.size and np.all(good == np.round(good)) else good.sum())
+        out["sumsq"].append(sum(int(v) * int(v) for v in good) if np.all(good == np.round(good)) else None)
+    return out
+
+
+def shift_for(values: np.ndarray) -> np.ndarray:
+    """A caller-style shift: a rounded guess at each channel's mean (not exact on purpose)."""
+    rows = values.transpose(1, 0, 2).reshape(values.shape[1], -1)
+    guess = [np.round(r[np.isfinite(r)].mean(), 1) if np.isfinite(r).any() else 0.0 for r in rows]
+    return np.asarray(guess)
+
+
+def run(strategy, stored, layout, dtype, values, *, launch=None, acc=None, **kwargs):
+    channels = stored.shape[1]
+    if acc is None:
+        acc = K.Accumulators.zeros(
+            channels, integer=K.is_integer(dtype), histogram=kwargs.get("histogram", False), cross=kwargs.get("cross", False)
+        )
+        if not acc.integer:
+            acc.set_shift(shift_for(values))
+    K.get_strategy(strategy).reduce(to_layout(stored, layout), layout, dtype, acc, launch=launch, **kwargs)
+    return acc.to_host()
+
+
+def check(host: dict, ref: dict, dtype: str) -> None:
+    np.testing.assert_array_equal(host["count"], ref["count"], err_msg="count")
+    np.testing.assert_array_equal(host["nonfinite"], ref["nonfinite"], err_msg="nonfinite")
+    np.testing.assert_array_equal(host["vmin"], ref["min"], err_msg="min")
+    np.testing.assert_array_equal(host["vmax"], ref["max"], err_msg="max")
+    if K.is_integer(dtype):
+        assert [int(v) for v in host["isum"]] == [int(v) for v in ref["sum"]], "isum not exact"
+        assert [int(v) for v in host["isumsq"]] == [int(v) for v in ref["sumsq"]], "isumsq not exact"
+        return
+    mean_rtol, std_rtol = TOLERANCE[dtype]
+    n = host["count"].astype(np.float64)
+    dmean = host["fsum"] / n
+    mean = host["shift"] + dmean
+    std = np.sqrt(np.maximum(host["fsumsq"] / n - dmean**2, 0.0))
+    np.testing.assert_allclose(mean, ref["mean"], rtol=mean_rtol, atol=1e-12, err_msg="mean")
+    # E[d^2] - E[d]^2 in the run type: the variance can be off by ~eps * (mean - shift)^2, which
+    # only shows when the shift is a poor guess and the spread is ~0 (e.g. a single element)
+    eps = 2.0**-53 if dtype == "float64" else 2.0**-24
+    std_atol = np.sqrt(8 * eps) * np.max(np.abs(mean - host["shift"])) + 1e-9
+    np.testing.assert_allclose(std, ref["std"], rtol=std_rtol, atol=std_atol, err_msg="std")
+
+
+# ----------------------------------------------------------------------------- reference matches
+
+
+@pytest.mark.parametrize("layout", ["CP", "PC"])
+@pytest.mark.parametrize("dtype", K.DTYPE_TAGS)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_matches_reference_every_dtype_and_layout(strategy, dtype, layout):
+    rng = np.random.default_rng(zlib.crc32(f"{strategy}-{dtype}-{layout}".encode()))
+    stored, values = make_data(dtype, (2, 3, 37), rng, nonfinite=True, loc=3.0, scale=2.0)
+    check(run(strategy, stored, layout, dtype, values), reference(values), dtype)
+
+
+@pytest.mark.parametrize("channels", [1, 4, 16])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_channel_counts(strategy, dtype, channels):
+    rng = np.random.default_rng(channels)
+    stored, values = make_data(dtype, (1, channels, 29 if channels < 16 else 5), rng, nonfinite=True)
+    check(run(strategy, stored, "PC" if channels == 4 else "CP", dtype, values), reference(values), dtype)
+
+
+# sizes one below / at / above the block (THREADS) and the grid stride (BLOCKS * THREADS), as
+# one image ([1, C, L]), as single-pixel rows ([P, C, 1]) and as a ragged image split
+def _edge_shapes():
+    stride = BLOCKS * THREADS
+    sizes = sorted({1, THREADS - 1, THREADS, THREADS + 1, stride - 1, stride, stride + 1})
+    shapes = []
+    for p in sizes:
+        shapes.append((1, 3, p))
+        shapes.append((p, 3, 1))
+        if p % 5 == 0 or p % 7 == 0:
+            k = 5 if p % 5 == 0 else 7
+            shapes.append((k, 3, p // k))
+    return shapes
+
+
+@pytest.mark.parametrize("shape", _edge_shapes(), ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("strategy", K.SIMULATOR_STRATEGIES)
+def test_edge_sizes(strategy, shape):
+    dtype = "uint8" if strategy == "hist8" else ("float32" if shape[0] == 1 else "uint16")
+    rng = np.random.default_rng(sum(shape))
+    stored, values = make_data(dtype, shape, rng)
+    layout = "CP" if shape[2] > 1 else "PC"
+    check(run(strategy, stored, layout, dtype, values), reference(values), dtype)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_launch_shapes_give_the_same_exact_integers(strategy):
+    """Any (blocks, threads) gives the same integer totals: exercises the block tree at 1..64 threads."""
+    rng = np.random.default_rng(7)
+    stored, values = make_data("uint16", (3, 2, 41), rng)
+    ref = reference(values)
+    for launch in [(1, 1), (3, 2), (1, 64), (5, 16)]:
+        check(run(strategy, stored, "CP", "uint16", values, launch=launch), ref, "uint16")
+
+
+# ----------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_huge_offset_small_spread(strategy, dtype):
+    """1e4 offset, std 1e-2: the shifted float32 runs keep std within 1e-5 relative."""
+    rng = np.random.default_rng(11)
+    stored, values = make_data(dtype, (1, 1, 1500), rng, loc=1e4, scale=1e-2)
+    host = run(strategy, stored, "CP", dtype, values)
+    ref = reference(values)
+    n = host["count"][0]
+    dmean = host["fsum"][0] / n
+    std = np.sqrt(host["fsumsq"][0] / n - dmean**2)
+    assert abs(std / ref["std"][0] - 1) < 1e-5
+    assert abs(host["shift"][0] + dmean - ref["mean"][0]) < 1e-7 * 1e4
+
+
+def test_all_nonfinite_channel_counts_nothing():
+    stored = np.full((1, 2, 9), np.nan, np.float32)
+    stored[0, 1] = 2.5
+    for strategy in STRATEGIES:
+        acc = K.Accumulators.zeros(2, integer=False)
+        K.get_strategy(strategy).reduce(stored, "CP", "float32", acc)
+        host = acc.to_host()
+        assert host["count"].tolist() == [0, 9] and host["nonfinite"].tolist() == [9, 0]
+        assert host["vmin"][0] == np.inf and host["vmax"][0] == -np.inf
+        assert host["fsum"][0] == 0.0 and host["vmin"][1] == host["vmax"][1] == 2.5
+
+
+def test_uint16_sums_exact_at_the_top_of_the_range():
+    stored = np.full((2, 1, 50), 65535, np.uint16)
+    stored[1, 0, 7] = 65534
+    for strategy in STRATEGIES:
+        host = run(strategy, stored, "CP", "uint16", stored.astype(np.float64))
+        assert int(host["isum"][0]) == 99 * 65535 + 65534
+        assert int(host["isumsq"][0]) == 99 * 65535**2 + 65534**2
+
+
+@pytest.mark.parametrize("strategy", ["tree", "welford"])
+def test_deterministic_strategies_are_bitwise_reproducible(strategy):
+    rng = np.random.default_rng(5)
+    stored, values = make_data("float32", (2, 3, 45), rng, loc=1.0, scale=3.0)
+    first = run(strategy, stored, "PC", "float32", values)
+    second = run(strategy, stored, "PC", "float32", values)
+    for key in ("fsum", "fsumsq", "vmin", "vmax", "count"):
+        assert first[key].tobytes() == second[key].tobytes(), key
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_batches_accumulate_on_the_device(strategy):
+    """Three reduce calls into one Accumulators equal the statistics of the concatenation."""
+    rng = np.random.default_rng(3)
+    batches = [make_data("float32", (n, 3, 13), rng, loc=0.5, scale=0.25) for n in (1, 3, 2)]
+    values = np.concatenate([v for _, v in batches])
+    acc = K.Accumulators.zeros(3, integer=False)
+    acc.set_shift(shift_for(batches[0][1]))
+    for stored, _ in batches:
+        K.get_strategy(strategy).reduce(stored, "CP", "float32", acc)
+    check(acc.to_host(), reference(values), "float32")
+
+
+def test_strided_device_views():
+    from numba import cuda
+
+    rng = np.random.default_rng(9)
+    stored, values = make_data("float32", (2, 3, 40), rng)
+    view = cuda.to_device(stored)[:, ::2, 1::3]  # channels 0 and 2, every third pixel
+    ref = reference(values[:, ::2, 1::3])
+    for strategy in STRATEGIES:
+        acc = K.Accumulators.zeros(2, integer=False)
+        K.get_strategy(strategy).reduce(view, "CP", "float32", acc)
+        check(acc.to_host(), ref, "float32")
+
+
+# ----------------------------------------------------------------------------- extras
+
+
+@pytest.mark.parametrize("layout", ["CP", "PC"])
+@pytest.mark.parametrize("strategy", ["hist8", "atomic"])
+def test_uint8_histograms_equal_bincount(strategy, layout):
+    rng = np.random.default_rng(2)
+    stored, values = make_data("uint8", (2, 3, 50), rng)
+    stored[0, 1, :] = 255
+    values = stored.astype(np.float64)
+    host = run(strategy, stored, layout, "uint8", values, histogram=True)
+    expected = np.stack([np.bincount(stored[:, c].reshape(-1), minlength=256) for c in range(3)])
+    np.testing.assert_array_equal(host["hist"], expected)
+    check(host, reference(values), "uint8")
+
+
+def test_hist8_accumulates_over_launches():
+    rng = np.random.default_rng(4)
+    acc = K.Accumulators.zeros(1, integer=True, histogram=True)
+    seen = []
+    for n in (10, 33, 1):
+        stored = rng.integers(0, 256, (1, 1, n), dtype=np.uint8)
+        seen.append(stored.reshape(-1))
+        K.get_strategy("hist8").reduce(stored, "CP", "uint8", acc, histogram=True)
+    host = acc.to_host()
+    allv = np.concatenate(seen)
+    np.testing.assert_array_equal(host["hist"][0], np.bincount(allv, minlength=256))
+    assert int(host["isum"][0]) == int(allv.astype(np.int64).sum()) and host["count"][0] == allv.size
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
+@pytest.mark.parametrize("layout", ["CP", "PC"])
+def test_cross_moments_against_numpy(dtype, layout):
+    rng = np.random.default_rng(8)
+    stored, values = make_data(dtype, (2, 3, 30), rng, loc=100.0, scale=4.0)
+    host = run("atomic", stored, layout, dtype, values, cross=True)
+    px = values.transpose(1, 0, 2).reshape(3, -1)
+    if K.is_integer(dtype):
+        ints = px.astype(object)
+        expected = np.array([[sum(a * b for a, b in zip(ints[i], ints[j])) for j in range(3)] for i in range(3)])
+        assert (host["cross"].astype(object) == expected).all()
+        mean = host["isum"] / host["count"]
+        cov = host["cross"] / host["count"][0] - np.outer(mean, mean)
+    else:
+        n = host["count"][0]
+        d = host["fsum"] / n
+        cov = host["cross"] / n - np.outer(d, d)
+    np.testing.assert_allclose(cov, np.cov(px, bias=True), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32", "bfloat16"])
+@pytest.mark.parametrize("layout", ["CP", "PC"])
+def test_per_image_against_numpy(dtype, layout):
+    rng = np.random.default_rng(12)
+    stored, values = make_data(dtype, (5, 3, 21), rng, nonfinite=True, loc=2.0, scale=0.5)
+    acc = K.Accumulators.zeros(3, integer=K.is_integer(dtype))
+    shift = np.zeros(3) if acc.integer else shift_for(values)
+    if not acc.integer:
+        acc.set_shift(shift)
+    images = acc.per_image(5)
+    K.get_strategy("atomic").reduce(to_layout(stored, layout), layout, dtype, acc, per_image=images)
+    got = images.to_host()
+    check(acc.to_host(), reference(values), dtype)
+    for n in range(5):
+        ref = reference(values[n : n + 1])
+        np.testing.assert_array_equal(got["img_count"][n], ref["count"])
+        mean = shift + got["img_sum"][n] / got["img_count"][n]
+        var = got["img_sumsq"][n] / got["img_count"][n] - (got["img_sum"][n] / got["img_count"][n]) ** 2
+        np.testing.assert_allclose(mean, ref["mean"], rtol=1e-6)
+        np.testing.assert_allclose(np.sqrt(var), ref["std"], rtol=1e-4)
+        if acc.integer:
+            assert got["img_sum"][n].tolist() == [float(v) for v in ref["sum"]]
+
+
+def test_per_image_single_image_many_blocks_requested():
+    rng = np.random.default_rng(13)
+    stored, values = make_data("uint8", (1, 1, 70), rng)
+    acc = K.Accumulators.zeros(1, integer=True)
+    images = acc.per_image(1)
+    K.get_strategy("atomic").reduce(stored, "CP", "uint8", acc, per_image=images, launch=(4, 32))
+    assert images.to_host()["img_sum"][0, 0] == values.sum()
+
+
+# ----------------------------------------------------------------------------- contract
+
+
+def test_registry_and_unsupported_requests_are_clear():
+    assert set(K.STRATEGIES) == {"atomic", "tree", "warp", "welford", "hist8"}
+    assert "warp" not in K.SIMULATOR_STRATEGIES
+    with pytest.raises(ValueError, match="unknown kernel strategy"):
+        K.get_strategy("fastest")
+    x = np.zeros((1, 2, 4), np.uint8)
+    for name in ("tree", "welford"):
+        with pytest.raises(NotImplementedError, match="atomic"):
+            K.get_strategy(name).reduce(x, "CP", "uint8", K.Accumulators.zeros(2, integer=True, cross=True), cross=True)
+    with pytest.raises(ValueError, match="uint8"):
+        K.get_strategy("hist8").reduce(x.astype(np.float32), "CP", "float32", K.Accumulators.zeros(2, integer=False))
+    with pytest.raises(ValueError, match="channels"):
+        K.get_strategy("atomic").reduce(x, "CP", "uint8", K.Accumulators.zeros(3, integer=True))
+    with pytest.raises(ValueError, match="integer=True"):
+        K.get_strategy("atomic").reduce(x, "CP", "uint8", K.Accumulators.zeros(2, integer=False))
+    with pytest.raises(ValueError, match="layout"):
+        K.get_strategy("atomic").reduce(x, "HWC", "uint8", K.Accumulators.zeros(2, integer=True))
+    if SIM:
+        with pytest.raises(RuntimeError, match="real GPU"):
+            K.get_strategy("warp").reduce(x, "CP", "uint8", K.Accumulators.zeros(2, integer=True))
+
+
+def test_empty_input_changes_nothing():
+    acc = K.Accumulators.zeros(3, integer=False)
+    for strategy in STRATEGIES:
+        K.get_strategy(strategy).reduce(np.zeros((0, 3, 5), np.float32), "CP", "float32", acc)
+        K.get_strategy(strategy).reduce(np.zeros((2, 3, 0), np.float32), "CP", "float32", acc)
+    host = acc.to_host()
+    assert host["count"].tolist() == [0, 0, 0] and np.all(host["vmin"] == np.inf)
+
+
+def test_flush_limits_and_reset():
+    assert K.max_elements_before_flush("uint8") == (2**63 - 1) // 255**2
+    assert K.max_elements_before_flush("uint16") == (2**63 - 1) // 65535**2
+    assert 2.0e9 < K.max_elements_before_flush("uint16") < 2.2e9
+    assert K.max_elements_before_flush("float32") >= 2**62
+    acc = K.Accumulators.zeros(1, integer=True, histogram=True)
+    K.get_strategy("hist8").reduce(np.ones((1, 1, 5), np.uint8), "CP", "uint8", acc, histogram=True)
+    acc.reset()
+    host = acc.to_host()
+    assert host["count"][0] == 0 and host["hist"].sum() == 0 and host["vmin"][0] == np.inf
+
+
+# ----------------------------------------------------------------------------- real GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", K.DTYPE_TAGS)
+@pytest.mark.parametrize("strategy", sorted(K.STRATEGIES))
+def test_gpu_every_strategy_medium_size(strategy, dtype):
+    _gpu_only()
+    if strategy == "hist8" and dtype != "uint8":
+        pytest.skip("hist8 is uint8 only")
+    rng = np.random.default_rng(21)
+    stored, values = make_data(dtype, (7, 3, 100_003), rng, nonfinite=True, loc=1e3, scale=3.0)
+    for layout in ("CP", "PC"):
+        check(run(strategy, stored, layout, dtype, values), reference(values), dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", sorted(K.STRATEGIES))
+def test_gpu_2_pow_25_ones_have_mean_exactly_one(strategy):
+    _gpu_only()
+    from numba import cuda
+
+    dtype = "uint8" if strategy == "hist8" else "float32"
+    x = cuda.to_device(np.ones((1, 1, 2**25), dtype=dtype))
+    acc = K.Accumulators.zeros(1, integer=K.is_integer(dtype), histogram=strategy == "hist8")
+    K.get_strategy(strategy).reduce(x, "CP", dtype, acc)
+    host = acc.to_host()
+    assert host["count"][0] == 2**25
+    total = host["isum"][0] if acc.integer else host["fsum"][0]
+    assert total == 2**25
