@@ -1,0 +1,323 @@
+"""The CUDA backend: numba kernels (``gpustats.kernels``) reducing into device accumulators.
+
+* Torch CUDA tensors are reduced in place, zero-copy (``__cuda_array_interface__``), on torch's
+  current stream of their device (``numba.cuda.external_stream``); nothing waits for the device
+  until :meth:`CudaReducer.state` (or an integer-overflow flush, or a check that ``nan_policy``
+  needs, below).
+* CPU tensors go through two pinned staging buffers: the host copy into one overlaps the
+  transfer/reduction of the other; transfers run on a side stream and the reduction waits for
+  them with an event. Data crosses the bus in its own dtype (8-bit stays 8-bit).
+* Under numba's simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) CPU tensors are staged as numpy
+  arrays into simulated device arrays, so the real kernels run in CI on tiny inputs.
+
+What runs where (strategy ``"auto"``): uint8 -> ``hist8`` (``atomic`` when co-moments or
+per-image sums are asked for), uint16 -> ``atomic``, floats -> ``tree`` (bitwise reproducible).
+Requests the kernels do not cover -- int8/int16 data, histograms of non-uint8 data,
+``nan_policy="propagate"`` on float data -- are reduced by the CPU backend for that batch and
+counted in ``fallback_batches`` (``kernel_launches`` counts the kernel path).
+
+Syncs: float batches under ``nan_policy="raise"`` are checked for non-finite values with one
+small torch reduction (one sync) *before* anything is accumulated, so a failing ``update``
+leaves the state unchanged; per-image sums are read back per batch.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from ..batches import Chunk
+from ..stats import ChannelStats, ImageMoments
+from . import BackendUnavailable, Options, Reducer
+
+__all__ = ["CudaReducer"]
+
+_KERNEL_DTYPES = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _load_kernels():
+    try:
+        from numba import cuda
+
+        from .. import kernels
+    except Exception as exc:  # pragma: no cover - depends on the install
+        raise BackendUnavailable(f"the CUDA kernels cannot be loaded ({exc}); pip install 'gpustats[cuda]' (numba-cuda)") from exc
+    return cuda, kernels
+
+
+class CudaReducer(Reducer):
+    """Reduce canonical chunks with the numba CUDA kernels; state lives on the device until asked."""
+
+    name = "cuda"
+
+    def __init__(self, device: torch.device, options: Options):
+        self._cuda, self._k = _load_kernels()
+        self.device = device
+        self.options = options
+        self.simulator = self._k.simulator_enabled()
+        requested = options.strategy
+        if requested != "auto":
+            self._k.get_strategy(requested)  # clear error for unknown names
+            if self.simulator and requested not in self._k.SIMULATOR_STRATEGIES:
+                raise BackendUnavailable(
+                    f"strategy {requested!r} needs a real GPU (the numba simulator has no warp shuffles); "
+                    f"choose one of {list(self._k.SIMULATOR_STRATEGIES)}"
+                )
+        self._requested = requested
+        self.strategy = requested
+        self._index = 0 if self.simulator else (device.index if device.index is not None else torch.cuda.current_device())
+        self._cpu = None
+        self._staging = None
+        self._after_reduce = None
+        self.kernel_launches = 0  # reduce() calls on the kernel path (tests use it to prove it ran)
+        self.fallback_batches = 0  # batches the kernels do not cover, reduced by the CPU backend
+        self.reset()
+
+    # ------------------------------------------------------------------ Reducer interface
+    def reset(self) -> None:
+        self._state = ChannelStats.empty()
+        self._acc = None
+        self._key = None
+        self._pending_images = []
+        self._since_flush = 0
+        self.batches = 0
+
+    def load(self, state: ChannelStats) -> None:
+        self.reset()
+        self._state = state
+
+    def state(self) -> ChannelStats:
+        self._flush()
+        return self._state
+
+    def update(self, chunk: Chunk, scale: float, batch_index: int) -> None:
+        if not chunk.parts:
+            return
+        if not self._kernels_cover(chunk):
+            self._update_on_cpu(chunk, scale, batch_index)
+            return
+        opts = self.options
+        integer = chunk.dtype in ("uint8", "uint16")
+        if not integer and opts.nan_policy == "raise":
+            self._raise_on_nonfinite(chunk, batch_index)  # before touching any state
+        strategy = self._pick_strategy(chunk)
+        histogram = bool(opts.histogram and chunk.dtype == "uint8")
+        key = (chunk.dtype, chunk.channels, float(scale), histogram, bool(opts.covariance))
+        if self._acc is not None and (key != self._key or self._since_flush + chunk.elements > self._k.max_elements_before_flush(chunk.dtype)):
+            self._flush()
+        with self._device_context():
+            stream = self._stream()
+            if self._acc is None:
+                self._acc = self._k.Accumulators.zeros(
+                    chunk.channels, integer=integer, histogram=histogram, cross=bool(opts.covariance), stream=stream
+                )
+                self._key = key
+                if not integer:
+                    self._acc.set_shift(self._first_batch_shift(chunk))
+            reduce = self._k.get_strategy(strategy).reduce
+            for part, per_image in self._reduce_parts(chunk, stream):
+                images = self._acc.per_image(int(part.shape[0])) if opts.per_image else None
+                reduce(part, chunk.layout, chunk.dtype, self._acc, histogram=histogram, cross=bool(opts.covariance),
+                       per_image=images, stream=stream)
+                self.kernel_launches += 1
+                if self._after_reduce is not None:  # a staged part: its buffer is free once this ran
+                    event, on_stream = self._after_reduce
+                    event.record(on_stream)
+                    self._after_reduce = None
+                if images is not None:
+                    self._pending_images.append((images, np.array(self._acc.shift.copy_to_host()) if not integer else None))
+        self.strategy = strategy
+        self._since_flush += chunk.elements
+        self.batches += 1
+
+    # ------------------------------------------------------------------ routing
+    def _kernels_cover(self, chunk: Chunk) -> bool:
+        opts = self.options
+        if chunk.dtype not in _KERNEL_DTYPES or not 1 <= chunk.channels <= self._k.MAX_CHANNELS:
+            return False
+        if opts.histogram and chunk.dtype != "uint8":
+            return False
+        if chunk.dtype in _FLOAT_DTYPES and opts.nan_policy == "propagate":
+            return False
+        return True
+
+    def _pick_strategy(self, chunk: Chunk) -> str:
+        opts = self.options
+        needs_atomic = opts.covariance or opts.per_image
+        if self._requested != "auto":
+            name = self._requested
+            if needs_atomic and not self._k.strategy_supports(name, "per_image" if opts.per_image else "cross"):
+                return "atomic"
+            if name == "hist8" and chunk.dtype != "uint8":
+                return "atomic"
+            return name
+        if needs_atomic:
+            return "atomic"
+        if chunk.dtype == "uint8":
+            return "hist8"
+        if chunk.dtype == "uint16":
+            return "atomic"
+        return "tree"
+
+    def _update_on_cpu(self, chunk: Chunk, scale: float, batch_index: int) -> None:
+        if self._cpu is None:
+            from .cpu import CpuReducer
+
+            self._cpu = CpuReducer(torch.device("cpu"), self.options)
+        cpu_chunk = Chunk(tuple(p.detach().cpu() for p in chunk.parts), chunk.layout, chunk.dtype, chunk.channels)
+        batch_state = self._cpu.reduce_chunk(cpu_chunk, scale, batch_index)
+        self._flush()
+        self._state = self._state.merge(batch_state)
+        self.fallback_batches += 1
+        self.batches += 1
+
+    # ------------------------------------------------------------------ devices and streams
+    def _device_context(self):
+        if self.simulator:
+            return self._cuda.gpus[0]
+        return self._cuda.gpus[self._index]
+
+    def _stream(self):
+        if self.simulator:
+            return 0
+        return self._cuda.external_stream(torch.cuda.current_stream(self._index).cuda_stream)
+
+    def _reduce_parts(self, chunk: Chunk, stream):
+        """Yield device arrays for the chunk's parts (zero-copy for CUDA tensors, staged otherwise)."""
+        for part in chunk.parts:
+            part = part.detach()
+            if chunk.dtype == "bfloat16":
+                part = part.view(torch.int16)  # bit patterns; the kernels decode bfloat16 exactly
+            if part.device.type == "cuda":
+                if self.simulator:
+                    yield part.cpu().numpy(), None
+                    continue
+                if part.dtype == getattr(torch, "uint16", None):
+                    part = part.view(torch.int16)  # same bits; the kernels mask to 16 bits
+                yield self._cuda.as_cuda_array(part, sync=False), None
+            elif self.simulator:
+                yield part.numpy(), None
+            else:
+                yield self._stage(part, stream), None
+
+    def _stage(self, part: torch.Tensor, stream):
+        """Copy a CPU tensor through a pinned double buffer on a side stream (returns a device array)."""
+        cuda = self._cuda
+        host = part.contiguous().numpy() if part.dtype != getattr(torch, "uint16", None) else part.view(torch.int16).contiguous().numpy()
+        if self._staging is None:
+            self._staging = {"slot": 0, "copy_stream": cuda.stream(), "slots": [None, None]}
+        st = self._staging
+        slot = st["slot"]
+        st["slot"] ^= 1
+        entry = st["slots"][slot]
+        if entry is None or entry["pinned"].nbytes < host.nbytes:
+            entry = {"pinned": cuda.pinned_array(max(host.nbytes, 1 << 20), dtype=np.uint8),
+                     "device": cuda.device_array(max(host.nbytes, 1 << 20), dtype=np.uint8),
+                     "copied": None, "reduced": None}
+            st["slots"][slot] = entry
+        if entry["copied"] is not None:
+            entry["copied"].synchronize()  # the last transfer from this pinned buffer is done
+        if entry["reduced"] is not None:
+            st["copy_stream"].wait_event(entry["reduced"])  # the last reduction of this device buffer is done
+        flat = entry["pinned"][: host.nbytes]
+        flat[:] = host.reshape(-1).view(np.uint8)
+        dev = entry["device"][: host.nbytes]
+        dev.copy_to_device(flat, stream=st["copy_stream"])
+        copied = cuda.event()
+        copied.record(st["copy_stream"])
+        entry["copied"] = copied
+        stream.wait_event(copied)
+        reduced = cuda.event()
+        entry["reduced"] = reduced
+        view = dev.view(host.dtype).reshape(host.shape)
+        # recorded right after the caller's reduction is queued: the generator resumes after it
+        self._after_reduce = (reduced, stream)
+        return view
+
+    # ------------------------------------------------------------------ numerics glue
+    def _raise_on_nonfinite(self, chunk: Chunk, batch_index: int) -> None:
+        from .cpu import check_nonfinite
+
+        axis = (0, 2) if chunk.layout == "CP" else (0, 1)
+        bad = None
+        for part in chunk.parts:
+            counts = (~torch.isfinite(part)).sum(dim=axis)
+            bad = counts if bad is None else bad + counts
+        check_nonfinite(bad.cpu().numpy(), batch_index)
+
+    def _first_batch_shift(self, chunk: Chunk) -> np.ndarray:
+        """Per-channel reference: the mean of the first batch's finite values (one small sync)."""
+        axis = (0, 2) if chunk.layout == "CP" else (0, 1)
+        total = torch.zeros(chunk.channels, dtype=torch.float64, device=chunk.parts[0].device)
+        count = torch.zeros(chunk.channels, dtype=torch.float64, device=chunk.parts[0].device)
+        for part in chunk.parts:
+            x = part.detach().double()
+            ok = torch.isfinite(x)
+            total += torch.where(ok, x, torch.zeros_like(x)).sum(dim=axis)
+            count += ok.sum(dim=axis).double()
+        mean = (total / count.clamp(min=1)).cpu().numpy()
+        return np.where(np.isfinite(mean), mean, 0.0)
+
+    def _flush(self) -> None:
+        """Move the device totals into the host state (syncs) and start fresh accumulators."""
+        if self._acc is None:
+            return
+        acc, key, pending = self._acc, self._key, self._pending_images
+        self._acc, self._key, self._pending_images, self._since_flush = None, None, [], 0
+        dtype, channels, scale, histogram, covariance = key
+        host = acc.to_host()
+        images = self._images(pending, dtype, channels) if self.options.per_image else None
+        count = [int(v) for v in host["count"]]
+        if dtype in ("uint8", "uint16"):
+            cross = None
+            if covariance:
+                cross = [[int(v) for v in row] for row in host["cross"]]
+            batch_state = ChannelStats.from_integer_sums(
+                count, [int(v) for v in host["isum"]], [int(v) for v in host["isumsq"]], host["vmin"], host["vmax"],
+                dtype=dtype, scale=scale, hist=host["hist"] if histogram else None,
+                hist_range=(0.0, 256.0) if histogram else None, cross=cross, images=images,
+            )
+        else:
+            n = host["count"].astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                dmean = np.where(n > 0, host["fsum"] / np.where(n > 0, n, 1.0), 0.0)
+            mean = np.where(n > 0, host["shift"] + dmean, 0.0)
+            m2 = np.maximum(host["fsumsq"] - n * dmean * dmean, 0.0)
+            comoment = None
+            if covariance:
+                comoment = host["cross"] - np.outer(host["fsum"], dmean)
+            batch_state = ChannelStats.from_moments(
+                count, mean, m2, host["vmin"], host["vmax"], dtype=dtype, scale=scale, nonfinite=host["nonfinite"],
+                comoment=comoment, images=images,
+            )
+        self._state = self._state.merge(batch_state)
+
+    def _images(self, pending, dtype: str, channels: int) -> ImageMoments:
+        counts, means, m2s = [], [], []
+        for images, shift in pending:
+            got = images.to_host()
+            c, s, q = got["img_count"], got["img_sum"], got["img_sumsq"]
+            if shift is None:  # integer: exact sums (below 2**53) -> exact per-image moments
+                mean = np.empty(c.shape)
+                m2 = np.empty(c.shape)
+                for idx in np.ndindex(*c.shape):
+                    ni, si, qi = int(c[idx]), int(s[idx]), int(q[idx])
+                    mean[idx] = float(Fraction(si, ni)) if ni else 0.0
+                    m2[idx] = float(Fraction(ni * qi - si * si, ni)) if ni else 0.0
+            else:
+                n = c.astype(np.float64)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    d = np.where(n > 0, s / np.where(n > 0, n, 1.0), 0.0)
+                mean = shift[None, :] + d
+                m2 = np.maximum(q - n * d * d, 0.0)
+                keep = c[:, 0] > 0
+                c, mean, m2 = c[keep], mean[keep], m2[keep]
+            counts.append(c)
+            means.append(mean)
+            m2s.append(m2)
+        if not counts:
+            return ImageMoments.from_images(np.zeros((0, channels)), np.zeros((0, channels)), np.zeros((0, channels)))
+        return ImageMoments.from_images(np.concatenate(counts), np.concatenate(means), np.concatenate(m2s))
