@@ -1,0 +1,695 @@
+"""Random subsets with confidence intervals and tolerance-based early stopping.
+
+Most users need the per-channel mean/std of a dataset to about three decimals, and a few hundred
+randomly chosen images usually get there. :func:`estimate_stats` visits images in a seeded random
+order, keeps per-image sufficient statistics, and stops as soon as the confidence interval of
+every channel's mean *and* std is narrower than ``± tolerance`` (or at ``max_images``, or when the
+data is exhausted, in which case the answer is exact).
+
+Sampling units
+--------------
+Images (more exactly: dataset items / files), not pixels, are the sampling units: pixels of one
+image are strongly correlated, so treating them as independent would give intervals that are
+far too narrow. For unit ``i`` we keep, per channel, on the reported (0–1 for 8-bit) scale and in
+float64::
+
+    n_i   number of pixels
+    s_i   sum of the pixel values
+    m2_i  within-image centred sum of squares, sum (x - s_i/n_i)^2
+
+(``m2_i`` carries the same information as the raw sum of squares ``q_i = m2_i + s_i^2/n_i`` but
+without cancellation when the data has a large offset). A file that cannot be decoded is a unit
+with ``n_i = 0``: it is part of the population and contributes no pixels, which the ratio estimator
+below handles exactly.
+
+Estimators and their intervals (what the module computes, and why)
+-------------------------------------------------------------------
+The target is the *pixel-weighted* population statistic that :func:`gpustats.compute_stats`
+returns (mean over all pixels, population std with ddof=0). With images of different sizes the
+sample mean is a **ratio estimator** ``R = sum s_i / sum n_i`` of two totals, and its variance
+is the linearization (first-order Taylor) variance of Cochran, *Sampling Techniques*, 3rd ed.
+(Wiley, 1977), §6.3–6.4 (eq. 6.9 with x̄ estimated by the sample mean, eq. 6.13)::
+
+    d_i = s_i - R n_i
+    V(R) = (1 - k/N) / (k * nbar^2) * sum d_i^2 / (k - 1),        nbar = sum n_i / k
+
+For the std we use the **delta method** on the two ratio estimators ``R_1 = sum s_i / sum n_i``
+and ``R_2 = sum q_i / sum n_i`` with ``sigma = g(R_1, R_2) = sqrt(R_2 - R_1^2)`` (Taylor
+linearization of a smooth function of estimated totals: Särndal, Swensson & Wretman, *Model
+Assisted Survey Sampling*, Springer 1992, §5.5–5.7; Cochran §6.4 for the ratio pieces). Its
+linearized variable simplifies to a ratio residual of the within-sample centred squares::
+
+    u_i = m2_i + n_i (s_i/n_i - R_1)^2          (sum over image i of (x - R_1)^2)
+    e_i = (u_i - sigma^2 n_i) / (2 sigma)
+    V(sigma) = (1 - k/N) / (k * nbar^2) * sum e_i^2 / (k - 1)
+
+The delta method was chosen over a bootstrap over per-image sufficient statistics because it is
+closed-form, O(k) per check (the check runs after every batch) and deterministic; a bootstrap
+would cost B recomputations per batch and add Monte-Carlo noise to the stopping decision. Both
+are first-order equivalent for smooth statistics (Shao & Tu, *The Jackknife and Bootstrap*,
+1995, §3). The coverage of both intervals is checked by ``tests/test_sampling.py`` on
+heterogeneous populations with mixed image sizes.
+
+Intervals are ``estimate ± z * sqrt(V)`` with ``z = NormalDist().inv_cdf((1 + confidence) / 2)``
+(normal approximation; hence ``min_images``, default 30, before any stop is allowed). The
+**finite-population correction** ``1 - k/N`` is applied whenever the population size ``N`` is
+known (map-style datasets, file lists); an exhausted population gives half-widths exactly 0.
+
+Stopping as soon as the half-width is below ``tolerance`` is the fixed-width sequential interval
+of Chow & Robbins, "On the asymptotic theory of fixed-width sequential confidence intervals for
+the mean", *Ann. Math. Statist.* 36 (1965) 457–462: its coverage tends to the nominal level as the
+tolerance shrinks. With a loose tolerance (stops near ``min_images``) it can be a little below
+nominal; the tests measure it.
+
+Where the data comes from
+-------------------------
+* A folder, a file path, or a list of them (``str``/``PathLike``): the files are listed with
+  :func:`gpustats.sources.list_images`, visited in a seeded random order and decoded with
+  :func:`gpustats.sources.decode_image` (``**decode_opts``: ``mode``, ``max_pixels``, ``resize``,
+  ``center_crop``; ``workers`` processes decode in parallel). Bad files are skipped and listed.
+* A map-style dataset (``len()`` and ``__getitem__``, e.g. a list of arrays or a torchvision
+  dataset): a seeded random permutation of its indices. Items may be anything
+  :mod:`gpustats.batches` accepts (an image, an ``(image, label)`` pair, a dict); an item that
+  holds several images is one unit (cluster sampling, still exact under the ratio estimator).
+* A ``torch.utils.data.DataLoader`` over a map-style dataset: its ``dataset`` is sampled (the
+  loader's sampler and batching are not used; its ``num_workers`` is).
+* Any other iterable (a generator, an ``IterableDataset``) cannot be shuffled, and the first
+  images of a folder or a stream are rarely a random sample: it is refused unless
+  ``assume_shuffled=True``, which takes its batches in the order given, one unit per image.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> images = [rng.integers(0, 256, size=(8, 8 + i % 5, 3), dtype=np.uint8) for i in range(500)]
+>>> est = estimate_stats(images, tolerance=0.01, device="cpu")
+>>> est.stopped_because, est.images_used < 500, est.is_estimate
+('tolerance', True, True)
+>>> bool(np.all(est.half_widths["mean"] <= 0.01) and np.all(est.half_widths["std"] <= 0.01))
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .batches import BatchAdapter, Chunk, InputError
+from .stats import INTEGER_DTYPES
+
+__all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats", "STOP_REASONS"]
+
+#: Values of :attr:`SampledStats.stopped_because`.
+STOP_REASONS = ("tolerance", "max_images", "exhausted")
+
+#: Default number of images that must be seen before the tolerance may stop the run.
+DEFAULT_MIN_IMAGES = 30
+
+#: Largest block of values (per channel * pixels * images) widened to float64 at once.
+_BLOCK_ELEMENTS = 1 << 22
+
+
+# ============================================================================ the estimator
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def ratio_intervals(
+    count: np.ndarray,
+    total: np.ndarray,
+    m2: np.ndarray,
+    *,
+    population_size: int | None = None,
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """Point estimates and standard errors from per-unit sufficient statistics.
+
+    ``count`` [k] pixels per unit (0 for a unit without pixels), ``total`` [k, C] sums, ``m2``
+    [k, C] within-unit centred sums of squares, for a simple random sample (without
+    replacement) of ``k`` units out of ``population_size`` (``None``: unknown, no finite-population
+    correction). Returns ``mean``, ``std``, ``se_mean``, ``se_std`` and ``half_mean``,
+    ``half_std`` (``z * se``), all [C] float64. See the module docstring for the formulas.
+
+    >>> r = ratio_intervals(np.array([4.0, 4.0]), np.array([[2.0], [2.0]]), np.array([[1.0], [1.0]]))
+    >>> float(r["mean"][0]), float(r["std"][0]), float(r["se_mean"][0])
+    (0.5, 0.5, 0.0)
+    """
+    count = np.asarray(count, dtype=np.float64)
+    total = np.asarray(total, dtype=np.float64)
+    m2 = np.asarray(m2, dtype=np.float64)
+    k = count.shape[0]
+    pixels = count.sum()
+    if k == 0 or pixels == 0:
+        raise InputError("no pixels were sampled: every visited image was empty or bad")
+    n_col = count[:, None]
+    mean = total.sum(axis=0) / pixels
+    d = total - mean * n_col  # = n_i (mean_i - R)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        between = np.where(n_col > 0, d * d / np.where(n_col > 0, n_col, 1.0), 0.0)
+    u = m2 + between  # sum over unit i of (x - R)^2
+    var = np.maximum(u.sum(axis=0) / pixels, 0.0)
+    std = np.sqrt(var)
+    e = u - var * n_col
+    if population_size is not None and population_size > 0:
+        fpc = max(0.0, 1.0 - k / float(population_size))
+    else:
+        fpc = 1.0
+    nbar = pixels / k
+    if k > 1:
+        scale = fpc / (k * (k - 1) * nbar * nbar)
+        se_mean = np.sqrt(scale * (d * d).sum(axis=0))
+        se_var = np.sqrt(scale * (e * e).sum(axis=0))
+    else:
+        se_mean = se_var = np.full(mean.shape, 0.0 if fpc == 0.0 else np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se_std = np.where(std > 0, se_var / (2.0 * np.where(std > 0, std, 1.0)), 0.0 if fpc == 0.0 else se_var)
+    # sigma == 0 means every sampled pixel equals the mean: e_i == 0, so se_var is 0 too.
+    z = _z(confidence)
+    return {"mean": mean, "std": std, "se_mean": se_mean, "se_std": se_std,
+            "half_mean": z * se_mean, "half_std": z * se_std}
+
+
+# ============================================================================ the result
+
+
+def _frozen(arr: Any) -> np.ndarray:
+    out = np.array(arr, dtype=np.float64, copy=True).reshape(-1)
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class SampledStats:
+    """Per-channel mean/std *estimated* from a random subset of images, with confidence intervals.
+
+    ``mean``/``std`` [C] (pixel-weighted, ddof=0, on ``scale``); ``mean_ci``/``std_ci``: ``(lower,
+    upper)`` arrays; ``half_widths``: ``{"mean": [C], "std": [C]}``; ``images_used``: images that
+    contributed pixels; ``units_visited``: dataset items / files visited (bad files included);
+    ``population_size``: ``N`` when known; ``stopped_because``: one of :data:`STOP_REASONS`;
+    ``is_estimate``: False only when the whole population was visited (then the values are exact
+    and the half-widths 0). ``bad_files``: ``(path, reason)`` of undecodable files visited.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    mean_ci: tuple[np.ndarray, np.ndarray]
+    std_ci: tuple[np.ndarray, np.ndarray]
+    half_widths: dict[str, np.ndarray]
+    images_used: int
+    units_visited: int
+    pixels_used: int
+    population_size: int | None
+    stopped_because: str
+    confidence: float
+    tolerance: float
+    is_estimate: bool
+    scale: float
+    seed: int
+    elapsed_s: float = 0.0
+    bad_files: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def channels(self) -> int:
+        return int(self.mean.shape[0])
+
+    @property
+    def images_per_second(self) -> float:
+        return self.units_visited / self.elapsed_s if self.elapsed_s > 0 else float("nan")
+
+    def normalize_args(self) -> tuple[list[float], list[float]]:
+        """``(mean, std)`` as plain lists, ready for ``transforms.Normalize(mean, std)``."""
+        return [float(v) for v in self.mean], [float(v) for v in self.std]
+
+    def describe(self) -> str:
+        """One line saying what kind of number this is."""
+        if not self.is_estimate:
+            return f"EXACT: all {self.units_visited} images of the population were visited"
+        of = f" of {self.population_size}" if self.population_size is not None else ""
+        why = {"tolerance": f"every half-width <= {self.tolerance:g}",
+               "max_images": "max_images reached (the tolerance may not be met)"}.get(self.stopped_because, self.stopped_because)
+        return (f"ESTIMATE from a random subset of {self.units_visited}{of} images (seed {self.seed}); "
+                f"{self.confidence:.0%} confidence intervals; stopped: {why}")
+
+    def to_dict(self) -> dict:
+        """Plain-JSON summary (the CLI's JSON output)."""
+        return {
+            "is_estimate": self.is_estimate,
+            "mean": self.mean.tolist(), "std": self.std.tolist(),
+            "mean_ci": [self.mean_ci[0].tolist(), self.mean_ci[1].tolist()],
+            "std_ci": [self.std_ci[0].tolist(), self.std_ci[1].tolist()],
+            "half_widths": {k: v.tolist() for k, v in self.half_widths.items()},
+            "confidence": self.confidence, "tolerance": self.tolerance,
+            "images_used": self.images_used, "units_visited": self.units_visited,
+            "pixels_used": self.pixels_used, "population_size": self.population_size,
+            "stopped_because": self.stopped_because, "seed": self.seed, "scale": self.scale,
+            "elapsed_s": self.elapsed_s,
+            "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
+            "note": self.describe(),
+        }
+
+    def __repr__(self) -> str:
+        def fmt(values: np.ndarray, half: np.ndarray) -> str:
+            return "[" + ", ".join(f"{v:.4f} ± {h:.4f}" for v, h in zip(values, half)) + "]"
+
+        return (f"SampledStats({self.describe()}\n"
+                f"  mean={fmt(self.mean, self.half_widths['mean'])},\n"
+                f"  std={fmt(self.std, self.half_widths['std'])})")
+
+
+# ============================================================================ per-unit sums
+
+
+class _UnitSums:
+    """Growing per-unit arrays (count [k], total [k, C], m2 [k, C]); amortized O(1) appends."""
+
+    def __init__(self) -> None:
+        self.k = 0
+        self._count = np.zeros(0)
+        self._total: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    def append(self, count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> None:
+        rows = count.shape[0]
+        if self._total is None:
+            cap = max(64, rows)
+            self._count = np.zeros(cap)
+            self._total = np.zeros((cap, total.shape[1]))
+            self._m2 = np.zeros((cap, total.shape[1]))
+        need = self.k + rows
+        if need > self._count.shape[0]:
+            cap = max(need, 2 * self._count.shape[0])
+            self._count = np.resize(self._count, cap)
+            self._total = np.resize(self._total, (cap, self._total.shape[1]))
+            self._m2 = np.resize(self._m2, (cap, self._m2.shape[1]))
+        self._count[self.k:need] = count
+        self._total[self.k:need] = total
+        self._m2[self.k:need] = m2
+        self.k = need
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._count[:self.k], self._total[:self.k], self._m2[:self.k]
+
+    @property
+    def images(self) -> int:
+        return int(np.count_nonzero(self._count[:self.k]))
+
+    @property
+    def channels(self) -> int:
+        return 0 if self._total is None else int(self._total.shape[1])
+
+
+def _row_moments(part: torch.Tensor, layout: str, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``.
+
+    Two passes per block in float64 (sum, then centred squares): exact sums for 8-bit data and
+    no cancellation for float data with an offset. CPU tensors go through numpy (no copy of the
+    input), CUDA tensors are reduced on their device.
+    """
+    pix_axis = 2 if layout == "CP" else 1
+    rows, length = int(part.shape[0]), int(part.shape[pix_axis])
+    chan = int(part.shape[1 if layout == "CP" else 2])
+    if part.device.type == "cpu" and rows * length * chan <= _BLOCK_ELEMENTS:
+        x = part.numpy().astype(np.float64)
+        s = x.sum(axis=pix_axis)
+        x -= np.expand_dims(s / length, pix_axis)
+        x *= x
+        return np.full(rows, float(length)), s / scale, x.sum(axis=pix_axis) / (scale * scale)
+    count = np.full(rows, float(length))
+    total = np.empty((rows, chan))
+    m2 = np.empty((rows, chan))
+    step = max(1, _BLOCK_ELEMENTS // max(1, length * chan))
+    for start in range(0, rows, step):
+        block = part[start:start + step]
+        if block.device.type == "cpu":
+            x = block.numpy().astype(np.float64)
+            s = x.sum(axis=pix_axis)
+            x -= np.expand_dims(s / length, pix_axis)
+            x *= x
+            q = x.sum(axis=pix_axis)
+        else:  # CUDA tensors are reduced where they are
+            x = block.to(torch.float64)
+            st = x.sum(dim=pix_axis)
+            x -= (st / length).unsqueeze(pix_axis)
+            s = st.cpu().numpy()
+            q = (x * x).sum(dim=pix_axis).cpu().numpy()
+        total[start:start + step] = s / scale
+        m2[start:start + step] = q / (scale * scale)
+    return count, total, m2
+
+
+def _combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Merge several images' (count, sum, M2) into one unit (Chan's formula in sum form)."""
+    n = float(count.sum())
+    if n == 0:
+        return 0.0, np.zeros(total.shape[1]), np.zeros(total.shape[1])
+    s = total.sum(axis=0)
+    mean = s / n
+    keep = count > 0
+    means = total[keep] / count[keep][:, None]
+    return n, s, m2.sum(axis=0) + (count[keep][:, None] * (means - mean) ** 2).sum(axis=0)
+
+
+# ============================================================================ the sources
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How to sample, for ``compute_stats(loader, sample=SampleSpec(tolerance=1e-3))``.
+
+    Fields as in :func:`estimate_stats`; ``compute_stats`` adds its ``device``, ``layout``,
+    ``channels``, ``key`` and ``scale``.
+    """
+
+    tolerance: float
+    confidence: float = 0.95
+    max_images: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    min_images: int = DEFAULT_MIN_IMAGES
+    assume_shuffled: bool = False
+    workers: int = 0
+    decode_opts: dict = field(default_factory=dict)
+
+    def run(self, source: Any, **options: Any) -> "SampledStats":
+        return estimate_stats(source, tolerance=self.tolerance, confidence=self.confidence,
+                              max_images=self.max_images, seed=self.seed, batch_size=self.batch_size,
+                              min_images=self.min_images, assume_shuffled=self.assume_shuffled,
+                              workers=self.workers, **options, **self.decode_opts)
+
+
+#: One visited unit: ("item", obj) | ("bad", path, reason) | ("rows", batch of several units).
+_Unit = tuple
+
+
+def _is_pathlike(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike))
+
+
+def _is_map_style(x: Any) -> bool:
+    if isinstance(x, torch.utils.data.IterableDataset):
+        return False
+    return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (dict, str, bytes))
+
+
+def _list_files(source: Any) -> list[str] | None:
+    """The file list when ``source`` names files/folders, else None."""
+    from .sources import list_images
+
+    if _is_pathlike(source):
+        return [os.fspath(p) for p in list_images([source])]
+    if isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source):
+        return [os.fspath(p) for p in list_images(list(source))]
+    return None
+
+
+def _file_units(files: list[str], order: np.ndarray, stop: int, batch_size: int, workers: int,
+                decode_opts: dict) -> Iterator[list[_Unit]]:
+    from .sources import iter_decoded
+
+    permuted = [files[i] for i in order[:stop]]
+    for records in iter_decoded(permuted, workers=workers, batch_size=batch_size, **decode_opts):
+        yield [("bad", permuted[r.index], r.bad_reason) if r.array is None else ("item", r.array)
+               for r in records]
+
+
+def _dataset_units(dataset: Any, order: np.ndarray, stop: int, batch_size: int,
+                   workers: int) -> Iterator[list[_Unit]]:
+    indices = [int(i) for i in order[:stop]]
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                             shuffle=False, num_workers=workers, collate_fn=list)
+        for items in loader:
+            yield [_dataset_unit(item) for item in items]
+        return
+    for start in range(0, len(indices), batch_size):
+        yield [_dataset_unit(dataset[i]) for i in indices[start:start + batch_size]]
+
+
+def _dataset_unit(item: Any) -> _Unit:
+    from .sources import DecodedImage
+
+    if isinstance(item, DecodedImage):  # an ImageFileDataset item
+        return ("bad", str(item.index), item.bad_reason) if item.array is None else ("item", item.array)
+    return ("item", item)
+
+
+def _iterable_units(iterable: Iterable[Any]) -> Iterator[list[_Unit]]:
+    for batch in iterable:
+        yield [("rows", batch)]
+
+
+# ============================================================================ the driver
+
+
+class _Reducer:
+    """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
+
+    def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
+        if not (scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0)):
+            raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}")
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
+        self.adapter = BatchAdapter(layout, channels, key)
+        self.scale_arg = scale
+        self.dtype: str | None = None
+        self.scale: float | None = None
+        self.calls = 0
+
+    def _chunk(self, obj: Any) -> Chunk:
+        index = self.calls
+        chunk = self.adapter.adapt(obj, index)
+        if self.dtype is not None and (chunk.dtype in INTEGER_DTYPES) != (self.dtype in INTEGER_DTYPES):
+            raise InputError(f"item {index} is {chunk.dtype} but earlier items were {self.dtype}; "
+                             "convert every image to one dtype")
+        if self.scale is None:
+            from .api import default_scale  # one rule for "auto", stated in api.py
+
+            self.scale = default_scale(chunk.dtype) if self.scale_arg == "auto" else float(self.scale_arg)
+            self.dtype = chunk.dtype
+        self.adapter.commit()
+        self.calls += 1
+        return chunk
+
+    def rows(self, obj: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-image moments of every image in ``obj``."""
+        chunk = self._chunk(obj)
+        pieces = []
+        for part in chunk.parts:
+            if self.device is not None and part.device != self.device:
+                part = part.to(self.device)
+            pieces.append(_row_moments(part, chunk.layout, self.scale))
+        if len(pieces) == 1:
+            count, total, m2 = pieces[0]
+        elif not pieces:
+            c = chunk.channels
+            return np.zeros(0), np.zeros((0, c)), np.zeros((0, c))
+        else:
+            count, total, m2 = (np.concatenate(p) for p in zip(*pieces))
+        if not (np.isfinite(total).all() and np.isfinite(m2).all()):
+            raise InputError(f"item {self.calls - 1} contains NaN or infinite values; sampling needs finite "
+                             "pixels (use compute_stats with nan_policy='omit' for exact statistics)")
+        return count, total, m2
+
+
+def estimate_stats(
+    dataset_or_files: Any,
+    *,
+    tolerance: float,
+    confidence: float = 0.95,
+    max_images: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: Any = None,
+    scale: float | str = "auto",
+    min_images: int = DEFAULT_MIN_IMAGES,
+    assume_shuffled: bool = False,
+    workers: int = 0,
+    layout: str | None = None,
+    channels: int | None = None,
+    key: str | None = None,
+    progress: bool = False,
+    **decode_opts: Any,
+) -> SampledStats:
+    """Estimate per-channel mean and std from a seeded random subset of images, with intervals.
+
+    Stops after the first batch at which at least ``min_images`` images were seen and every
+    channel's mean and std half-width (at ``confidence``) is ``<= tolerance``; or at ``max_images``
+    images (units); or when the data is exhausted (the result is then exact: ``is_estimate`` is
+    False and the half-widths 0). ``tolerance=0`` never stops early (fixed-size sample of
+    ``max_images``).
+
+    ``dataset_or_files``: a folder / file path or a list of them, a map-style dataset (``len`` and
+    ``__getitem__``), a DataLoader over one, or (with ``assume_shuffled=True``) any iterable of
+    batches; see the module docstring. ``seed`` fixes the visiting order (same seed, same result).
+    ``batch_size`` images are read between checks. ``device``: where per-image sums are taken
+    (``None``: where each image already is -- the CPU for files and numpy arrays). ``scale``,
+    ``layout``, ``channels``, ``key`` as in :func:`gpustats.compute_stats`. ``workers``: decoding
+    processes for files (DataLoader workers for datasets). ``**decode_opts`` go to
+    :func:`gpustats.sources.decode_image` (files only).
+    """
+    started = time.perf_counter()
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
+        raise ValueError(f"tolerance must be a finite number >= 0 (on the reported scale, e.g. 0.001), got {tolerance!r}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence!r}")
+    if max_images is not None and (int(max_images) != max_images or max_images < 1):
+        raise ValueError(f"max_images must be a positive int or None, got {max_images!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
+    if min_images < 2:
+        raise ValueError(f"min_images must be at least 2 (an interval needs a spread), got {min_images!r}")
+    cap = None if max_images is None else int(max_images)
+    source = dataset_or_files
+    loader_workers = workers
+
+    files = _list_files(source)
+    if files is None and decode_opts:
+        raise TypeError(f"decode options ({', '.join(sorted(decode_opts))}) apply to image files and folders only")
+    if files is None and isinstance(source, torch.utils.data.DataLoader) and not assume_shuffled:
+        if not _is_map_style(source.dataset):
+            raise InputError(
+                "this DataLoader wraps an IterableDataset, which cannot be visited in random order; "
+                "pass assume_shuffled=True if its stream is already in random order")
+        loader_workers = workers or source.num_workers
+        source = source.dataset
+
+    population: int | None
+    if files is not None:
+        population = len(files)
+        order = np.random.default_rng(seed).permutation(population)
+        stop = population if cap is None else min(cap, population)
+        units = _file_units(files, order, stop, batch_size, loader_workers, decode_opts)
+    elif _is_map_style(source) and not (assume_shuffled and isinstance(source, torch.utils.data.DataLoader)):
+        population = len(source)
+        order = np.random.default_rng(seed).permutation(population)
+        stop = population if cap is None else min(cap, population)
+        units = _dataset_units(source, order, stop, batch_size, loader_workers)
+    elif assume_shuffled and isinstance(source, Iterable):
+        population = None
+        units = _iterable_units(source)
+    elif isinstance(source, Iterable):
+        raise InputError(
+            f"a {type(source).__name__} cannot be visited in random order (it has no len() and indexing), and "
+            "the first images of a stream are rarely a random sample; pass a map-style dataset, a list of "
+            "files or a folder, or assume_shuffled=True if the stream is already in random order")
+    else:
+        raise InputError(f"cannot sample from a {type(source).__name__}; pass a folder, a list of image files, "
+                         "a map-style dataset or (with assume_shuffled=True) an iterable of batches")
+
+    reducer = _Reducer(device, layout, channels, key, scale)
+    sums = _UnitSums()
+    bad: list[tuple[str, str]] = []
+    pending_bad = 0  # bad units seen before the channel count is known
+    stopped = "exhausted"
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cap if population is None else min(population, cap or population),
+                   desc="gpustats sample", unit="img")
+
+    def visited() -> int:
+        return sums.k + pending_bad
+
+    try:
+        for batch in units:
+            for unit in batch:
+                if cap is not None and visited() >= cap:
+                    break
+                if unit[0] == "bad":
+                    bad.append((unit[1], unit[2]))
+                    if sums.k == 0:
+                        pending_bad += 1
+                    else:  # a unit of the population without pixels
+                        zeros = np.zeros((1, sums.channels))
+                        sums.append(np.zeros(1), zeros, zeros)
+                    continue
+                count, total, m2 = reducer.rows(unit[1])
+                if count.shape[0] == 0:
+                    continue
+                if pending_bad:
+                    zeros = np.zeros((pending_bad, total.shape[1]))
+                    sums.append(np.zeros(pending_bad), zeros, zeros)
+                    pending_bad = 0
+                if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
+                    n, s, q = _combine_rows(count, total, m2)
+                    sums.append(np.array([n]), s[None, :], q[None, :])
+                elif unit[0] == "item":
+                    sums.append(count, total, m2)
+                else:  # an iterable's batch: one unit per image, up to the cap
+                    room = count.shape[0] if cap is None else min(count.shape[0], cap - visited())
+                    sums.append(count[:room], total[:room], m2[:room])
+            if bar is not None:
+                bar.update(len(batch))
+            if cap is not None and visited() >= cap:
+                stopped = "max_images"
+                break
+            if sums.images >= min_images:
+                r = ratio_intervals(*sums.arrays(), population_size=population, confidence=confidence)
+                if np.all(r["half_mean"] <= tolerance) and np.all(r["half_std"] <= tolerance):
+                    stopped = "tolerance"
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        close = getattr(units, "close", None)
+        if close is not None:
+            close()  # stops decoding workers early
+
+    if sums.k == 0:
+        raise InputError("no image with pixels was found: the source was empty or every visited file was bad"
+                         + (f" (e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""))
+    if pending_bad:
+        zeros = np.zeros((pending_bad, sums.channels))
+        sums.append(np.zeros(pending_bad), zeros, zeros)
+    if population is not None:
+        if sums.k >= population:
+            stopped = "exhausted"
+        elif stopped == "exhausted":  # the visiting order ended at the cap
+            stopped = "max_images"
+    count, total, m2 = sums.arrays()
+    r = ratio_intervals(count, total, m2, population_size=population, confidence=confidence)
+    exact = stopped == "exhausted"
+    half_mean = np.zeros_like(r["mean"]) if exact else r["half_mean"]
+    half_std = np.zeros_like(r["std"]) if exact else r["half_std"]
+    mean, std = r["mean"], r["std"]
+    return SampledStats(
+        mean=_frozen(mean), std=_frozen(std),
+        mean_ci=(_frozen(mean - half_mean), _frozen(mean + half_mean)),
+        std_ci=(_frozen(np.maximum(std - half_std, 0.0)), _frozen(std + half_std)),
+        half_widths={"mean": _frozen(half_mean), "std": _frozen(half_std)},
+        images_used=sums.images, units_visited=sums.k, pixels_used=int(count.sum()),
+        population_size=population, stopped_because=stopped, confidence=float(confidence),
+        tolerance=float(tolerance), is_estimate=not exact, scale=float(reducer.scale), seed=int(seed),
+        elapsed_s=time.perf_counter() - started, bad_files=tuple(bad),
+    )
+
+
+def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = None, layout: str | None = None,
+                             channels: int | None = None, key: str | None = None, scale: Any = "auto",
+                             **unsupported: Any) -> SampledStats:
+    """``compute_stats(loader, sample=SampleSpec(...))``: estimate mean/std instead of the exact pass.
+
+    ``unsupported``: compute_stats options that sampling does not provide; any non-default one
+    raises (histograms, covariance and per-image statistics need every pixel).
+    """
+    if not isinstance(sample, SampleSpec):
+        raise TypeError(f"sample must be a gpustats.sampling.SampleSpec, got {type(sample).__name__}")
+    defaults = {"ddof": 0, "nan_policy": "raise", "histogram": False, "hist_bins": None, "hist_range": None,
+                "clip": False, "covariance": False, "per_image": False, "strategy": "auto", "progress": False,
+                "distributed": "auto"}
+    asked = sorted(k for k, v in unsupported.items() if k in defaults and v != defaults[k] and k != "progress")
+    if asked:
+        raise InputError(f"sample= estimates mean and std only; {', '.join(asked)} need(s) the exact pass "
+                         "(drop sample=, or drop these options)")
+    return sample.run(loader, device=device, layout=layout, channels=channels, key=key, scale=scale,
+                      progress=bool(unsupported.get("progress", False)))
