@@ -183,6 +183,7 @@ def compute_stats(
     covariance: bool = False,
     per_image: bool = False,
     distributed: Any = "auto",
+    sample: Any = None,
 ) -> Stats:
     """Per-channel statistics of every batch ``loader`` yields.
 
@@ -195,7 +196,17 @@ def compute_stats(
     ``per_image`` add exact histograms and percentiles, covariance/PCA and per-image statistics in
     the same pass. ``distributed="auto"`` merges across ``torch.distributed`` ranks when a process
     group is initialized (each rank must see its own shard, e.g. with ``DistributedSampler``).
+    ``sample=SampleSpec(tolerance=...)`` (:mod:`gpustats.sampling`) estimates mean/std from a
+    random subset of images instead and returns a ``SampledStats`` with confidence intervals.
     """
+    if sample is not None:
+        from .sampling import sample_for_compute_stats
+
+        return sample_for_compute_stats(loader, sample, device=device, layout=layout, channels=channels, key=key,
+                                        scale=scale, ddof=ddof, nan_policy=nan_policy, progress=progress,
+                                        strategy=strategy, histogram=histogram, hist_bins=hist_bins,
+                                        hist_range=hist_range, clip=clip, covariance=covariance,
+                                        per_image=per_image, distributed=distributed)
     acc = Accumulator(device, layout=layout, channels=channels, key=key, scale=scale, nan_policy=nan_policy,
                       strategy=strategy, histogram=histogram, hist_bins=hist_bins, hist_range=hist_range,
                       clip=clip, covariance=covariance, per_image=per_image)
