@@ -1,0 +1,281 @@
+"""Merge :class:`~gpustats.stats.ChannelStats` across ``torch.distributed`` ranks (NCCL or gloo).
+
+Each rank reduces its own shard; :func:`all_reduce_stats` gathers every rank's state and merges
+them in rank order (rank 0 first), so every rank ends with the same state, equal to a
+single-process run over all the data: bitwise for integer data (integer merges are exact sums),
+within float64 rounding (~1e-15 relative) for float data and for the per-image aggregates.
+
+Wire format (no pickle, ever):
+
+1. A fixed-size int64 **header** per rank (:data:`HEADER_FIELDS`): dtype family, channel count,
+   scale, histogram/covariance/per-image flags, histogram bins and range, a CRC of the options,
+   and the byte length of the payload. Every rank gathers every header first and checks that
+   the non-empty ranks agree; when they do not, every rank raises the same :class:`StatsError`
+   naming the difference ("rank 1 has 4 channels, rank 0 has 3") instead of hanging in a
+   mismatched collective or failing on one rank only. Empty ranks (``ChannelStats.empty()``,
+   a rank whose shard had no data) are left out of the comparison.
+2. The **payload**: each state's exact JSON text (:meth:`ChannelStats.to_json`, floats as
+   ``float.hex`` strings, unbounded integer totals as decimal strings) encoded as UTF-8 in a
+   uint8 tensor, zero-padded to the longest payload (known from the headers). JSON text is not
+   pickle: it is data, parsed by ``json.loads``, never executed. It is chosen over packing
+   fields into int64 limbs / float64 tensors because it is the one exact, versioned round trip
+   the state already has and tests (checkpoints use it too), it carries the unbounded Python-int
+   totals (``isum``/``isumsq``/``icross``) without a limb codec, and it follows any field added
+   to the state later with no change here. A state is small (kilobytes: C means, a 256-bin
+   histogram per channel, a C x C co-moment matrix), so its size on the wire does not matter;
+   the cost is two small ``all_gather`` calls.
+
+Tensors live on the rank's current CUDA device when the group's backend is NCCL (NCCL moves
+only CUDA tensors) and on the CPU otherwise (gloo, MPI).
+
+>>> from gpustats.stats import ChannelStats
+>>> all_reduce_stats(ChannelStats.empty()).is_empty   # no process group: the state comes back as is
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .stats import FLOAT_DTYPES, INTEGER_DTYPES, ChannelStats, ImageMoments, StatsError
+
+__all__ = [
+    "all_reduce_stats",
+    "init_from_env",
+    "shutdown",
+    "rank_and_world",
+    "is_main_process",
+    "HEADER_FIELDS",
+]
+
+#: Names of the int64 header slots every rank sends before its payload (see the module docstring).
+HEADER_FIELDS = (
+    "magic", "family", "dtype", "channels", "scale_bits", "has_hist", "hist_bins", "hist_lo_bits",
+    "hist_hi_bits", "has_comoment", "has_images", "options_crc", "payload_bytes",
+)
+_MAGIC = 0x67707374_0001  # "gpst", wire version 1: a rank running other code is caught here
+_FAMILY_CODES = {"empty": 0, "int": 1, "float": 2}
+_FAMILY_NAMES = {0: "empty", 1: "integer", 2: "float"}
+_DTYPES = (None,) + INTEGER_DTYPES + FLOAT_DTYPES
+
+_created_group = False  # True when init_from_env made the default group (shutdown() destroys only that)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def _group_ready() -> bool:
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world(group: Any = None) -> tuple[int, int]:
+    """``(rank, world_size)`` of ``group`` (default group), or ``(0, 1)`` without a process group."""
+    if not _group_ready():
+        return 0, 1
+    dist = _dist()
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def is_main_process(group: Any = None) -> bool:
+    """True on rank 0 (and in a plain single process): the rank that prints and writes files."""
+    return rank_and_world(group)[0] == 0
+
+
+def _bits(value: float) -> int:
+    return int(np.array(value, dtype=np.float64).view(np.int64))
+
+
+def _from_bits(bits: int) -> float:
+    return float(np.array(bits, dtype=np.int64).view(np.float64))
+
+
+def _comm_device(group: Any) -> torch.device:
+    """Where the group's collectives want their tensors: the current GPU for NCCL, else the CPU."""
+    backend = str(_dist().get_backend(group)).lower()
+    uses_nccl = "nccl" in backend
+    if uses_nccl and "gloo" not in backend:  # "cpu:gloo,cuda:nccl" still moves CPU tensors with gloo
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _header(state: ChannelStats, payload_bytes: int) -> list[int]:
+    options_text = json.dumps([[k, v] for k, v in state.options], sort_keys=True, default=str)
+    lo, hi = state.hist_range if state.hist_range is not None else (0.0, 0.0)
+    values = {
+        "magic": _MAGIC,
+        "family": _FAMILY_CODES[state.family],
+        "dtype": _DTYPES.index(state.dtype) if state.dtype in _DTYPES else -1,
+        "channels": 0 if state.is_empty else state.channels,
+        "scale_bits": _bits(state.scale),
+        "has_hist": int(state.hist is not None),
+        "hist_bins": 0 if state.hist is None else int(state.hist.shape[1]),
+        "hist_lo_bits": _bits(lo),
+        "hist_hi_bits": _bits(hi),
+        "has_comoment": int(state.comoment is not None),
+        "has_images": int(state.images is not None),
+        "options_crc": zlib.crc32(options_text.encode()),
+        "payload_bytes": payload_bytes,
+    }
+    return [int(values[name]) for name in HEADER_FIELDS]
+
+
+def _all_gather(tensor: torch.Tensor, world: int, group: Any) -> list[torch.Tensor]:
+    out = [torch.empty_like(tensor) for _ in range(world)]
+    _dist().all_gather(out, tensor, group=group)
+    return out
+
+
+def _disagreements(headers: Sequence[dict[str, int]]) -> list[str]:
+    """Differences between each non-empty rank's header and the first non-empty rank's (same on every rank)."""
+    problems: list[str] = []
+    for rank, h in enumerate(headers):
+        if h["magic"] != _MAGIC:
+            problems.append(f"rank {rank} sent a header of another gpustats version (magic {h['magic']:#x}, "
+                            f"expected {_MAGIC:#x}); run the same gpustats on every rank")
+    if problems:
+        return problems
+    filled = [(rank, h) for rank, h in enumerate(headers) if h["family"] != _FAMILY_CODES["empty"]]
+    if len(filled) < 2:
+        return problems
+    ref_rank, ref = filled[0]
+    for rank, h in filled[1:]:
+        if h["channels"] != ref["channels"]:
+            problems.append(f"rank {rank} has {h['channels']} channels, rank {ref_rank} has {ref['channels']}")
+        if h["family"] != ref["family"]:
+            problems.append(f"rank {rank} has {_FAMILY_NAMES[h['family']]} data ({_DTYPES[h['dtype']]}), rank "
+                            f"{ref_rank} has {_FAMILY_NAMES[ref['family']]} data ({_DTYPES[ref['dtype']]})")
+        if h["scale_bits"] != ref["scale_bits"]:
+            problems.append(f"rank {rank} uses scale {_from_bits(h['scale_bits']):g}, rank {ref_rank} uses scale "
+                            f"{_from_bits(ref['scale_bits']):g}")
+        for flag, what in (("has_hist", "a histogram"), ("has_comoment", "covariance"), ("has_images", "per-image statistics")):
+            if h[flag] != ref[flag]:
+                with_rank, without_rank = (rank, ref_rank) if h[flag] else (ref_rank, rank)
+                problems.append(f"rank {with_rank} has {what}, rank {without_rank} has none")
+        if h["has_hist"] and ref["has_hist"]:
+            if h["hist_bins"] != ref["hist_bins"]:
+                problems.append(f"rank {rank} has {h['hist_bins']} histogram bins, rank {ref_rank} has {ref['hist_bins']}")
+            elif (h["hist_lo_bits"], h["hist_hi_bits"]) != (ref["hist_lo_bits"], ref["hist_hi_bits"]):
+                problems.append(
+                    f"rank {rank} has histogram range [{_from_bits(h['hist_lo_bits']):g}, {_from_bits(h['hist_hi_bits']):g}], "
+                    f"rank {ref_rank} has [{_from_bits(ref['hist_lo_bits']):g}, {_from_bits(ref['hist_hi_bits']):g}]")
+        if h["options_crc"] != ref["options_crc"]:
+            problems.append(f"rank {rank} was reduced with different options than rank {ref_rank}")
+    return problems
+
+
+def _decode(text: str) -> ChannelStats:
+    """``ChannelStats.from_json`` with the per-image aggregates' [3, C] shape restored.
+
+    ``ImageMoments.from_dict`` (stats.py) returns them flattened to [3*C]; merging would still be
+    right, but ``Stats.per_image`` would index scalars instead of rows. A no-op once from_dict keeps
+    the shape.
+    """
+    state = ChannelStats.from_json(text)
+    img = state.images
+    if img is not None and img.mean.ndim == 1:
+        mean, m2 = img.mean.reshape(3, -1), img.m2.reshape(3, -1)
+        state = replace(state, images=ImageMoments(img.images, mean, m2))
+    return state
+
+
+# ---------------------------------------------------------------------------------- public
+def all_reduce_stats(state: ChannelStats, group: Any = None) -> ChannelStats:
+    """Merge ``state`` across every rank of ``group`` (default group); every rank gets the same result.
+
+    The result equals a single-process reduction of all ranks' data: bitwise for integer data,
+    within float64 rounding for float data (states are merged in rank order with Chan's
+    formula). A rank whose shard was empty passes ``ChannelStats.empty()``. Without an
+    initialized process group the state is returned unchanged. Collective: every rank of the
+    group must call it. Ranks whose states cannot be merged (different channel counts, integer
+    vs float data, scales, histogram/covariance/per-image options) all raise the same
+    :class:`~gpustats.stats.StatsError` naming the difference.
+
+    Args:
+        state: this rank's state.
+        group: a ``torch.distributed`` process group (``None``: the default group).
+    """
+    if not _group_ready():
+        return state
+    dist = _dist()
+    world = dist.get_world_size(group)
+    device = _comm_device(group)
+
+    payload = b"" if state.is_empty else state.to_json().encode("utf-8")
+    header = torch.tensor(_header(state, len(payload)), dtype=torch.int64, device=device)
+    headers = [dict(zip(HEADER_FIELDS, t.cpu().tolist())) for t in _all_gather(header, world, group)]
+    problems = _disagreements(headers)
+    if problems:
+        raise StatsError(
+            "cannot merge statistics across ranks: " + "; ".join(problems)
+            + ". Every rank must reduce the same kind of data (channels, integer or float dtype, scale) "
+            "with the same options (histogram, hist_bins/hist_range, covariance, per_image)"
+        )
+
+    longest = max(h["payload_bytes"] for h in headers)
+    if longest == 0:  # every rank is empty
+        return ChannelStats.empty()
+    buffer = np.zeros(longest, dtype=np.uint8)
+    buffer[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+    gathered = _all_gather(torch.from_numpy(buffer).to(device), world, group)
+
+    merged = ChannelStats.empty()
+    for h, tensor in zip(headers, gathered):  # rank order: the same merge sequence on every rank
+        if h["payload_bytes"] == 0:
+            continue
+        text = tensor[: h["payload_bytes"]].cpu().numpy().tobytes().decode("utf-8")
+        merged = merged.merge(_decode(text))
+    return merged
+
+
+def init_from_env(backend: str | None = None, timeout: timedelta | None = None) -> tuple[int, int]:
+    """Join the process group that ``torchrun`` describes in the environment; return ``(rank, world)``.
+
+    With ``WORLD_SIZE`` > 1 in the environment (torchrun sets it, with ``RANK``, ``LOCAL_RANK``,
+    ``MASTER_ADDR`` and ``MASTER_PORT``) and no group yet, initializes the default group:
+    ``backend`` or NCCL when CUDA is available (after ``torch.cuda.set_device(LOCAL_RANK)``), else
+    gloo. An existing group is used as is. Otherwise (a plain single process) returns ``(0, 1)``.
+    """
+    global _created_group
+    if _group_ready():
+        return rank_and_world()
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise StatsError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
+    if world <= 1:
+        return 0, 1
+    dist = _dist()
+    if not dist.is_available():
+        raise StatsError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+    if backend == "nccl":
+        local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://"}
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    dist.init_process_group(**kwargs)
+    _created_group = True
+    return rank_and_world()
+
+
+def shutdown() -> None:
+    """Destroy the process group if :func:`init_from_env` created it (a no-op otherwise)."""
+    global _created_group
+    if _created_group and _group_ready():
+        _dist().destroy_process_group()
+    _created_group = False
