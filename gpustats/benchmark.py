@@ -315,12 +315,12 @@ def numpy_two_pass(batches: Sequence[torch.Tensor], layout: str = "NCHW") -> tup
 def torch_moments(x: torch.Tensor, layout: str, histogram: bool = False, histc: bool = False) -> tuple:
     """``torch.var_mean`` + ``torch.aminmax`` per channel (+ a 256-bin histogram when asked).
 
-    uint8 is converted with ``.float()`` first (``var_mean`` needs floats). The histogram is
-    ``torch.bincount`` over ``value + 256 * channel`` (``histc=False``) or one ``torch.histc`` per
+    uint8 is converted with ``.float()`` first (``var_mean`` needs floats); 16-bit floats are read
+    as they are. The histogram is ``torch.bincount`` over ``value + 256 * channel`` (``histc=False``) or one ``torch.histc`` per
     channel (``histc=True``).
     """
     dims = _other_dims(layout)
-    xf = x.float() if x.dtype in (torch.uint8, torch.float16, torch.bfloat16) else x
+    xf = x.float() if x.dtype == torch.uint8 else x
     var, mean = torch.var_mean(xf, dim=dims, correction=0)
     if layout == "NCHW":
         lo, hi = torch.aminmax(x.flatten(2), dim=2)  # [N, C] then over images
