@@ -307,7 +307,7 @@ def test_header_agreement_and_empty_ranks():
     assert gdist._disagreements(_headers(_u8(), ChannelStats.empty(), _u8())) == []
     assert gdist._disagreements(_headers(ChannelStats.empty(), ChannelStats.empty())) == []
     # uint8 and uint16 are both exact integer states with the same scale: merge allows it
-    assert gdist._disagreements(_headers(_u8(), _u8().__class__.from_integer_sums(
+    assert gdist._disagreements(_headers(_u8(), ChannelStats.from_integer_sums(
         [1] * 3, [1] * 3, [1] * 3, [1] * 3, [1] * 3, dtype="uint16", scale=255.0))) == []
 
 
