@@ -176,21 +176,6 @@ def _disagreements(headers: Sequence[dict[str, int]]) -> list[str]:
     return problems
 
 
-def _decode(text: str) -> ChannelStats:
-    """``ChannelStats.from_json`` with the per-image aggregates' [3, C] shape restored.
-
-    ``ImageMoments.from_dict`` (stats.py) returns them flattened to [3*C]; merging would still be
-    right, but ``Stats.per_image`` would index scalars instead of rows. A no-op once from_dict keeps
-    the shape.
-    """
-    state = ChannelStats.from_json(text)
-    img = state.images
-    if img is not None and img.mean.ndim == 1:
-        mean, m2 = img.mean.reshape(3, -1), img.m2.reshape(3, -1)
-        state = replace(state, images=ImageMoments(img.images, mean, m2))
-    return state
-
-
 # ---------------------------------------------------------------------------------- public
 def all_reduce_stats(state: ChannelStats, group: Any = None) -> ChannelStats:
     """Merge ``state`` across every rank of ``group`` (default group); every rank gets the same result.
@@ -236,7 +221,7 @@ def all_reduce_stats(state: ChannelStats, group: Any = None) -> ChannelStats:
         if h["payload_bytes"] == 0:
             continue
         text = tensor[: h["payload_bytes"]].cpu().numpy().tobytes().decode("utf-8")
-        merged = merged.merge(_decode(text))
+        merged = merged.merge(ChannelStats.from_json(text))
     return merged
 
 

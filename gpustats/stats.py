@@ -131,7 +131,9 @@ class ImageMoments:
 
     @staticmethod
     def from_dict(d: dict) -> "ImageMoments":
-        return ImageMoments(int(d["images"]), _frozen(_floats_in(d["mean"])), _frozen(_floats_in(d["m2"])))
+        mean = _floats_in(d["mean"]).reshape(3, -1)
+        m2 = _floats_in(d["m2"]).reshape(3, -1)
+        return ImageMoments(int(d["images"]), _frozen(mean), _frozen(m2))
 
 
 @dataclass(frozen=True, eq=False)

@@ -119,7 +119,10 @@ def test_json_roundtrip_with_every_option():
     r = compute_stats([x], device="cpu", histogram=True, covariance=True, per_image=True)
     s = r.state
     assert ChannelStats.from_json(s.to_json()) == s
-    assert ChannelStats.from_json(s.to_json()).hist.tolist() == s.hist.tolist()
+    back = ChannelStats.from_json(s.to_json())
+    assert back.hist.tolist() == s.hist.tolist()
+    assert back.images.mean.shape == (3, 3) and back.images.mean.tobytes() == s.images.mean.tobytes()
+    assert back.finalize().per_image["mean_of_stds"].shape == (3,)
 
 
 def test_from_json_rejects_foreign_text():
