@@ -122,6 +122,19 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
+def _t_quantile(confidence: float, df: float) -> float:
+    """Two-sided Student-t quantile from the normal one (Cornish-Fisher expansion of Hill, 1970,
+    Comm. ACM 13:617; Abramowitz & Stegun 26.7.5): within 1e-4 of the exact value for df >= 5."""
+    z = _z(confidence)
+    if not math.isfinite(df):
+        return z
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
 def ratio_intervals(
     count: np.ndarray,
     total: np.ndarray,
@@ -155,24 +168,29 @@ def ratio_intervals(
     with np.errstate(invalid="ignore", divide="ignore"):
         between = np.where(n_col > 0, d * d / np.where(n_col > 0, n_col, 1.0), 0.0)
     u = m2 + between  # sum over unit i of (x - R)^2
-    var = np.maximum(u.sum(axis=0) / pixels, 0.0)
-    std = np.sqrt(var)
-    e = u - var * n_col
     if population_size is not None and population_size > 0:
         fpc = max(0.0, 1.0 - k / float(population_size))
     else:
         fpc = 1.0
     nbar = pixels / k
+    plain_var = np.maximum(u.sum(axis=0) / pixels, 0.0)
     if k > 1:
         scale = fpc / (k * (k - 1) * nbar * nbar)
-        se_mean = np.sqrt(scale * (d * d).sum(axis=0))
+        var_mean = scale * (d * d).sum(axis=0)
+        # Centring at the estimated mean R instead of the true one loses sum n_i (R - mean)^2 ~
+        # pixels * V(R): add V(R) back (the k/(k-1) of the plain variance; 0 once exhausted).
+        var = plain_var + var_mean
+        e = u - var * n_col
         se_var = np.sqrt(scale * (e * e).sum(axis=0))
+        se_mean = np.sqrt(var_mean)
     else:
+        var = plain_var
         se_mean = se_var = np.full(mean.shape, 0.0 if fpc == 0.0 else np.inf)
+    std = np.sqrt(var)
     with np.errstate(invalid="ignore", divide="ignore"):
         se_std = np.where(std > 0, se_var / (2.0 * np.where(std > 0, std, 1.0)), 0.0 if fpc == 0.0 else se_var)
     # sigma == 0 means every sampled pixel equals the mean: e_i == 0, so se_var is 0 too.
-    z = _z(confidence)
+    z = _t_quantile(confidence, k - 1) if k > 1 else _z(confidence)
     return {"mean": mean, "std": std, "se_mean": se_mean, "se_std": se_std,
             "half_mean": z * se_mean, "half_std": z * se_std}
 
@@ -552,6 +570,8 @@ def estimate_stats(
     loader_workers = workers
 
     files = _list_files(source)
+    if files is not None and layout is None:
+        layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
     if files is None and decode_opts:
         raise TypeError(f"decode options ({', '.join(sorted(decode_opts))}) apply to image files and folders only")
     if files is None and isinstance(source, torch.utils.data.DataLoader) and not assume_shuffled:
@@ -657,8 +677,10 @@ def estimate_stats(
         elif stopped == "exhausted":  # the visiting order ended at the cap
             stopped = "max_images"
     count, total, m2 = sums.arrays()
-    r = ratio_intervals(count, total, m2, population_size=population, confidence=confidence)
     exact = stopped == "exhausted"
+    # every unit was seen (a stream's size is known once it ends): the finite-population
+    # correction makes the answer exact
+    r = ratio_intervals(count, total, m2, population_size=sums.k if exact else population, confidence=confidence)
     half_mean = np.zeros_like(r["mean"]) if exact else r["half_mean"]
     half_std = np.zeros_like(r["std"]) if exact else r["half_std"]
     mean, std = r["mean"], r["std"]
