@@ -128,7 +128,8 @@ class CudaReducer(Reducer):
                     event.record(on_stream)
                     self._after_reduce = None
                 if images is not None:
-                    self._pending_images.append((images, np.array(self._acc.shift.copy_to_host()) if not integer else None))
+                    shift = None if integer else np.array(self._acc.shift.copy_to_host())
+                    self._pending_images.append((self.batches, images, shift))
         self.strategy = strategy
         self._since_flush += chunk.elements
         self.batches += 1
@@ -296,28 +297,39 @@ class CudaReducer(Reducer):
         self._state = self._state.merge(batch_state)
 
     def _images(self, pending, dtype: str, channels: int) -> ImageMoments:
-        counts, means, m2s = [], [], []
-        for images, shift in pending:
-            got = images.to_host()
-            c, s, q = got["img_count"], got["img_sum"], got["img_sumsq"]
-            if shift is None:  # integer: exact sums (below 2**53) -> exact per-image moments
-                mean = np.empty(c.shape)
-                m2 = np.empty(c.shape)
-                for idx in np.ndindex(*c.shape):
-                    ni, si, qi = int(c[idx]), int(s[idx]), int(q[idx])
-                    mean[idx] = float(Fraction(si, ni)) if ni else 0.0
-                    m2[idx] = float(Fraction(ni * qi - si * si, ni)) if ni else 0.0
-            else:
-                n = c.astype(np.float64)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    d = np.where(n > 0, s / np.where(n > 0, n, 1.0), 0.0)
-                mean = shift[None, :] + d
-                m2 = np.maximum(q - n * d * d, 0.0)
-                keep = c[:, 0] > 0
-                c, mean, m2 = c[keep], mean[keep], m2[keep]
-            counts.append(c)
-            means.append(mean)
-            m2s.append(m2)
-        if not counts:
-            return ImageMoments.from_images(np.zeros((0, channels)), np.zeros((0, channels)), np.zeros((0, channels)))
-        return ImageMoments.from_images(np.concatenate(counts), np.concatenate(means), np.concatenate(m2s))
+        """Per-image moments folded batch by batch (the CPU backend's order, so uint8 is bitwise equal)."""
+        result = None
+        batch_nos = sorted({entry[0] for entry in pending})
+        for batch_no in batch_nos:
+            counts, means, m2s = [], [], []
+            for _, images, shift in (e for e in pending if e[0] == batch_no):
+                c, mean, m2 = self._image_rows(images, shift)
+                counts.append(c)
+                means.append(mean)
+                m2s.append(m2)
+            batch = ImageMoments.from_images(np.concatenate(counts), np.concatenate(means), np.concatenate(m2s))
+            result = batch if result is None else result.merge(batch)
+        if result is None:
+            empty = np.zeros((0, channels))
+            return ImageMoments.from_images(empty, empty, empty)
+        return result
+
+    @staticmethod
+    def _image_rows(images, shift):
+        got = images.to_host()
+        c, s, q = got["img_count"], got["img_sum"], got["img_sumsq"]
+        if shift is None:  # integer: exact sums (below 2**53) -> exact per-image moments
+            mean = np.empty(c.shape)
+            m2 = np.empty(c.shape)
+            for idx in np.ndindex(*c.shape):
+                ni, si, qi = int(c[idx]), int(s[idx]), int(q[idx])
+                mean[idx] = float(Fraction(si, ni)) if ni else 0.0
+                m2[idx] = float(Fraction(ni * qi - si * si, ni)) if ni else 0.0
+            return c, mean, m2
+        n = c.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            d = np.where(n > 0, s / np.where(n > 0, n, 1.0), 0.0)
+        mean = shift[None, :] + d
+        m2 = np.maximum(q - n * d * d, 0.0)
+        keep = c[:, 0] > 0
+        return c[keep], mean[keep], m2[keep]
