@@ -120,6 +120,13 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--plot", metavar="FILE.png", default=None,
                      help="per-channel histogram plot (implies --histogram; needs pip install 'gpustats[plot]')")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes on stderr")
+    smp = parser.add_argument_group("sampling (an estimate with confidence intervals; docs/sampling.md)")
+    smp.add_argument("--sample-tolerance", type=_non_negative_float, default=None, metavar="T",
+                     help="visit images in random order and stop once every channel's mean and std is known to "
+                          "± T (e.g. 0.001) at --confidence; prints intervals and says the result is an estimate")
+    smp.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    smp.add_argument("--max-images", type=_positive_int, default=None, metavar="N", help="visit at most N images")
+    smp.add_argument("--seed", type=int, default=0, help="seed of the random visiting order (default 0)")
     run = parser.add_argument_group("robustness")
     run.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first bad file")
     run.add_argument("--checkpoint", metavar="FILE", default=None,
@@ -560,6 +567,8 @@ def _emit(text: str, output: str | None, quiet: bool) -> None:
 # ============================================================================ commands
 def cmd_stats(args: argparse.Namespace) -> int:
     note = (lambda s: None) if args.quiet else (lambda s: print(f"gpustats: {s}", file=sys.stderr))
+    if getattr(args, "sample_tolerance", None) is not None:
+        return cmd_sample(args)
     if args.plot:
         from .plot import require_matplotlib
 
@@ -574,6 +583,32 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
         plot_histograms(run.stats, args.plot, channel_names=run.channels, images=run.images)
         note(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
+    from .sampling import estimate_stats, format_sampled
+    from .sources import DEFAULT_MAX_PIXELS
+
+    exact_only = [flag for flag, on in (("--histogram", args.histogram), ("--covariance", args.covariance),
+                                        ("--per-image", args.per_image), ("--plot", args.plot),
+                                        ("--checkpoint", args.checkpoint), ("--ddof 1", args.ddof != 0)) if on]
+    if exact_only:
+        raise CliError(f"{', '.join(exact_only)} need(s) every image; drop --sample-tolerance or these options")
+    if not 0.0 < args.confidence < 1.0:
+        raise CliError(f"--confidence must lie strictly between 0 and 1, got {args.confidence}")
+    result = estimate_stats(
+        args.paths, tolerance=args.sample_tolerance, confidence=args.confidence, max_images=args.max_images,
+        seed=args.seed, batch_size=args.batch_size, device=None if args.device == "auto" else args.device,
+        workers=_default_workers() if args.workers is None else args.workers,
+        progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
+        max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
+        center_crop=args.center_crop)
+    if args.strict and result.bad_files:
+        path, reason = result.bad_files[0]
+        raise StrictBadFile(f"bad file {path}: {reason} (--strict)")
+    _emit(format_sampled(result, args.format, _CHANNEL_NAMES.get(args.mode)), args.output, args.quiet)
     return 0
 
 

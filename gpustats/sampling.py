@@ -103,7 +103,8 @@ import torch
 from .batches import BatchAdapter, Chunk, InputError
 from .stats import INTEGER_DTYPES
 
-__all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats", "STOP_REASONS"]
+__all__ = ["SampleSpec", "SampledStats", "estimate_stats", "format_sampled", "ratio_intervals", "sample_for_compute_stats",
+           "STOP_REASONS"]
 
 #: Values of :attr:`SampledStats.stopped_because`.
 STOP_REASONS = ("tolerance", "max_images", "exhausted")
@@ -715,3 +716,52 @@ def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = N
                          "(drop sample=, or drop these options)")
     return sample.run(loader, device=device, layout=layout, channels=channels, key=key, scale=scale,
                       progress=bool(unsupported.get("progress", False)))
+
+
+# ============================================================================ reports (CLI)
+
+#: JSON schema name of :func:`format_sampled`'s ``"json"`` output.
+SAMPLE_JSON_SCHEMA = "gpustats.sample/1"
+
+
+def format_sampled(result: SampledStats, fmt: str = "table", channels: Sequence[str] | None = None) -> str:
+    """The report of a sampled run: ``"table"``, ``"json"`` (schema ``gpustats.sample/1``) or ``"python"``.
+
+    Every format says that the numbers are an estimate (or exact, when the population was exhausted).
+    """
+    names = list(channels) if channels is not None else [f"c{i}" for i in range(result.channels)]
+    mean, std = result.normalize_args()
+    pct = f"{result.confidence:.0%}"
+    if fmt == "json":
+        import json
+
+        doc = {"schema": SAMPLE_JSON_SCHEMA, "channels": names, **result.to_dict(),
+               "normalize": {"mean": mean, "std": std}}
+        return json.dumps(doc, indent=2, allow_nan=False)
+    comment = (f"# ESTIMATE: ± {max(np.max(result.half_widths['mean']), np.max(result.half_widths['std'])):.2g} "
+               f"at {pct} confidence from {result.units_visited} images" if result.is_estimate
+               else f"# exact: all {result.units_visited} images")
+    python = (f"transforms.Normalize(mean=[{', '.join(repr(v) for v in mean)}], "
+              f"std=[{', '.join(repr(v) for v in std)}])  {comment}")
+    if fmt == "python":
+        return python
+    if fmt != "table":
+        raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
+
+    def row(label: str, values: Iterable[float]) -> str:
+        return f"  {label:<18}" + "".join(f"{v:>10.6f}" for v in values)
+
+    lines = [result.describe(), "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
+    for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
+        lines += [row(what, est), row(f"  ± ({pct})", result.half_widths[what]),
+                  row(f"  {pct} CI low", ci[0]), row(f"  {pct} CI high", ci[1])]
+    of = f" of {result.population_size}" if result.population_size is not None else ""
+    share = (f" ({result.units_visited / result.population_size:.1%})"
+             if result.population_size else "")
+    lines.append(f"images used: {result.images_used}{of}{share}, {result.pixels_used:,} pixels per channel; "
+                 f"{result.images_per_second:.1f} images/s, {result.elapsed_s:.1f} s")
+    if result.bad_files:
+        lines.append(f"bad files ({len(result.bad_files)}, skipped, not counted):")
+        lines += [f"  {path}: {reason}" for path, reason in result.bad_files]
+    lines += ["", python]
+    return "\n".join(lines)
