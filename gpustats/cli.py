@@ -332,6 +332,7 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
 
     images, nbytes, start = 0, 0, 0
     bad_files: list[dict[str, str]] = []
+    bad_order: list[int] = []
     prior_elapsed = 0.0
     resumed_from = None
     complete = False
@@ -345,6 +346,8 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
             acc.load(previous.state)
             images, nbytes, start = previous.images, previous.bytes, previous.next_index
             bad_files = list(previous.bad_files)
+            position = {os.fspath(p): rank + i * world for i, p in enumerate(files)}
+            bad_order = [position.get(b["path"], -1) for b in bad_files]
             prior_elapsed = previous.elapsed_s
             complete = previous.complete
             resumed_from = start
@@ -372,6 +375,7 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
                         if args.strict:
                             raise StrictBadFile(f"bad file {path}: {record.bad_reason} (--strict)")
                         bad_files.append({"path": path, "reason": str(record.bad_reason)})
+                        bad_order.append(rank + record.index * world)  # position in the full list
                     else:
                         good.append(record.image if decode == "gpu" or record.image.ndim == 3
                                     else record.image[:, :, None])
@@ -406,7 +410,7 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
         from .distributed import all_reduce_stats
 
         state = all_reduce_stats(state)
-        images, nbytes, bad_files, elapsed = _gather_report(images, nbytes, bad_files, elapsed)
+        images, nbytes, bad_files, elapsed = _gather_report(images, nbytes, list(zip(bad_order, bad_files)), elapsed)
     files_total = len(all_files)
     if state.is_empty:
         if bad_files:
@@ -423,13 +427,16 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
 
 
 def _gather_report(images: int, nbytes: int, bad_files: list, elapsed: float):
-    """Totals over ranks (torch.distributed is initialized by ``init_from_env``)."""
+    """Totals over ranks (torch.distributed is initialized by ``init_from_env``).
+
+    ``bad_files``: ``(position in the full file list, {path, reason})`` pairs of this rank.
+    """
     import torch.distributed as dist
 
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, (images, nbytes, bad_files, elapsed))
-    bad = [b for _, _, rank_bad, _ in gathered for b in rank_bad]
-    bad.sort(key=lambda b: b["path"])
+    ordered = sorted((b for _, _, rank_bad, _ in gathered for b in rank_bad), key=lambda item: item[0])
+    bad = [b for _, b in ordered]  # in file-list order, as a single process lists them
     return (sum(g[0] for g in gathered), sum(g[1] for g in gathered), bad, max(g[3] for g in gathered))
 
 
@@ -557,9 +564,15 @@ def _emit(text: str, output: str | None, quiet: bool) -> None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         sys.stdout.flush()
         return
-    from .checkpoint import _atomic_write_text
+    text = text if text.endswith("\n") else text + "\n"
+    if os.path.lexists(output) and (os.path.islink(output) or not os.path.isfile(output)):
+        # /dev/null, a FIFO, a symlink: write through it, never replace it with a file
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        from .checkpoint import _atomic_write_text
 
-    _atomic_write_text(output, text if text.endswith("\n") else text + "\n")
+        _atomic_write_text(output, text)  # a reader never sees half a report
     if not quiet:
         print(f"gpustats: wrote {output}", file=sys.stderr)
 
@@ -573,9 +586,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
         from .plot import require_matplotlib
 
         require_matplotlib()  # fail before the long run, not after
-    run = run_stats(args, note)
-    if _rank() != 0:
-        return 0
+    try:
+        run = run_stats(args, note)
+        if _rank() != 0:
+            return 0  # only rank 0 prints and writes
+    finally:
+        if "gpustats.distributed" in sys.modules:
+            sys.modules["gpustats.distributed"].shutdown()  # a no-op unless init_from_env made a group
     text = {"table": format_table, "json": format_json, "python": format_python}[args.format](run)
     _emit(text, args.output, args.quiet)
     if args.plot:

@@ -225,6 +225,14 @@ def test_output_file(capsys, tmp_path, mixed):
     assert json.loads(target.read_text())["schema"] == JSON_SCHEMA
 
 
+def test_output_to_a_device_writes_through_it(capsys, mixed):
+    import stat
+
+    rc, out, err = run_main(capsys, "stats", str(mixed), "--workers", "0", "--output", os.devnull, "--quiet")
+    assert rc == 0 and out == ""
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)  # still the device, not replaced by a file
+
+
 def test_table_shows_counts_bad_files_speed_and_device(capsys, demo):
     rc, out, err = run_main(capsys, "stats", str(demo["root"]), "--workers", "0", "--quiet")
     assert rc == 0, err
