@@ -377,3 +377,24 @@ def test_bad_arguments(kwargs, match):
 def test_decode_options_only_for_files():
     with pytest.raises(TypeError, match="files"):
         estimate_stats([np.zeros((5, 5, 3), np.uint8)], tolerance=0.01, resize=4)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_sample_flags(tmp_path, capsys):
+    from gpustats.cli import main
+
+    synthetic.make_tiny_folder(tmp_path, 120, size=(10, 8))
+    assert main(["stats", str(tmp_path), "--sample-tolerance", "0.02", "--seed", "3", "--workers", "0", "-q"]) == 0
+    table = capsys.readouterr().out
+    assert "ESTIMATE" in table and "95% CI low" in table and "images used: 64 of 120" in table
+    assert main(["stats", str(tmp_path), "--sample-tolerance", "0", "--max-images", "40", "--confidence", "0.9",
+                 "--format", "json", "--workers", "0", "-q"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "gpustats.sample/1" and doc["is_estimate"] is True and doc["channels"] == ["R", "G", "B"]
+    assert doc["images_used"] == 40 and doc["stopped_because"] == "max_images" and doc["confidence"] == 0.9
+    assert main(["stats", str(tmp_path), "--sample-tolerance", "0", "--format", "python", "--workers", "0", "-q"]) == 0
+    assert "# exact: all 120 images" in capsys.readouterr().out
+    assert main(["stats", str(tmp_path), "--sample-tolerance", "0.01", "--histogram", "-q"]) == 1
+    assert "--histogram" in capsys.readouterr().err
