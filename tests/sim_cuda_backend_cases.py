@@ -151,6 +151,19 @@ def test_warp_strategy_is_refused_clearly_under_the_simulator():
         Accumulator(device="cuda", strategy="warp")
 
 
+def test_explicit_strategy_that_cannot_serve_the_request_is_an_error():
+    from gpustats import InputError
+
+    batch = torch.zeros(1, 3, 2, 2)
+    with pytest.raises(InputError, match="strategy='hist8' reduces uint8 data only"):
+        Accumulator(device="cuda", strategy="hist8").update(batch)
+    with pytest.raises(InputError, match="cannot compute covariance"):
+        Accumulator(device="cuda", strategy="tree", covariance=True).update(batch)
+    acc = Accumulator(device="cuda", strategy="atomic", covariance=True)
+    acc.update(batch)
+    assert acc.result().cov.shape == (3, 3)
+
+
 @pytest.mark.gpu
 def test_gpu_tensors_reduced_in_place_on_torch_stream():
     if SIM or not torch.cuda.is_available():

@@ -28,7 +28,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from ..batches import Chunk
+from ..batches import Chunk, InputError
 from ..stats import ChannelStats, ImageMoments
 from . import BackendUnavailable, Options, Reducer
 
@@ -36,6 +36,13 @@ __all__ = ["CudaReducer"]
 
 _KERNEL_DTYPES = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+#: strategy="auto" per dtype (co-moments and per-image sums always use "atomic").
+#: PROVISIONAL: chosen from the kernels' design, not yet from measurements -- no GPU run is in
+#: bench/results/ yet. Refill from the first `pytest bench/bench_kernels.py` run on a GPU
+#: (fastest median per dtype at >= 256 MiB) and name that results file here.
+AUTO_STRATEGY = {"uint8": "hist8", "uint16": "atomic", "float16": "tree", "bfloat16": "tree",
+                 "float32": "tree", "float64": "tree"}
 
 
 def _load_kernels():
@@ -147,21 +154,17 @@ class CudaReducer(Reducer):
 
     def _pick_strategy(self, chunk: Chunk) -> str:
         opts = self.options
-        needs_atomic = opts.covariance or opts.per_image
-        if self._requested != "auto":
-            name = self._requested
-            if needs_atomic and not self._k.strategy_supports(name, "per_image" if opts.per_image else "cross"):
-                return "atomic"
-            if name == "hist8" and chunk.dtype != "uint8":
-                return "atomic"
-            return name
-        if needs_atomic:
-            return "atomic"
-        if chunk.dtype == "uint8":
-            return "hist8"
-        if chunk.dtype == "uint16":
-            return "atomic"
-        return "tree"
+        needs = "per_image" if opts.per_image else ("cross" if opts.covariance else None)
+        if self._requested == "auto":
+            return "atomic" if needs else AUTO_STRATEGY[chunk.dtype]
+        name = self._requested
+        if needs and not self._k.strategy_supports(name, needs):
+            raise InputError(f"strategy={name!r} cannot compute {needs.replace('cross', 'covariance')}; "
+                             "use strategy='atomic' or 'auto'")
+        if name == "hist8" and chunk.dtype != "uint8":
+            raise InputError(f"strategy='hist8' reduces uint8 data only (batch {self.batches} is {chunk.dtype}); "
+                             "use strategy='auto'")
+        return name
 
     def _update_on_cpu(self, chunk: Chunk, scale: float, batch_index: int) -> None:
         if self._cpu is None:
