@@ -325,22 +325,36 @@ class _UnitSums:
         return 0 if self._total is None else int(self._total.shape[1])
 
 
+def _moments_numpy(x: np.ndarray, layout: str, integer: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-unit per-row sums [N, C] and centred M2 [N, C] of a CPU block (numpy, float64).
+
+    The block is first copied to channel rows ``[N, C, L]`` in float64 (one pass, contiguous rows:
+    about 4x faster than reducing a strided ``[N, L, C]`` view). Integer data: the sums of ``x``
+    and ``x*x`` are exact in float64 (below 2^53), so ``M2 = q - s^2/L`` loses nothing that
+    matters; float data: two passes (subtract the row mean, then square), no cancellation.
+    """
+    rows = x.transpose(0, 2, 1) if layout == "PC" else x
+    if integer:
+        x64 = np.ascontiguousarray(rows, dtype=np.float64)
+        s = x64.sum(axis=2)
+        q = np.einsum("ncl,ncl->nc", x64, x64)
+        return s, np.maximum(q - s * s / x64.shape[2], 0.0)
+    x64 = np.array(rows, dtype=np.float64, order="C")  # always a copy: it is centred in place
+    s = x64.sum(axis=2)
+    x64 -= (s / x64.shape[2])[:, :, None]
+    return s, np.einsum("ncl,ncl->nc", x64, x64)
+
+
 def _row_moments(part: torch.Tensor, layout: str, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``.
 
-    Two passes per block in float64 (sum, then centred squares): exact sums for 8-bit data and
-    no cancellation for float data with an offset. CPU tensors go through numpy (no copy of the
-    input), CUDA tensors are reduced on their device.
+    CPU tensors go through numpy (:func:`_moments_numpy`), in blocks of at most
+    ``_BLOCK_ELEMENTS`` values; CUDA tensors are reduced on their device in float64, two passes.
     """
     pix_axis = 2 if layout == "CP" else 1
     rows, length = int(part.shape[0]), int(part.shape[pix_axis])
     chan = int(part.shape[1 if layout == "CP" else 2])
-    if part.device.type == "cpu" and rows * length * chan <= _BLOCK_ELEMENTS:
-        x = part.numpy().astype(np.float64)
-        s = x.sum(axis=pix_axis)
-        x -= np.expand_dims(s / length, pix_axis)
-        x *= x
-        return np.full(rows, float(length)), s / scale, x.sum(axis=pix_axis) / (scale * scale)
+    integer = not part.dtype.is_floating_point
     count = np.full(rows, float(length))
     total = np.empty((rows, chan))
     m2 = np.empty((rows, chan))
@@ -348,11 +362,7 @@ def _row_moments(part: torch.Tensor, layout: str, scale: float) -> tuple[np.ndar
     for start in range(0, rows, step):
         block = part[start:start + step]
         if block.device.type == "cpu":
-            x = block.numpy().astype(np.float64)
-            s = x.sum(axis=pix_axis)
-            x -= np.expand_dims(s / length, pix_axis)
-            x *= x
-            q = x.sum(axis=pix_axis)
+            s, q = _moments_numpy(block.numpy(), layout, integer)
         else:  # CUDA tensors are reduced where they are
             x = block.to(torch.float64)
             st = x.sum(dim=pix_axis)

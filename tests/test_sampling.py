@@ -208,7 +208,9 @@ def test_constant_images_have_zero_width_and_no_nan():
 def test_float_data_with_large_offset_is_cancellation_free():
     rng = np.random.default_rng(2)
     images = [(1e6 + rng.normal(0, 1, size=(3, 8, 8 + i % 3))).astype(np.float64) for i in range(40)]
+    copies = [im.copy() for im in images]
     r = estimate_stats(images, tolerance=0.0, device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(images, copies))  # the input is never written to
     pixels = np.concatenate([im.reshape(3, -1) for im in images], axis=1)
     assert r.stopped_because == "exhausted" and r.scale == 1.0
     np.testing.assert_allclose(r.mean, pixels.mean(axis=1), rtol=1e-15)
