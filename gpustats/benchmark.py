@@ -482,7 +482,7 @@ def run_cpu(*, quick: bool = False, sizes: Sequence[int] | None = None, repeats:
                 if log:
                     log(f"  {method:16s} {dtype:8s} {layout} {size_label(nbytes):>8s} "
                         f"{nbytes / timing.median / 1e9:7.3f} GB/s")
-                rows.append(_row(suite="cpu", method=method, strategy="numba" if method == "gpustats-cpu" else method,
+                rows.append(_row(suite="cpu", method=method, strategy=method,
                                  dtype=dtype, layout=layout, nbytes=nbytes, timing=timing,
                                  id=bench_id(method, dtype, layout, nbytes), baseline="forum-recipe",
                                  speedup=base.median / timing.median, speedup_of_min=base.min / timing.min,
@@ -536,7 +536,8 @@ def kernel_call(reduce: Callable, x: torch.Tensor, dtype: str, layout: str, *, h
 
     stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
     view = kernel_view(x, layout)
-    acc = _accumulators(3, dtype == "uint8", histogram, stream)
+    # histogram accumulators exist for uint8 only; a histogram strategy refuses other dtypes itself
+    acc = _accumulators(3, dtype == "uint8", histogram and dtype == "uint8", stream)
     klayout = LAYOUTS[layout]
 
     def call():
@@ -718,6 +719,10 @@ def run(args: argparse.Namespace) -> int:
     for key, s in result["summary"].items():
         print(f"{key}: {s['speedup']:.2f}x at {s['size']} ({s['gbps']:.3f} GB/s)")
     print(f"({elapsed:.1f} s)")
+    load = max((info.get("loadavg") or [0])[0], (info.get("loadavg_end") or [0])[0])
+    if device == "cpu" and load > (info.get("cpu_usable") or 1):
+        print(f"note: load average {load:.1f} on {info.get('cpu_usable')} usable cores: other processes shared the "
+              "CPU, so absolute GB/s are low and noisy; the ratios were measured round-robin and are fairer")
     if getattr(args, "json", None):
         path = Path(args.json)
         if path.parent and not path.parent.exists():

@@ -108,3 +108,37 @@ def test_table_lists_every_row():
     assert table[0].split()[:5] == ["strategy", "dtype", "layout", "size", "GB/s"]
     assert "7.00x" in table[2] and "-" in table[2]
     assert "50.0%" in table[3] and "1234.5" in table[3]
+
+
+_SIM_SCRIPT = r'''
+import numpy as np
+from gpustats.benchmark import LAYOUTS, image_batches, kernel_strategies, kernel_view
+from gpustats.kernels.accumulators import Accumulators
+
+ran = 0
+# the integer path, and the one dtype passed as other bits; one layout each keeps this quick
+for dtype, layout in (("uint8", "NCHW"), ("bfloat16", "NHWC")):
+    (x,) = image_batches(dtype, layout, 1, batch_images=2, hw=4, pool=2)
+    ref = x.float().numpy().sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+    for name, reduce in kernel_strategies().items():
+        if name == "warp" or (name == "hist8" and dtype != "uint8"):
+            continue  # warp: real GPU only; hist8: uint8 only
+        acc = Accumulators.zeros(3, integer=dtype == "uint8", histogram=name == "hist8")
+        reduce(np.ascontiguousarray(kernel_view(x, layout).numpy()), LAYOUTS[layout], dtype, acc,
+               histogram=name == "hist8")
+        host = acc.to_host()
+        total = host["isum"] if dtype == "uint8" else host["fsum"]
+        assert np.allclose(total, ref, rtol=1e-3), (name, dtype, layout, total, ref)
+        ran += 1
+print("RAN", ran)
+'''
+
+
+@pytest.mark.cudasim
+def test_kernel_views_feed_every_strategy_under_simulator():
+    """The views the CUDA benchmarks hand the kernels (bf16 as int16 bits, NCHW/NHWC) are read right."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", _SIM_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RAN 7" in proc.stdout, proc.stdout  # uint8: 4 strategies, bfloat16: 3
