@@ -431,10 +431,9 @@ def _gather_report(images: int, nbytes: int, bad_files: list, elapsed: float):
 
     ``bad_files``: ``(position in the full file list, {path, reason})`` pairs of this rank.
     """
-    import torch.distributed as dist
+    from .distributed import all_gather_json
 
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, (images, nbytes, bad_files, elapsed))
+    gathered = all_gather_json([images, nbytes, [list(b) for b in bad_files], elapsed])
     ordered = sorted((b for _, _, rank_bad, _ in gathered for b in rank_bad), key=lambda item: item[0])
     bad = [b for _, b in ordered]  # in file-list order, as a single process lists them
     return (sum(g[0] for g in gathered), sum(g[1] for g in gathered), bad, max(g[3] for g in gathered))

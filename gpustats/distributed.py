@@ -209,20 +209,38 @@ def all_reduce_stats(state: ChannelStats, group: Any = None) -> ChannelStats:
             "with the same options (histogram, hist_bins/hist_range, covariance, per_image)"
         )
 
-    longest = max(h["payload_bytes"] for h in headers)
-    if longest == 0:  # every rank is empty
+    lengths = [h["payload_bytes"] for h in headers]
+    if max(lengths) == 0:  # every rank is empty
         return ChannelStats.empty()
-    buffer = np.zeros(longest, dtype=np.uint8)
+    merged = ChannelStats.empty()
+    for data in _gather_bytes(payload, lengths, world, group, device):  # rank order: same sequence everywhere
+        if data:
+            merged = merged.merge(ChannelStats.from_json(data.decode("utf-8")))
+    return merged
+
+
+def _gather_bytes(payload: bytes, lengths: Sequence[int], world: int, group: Any, device: torch.device) -> list[bytes]:
+    """Every rank's ``payload`` (``lengths`` already gathered), padded to the longest in one uint8 all_gather."""
+    buffer = np.zeros(max(max(lengths), 1), dtype=np.uint8)
     buffer[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
     gathered = _all_gather(torch.from_numpy(buffer).to(device), world, group)
+    return [t[:n].cpu().numpy().tobytes() for t, n in zip(gathered, lengths)]
 
-    merged = ChannelStats.empty()
-    for h, tensor in zip(headers, gathered):  # rank order: the same merge sequence on every rank
-        if h["payload_bytes"] == 0:
-            continue
-        text = tensor[: h["payload_bytes"]].cpu().numpy().tobytes().decode("utf-8")
-        merged = merged.merge(ChannelStats.from_json(text))
-    return merged
+
+def all_gather_json(value: Any, group: Any = None) -> list[Any]:
+    """Every rank's JSON-serializable ``value``, in rank order (JSON text in uint8 tensors: no pickle).
+
+    Without an initialized process group: ``[value]``. Collective: every rank must call it.
+    """
+    if not _group_ready():
+        return [value]
+    dist = _dist()
+    world = dist.get_world_size(group)
+    device = _comm_device(group)
+    payload = json.dumps(value).encode("utf-8")
+    sizes = _all_gather(torch.tensor([len(payload)], dtype=torch.int64, device=device), world, group)
+    lengths = [int(t.item()) for t in sizes]
+    return [json.loads(data.decode("utf-8")) for data in _gather_bytes(payload, lengths, world, group, device)]
 
 
 def init_from_env(backend: str | None = None, timeout: timedelta | None = None) -> tuple[int, int]:

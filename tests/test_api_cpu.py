@@ -245,3 +245,17 @@ def test_accumulator_reset_and_load():
 def test_progress_bar_runs():
     r = compute_stats([np.zeros((1, 3, 2, 2), np.uint8)] * 3, device="cpu", progress=True)
     assert r.count.tolist() == [12] * 3
+
+
+def test_many_small_images_in_one_batch_equal_one_by_one():
+    rng = np.random.default_rng(8)
+    ims = [rng.integers(0, 256, size=(int(h), int(w), 3), dtype=np.uint8) for h, w in rng.integers(1, 9, size=(300, 2))]
+    big = rng.integers(0, 256, size=(300, 300, 3), dtype=np.uint8)
+    together = compute_stats([ims[:150] + [big] + ims[150:]], device="cpu", layout="HWC")
+    apart = compute_stats([[im] for im in ims + [big]], device="cpu", layout="HWC")
+    assert together.state == apart.state
+    floats = [im.astype(np.float32) for im in ims]
+    f_together = compute_stats([floats], device="cpu", layout="HWC", covariance=True)
+    px = np.concatenate([im.reshape(-1, 3) for im in floats]).astype(np.float64)
+    np.testing.assert_allclose(f_together.std, px.std(0), rtol=1e-12)
+    np.testing.assert_allclose(f_together.cov, np.cov(px, rowvar=False, ddof=0), rtol=1e-10)

@@ -24,6 +24,9 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
         super().__init__(f"path does not exist: {self.path!r}")
         self.filename = self.path
 
+    def __str__(self) -> str:  # FileNotFoundError would print "[Errno None] None: ..."
+        return self.args[0]
+
 
 class NoImagesFoundError(SourceError):
     """Walking the given paths found no image files."""
