@@ -34,3 +34,12 @@ def device_data():
 def measured():
     """Medians measured earlier in this session, for ratios (e.g. vs the forum recipe)."""
     return {}
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """--benchmark-json files carry what gpustats bench records: GPU name, driver, versions, commit."""
+    import torch
+
+    from gpustats.benchmark import machine_info as gpustats_machine_info
+
+    machine_info["gpustats"] = gpustats_machine_info("cuda" if torch.cuda.is_available() else "cpu")

@@ -115,7 +115,8 @@ class Timing:
                 "rounds": len(self.samples)}
 
 
-def time_host(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, sync: Callable[[], Any] | None = None) -> Timing:
+def time_host(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5,
+              sync: Callable[[], Any] | None = None) -> Timing:
     """Wall-clock seconds per ``fn()`` call after ``warmup`` calls (``sync()`` after each, if given)."""
     for _ in range(warmup):
         fn()
@@ -223,7 +224,8 @@ def parse_sizes(text: str | None, default: Sequence[int]) -> list[int]:
             try:
                 sizes.append(int(float(low) * MIB))
             except ValueError:
-                raise ValueError(f"cannot read size {item!r}: use e.g. 1MiB, 256MiB, 1GiB (a bare number is MiB)") from None
+                raise ValueError(f"cannot read size {item!r}: use e.g. 1MiB, 256MiB, 1GiB "
+                                 "(a bare number is MiB)") from None
     return sizes
 
 
@@ -316,8 +318,8 @@ def torch_moments(x: torch.Tensor, layout: str, histogram: bool = False, histc: 
     """``torch.var_mean`` + ``torch.aminmax`` per channel (+ a 256-bin histogram when asked).
 
     uint8 is converted with ``.float()`` first (``var_mean`` needs floats); 16-bit floats are read
-    as they are. The histogram is ``torch.bincount`` over ``value + 256 * channel`` (``histc=False``) or one ``torch.histc`` per
-    channel (``histc=True``).
+    as they are. The histogram is ``torch.bincount`` over ``value + 256 * channel``
+    (``histc=False``) or one ``torch.histc`` per channel (``histc=True``).
     """
     dims = _other_dims(layout)
     xf = x.float() if x.dtype == torch.uint8 else x
@@ -526,7 +528,8 @@ def kernel_view(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x.flatten(2) if layout == "NCHW" else x.flatten(1, 2)
 
 
-def kernel_call(reduce: Callable, x: torch.Tensor, dtype: str, layout: str, *, histogram: bool = False) -> Callable[[], None]:
+def kernel_call(reduce: Callable, x: torch.Tensor, dtype: str, layout: str, *,
+                histogram: bool = False) -> Callable[[], None]:
     """A no-argument callable that reduces ``x`` with ``reduce`` on torch's current stream.
 
     Raises ``ValueError``/``NotImplementedError``/``RuntimeError`` at once when the strategy does
@@ -557,7 +560,6 @@ def cuda_roofline(x: torch.Tensor, *, warmup: int = 3, repeats: int = 10) -> dic
     total = time_cuda(lambda: x.sum(), warmup=warmup, repeats=repeats)
     copy_gbps = 2 * nbytes / copy.median / 1e9
     sum_gbps = nbytes / total.median / 1e9
-    del dst
     return {"copy_gbps": copy_gbps, "sum_gbps": sum_gbps, "roofline_gbps": max(copy_gbps, sum_gbps)}
 
 
@@ -580,9 +582,11 @@ def run_cuda(*, quick: bool = False, sizes: Sequence[int] | None = None, repeats
     sizes = list(sizes or (CUDA_QUICK_SIZES if quick else CUDA_SIZES))
     repeats = repeats or (5 if quick else 20)
     strategies = kernel_strategies()
+    # --quick: the integer and the float32 paths only (each strategy x dtype x layout compiles once)
+    dtypes = ("uint8", "float32") if quick else DTYPES
     rows = []
     for size in sizes:
-        for dtype in DTYPES:
+        for dtype in dtypes:
             for layout in LAYOUTS:
                 x = _device_tensor(dtype, layout, size)
                 nbytes = x.numel() * x.element_size()
@@ -604,9 +608,10 @@ def run_cuda(*, quick: bool = False, sizes: Sequence[int] | None = None, repeats
                         log(f"  {strategy:22s} {dtype:8s} {layout} {size_label(nbytes):>7s} {gbps:8.1f} GB/s "
                             f"{100 * gbps / roof['roofline_gbps']:5.1f}% of roofline")
 
-                add("torch", "torch-var_mean+aminmax", base, "torch-var_mean+aminmax", base.median, False)
+                moments_name, hist_name = "torch-var_mean+aminmax", "torch-var_mean+aminmax+bincount"
+                add("torch", moments_name, base, moments_name, base.median, False)
                 if hist_base is not None:
-                    add("torch", "torch-+bincount", hist_base, "torch-+bincount", hist_base.median, True)
+                    add("torch", hist_name, hist_base, hist_name, hist_base.median, True)
                 for name, reduce in strategies.items():
                     histogram = name == "hist8"
                     try:
@@ -617,10 +622,10 @@ def run_cuda(*, quick: bool = False, sizes: Sequence[int] | None = None, repeats
                         continue
                     timing = time_cuda(call, repeats=repeats)
                     if histogram:
-                        add("gpustats-cuda", name, timing, "torch-+bincount", hist_base.median, True)
+                        add("gpustats-cuda", name, timing, hist_name, hist_base.median, True)
                     else:
-                        add("gpustats-cuda", name, timing, "torch-var_mean+aminmax", base.median, False)
-                del x
+                        add("gpustats-cuda", name, timing, moments_name, base.median, False)
+                x = call = None  # free the device tensor before the next one
                 torch.cuda.empty_cache()
     return rows
 
@@ -634,12 +639,14 @@ def format_table(rows: Sequence[dict]) -> str:
     lines = [header]
     for r in rows:
         frac = r.get("roofline_frac")
-        lines.append((r["strategy"], r["dtype"], r["layout"], r["size"], f"{r['gbps']:.3f}" if r["gbps"] < 10 else f"{r['gbps']:.1f}",
+        gbps = f"{r['gbps']:.3f}" if r["gbps"] < 10 else f"{r['gbps']:.1f}"
+        lines.append((r["strategy"], r["dtype"], r["layout"], r["size"], gbps,
                       "-" if frac is None else f"{100 * frac:.1f}%", f"{r['speedup']:.2f}x", r["baseline"]))
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     out = []
     for n, line in enumerate(lines):
-        out.append("  ".join(str(v).ljust(w) if i < 4 or i == 7 else str(v).rjust(w) for i, (v, w) in enumerate(zip(line, widths))).rstrip())
+        cells = (str(v).ljust(w) if i < 4 or i == 7 else str(v).rjust(w) for i, (v, w) in enumerate(zip(line, widths)))
+        out.append("  ".join(cells).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
