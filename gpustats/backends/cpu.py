@@ -122,34 +122,32 @@ class CpuReducer(MergingReducer):
             return self._reduce_int(chunk, scale, batch_index)
         return self._reduce_float(chunk, scale, batch_index)
 
+    def _histogram(self, chunk: Chunk, arrays: list[np.ndarray], batch_index: int) -> tuple[np.ndarray, tuple]:
+        """Per-channel histogram and its raw range: 256 exact bins for uint8, else the user's bins."""
+        cp = chunk.layout == "CP"
+        if chunk.dtype == "uint8":
+            hist = np.zeros((chunk.channels, 256), np.int64)
+            for a in arrays:
+                self._k.hist_u8(a, cp, hist, self._threads)
+            return hist, (0.0, 256.0)
+        bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
+        hist = np.zeros((chunk.channels, bins), np.int64)
+        for a in arrays:
+            below, above = self._k.hist_float(a, cp, lo, hi, bins, self.options.clip, hist)
+            if (below or above) and not self.options.clip:
+                raise out_of_range_error(below, above, lo, hi, batch_index)
+        return hist, (lo, hi)
+
     # ----------------------------------------------------------------- integers
     def _reduce_int(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
         opts, k, C = self.options, self._k, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=False, keep_images=opts.per_image)
-        hist = hist_range = None
-        if opts.histogram:
-            if chunk.dtype == "uint8":
-                hist_range = (0.0, 256.0)
-                hist = np.zeros((C, 256), np.int64)
-                for a in arrays:
-                    k.hist_u8(a, cp, hist, self._threads)
-            else:
-                bins, lo, hi = float_hist_spec(opts, chunk.dtype)
-                hist_range = (lo, hi)
-                hist = np.zeros((C, bins), np.int64)
-                for a in arrays:
-                    below, above = k.hist_float(a, cp, lo, hi, bins, opts.clip, hist)
-                    if (below or above) and not opts.clip:
-                        raise out_of_range_error(below, above, lo, hi, batch_index)
+        hist, hist_range = self._histogram(chunk, arrays, batch_index) if opts.histogram else (None, None)
         if chunk.dtype == "uint8" and not (opts.per_image or opts.covariance):
+            keep = hist
             if hist is None:
-                hist = np.zeros((C, 256), np.int64)
-                for a in arrays:
-                    k.hist_u8(a, cp, hist, self._threads)
-                keep = None
-            else:
-                keep = hist
+                hist, _ = self._histogram(chunk, arrays, batch_index)
             count = [int(h.sum()) for h in hist]
             total = [int(h @ _VALUES) for h in hist]
             total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
@@ -206,15 +204,7 @@ class CpuReducer(MergingReducer):
         bad = nan + pos + neg
         if opts.nan_policy == "raise":
             check_nonfinite(bad, batch_index)
-        hist = hist_range = None
-        if opts.histogram:
-            bins, lo, hi = float_hist_spec(opts, chunk.dtype)
-            hist_range = (lo, hi)
-            hist = np.zeros((C, bins), np.int64)
-            for a in arrays:
-                below, above = k.hist_float(a, cp, lo, hi, bins, opts.clip, hist)
-                if (below or above) and not opts.clip:
-                    raise out_of_range_error(below, above, lo, hi, batch_index)
+        hist, hist_range = self._histogram(chunk, arrays, batch_index) if opts.histogram else (None, None)
         count, mean, m2, comoment = merge_rows(r["count"], r["mean"], r["m2"], r["comoment"] if opts.covariance else None)
         vmin = r["vmin"].min(axis=0)
         vmax = r["vmax"].max(axis=0)
