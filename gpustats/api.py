@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from .backends import Options, make_reducer
 from .batches import BatchAdapter, InputError
-from .stats import INTEGER_DTYPES, ChannelStats, Stats, _family
+from .stats import ChannelStats, Stats, _family
 
 __all__ = ["Accumulator", "compute_stats", "default_scale"]
 

@@ -120,7 +120,7 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--plot", metavar="FILE.png", default=None,
                      help="per-channel histogram plot (implies --histogram; needs pip install 'gpustats[plot]')")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes on stderr")
-    smp = parser.add_argument_group("sampling (an estimate with confidence intervals; see the README, "Sampling")")
+    smp = parser.add_argument_group("sampling (an estimate with confidence intervals; see the README's Sampling section)")
     smp.add_argument("--sample-tolerance", type=_non_negative_float, default=None, metavar="T",
                      help="visit images in random order and stop once every channel's mean and std is known to "
                           "± T (e.g. 0.001) at --confidence; prints intervals and says the result is an estimate")

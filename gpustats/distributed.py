@@ -8,7 +8,7 @@ within float64 rounding (~1e-15 relative) for float data and for the per-image a
 Wire format (no pickle, ever):
 
 1. A fixed-size int64 **header** per rank (:data:`HEADER_FIELDS`): dtype family, channel count,
-   scale, histogram/covariance/per-image flags, histogram bins and range, a CRC of the options,
+   scale, histogram/covariance/per-image flags, histogram bins and range,
    and the byte length of the payload. Every rank gathers every header first and checks that
    the non-empty ranks agree; when they do not, every rank raises the same :class:`StatsError`
    naming the difference ("rank 1 has 4 channels, rank 0 has 3") instead of hanging in a
@@ -37,15 +37,13 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from .stats import FLOAT_DTYPES, INTEGER_DTYPES, ChannelStats, ImageMoments, StatsError
+from .stats import FLOAT_DTYPES, INTEGER_DTYPES, ChannelStats, StatsError
 
 __all__ = [
     "all_reduce_stats",
@@ -59,7 +57,7 @@ __all__ = [
 #: Names of the int64 header slots every rank sends before its payload (see the module docstring).
 HEADER_FIELDS = (
     "magic", "family", "dtype", "channels", "scale_bits", "has_hist", "hist_bins", "hist_lo_bits",
-    "hist_hi_bits", "has_comoment", "has_images", "options_crc", "payload_bytes",
+    "hist_hi_bits", "has_comoment", "has_images", "payload_bytes",
 )
 _MAGIC = 0x67707374_0001  # "gpst", wire version 1: a rank running other code is caught here
 _FAMILY_CODES = {"empty": 0, "int": 1, "float": 2}
@@ -112,7 +110,6 @@ def _comm_device(group: Any) -> torch.device:
 
 
 def _header(state: ChannelStats, payload_bytes: int) -> list[int]:
-    options_text = json.dumps([[k, v] for k, v in state.options], sort_keys=True, default=str)
     lo, hi = state.hist_range if state.hist_range is not None else (0.0, 0.0)
     values = {
         "magic": _MAGIC,
@@ -126,7 +123,6 @@ def _header(state: ChannelStats, payload_bytes: int) -> list[int]:
         "hist_hi_bits": _bits(hi),
         "has_comoment": int(state.comoment is not None),
         "has_images": int(state.images is not None),
-        "options_crc": zlib.crc32(options_text.encode()),
         "payload_bytes": payload_bytes,
     }
     return [int(values[name]) for name in HEADER_FIELDS]
@@ -171,8 +167,6 @@ def _disagreements(headers: Sequence[dict[str, int]]) -> list[str]:
                 problems.append(
                     f"rank {rank} has histogram range [{_from_bits(h['hist_lo_bits']):g}, {_from_bits(h['hist_hi_bits']):g}], "
                     f"rank {ref_rank} has [{_from_bits(ref['hist_lo_bits']):g}, {_from_bits(ref['hist_hi_bits']):g}]")
-        if h["options_crc"] != ref["options_crc"]:
-            problems.append(f"rank {rank} was reduced with different options than rank {ref_rank}")
     return problems
 
 

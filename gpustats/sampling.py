@@ -89,7 +89,6 @@ True
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import time

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Sequence
 
@@ -169,7 +169,6 @@ class ChannelStats:
     comoment: np.ndarray | None = None
     icross: tuple[tuple[int, ...], ...] | None = None
     images: ImageMoments | None = None
-    options: tuple[tuple[str, Any], ...] = field(default=())
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -205,7 +204,6 @@ class ChannelStats:
         hist_range: tuple[float, float] | None = None,
         cross: Sequence[Sequence[int]] | None = None,
         images: ImageMoments | None = None,
-        options: tuple = (),
     ) -> "ChannelStats":
         """State of integer data from exact totals (Python ints or int64 arrays)."""
         if dtype not in INTEGER_DTYPES:
@@ -226,7 +224,7 @@ class ChannelStats:
             _f64(vmin if any(n) else [math.inf] * channels), _f64(vmax if any(n) else [-math.inf] * channels),
             _i64([0] * channels), s, q, _frozen(None if hist is None else np.asarray(hist, np.int64)),
             None if hist_range is None else (float(hist_range[0]), float(hist_range[1])),
-            comoment, icross, images, tuple(options),
+            comoment, icross, images,
         )
 
     @staticmethod
@@ -244,7 +242,6 @@ class ChannelStats:
         hist_range: tuple[float, float] | None = None,
         comoment: np.ndarray | None = None,
         images: ImageMoments | None = None,
-        options: tuple = (),
     ) -> "ChannelStats":
         """State of float data from float64 per-channel ``(count, mean, M2)``."""
         if dtype not in FLOAT_DTYPES:
@@ -255,7 +252,7 @@ class ChannelStats:
             _i64(nonfinite if nonfinite is not None else [0] * channels), None, None,
             _frozen(None if hist is None else np.asarray(hist, np.int64)),
             None if hist_range is None else (float(hist_range[0]), float(hist_range[1])),
-            _frozen(None if comoment is None else np.asarray(comoment, np.float64)), None, images, tuple(options),
+            _frozen(None if comoment is None else np.asarray(comoment, np.float64)), None, images,
         )
 
     # ------------------------------------------------------------------ merge
@@ -280,8 +277,6 @@ class ChannelStats:
                 f"cannot merge histograms of {self.hist.shape[1]} bins over {self.hist_range} and "
                 f"{other.hist.shape[1]} bins over {other.hist_range}; use the same hist_bins/hist_range"
             )
-        if self.options != other.options:
-            raise StatsError(f"cannot merge states made with different options: {dict(self.options)} vs {dict(other.options)}")
 
     def merge(self, other: "ChannelStats") -> "ChannelStats":
         """Combine two states as if all of their data had been reduced together.
@@ -307,7 +302,7 @@ class ChannelStats:
                 [a + b for a, b in zip(self.isum, other.isum)],
                 [a + b for a, b in zip(self.isumsq, other.isumsq)],
                 vmin, vmax, dtype=self.dtype, scale=self.scale, hist=hist, hist_range=self.hist_range,
-                cross=cross, images=images, options=self.options,
+                cross=cross, images=images,
             )
             return merged
         n_a = self.count.astype(np.float64)
@@ -330,7 +325,7 @@ class ChannelStats:
         return ChannelStats(
             dtype, self.scale, _i64(self.count + other.count), _f64(mean), _f64(m2), _f64(vmin), _f64(vmax),
             _i64(self.nonfinite + other.nonfinite), None, None, _frozen(hist), self.hist_range,
-            _frozen(comoment), None, images, self.options,
+            _frozen(comoment), None, images,
         )
 
     # ------------------------------------------------------------------ results
@@ -347,14 +342,10 @@ class ChannelStats:
         count = self.count.copy()
         if self.family == "int":
             mean, var = [], []
+            scale = Fraction(self.scale)  # exact value of the float
             for s, q, n in zip(self.isum, self.isumsq, count.tolist()):
-                if n - ddof <= 0:
-                    mean.append(float(Fraction(s, n)) / self.scale if n else math.nan)
-                    var.append(math.nan)
-                    continue
-                scale_f = Fraction(self.scale).limit_denominator(1 << 40) if self.scale != int(self.scale) else Fraction(int(self.scale))
-                mean.append(float(Fraction(s, n) / scale_f))
-                var.append(float(Fraction(n * q - s * s, n * (n - ddof)) / (scale_f * scale_f)))
+                mean.append(float(Fraction(s, n) / scale) if n else math.nan)
+                var.append(float(Fraction(n * q - s * s, n * (n - ddof)) / (scale * scale)) if n > ddof else math.nan)
             mean_a = np.array(mean)
             var_a = np.array(var)
         else:
@@ -380,7 +371,6 @@ class ChannelStats:
             "min": _floats_out(self.min),
             "max": _floats_out(self.max),
             "nonfinite": [int(v) for v in self.nonfinite],
-            "options": [[k, v] for k, v in self.options],
         }
         if self.isum is not None:
             d["isum"] = [str(v) for v in self.isum]  # strings: exact beyond 2**53 in every JSON reader
@@ -408,14 +398,13 @@ class ChannelStats:
         if d.get("hist_range") is not None:
             hist_range = (float.fromhex(d["hist_range"][0]), float.fromhex(d["hist_range"][1]))
         images = ImageMoments.from_dict(d["images"]) if "images" in d else None
-        options = tuple((k, _tuplify(v)) for k, v in d.get("options", []))
         if _family(dtype) == "int":
             state = ChannelStats.from_integer_sums(
                 d["count"], [int(v) for v in d["isum"]], [int(v) for v in d["isumsq"]],
                 _floats_in(d["min"]), _floats_in(d["max"]), dtype=dtype, scale=float.fromhex(d["scale"]),
                 hist=hist, hist_range=hist_range,
                 cross=None if "icross" not in d else [[int(v) for v in row] for row in d["icross"]],
-                images=images, options=options,
+                images=images,
             )
             return replace(state, nonfinite=_i64(d["nonfinite"]))
         return ChannelStats.from_moments(
@@ -423,7 +412,7 @@ class ChannelStats:
             dtype=dtype, scale=float.fromhex(d["scale"]), nonfinite=d["nonfinite"], hist=hist,
             hist_range=hist_range,
             comoment=None if "comoment" not in d else np.array([_floats_in(r) for r in d["comoment"]]),
-            images=images, options=options,
+            images=images,
         )
 
     def to_json(self) -> str:
@@ -445,10 +434,6 @@ class ChannelStats:
 
     def __hash__(self) -> int:
         return hash(self.to_json())
-
-
-def _tuplify(v: Any) -> Any:
-    return tuple(_tuplify(x) for x in v) if isinstance(v, list) else v
 
 
 def _floats_out(arr: np.ndarray) -> list[str]:
