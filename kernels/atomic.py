@@ -42,6 +42,7 @@ _MAX_PIXELS_PER_BLOCK = 1 << 30
 @functools.lru_cache(maxsize=None)
 def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
     C = channels
+    C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     TPB = threads
     RT, BT, MT = types_for(dtype_tag)
     HIST = bool(histogram)
@@ -66,18 +67,18 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
         sh_hist = cuda.shared.array(HS, int32)
         hi = cuda.local.array(C, RT)
         lo = cuda.local.array(C, RT)
-        tally = cuda.local.array(2 * C, int64)
-        run = cuda.local.array(2 * C, RT)
-        bank = cuda.local.array(2 * C, BT)
-        extreme = cuda.local.array(2 * C, MT)
+        tally = cuda.local.array(C2, int64)
+        run = cuda.local.array(C2, RT)
+        bank = cuda.local.array(C2, BT)
+        extreme = cuda.local.array(C2, MT)
         current = cuda.local.array(C, RT)
         current_ok = cuda.local.array(C, int32)
         cross_run = cuda.local.array(CC, RT)
         cross_bank = cuda.local.array(CC, BT)
         img_tally = cuda.local.array(C, int64)
-        img_run = cuda.local.array(2 * C, RT)
-        img_bank = cuda.local.array(2 * C, BT)
-        mins = cuda.local.array(2 * C, float64)
+        img_run = cuda.local.array(C2, RT)
+        img_bank = cuda.local.array(C2, BT)
+        mins = cuda.local.array(C2, float64)
         init(shift, hi, lo, tally, run, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank)
         if HIST:
             i = tid

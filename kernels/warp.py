@@ -56,6 +56,7 @@ def _warp_min(value):
 @functools.lru_cache(maxsize=None)
 def _build(dtype_tag, layout, channels, threads):
     C = channels
+    C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     TPB = threads
     WARPS = TPB // WARP_SIZE
     SLOTS = WARPS * 2 * C
@@ -75,16 +76,16 @@ def _build(dtype_tag, layout, channels, threads):
         sh_hist = cuda.shared.array(1, int32)
         hi = cuda.local.array(C, RT)
         lo = cuda.local.array(C, RT)
-        tally = cuda.local.array(2 * C, int64)
-        run = cuda.local.array(2 * C, RT)
-        bank = cuda.local.array(2 * C, BT)
-        extreme = cuda.local.array(2 * C, MT)
+        tally = cuda.local.array(C2, int64)
+        run = cuda.local.array(C2, RT)
+        bank = cuda.local.array(C2, BT)
+        extreme = cuda.local.array(C2, MT)
         current = cuda.local.array(C, RT)
         current_ok = cuda.local.array(C, int32)
-        unused_run = cuda.local.array(2 * C, RT)
-        unused_bank = cuda.local.array(2 * C, BT)
+        unused_run = cuda.local.array(C2, RT)
+        unused_bank = cuda.local.array(C2, BT)
         unused_tally = cuda.local.array(C, int64)
-        mins = cuda.local.array(2 * C, float64)
+        mins = cuda.local.array(C2, float64)
         init(shift, hi, lo, tally, run, bank, extreme, unused_run, unused_bank, unused_tally, unused_run, unused_bank)
 
         images = x.shape[0]

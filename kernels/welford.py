@@ -61,6 +61,7 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 @functools.lru_cache(maxsize=None)
 def _build(dtype_tag, layout, channels, threads):
     C = channels
+    C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     TPB = threads
     GROUP = group_size(threads)
     SLOTS = SHARED_SLOTS
@@ -123,8 +124,8 @@ def _build(dtype_tag, layout, channels, threads):
         w_mean = cuda.local.array(C, float64)
         w_m2 = cuda.local.array(C, float64)
         bad = cuda.local.array(C, int64)
-        extreme = cuda.local.array(2 * C, MT)
-        mins = cuda.local.array(2 * C, float64)
+        extreme = cuda.local.array(C2, MT)
+        mins = cuda.local.array(C2, float64)
         for c in range(C):
             h = RT(shift[c])
             hi[c] = h
