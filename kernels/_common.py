@@ -179,6 +179,21 @@ def launch_config(work_items: int, launch=None):
     return max(1, min(per_sm * sms, wanted)), threads
 
 
+def prepare_pixels(x, layout: str, dtype_tag: str, acc, stream=0, launch=None):
+    """Checked device view and launch of a grid-stride pass over every pixel of ``x``.
+
+    Returns ``(x, channels, total, blocks, threads)`` (``total`` = images * pixels), or None when
+    ``x`` has no pixels (nothing to launch).
+    """
+    x = as_device_array(x, stream)
+    channels = check_input(x, layout, dtype_tag, acc)
+    total = int(x.shape[0]) * pixels_per_image(x, layout)
+    if total == 0:
+        return None
+    blocks, threads = launch_config(total, launch)
+    return x, channels, total, blocks, threads
+
+
 # ----------------------------------------------------------------------------- device helpers
 
 
@@ -271,6 +286,45 @@ def group_size(threads: int) -> int:
     return max(1, SHARED_SLOTS // threads)
 
 
+@cuda.jit(device=True, inline=True)
+def _add(a, b):
+    return a + b
+
+
+@cuda.jit(device=True, inline=True)
+def _min(a, b):
+    return min(a, b)
+
+
+def _make_block_tree(threads: int, op):
+    """``combine(buf, tid, vals, k)``: fixed-shape shared-memory tree of ``op`` over the block."""
+    TPB = threads
+    GROUP = group_size(threads)
+
+    @cuda.jit(device=True, inline=True)
+    def combine(buf, tid, vals, k):
+        base = 0
+        while base < k:
+            m = min(GROUP, k - base)
+            for q in range(m):
+                buf[q * TPB + tid] = vals[base + q]
+            cuda.syncthreads()
+            step = TPB // 2
+            while step > 0:
+                if tid < step:
+                    for q in range(m):
+                        buf[q * TPB + tid] = op(buf[q * TPB + tid], buf[q * TPB + tid + step])
+                cuda.syncthreads()
+                step //= 2
+            if tid == 0:
+                for q in range(m):
+                    vals[base + q] = buf[q * TPB]
+            cuda.syncthreads()
+            base += GROUP
+
+    return combine
+
+
 @functools.lru_cache(maxsize=None)
 def make_block_ops(threads: int):
     """Shared-memory tree combines over a block of ``threads`` (a power of two).
@@ -280,53 +334,80 @@ def make_block_ops(threads: int):
     ``vals`` then holds the block's results (other threads' are left as they were). ``buf`` is a
     shared array of ``SHARED_SLOTS`` elements of the values' type. Fixed order: bitwise
     reproducible. All threads of the block must call them.
+
+    ``block_totals(sh_count, sh_sum, sh_min, tid, tally, bank, mins, k)`` runs the three combines
+    of a thread's ``tally``/``bank``/``mins`` (see ``_thread``) in the order every strategy uses.
     """
+    block_sum = _make_block_tree(threads, _add)
+    block_min = _make_block_tree(threads, _min)
+
+    @cuda.jit(device=True, inline=True)
+    def block_totals(sh_count, sh_sum, sh_min, tid, tally, bank, mins, k):
+        block_sum(sh_count, tid, tally, k)
+        block_sum(sh_sum, tid, bank, k)
+        block_min(sh_min, tid, mins, k)
+
+    return block_sum, block_min, block_totals
+
+
+@cuda.jit(device=True, inline=True)
+def grid_start(pixels):
+    """This thread's first pixel of the grid-stride loop over the flattened [N, L] pixel grid.
+
+    Returns ``(p, stride, n, l, step_n, step_l)``: flat index ``p = n * pixels + l`` and the
+    stride split the same way, so :func:`grid_next` advances ``(n, l)`` without a division.
+    ``pixels`` must be positive.
+    """
+    p = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    n = p // pixels
+    l = p - n * pixels
+    step_n = stride // pixels
+    return p, stride, n, l, step_n, stride - step_n * pixels
+
+
+@cuda.jit(device=True, inline=True)
+def grid_next(n, l, step_n, step_l, pixels):
+    """``(n, l)`` advanced by one grid stride (see :func:`grid_start`)."""
+    n += step_n
+    l += step_l
+    if l >= pixels:
+        l -= pixels
+        n += 1
+    return n, l
+
+
+@functools.lru_cache(maxsize=None)
+def make_hist_ops(channels: int, threads: int):
+    """``(hist_zero, hist_flush)`` for a block-private ``int32[channels * HIST_BINS]`` shared histogram.
+
+    ``hist_zero(private, tid)`` clears it and syncs the block; ``hist_flush(private, tid, out)``
+    syncs the block, then adds its non-zero bins into the int64 ``out[c, bin]`` with one global
+    atomic per bin. All threads of the block must call them.
+    """
+    HS = channels * HIST_BINS
     TPB = threads
-    GROUP = group_size(threads)
+    BINS = HIST_BINS
 
     @cuda.jit(device=True, inline=True)
-    def block_sum(buf, tid, vals, k):
-        base = 0
-        while base < k:
-            m = min(GROUP, k - base)
-            for q in range(m):
-                buf[q * TPB + tid] = vals[base + q]
-            cuda.syncthreads()
-            step = TPB // 2
-            while step > 0:
-                if tid < step:
-                    for q in range(m):
-                        buf[q * TPB + tid] += buf[q * TPB + tid + step]
-                cuda.syncthreads()
-                step //= 2
-            if tid == 0:
-                for q in range(m):
-                    vals[base + q] = buf[q * TPB]
-            cuda.syncthreads()
-            base += GROUP
+    def hist_zero(private, tid):
+        i = tid
+        while i < HS:
+            private[i] = 0
+            i += TPB
+        cuda.syncthreads()
 
     @cuda.jit(device=True, inline=True)
-    def block_min(buf, tid, vals, k):
-        base = 0
-        while base < k:
-            m = min(GROUP, k - base)
-            for q in range(m):
-                buf[q * TPB + tid] = vals[base + q]
-            cuda.syncthreads()
-            step = TPB // 2
-            while step > 0:
-                if tid < step:
-                    for q in range(m):
-                        buf[q * TPB + tid] = min(buf[q * TPB + tid], buf[q * TPB + tid + step])
-                cuda.syncthreads()
-                step //= 2
-            if tid == 0:
-                for q in range(m):
-                    vals[base + q] = buf[q * TPB]
-            cuda.syncthreads()
-            base += GROUP
+    def hist_flush(private, tid, out):
+        cuda.syncthreads()
+        i = tid
+        while i < HS:
+            h = private[i]
+            if h > 0:
+                cuda.atomic.add(out, (i // BINS, i % BINS), int64(h))
+            i += TPB
 
-    return block_sum, block_min
+    return hist_zero, hist_flush
 
 
 def not_supported(strategy: str, what: str):
@@ -334,3 +415,13 @@ def not_supported(strategy: str, what: str):
         f"strategy {strategy!r} does not compute {what}; use strategy 'atomic' (the CUDA backend "
         f"routes there automatically when {what} is asked for)"
     )
+
+
+def refuse_extras(strategy: str, *, histogram=False, cross=False, per_image=None) -> None:
+    """Raise :func:`not_supported` for the first extra asked of a strategy that lacks it."""
+    if histogram:
+        raise not_supported(strategy, "histograms")
+    if cross:
+        raise not_supported(strategy, "co-moments (cross=True)")
+    if per_image is not None:
+        raise not_supported(strategy, "per-image sums")

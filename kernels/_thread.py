@@ -12,6 +12,10 @@ State arrays (C channels; RT = run type, BT = bank type, MT = min/max type, see 
 * ``extreme`` MT[2C]: min (``[c]``) and max (``[C + c]``)
 * ``cross_run`` RT[CC], ``cross_bank`` BT[CC]: co-moments d_i*d_j, upper triangle, CC = C*C
 * ``img_tally`` int64[C], ``img_run`` RT[2C], ``img_bank`` BT[2C]: the current image's sums
+* ``mins`` float64[2C]: ``extreme`` as min and -max (:func:`make_thread_ops`'s ``as_mins``)
+
+:func:`make_accumulate` builds the whole per-thread pass on top of these (state arrays, grid-stride
+or block-per-image loop, flushes); a strategy keeps only its block combine and its writes.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 
 from numba import cuda, float64, int32, int64
 
-from ._common import HIST_BINS, RUN_LENGTH, is_integer, make_decode, make_load, run_type
+from ._common import HIST_BINS, RUN_LENGTH, grid_next, grid_start, is_integer, make_decode, make_load, run_type
 
 _INT_MIN_INIT = 2**62
 
@@ -152,6 +156,127 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
             mins[C + c] = -float64(extreme[C + c])
 
     return init, visit, flush, as_mins
+
+
+@cuda.jit(device=True, inline=True)
+def _no_image_done(n, img_tally, img_bank, image_out):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False, cross=False, image_done=None):
+    """Device functions ``(accumulate, accumulate_plain)``: one thread's whole pass over ``x``.
+
+    ``accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out)`` declares the
+    thread's working state, runs ``init``, the loop (``visit`` per pixel, ``flush`` every
+    :func:`run_length` pixels and at the end) and leaves the thread's results in the caller's
+    ``tally``, ``bank``, ``mins`` (``as_mins``) and ``cross_bank`` (used when ``cross``);
+    ``hist_shared`` is the block's shared histogram (used when ``histogram``).
+
+    Without ``image_done`` the loop is the grid-stride loop over the flattened [N, L] pixels.
+    With it (a device function ``image_done(n, img_tally, img_bank, image_out)``) the loop is
+    block-per-image: block b walks images b, b + gridDim, ..., its threads striding the image's
+    pixels; after each image (flushed) every thread calls ``image_done`` with that image's sums,
+    then they are zeroed. ``image_out`` is passed through untouched (a tuple of what
+    ``image_done`` needs).
+
+    ``accumulate_plain(x, shift, tally, bank, mins)``: the same without any extra, for strategies
+    that only need count, sums, min and max.
+    """
+    C = channels
+    C2 = 2 * C
+    RT, BT, MT = types_for(dtype_tag)
+    PER_IMAGE = image_done is not None
+    CROSS = bool(cross)
+    CC = C * C if CROSS else 1
+    RUN = run_length(dtype_tag)
+    CP = layout == "CP"
+    done = image_done if PER_IMAGE else _no_image_done
+    init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, bool(histogram), CROSS, PER_IMAGE)
+
+    @cuda.jit(device=True, inline=True)
+    def accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out):
+        hi = cuda.local.array(C, RT)
+        lo = cuda.local.array(C, RT)
+        run = cuda.local.array(C2, RT)
+        extreme = cuda.local.array(C2, MT)
+        current = cuda.local.array(C, RT)
+        current_ok = cuda.local.array(C, int32)
+        cross_run = cuda.local.array(CC, RT)
+        img_tally = cuda.local.array(C, int64)
+        img_run = cuda.local.array(C2, RT)
+        img_bank = cuda.local.array(C2, BT)
+        init(shift, hi, lo, tally, run, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank)
+
+        images = x.shape[0]
+        pixels = x.shape[2] if CP else x.shape[1]
+        since_flush = 0
+        if PER_IMAGE:
+            n = cuda.blockIdx.x
+            while n < images:
+                l = cuda.threadIdx.x
+                while l < pixels:
+                    visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run,
+                          img_tally, img_run, hist_shared)
+                    since_flush += 1
+                    if since_flush == RUN:
+                        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+                        since_flush = 0
+                    l += cuda.blockDim.x
+                flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+                since_flush = 0
+                done(n, img_tally, img_bank, image_out)
+                for c in range(C):
+                    img_tally[c] = 0
+                    img_bank[c] = 0
+                    img_bank[C + c] = 0
+                n += cuda.gridDim.x
+        elif pixels > 0:
+            p, stride, n, l, step_n, step_l = grid_start(pixels)
+            total = images * pixels
+            while p < total:
+                visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run,
+                      img_tally, img_run, hist_shared)
+                since_flush += 1
+                if since_flush == RUN:
+                    flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+                    since_flush = 0
+                p += stride
+                n, l = grid_next(n, l, step_n, step_l, pixels)
+        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+        as_mins(extreme, mins)
+
+    @cuda.jit(device=True, inline=True)
+    def accumulate_plain(x, shift, tally, bank, mins):
+        unused_cross = cuda.local.array(1, BT)
+        unused_hist = cuda.local.array(1, int32)
+        accumulate(x, shift, tally, bank, mins, unused_cross, unused_hist, ())
+
+    return accumulate, accumulate_plain
+
+
+@functools.lru_cache(maxsize=None)
+def make_add_totals(channels: int):
+    """``add_totals(tally, bank, mins, count, nonfinite, out_sum, out_sumsq, vmin, vmax)``.
+
+    Adds one block's combined ``tally``/``bank``/``mins`` into the accumulators with one atomic
+    per quantity per channel (channels with no finite value leave sums, min and max alone).
+    """
+    C = channels
+
+    @cuda.jit(device=True, inline=True)
+    def add_totals(tally, bank, mins, count, nonfinite, out_sum, out_sumsq, vmin, vmax):
+        for c in range(C):
+            if tally[c] > 0:
+                cuda.atomic.add(count, c, tally[c])
+                cuda.atomic.add(out_sum, c, bank[c])
+                cuda.atomic.add(out_sumsq, c, bank[C + c])
+                cuda.atomic.min(vmin, c, mins[c])
+                cuda.atomic.max(vmax, c, -mins[C + c])
+            if tally[C + c] > 0:
+                cuda.atomic.add(nonfinite, c, tally[C + c])
+
+    return add_totals
 
 
 def run_length(dtype_tag: str) -> int:

@@ -27,9 +27,10 @@ from ._common import (
     is_integer,
     launch_config,
     make_block_ops,
+    make_hist_ops,
     pixels_per_image,
 )
-from ._thread import make_thread_ops, run_length, types_for
+from ._thread import make_accumulate, make_add_totals, types_for
 
 NAME = "atomic"
 SUPPORTS_SIMULATOR = True
@@ -43,19 +44,31 @@ _MAX_PIXELS_PER_BLOCK = 1 << 30
 def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
-    TPB = threads
-    RT, BT, MT = types_for(dtype_tag)
+    BT = types_for(dtype_tag)[1]
     HIST = bool(histogram)
     HS = C * HIST_BINS if HIST else 1
-    BINS = HIST_BINS
     CROSS = bool(cross)
     CC = C * C if CROSS else 1
     PER_IMAGE = bool(per_image)
-    CP = layout == "CP"
-    RUN = run_length(dtype_tag)
     SLOTS = SHARED_SLOTS
-    init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, HIST, CROSS, PER_IMAGE)
-    block_sum, block_min = make_block_ops(TPB)
+    block_sum, _, block_totals = make_block_ops(threads)
+    hist_zero, hist_flush = make_hist_ops(C, threads)
+    add_totals = make_add_totals(C)
+
+    @cuda.jit(device=True, inline=True)
+    def image_done(n, img_tally, img_bank, image_out):
+        """Combine the block's sums of image ``n`` and store them (block n owns the image: no atomics)."""
+        sh_count, sh_sum, img_count, img_sum, img_sumsq = image_out
+        tid = cuda.threadIdx.x
+        block_sum(sh_count, tid, img_tally, C)
+        block_sum(sh_sum, tid, img_bank, C2)
+        if tid == 0:
+            for c in range(C):
+                img_count[n, c] += img_tally[c]
+                img_sum[n, c] += float64(img_bank[c])
+                img_sumsq[n, c] += float64(img_bank[C + c])
+
+    accumulate = make_accumulate(dtype_tag, layout, C, HIST, CROSS, image_done if PER_IMAGE else None)[0]
 
     @cuda.jit
     def kernel(x, shift, count, nonfinite, out_sum, out_sumsq, vmin, vmax, hist, out_cross,
@@ -65,109 +78,26 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
         sh_sum = cuda.shared.array(SLOTS, BT)
         sh_ext = cuda.shared.array(SLOTS, float64)
         sh_hist = cuda.shared.array(HS, int32)
-        hi = cuda.local.array(C, RT)
-        lo = cuda.local.array(C, RT)
         tally = cuda.local.array(C2, int64)
-        run = cuda.local.array(C2, RT)
         bank = cuda.local.array(C2, BT)
-        extreme = cuda.local.array(C2, MT)
-        current = cuda.local.array(C, RT)
-        current_ok = cuda.local.array(C, int32)
-        cross_run = cuda.local.array(CC, RT)
-        cross_bank = cuda.local.array(CC, BT)
-        img_tally = cuda.local.array(C, int64)
-        img_run = cuda.local.array(C2, RT)
-        img_bank = cuda.local.array(C2, BT)
         mins = cuda.local.array(C2, float64)
-        init(shift, hi, lo, tally, run, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank)
+        cross_bank = cuda.local.array(CC, BT)
         if HIST:
-            i = tid
-            while i < HS:
-                sh_hist[i] = 0
-                i += TPB
-            cuda.syncthreads()
+            hist_zero(sh_hist, tid)
+        accumulate(x, shift, tally, bank, mins, cross_bank, sh_hist,
+                   (sh_count, sh_sum, img_count, img_sum, img_sumsq))
 
-        images = x.shape[0]
-        pixels = x.shape[2] if CP else x.shape[1]
-        since_flush = 0
-        if PER_IMAGE:
-            n = cuda.blockIdx.x
-            while n < images:
-                l = tid
-                while l < pixels:
-                    visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run,
-                          img_tally, img_run, sh_hist)
-                    since_flush += 1
-                    if since_flush == RUN:
-                        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
-                        since_flush = 0
-                    l += TPB
-                flush(run, bank, cross_run, cross_bank, img_run, img_bank)
-                since_flush = 0
-                block_sum(sh_count, tid, img_tally, C)
-                block_sum(sh_sum, tid, img_bank, 2 * C)
-                if tid == 0:
-                    for c in range(C):
-                        img_count[n, c] += img_tally[c]
-                        img_sum[n, c] += float64(img_bank[c])
-                        img_sumsq[n, c] += float64(img_bank[C + c])
-                for c in range(C):
-                    img_tally[c] = 0
-                    img_bank[c] = 0
-                    img_bank[C + c] = 0
-                n += cuda.gridDim.x
-        else:
-            total = images * pixels
-            stride = cuda.gridDim.x * TPB
-            p = cuda.blockIdx.x * TPB + tid
-            if pixels > 0:
-                n = p // pixels
-                l = p - n * pixels
-                step_n = stride // pixels
-                step_l = stride - step_n * pixels
-                while p < total:
-                    visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run,
-                          img_tally, img_run, sh_hist)
-                    since_flush += 1
-                    if since_flush == RUN:
-                        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
-                        since_flush = 0
-                    p += stride
-                    n += step_n
-                    l += step_l
-                    if l >= pixels:
-                        l -= pixels
-                        n += 1
-        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
-
-        as_mins(extreme, mins)
-        block_sum(sh_count, tid, tally, 2 * C)
-        block_sum(sh_sum, tid, bank, 2 * C)
-        block_min(sh_ext, tid, mins, 2 * C)
+        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
         if CROSS:
             block_sum(sh_sum, tid, cross_bank, CC)
         if tid == 0:
-            for c in range(C):
-                if tally[c] > 0:
-                    cuda.atomic.add(count, c, tally[c])
-                    cuda.atomic.add(out_sum, c, bank[c])
-                    cuda.atomic.add(out_sumsq, c, bank[C + c])
-                    cuda.atomic.min(vmin, c, mins[c])
-                    cuda.atomic.max(vmax, c, -mins[C + c])
-                if tally[C + c] > 0:
-                    cuda.atomic.add(nonfinite, c, tally[C + c])
+            add_totals(tally, bank, mins, count, nonfinite, out_sum, out_sumsq, vmin, vmax)
             if CROSS:
                 for i in range(C):
                     for j in range(i, C):
                         cuda.atomic.add(out_cross, (i, j), cross_bank[i * C + j])
         if HIST:
-            cuda.syncthreads()
-            i = tid
-            while i < HS:
-                h = sh_hist[i]
-                if h > 0:
-                    cuda.atomic.add(hist, (i // BINS, i % BINS), int64(h))
-                i += TPB
+            hist_flush(sh_hist, tid, hist)
 
     return kernel
 

@@ -16,13 +16,13 @@ from numba import cuda, float64, int32, int64
 
 from ._common import (
     HIST_BINS,
-    as_device_array,
-    check_input,
-    launch_config,
+    grid_next,
+    grid_start,
     make_decode,
+    make_hist_ops,
     make_load,
-    not_supported,
-    pixels_per_image,
+    prepare_pixels,
+    refuse_extras,
 )
 
 NAME = "hist8"
@@ -36,47 +36,28 @@ _MAX_PIXELS_PER_BLOCK = 1 << 30
 @functools.lru_cache(maxsize=None)
 def _build(layout, channels, threads):
     C = channels
-    TPB = threads
     BINS = HIST_BINS
     HS = C * HIST_BINS
     CP = layout == "CP"
     decode = make_decode("uint8")
     load = make_load(layout)
+    hist_zero, hist_flush = make_hist_ops(C, threads)
 
     @cuda.jit
     def hist_kernel(x, scratch):
         tid = cuda.threadIdx.x
         private = cuda.shared.array(HS, int32)
-        i = tid
-        while i < HS:
-            private[i] = 0
-            i += TPB
-        cuda.syncthreads()
+        hist_zero(private, tid)
         images = x.shape[0]
         pixels = x.shape[2] if CP else x.shape[1]
         total = images * pixels
-        stride = cuda.gridDim.x * TPB
-        p = cuda.blockIdx.x * TPB + tid
-        n = p // pixels
-        l = p - n * pixels
-        step_n = stride // pixels
-        step_l = stride - step_n * pixels
+        p, stride, n, l, step_n, step_l = grid_start(pixels)
         while p < total:
             for c in range(C):
                 cuda.atomic.add(private, c * BINS + decode(load(x, n, c, l)), int32(1))
             p += stride
-            n += step_n
-            l += step_l
-            if l >= pixels:
-                l -= pixels
-                n += 1
-        cuda.syncthreads()
-        i = tid
-        while i < HS:
-            h = private[i]
-            if h > 0:
-                cuda.atomic.add(scratch, (i // BINS, i % BINS), int64(h))
-            i += TPB
+            n, l = grid_next(n, l, step_n, step_l, pixels)
+        hist_flush(private, tid, scratch)
 
     @cuda.jit
     def finish_kernel(scratch, keep_hist, hist, count, isum, isumsq, vmin, vmax):
@@ -113,18 +94,13 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
     """Histogram ``x`` (uint8) and add count/sums/min/max (and the histogram if asked) into ``acc``."""
     if dtype_tag != "uint8":
         raise ValueError(f"strategy 'hist8' needs uint8 input, got {dtype_tag}; use 'atomic' or 'tree'")
-    if cross:
-        raise not_supported(NAME, "co-moments (cross=True)")
-    if per_image is not None:
-        raise not_supported(NAME, "per-image sums")
+    refuse_extras(NAME, cross=cross, per_image=per_image)
     if histogram and not acc.histogram:
         raise ValueError("histogram=True needs Accumulators made with histogram=True")
-    x = as_device_array(x, stream)
-    channels = check_input(x, layout, dtype_tag, acc)
-    total = int(x.shape[0]) * pixels_per_image(x, layout)
-    if total == 0:
+    prepared = prepare_pixels(x, layout, dtype_tag, acc, stream, launch)
+    if prepared is None:
         return
-    blocks, threads = launch_config(total, launch)
+    x, channels, total, blocks, threads = prepared
     blocks = max(blocks, -(-total // (_MAX_PIXELS_PER_BLOCK - 1)))
     hist_kernel, finish_kernel = _build(layout, channels, threads)
     scratch = acc.scratch("hist8_launch", (channels, HIST_BINS), "int64")

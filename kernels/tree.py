@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import functools
 
-from numba import cuda, float64, int32, int64
+from numba import cuda, float64, int64
 
 from ._common import (
     SHARED_SLOTS,
-    as_device_array,
-    check_input,
     is_integer,
-    launch_config,
     make_block_ops,
-    not_supported,
-    pixels_per_image,
+    prepare_pixels,
+    refuse_extras,
 )
-from ._thread import make_thread_ops, run_length, types_for
+from ._thread import make_accumulate, types_for
 
 NAME = "tree"
 SUPPORTS_SIMULATOR = True
@@ -37,13 +34,10 @@ SUPPORTS = frozenset()
 def _build(dtype_tag, layout, channels, threads):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
-    TPB = threads
-    RT, BT, MT = types_for(dtype_tag)
-    CP = layout == "CP"
-    RUN = run_length(dtype_tag)
+    BT = types_for(dtype_tag)[1]
     SLOTS = SHARED_SLOTS
-    init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, False, False, False)
-    block_sum, block_min = make_block_ops(TPB)
+    accumulate_plain = make_accumulate(dtype_tag, layout, C)[1]
+    block_totals = make_block_ops(threads)[2]
 
     @cuda.jit
     def partial_kernel(x, shift, part_tally, part_sum, part_min):
@@ -51,53 +45,14 @@ def _build(dtype_tag, layout, channels, threads):
         sh_count = cuda.shared.array(SLOTS, int64)
         sh_sum = cuda.shared.array(SLOTS, BT)
         sh_ext = cuda.shared.array(SLOTS, float64)
-        sh_hist = cuda.shared.array(1, int32)
-        hi = cuda.local.array(C, RT)
-        lo = cuda.local.array(C, RT)
         tally = cuda.local.array(C2, int64)
-        run = cuda.local.array(C2, RT)
         bank = cuda.local.array(C2, BT)
-        extreme = cuda.local.array(C2, MT)
-        current = cuda.local.array(C, RT)
-        current_ok = cuda.local.array(C, int32)
-        unused_run = cuda.local.array(C2, RT)
-        unused_bank = cuda.local.array(C2, BT)
-        unused_tally = cuda.local.array(C, int64)
         mins = cuda.local.array(C2, float64)
-        init(shift, hi, lo, tally, run, bank, extreme, unused_run, unused_bank, unused_tally, unused_run, unused_bank)
-
-        images = x.shape[0]
-        pixels = x.shape[2] if CP else x.shape[1]
-        total = images * pixels
-        stride = cuda.gridDim.x * TPB
-        p = cuda.blockIdx.x * TPB + tid
-        since_flush = 0
-        n = p // pixels
-        l = p - n * pixels
-        step_n = stride // pixels
-        step_l = stride - step_n * pixels
-        while p < total:
-            visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, unused_run,
-                  unused_tally, unused_run, sh_hist)
-            since_flush += 1
-            if since_flush == RUN:
-                flush(run, bank, unused_run, unused_bank, unused_run, unused_bank)
-                since_flush = 0
-            p += stride
-            n += step_n
-            l += step_l
-            if l >= pixels:
-                l -= pixels
-                n += 1
-        flush(run, bank, unused_run, unused_bank, unused_run, unused_bank)
-
-        as_mins(extreme, mins)
-        block_sum(sh_count, tid, tally, 2 * C)
-        block_sum(sh_sum, tid, bank, 2 * C)
-        block_min(sh_ext, tid, mins, 2 * C)
+        accumulate_plain(x, shift, tally, bank, mins)
+        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
         if tid == 0:
             b = cuda.blockIdx.x
-            for k in range(2 * C):
+            for k in range(C2):
                 part_tally[b, k] = tally[k]
                 part_sum[b, k] = bank[k]
                 part_min[b, k] = mins[k]
@@ -132,18 +87,11 @@ def _build(dtype_tag, layout, channels, threads):
 
 def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
     """Add the statistics of ``x`` into ``acc``; float totals bitwise reproducible (module docstring)."""
-    if histogram:
-        raise not_supported(NAME, "histograms")
-    if cross:
-        raise not_supported(NAME, "co-moments (cross=True)")
-    if per_image is not None:
-        raise not_supported(NAME, "per-image sums")
-    x = as_device_array(x, stream)
-    channels = check_input(x, layout, dtype_tag, acc)
-    total = int(x.shape[0]) * pixels_per_image(x, layout)
-    if total == 0:
+    refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
+    prepared = prepare_pixels(x, layout, dtype_tag, acc, stream, launch)
+    if prepared is None:
         return
-    blocks, threads = launch_config(total, launch)
+    x, channels, total, blocks, threads = prepared
     partial_kernel, merge_kernel = _build(dtype_tag, layout, channels, threads)
     bank_dtype = "int64" if is_integer(dtype_tag) else "float64"
     part_tally = acc.scratch("tree_tally", (blocks, 2 * channels), "int64")

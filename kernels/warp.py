@@ -14,18 +14,15 @@ from __future__ import annotations
 import functools
 import math
 
-from numba import cuda, float64, int32, int64
+from numba import cuda, float64, int64
 
 from ._common import (
-    as_device_array,
-    check_input,
     is_integer,
-    launch_config,
-    not_supported,
-    pixels_per_image,
+    prepare_pixels,
+    refuse_extras,
     simulator_enabled,
 )
-from ._thread import make_thread_ops, run_length, types_for
+from ._thread import make_accumulate, make_add_totals, types_for
 
 NAME = "warp"
 SUPPORTS_SIMULATOR = False
@@ -60,10 +57,9 @@ def _build(dtype_tag, layout, channels, threads):
     TPB = threads
     WARPS = TPB // WARP_SIZE
     SLOTS = WARPS * 2 * C
-    RT, BT, MT = types_for(dtype_tag)
-    CP = layout == "CP"
-    RUN = run_length(dtype_tag)
-    init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, False, False, False)
+    BT = types_for(dtype_tag)[1]
+    accumulate_plain = make_accumulate(dtype_tag, layout, C)[1]
+    add_totals = make_add_totals(C)
 
     @cuda.jit
     def kernel(x, shift, count, nonfinite, out_sum, out_sumsq, vmin, vmax):
@@ -73,46 +69,10 @@ def _build(dtype_tag, layout, channels, threads):
         sh_tally = cuda.shared.array(SLOTS, int64)
         sh_sum = cuda.shared.array(SLOTS, BT)
         sh_min = cuda.shared.array(SLOTS, float64)
-        sh_hist = cuda.shared.array(1, int32)
-        hi = cuda.local.array(C, RT)
-        lo = cuda.local.array(C, RT)
         tally = cuda.local.array(C2, int64)
-        run = cuda.local.array(C2, RT)
         bank = cuda.local.array(C2, BT)
-        extreme = cuda.local.array(C2, MT)
-        current = cuda.local.array(C, RT)
-        current_ok = cuda.local.array(C, int32)
-        unused_run = cuda.local.array(C2, RT)
-        unused_bank = cuda.local.array(C2, BT)
-        unused_tally = cuda.local.array(C, int64)
         mins = cuda.local.array(C2, float64)
-        init(shift, hi, lo, tally, run, bank, extreme, unused_run, unused_bank, unused_tally, unused_run, unused_bank)
-
-        images = x.shape[0]
-        pixels = x.shape[2] if CP else x.shape[1]
-        total = images * pixels
-        stride = cuda.gridDim.x * TPB
-        p = cuda.blockIdx.x * TPB + tid
-        since_flush = 0
-        n = p // pixels
-        l = p - n * pixels
-        step_n = stride // pixels
-        step_l = stride - step_n * pixels
-        while p < total:
-            visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, unused_run,
-                  unused_tally, unused_run, sh_hist)
-            since_flush += 1
-            if since_flush == RUN:
-                flush(run, bank, unused_run, unused_bank, unused_run, unused_bank)
-                since_flush = 0
-            p += stride
-            n += step_n
-            l += step_l
-            if l >= pixels:
-                l -= pixels
-                n += 1
-        flush(run, bank, unused_run, unused_bank, unused_run, unused_bank)
-        as_mins(extreme, mins)
+        accumulate_plain(x, shift, tally, bank, mins)
 
         # every lane of every warp is here: full-mask shuffles are safe
         for k in range(2 * C):
@@ -140,15 +100,7 @@ def _build(dtype_tag, layout, channels, threads):
                 bank[k] = s
                 mins[k] = m
             if lane == 0:
-                for c in range(C):
-                    if tally[c] > 0:
-                        cuda.atomic.add(count, c, tally[c])
-                        cuda.atomic.add(out_sum, c, bank[c])
-                        cuda.atomic.add(out_sumsq, c, bank[C + c])
-                        cuda.atomic.min(vmin, c, mins[c])
-                        cuda.atomic.max(vmax, c, -mins[C + c])
-                    if tally[C + c] > 0:
-                        cuda.atomic.add(nonfinite, c, tally[C + c])
+                add_totals(tally, bank, mins, count, nonfinite, out_sum, out_sumsq, vmin, vmax)
 
     return kernel
 
@@ -160,18 +112,11 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
             "strategy 'warp' needs a real GPU: numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) has "
             "no warp shuffles; use 'atomic' or 'tree' under the simulator"
         )
-    if histogram:
-        raise not_supported(NAME, "histograms")
-    if cross:
-        raise not_supported(NAME, "co-moments (cross=True)")
-    if per_image is not None:
-        raise not_supported(NAME, "per-image sums")
-    x = as_device_array(x, stream)
-    channels = check_input(x, layout, dtype_tag, acc)
-    total = int(x.shape[0]) * pixels_per_image(x, layout)
-    if total == 0:
+    refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
+    prepared = prepare_pixels(x, layout, dtype_tag, acc, stream, launch)
+    if prepared is None:
         return
-    blocks, threads = launch_config(total, launch)
+    x, channels, total, blocks, threads = prepared
     if threads % WARP_SIZE:
         raise ValueError(f"strategy 'warp' needs a multiple of {WARP_SIZE} threads per block, got {threads}")
     kernel = _build(dtype_tag, layout, channels, threads)

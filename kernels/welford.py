@@ -25,18 +25,17 @@ from numba import cuda, float64, int64
 from . import tree
 from ._common import (
     SHARED_SLOTS,
-    as_device_array,
-    check_input,
+    grid_next,
+    grid_start,
     group_size,
     is_integer,
-    launch_config,
     make_block_ops,
     make_decode,
     make_load,
-    not_supported,
-    pixels_per_image,
+    prepare_pixels,
+    refuse_extras,
 )
-from ._thread import run_length, types_for
+from ._thread import make_thread_ops, run_length, types_for
 
 NAME = "welford"
 SUPPORTS_SIMULATOR = True
@@ -70,7 +69,8 @@ def _build(dtype_tag, layout, channels, threads):
     RUN = run_length(dtype_tag)
     decode = make_decode(dtype_tag)
     load = make_load(layout)
-    block_sum, block_min = make_block_ops(TPB)
+    block_sum, block_min = make_block_ops(TPB)[:2]
+    as_mins = make_thread_ops(dtype_tag, layout, C, False, False, False)[3]
 
     @cuda.jit(device=True, inline=True)
     def flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2):
@@ -143,13 +143,8 @@ def _build(dtype_tag, layout, channels, threads):
         images = x.shape[0]
         pixels = x.shape[2] if CP else x.shape[1]
         total = images * pixels
-        stride = cuda.gridDim.x * TPB
-        p = cuda.blockIdx.x * TPB + tid
         since_flush = 0
-        n = p // pixels
-        l = p - n * pixels
-        step_n = stride // pixels
-        step_l = stride - step_n * pixels
+        p, stride, n, l, step_n, step_l = grid_start(pixels)
         while p < total:
             for c in range(C):
                 v = decode(load(x, n, c, l))
@@ -168,16 +163,10 @@ def _build(dtype_tag, layout, channels, threads):
                 flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2)
                 since_flush = 0
             p += stride
-            n += step_n
-            l += step_l
-            if l >= pixels:
-                l -= pixels
-                n += 1
+            n, l = grid_next(n, l, step_n, step_l, pixels)
         flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2)
 
-        for c in range(C):
-            mins[c] = float64(extreme[c])
-            mins[C + c] = -float64(extreme[C + c])
+        as_mins(extreme, mins)
         block_chan(sh_n, sh_mean, sh_m2, tid, w_n, w_mean, w_m2)
         block_sum(sh_n, tid, bad, C)
         block_min(sh_mean, tid, mins, 2 * C)
@@ -219,21 +208,14 @@ def _build(dtype_tag, layout, channels, threads):
 
 def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
     """Add the statistics of ``x`` into ``acc`` via Welford/Chan (module docstring)."""
-    if histogram:
-        raise not_supported(NAME, "histograms")
-    if cross:
-        raise not_supported(NAME, "co-moments (cross=True)")
-    if per_image is not None:
-        raise not_supported(NAME, "per-image sums")
+    refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
     if is_integer(dtype_tag):
         tree.reduce(x, layout, dtype_tag, acc, stream=stream, launch=launch)
         return
-    x = as_device_array(x, stream)
-    channels = check_input(x, layout, dtype_tag, acc)
-    total = int(x.shape[0]) * pixels_per_image(x, layout)
-    if total == 0:
+    prepared = prepare_pixels(x, layout, dtype_tag, acc, stream, launch)
+    if prepared is None:
         return
-    blocks, threads = launch_config(total, launch)
+    x, channels, total, blocks, threads = prepared
     partial_kernel, merge_kernel = _build(dtype_tag, layout, channels, threads)
     part_n = acc.scratch("welford_n", (blocks, 2 * channels), "int64")
     part_moments = acc.scratch("welford_moments", (blocks, 2 * channels), "float64")
