@@ -84,14 +84,29 @@ def _keep_list(records: list[DecodedImage]) -> list[DecodedImage]:
     return list(records)
 
 
-def _to_shared(records: list[DecodedImage]) -> list[DecodedImage]:
-    """Collate in a worker: arrays travel as tensors (shared memory), not as pickled bytes."""
-    return [r if r.array is None else r._replace(array=torch.from_numpy(r.array))
-            for r in records]
+def _to_shared(records: list[DecodedImage]) -> tuple[torch.Tensor, list[tuple]]:
+    """Collate in a worker: the batch's pixels travel as ONE tensor (one shared-memory segment).
+
+    A segment per image costs more than the copy into one buffer: on 2 cores, 500x375 JPEGs with
+    2 workers went from ~640 to ~780 images/s. ``meta`` holds (index, shape, bad_reason, nbytes).
+    """
+    arrays = [r.array.reshape(-1) for r in records if r.array is not None]
+    flat = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.uint8)
+    meta = [(r.index, None if r.array is None else r.array.shape, r.bad_reason, r.nbytes) for r in records]
+    return torch.from_numpy(flat), meta
 
 
-def _from_shared(records: list[DecodedImage]) -> list[DecodedImage]:
-    return [r if r.array is None else r._replace(array=r.array.numpy()) for r in records]
+def _from_shared(packed: tuple[torch.Tensor, list[tuple]]) -> list[DecodedImage]:
+    flat, meta = packed[0].numpy(), packed[1]
+    records, offset = [], 0
+    for index, shape, bad_reason, nbytes in meta:
+        if shape is None:
+            records.append(DecodedImage(index, None, bad_reason, nbytes))
+            continue
+        size = int(np.prod(shape))
+        records.append(DecodedImage(index, flat[offset:offset + size].reshape(shape), None, nbytes))
+        offset += size
+    return records
 
 
 def iter_decoded(
