@@ -176,6 +176,16 @@ def test_gpu_tensors_reduced_in_place_on_torch_stream():
 
 
 @pytest.mark.gpu
+def test_batch_on_another_gpu_is_a_clear_error():
+    if SIM or torch.cuda.device_count() < 2:
+        pytest.skip("needs two NVIDIA GPUs")
+    from gpustats import InputError
+
+    with pytest.raises(InputError, match="pass device='cuda:1'"):
+        Accumulator(device="cuda:0").update(torch.zeros(1, 3, 4, 4, dtype=torch.uint8, device="cuda:1"))
+
+
+@pytest.mark.gpu
 def test_gpu_cpu_tensors_staged_and_device_index_honoured():
     if SIM or not torch.cuda.is_available():
         pytest.skip("needs a real NVIDIA GPU and a CUDA build of torch")

@@ -16,9 +16,12 @@ Requests the kernels do not cover -- int8/int16 data, histograms of non-uint8 da
 ``nan_policy="propagate"`` on float data -- are reduced by the CPU backend for that batch and
 counted in ``fallback_batches`` (``kernel_launches`` counts the kernel path).
 
-Syncs: float batches under ``nan_policy="raise"`` are checked for non-finite values with one
-small torch reduction (one sync) *before* anything is accumulated, so a failing ``update``
-leaves the state unchanged; per-image sums are read back per batch.
+Syncs before ``state()``: float batches under ``nan_policy="raise"`` (the default) are checked for
+non-finite values with one small torch reduction and one sync *before* anything is accumulated,
+so a failing ``update`` leaves the state unchanged; the first float batch's per-channel mean
+(the shift) costs one sync; uint16 totals are flushed before they could overflow int64. uint8
+batches, and float batches under ``nan_policy="omit"`` after the first, add no synchronization:
+use ``"omit"`` in training loops (non-finite values are then counted in ``state().nonfinite``).
 """
 
 from __future__ import annotations
@@ -196,6 +199,11 @@ class CudaReducer(Reducer):
             if chunk.dtype == "bfloat16":
                 part = part.view(torch.int16)  # bit patterns; the kernels decode bfloat16 exactly
             if part.device.type == "cuda":
+                if not self.simulator and part.device.index != self._index:
+                    raise InputError(
+                        f"batch {self.batches} is on {part.device} but this Accumulator reduces on cuda:{self._index}; "
+                        f"pass device='{part.device}' or move the batch with .to('cuda:{self._index}')"
+                    )
                 if self.simulator:
                     yield part.cpu().numpy(), None
                     continue
