@@ -14,7 +14,6 @@ persistent, so a short corpus pays it in full). GPU decode
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchlib import TINY, HostTimer, rounds, run_timed
+from benchlib import TINY, HostTimer, jpeg_corpus, rounds, run_timed
 
 N_FILES = int(os.environ.get("GPUSTATS_BENCH_CORPUS", 16 if TINY else 256))
 SIZE = (64, 48) if TINY else (500, 375)
@@ -33,15 +32,7 @@ BATCH = 16
 
 @pytest.fixture(scope="session")
 def corpus() -> list[Path]:
-    from gpustats.sources.synthetic import make_jpeg_corpus
-
-    root = Path(tempfile.gettempdir()) / f"gpustats-bench-jpeg-{N_FILES}-{SIZE[0]}x{SIZE[1]}-q90"
-    done = root / ".complete"
-    if done.exists():
-        return sorted(root.glob("*.jpg"))
-    files = make_jpeg_corpus(root, N_FILES, size=SIZE, quality=90)
-    done.write_text("ok\n")
-    return files
+    return jpeg_corpus(N_FILES, SIZE)
 
 
 def _pillow_decode_all(files):

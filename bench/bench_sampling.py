@@ -23,7 +23,6 @@ per-image means spread that much), so they need (0.13 / sigma_between)^2 times a
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from statistics import NormalDist
@@ -31,7 +30,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from benchlib import TINY
+from benchlib import TINY, jpeg_corpus
 
 N_FILES = int(os.environ.get("GPUSTATS_BENCH_SAMPLE", 48 if TINY else 400))
 SIZE = (64, 48) if TINY else (500, 375)
@@ -43,15 +42,7 @@ REAL_PHOTOS_SIGMA_BETWEEN = 0.13
 
 @pytest.fixture(scope="session")
 def sample_corpus() -> list[Path]:
-    from gpustats.sources.synthetic import make_jpeg_corpus
-
-    root = Path(tempfile.gettempdir()) / f"gpustats-bench-jpeg-{N_FILES}-{SIZE[0]}x{SIZE[1]}-q90"
-    done = root / ".complete"
-    if done.exists():
-        return sorted(root.glob("*.jpg"))
-    files = make_jpeg_corpus(root, N_FILES, size=SIZE, quality=90)
-    done.write_text("ok\n")
-    return files
+    return jpeg_corpus(N_FILES, SIZE)
 
 
 @pytest.fixture(scope="session")

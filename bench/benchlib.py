@@ -24,6 +24,22 @@ TINY = os.environ.get("GPUSTATS_BENCH_TINY", "") not in ("", "0")
 HW = 32 if TINY else IMAGE_HW
 
 
+def jpeg_corpus(n_files: int, size: tuple[int, int]) -> list:
+    """A generated ImageNet-like JPEG corpus (q90), cached in the temp dir across runs."""
+    import tempfile
+    from pathlib import Path
+
+    from gpustats.sources.synthetic import make_jpeg_corpus
+
+    root = Path(tempfile.gettempdir()) / f"gpustats-bench-jpeg-{n_files}-{size[0]}x{size[1]}-q90"
+    done = root / ".complete"
+    if done.exists():
+        return sorted(root.glob("*.jpg"))
+    files = make_jpeg_corpus(root, n_files, size=size, quality=90)
+    done.write_text("ok\n")
+    return files
+
+
 def sizes(default: tuple[int, ...]) -> list[int]:
     """The suite's sizes in bytes: ``GPUSTATS_BENCH_SIZES`` when set, else ``default``."""
     return parse_sizes(os.environ.get("GPUSTATS_BENCH_SIZES"), default)
