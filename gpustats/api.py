@@ -195,7 +195,8 @@ def compute_stats(
     ``nan_policy``: ``"raise"`` | ``"omit"`` | ``"propagate"``. ``histogram``/``covariance``/
     ``per_image`` add exact histograms and percentiles, covariance/PCA and per-image statistics in
     the same pass. ``distributed="auto"`` merges across ``torch.distributed`` ranks when a process
-    group is initialized (each rank must see its own shard, e.g. with ``DistributedSampler``).
+    group is initialized (each rank must see its own shard, e.g. with ``DistributedSampler``); it is
+    then a collective: when only some ranks call it, pass ``distributed=False``.
     ``sample=SampleSpec(tolerance=...)`` (:mod:`gpustats.sampling`) estimates mean/std from a
     random subset of images instead and returns a ``SampledStats`` with confidence intervals.
     """
