@@ -336,73 +336,81 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
     prior_elapsed = 0.0
     resumed_from = None
     complete = False
-    ck_path = None if args.checkpoint is None else rank_path(args.checkpoint, rank, world)
-    fingerprint = file_list_fingerprint(files) if ck_path else ""
-    if ck_path:
-        previous = read_checkpoint(ck_path)
-        if previous is not None:
-            check_compatible(ck_path, previous, fingerprint=fingerprint, files_total=len(files),
-                             options=result_options)
-            acc.load(previous.state)
-            images, nbytes, start = previous.images, previous.bytes, previous.next_index
-            bad_files = list(previous.bad_files)
-            position = {os.fspath(p): rank + i * world for i, p in enumerate(files)}
-            bad_order = [position.get(b["path"], -1) for b in bad_files]
-            prior_elapsed = previous.elapsed_s
-            complete = previous.complete
-            resumed_from = start
-            note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
-                                              f"resuming at file {start} of {len(files)}"))
-
-    def save(next_index: int, done: bool) -> None:
+    failure: BaseException | None = None  # a rank's expected failure, shared with the others below
+    try:
+        ck_path = None if args.checkpoint is None else rank_path(args.checkpoint, rank, world)
+        fingerprint = file_list_fingerprint(files) if ck_path else ""
         if ck_path:
-            write_checkpoint(ck_path, Checkpoint(
-                state=acc.state(), next_index=next_index, files_total=len(files), fingerprint=fingerprint,
-                options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
-                elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
+            previous = read_checkpoint(ck_path)
+            if previous is not None:
+                check_compatible(ck_path, previous, fingerprint=fingerprint, files_total=len(files),
+                                 options=result_options)
+                acc.load(previous.state)
+                images, nbytes, start = previous.images, previous.bytes, previous.next_index
+                bad_files = list(previous.bad_files)
+                position = {os.fspath(p): rank + i * world for i, p in enumerate(files)}
+                bad_order = [position.get(b["path"], -1) for b in bad_files]
+                prior_elapsed = previous.elapsed_s
+                complete = previous.complete
+                resumed_from = start
+                note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
+                                                  f"resuming at file {start} of {len(files)}"))
 
-    next_index = start
-    if not complete:
-        bar = _progress(len(files), start, args.quiet)
-        last_save = time.monotonic()
-        run_bytes = 0
-        try:
-            for records in _iter_records(files, start, args, decode, workers, acc.device, decode_opts):
-                good = []
-                for record in records:
-                    if record.image is None:
-                        path = os.fspath(files[record.index])
-                        if args.strict:
-                            raise StrictBadFile(f"bad file {path}: {record.bad_reason} (--strict)")
-                        bad_files.append({"path": path, "reason": str(record.bad_reason)})
-                        bad_order.append(rank + record.index * world)  # position in the full list
-                    else:
-                        good.append(record.image if decode == "gpu" or record.image.ndim == 3
-                                    else record.image[:, :, None])
-                batch_bytes = sum(r.nbytes for r in records)
-                if good:
-                    # the whole batch counts, or (on error) none of it
-                    acc.update(good if args.per_image else _one_strip(good, decode == "gpu"))
-                images += len(good)
-                nbytes += batch_bytes
-                run_bytes += batch_bytes
-                next_index = records[-1].index + 1
-                bar.update(len(records))
-                if not bar.disable:
-                    bar.set_postfix_str(f"{run_bytes / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s",
-                                        refresh=False)
-                if ck_path and time.monotonic() - last_save >= args.checkpoint_every:
+        def save(next_index: int, done: bool) -> None:
+            if ck_path:
+                write_checkpoint(ck_path, Checkpoint(
+                    state=acc.state(), next_index=next_index, files_total=len(files), fingerprint=fingerprint,
+                    options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
+                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
+
+        next_index = start
+        if not complete:
+            bar = _progress(len(files), start, args.quiet)
+            last_save = time.monotonic()
+            run_bytes = 0
+            try:
+                for records in _iter_records(files, start, args, decode, workers, acc.device, decode_opts):
+                    good = []
+                    for record in records:
+                        if record.image is None:
+                            path = os.fspath(files[record.index])
+                            if args.strict:
+                                raise StrictBadFile(f"bad file {path}: {record.bad_reason} (--strict)")
+                            bad_files.append({"path": path, "reason": str(record.bad_reason)})
+                            bad_order.append(rank + record.index * world)  # position in the full list
+                        else:
+                            good.append(record.image if decode == "gpu" or record.image.ndim == 3
+                                        else record.image[:, :, None])
+                    batch_bytes = sum(r.nbytes for r in records)
+                    if good:
+                        # the whole batch counts, or (on error) none of it
+                        acc.update(good if args.per_image else _one_strip(good, decode == "gpu"))
+                    images += len(good)
+                    nbytes += batch_bytes
+                    run_bytes += batch_bytes
+                    next_index = records[-1].index + 1
+                    bar.update(len(records))
+                    if not bar.disable:
+                        bar.set_postfix_str(f"{run_bytes / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s",
+                                            refresh=False)
+                    if ck_path and time.monotonic() - last_save >= args.checkpoint_every:
+                        save(next_index, False)
+                        last_save = time.monotonic()
+            except KeyboardInterrupt:
+                bar.close()
+                if ck_path:
                     save(next_index, False)
-                    last_save = time.monotonic()
-        except KeyboardInterrupt:
+                    note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
+                raise
             bar.close()
             if ck_path:
-                save(next_index, False)
-                note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
+                save(len(files), True)
+    except _expected_errors() as exc:
+        if world == 1:
             raise
-        bar.close()
-        if ck_path:
-            save(len(files), True)
+        failure = exc
+    if world > 1:
+        _agree_on_failure(failure)
 
     elapsed = prior_elapsed + time.perf_counter() - t0 if not complete else prior_elapsed
     state = acc.state()
@@ -424,6 +432,21 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
                     strategy=acc.strategy, cpu_reason=acc.cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
                     from_complete_checkpoint=complete)
+
+
+def _agree_on_failure(failure: BaseException | None) -> None:
+    """Every rank learns whether any rank failed (a collective), so none waits forever in the merge.
+
+    The failing rank re-raises its own error; the others raise one naming that rank and its error.
+    """
+    from .distributed import all_gather_json
+
+    statuses = all_gather_json(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    for rank, message in enumerate(statuses):
+        if message is not None:
+            raise CliError(f"rank {rank} failed: {message}")
 
 
 def _gather_report(images: int, nbytes: int, bad_files: list, elapsed: float):

@@ -256,6 +256,30 @@ def test_cli_under_torchrun_matches_single_process(tmp_path):
     assert two["images"] == 7 and len(two["bad_files"]) == 1
 
 
+def test_cli_rank_failure_reaches_every_rank_instead_of_a_hang(tmp_path):
+    """--strict on a bad file that only rank 1 owns: both ranks exit 1 promptly, rank 0 names rank 1."""
+    from PIL import Image
+
+    data = tmp_path / "imgs"
+    data.mkdir()
+    for name in ("a.png", "c.png"):  # sorted: a (rank 0), b (rank 1), c (rank 0)
+        Image.new("RGB", (4, 4), (10, 20, 30)).save(data / name)
+    (data / "b.png").write_bytes(b"not an image")
+    env = _env({"WORLD_SIZE": "2"})
+    cmd = [sys.executable, "-m", "gpustats", "stats", str(data), "--device", "cpu", "--strict", "--quiet"]
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [1, 1], outs
+    assert "rank 1 failed: bad file" in outs[0][1] and "b.png" in outs[0][1]
+    assert "bad file" in outs[1][1] and "b.png" in outs[1][1]
+
+
 # ---------------------------------------------------------------------------------- in-process units
 def test_without_process_group_returns_state_unchanged():
     state = ChannelStats.from_integer_sums([4], [10], [30], [1], [4], dtype="uint8", scale=255.0)
