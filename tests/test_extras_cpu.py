@@ -142,3 +142,15 @@ def test_to_dict_has_every_section(natural):
     d = json.loads(json.dumps(r.to_dict()))
     assert {"histogram", "covariance", "per_image"} <= set(d)
     assert d["histogram"]["percentiles"]["50"] == r.median().tolist()
+
+
+@pytest.mark.parametrize("channels, layout", [(1, "NCHW"), (2, "NCHW"), (3, "NHWC"), (4, "NHWC"), (4, "NCHW")])
+def test_integer_covariance_every_channel_count_and_layout(channels, layout):
+    rng = np.random.default_rng(channels)
+    shape = (5, channels, 6, 7) if layout == "NCHW" else (5, 6, 7, channels)
+    x = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    r = compute_stats([x[:2], x[2:]], device="cpu", covariance=True, per_image=True, histogram=True, layout=layout)
+    px = pixels([x], layout).astype(np.float64) / 255
+    np.testing.assert_allclose(r.cov, np.atleast_2d(np.cov(px, rowvar=False, ddof=0)), rtol=1e-12)
+    for c in range(channels):
+        np.testing.assert_array_equal(r.histogram[c], np.bincount((px[:, c] * 255).round().astype(int), minlength=256))

@@ -58,8 +58,13 @@ def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def int_rows(x, cp, want_cross, count, total, total_sq, vmin, vmax, cross):  # pragma: no cover
-    """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64."""
+def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
+    """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64.
+
+    With ``want_hist`` (uint8 input) the 256-bin histograms ([N, C, 256]) are built in the same
+    loop as the sums. Per-channel scalar accumulators keep this loop in registers: a fused
+    all-channels-per-pixel loop with array accumulators measured 2.5x slower.
+    """
     if cp:
         n_rows, channels, length = x.shape
     else:
@@ -76,12 +81,30 @@ def int_rows(x, cp, want_cross, count, total, total_sq, vmin, vmax, cross):  # p
                 q += v * v
                 lo = min(lo, v)
                 hi = max(hi, v)
+                if want_hist:
+                    hist[n, c, v] += 1
             count[n, c] = length
             total[n, c] = s
             total_sq[n, c] = q
             vmin[n, c] = lo
             vmax[n, c] = hi
-        if want_cross:
+        if want_cross and channels == 3:  # RGB: all six products in one pass, in registers
+            q00 = q01 = q02 = q11 = q12 = q22 = 0
+            for i in range(length):
+                r = np.int64(x[n, 0, i] if cp else x[n, i, 0])
+                g = np.int64(x[n, 1, i] if cp else x[n, i, 1])
+                b = np.int64(x[n, 2, i] if cp else x[n, i, 2])
+                q00 += r * r
+                q01 += r * g
+                q02 += r * b
+                q11 += g * g
+                q12 += g * b
+                q22 += b * b
+            cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = q00, q11, q22
+            cross[n, 0, 1] = cross[n, 1, 0] = q01
+            cross[n, 0, 2] = cross[n, 2, 0] = q02
+            cross[n, 1, 2] = cross[n, 2, 1] = q12
+        elif want_cross:
             for a in range(channels):
                 for b in range(a, channels):
                     q = 0

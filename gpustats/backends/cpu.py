@@ -143,11 +143,10 @@ class CpuReducer(MergingReducer):
         opts, k, C = self.options, self._k, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=False, keep_images=opts.per_image)
-        hist, hist_range = self._histogram(chunk, arrays, batch_index) if opts.histogram else (None, None)
-        if chunk.dtype == "uint8" and not (opts.per_image or opts.covariance):
-            keep = hist
-            if hist is None:
-                hist, _ = self._histogram(chunk, arrays, batch_index)
+        rows_needed = opts.per_image or opts.covariance
+        if chunk.dtype == "uint8" and not rows_needed:
+            # the histogram alone gives exact count, sums, min and max: one fast pass
+            hist, hist_range = self._histogram(chunk, arrays, batch_index)
             count = [int(h.sum()) for h in hist]
             total = [int(h @ _VALUES) for h in hist]
             total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
@@ -155,15 +154,25 @@ class CpuReducer(MergingReducer):
             vmin = [float(z[0]) if z.size else np.inf for z in nz]
             vmax = [float(z[-1]) if z.size else -np.inf for z in nz]
             return ChannelStats.from_integer_sums(count, total, total_sq, vmin, vmax, dtype=chunk.dtype, scale=scale,
-                                                  hist=keep, hist_range=hist_range if keep is not None else None)
+                                                  hist=hist if opts.histogram else None,
+                                                  hist_range=hist_range if opts.histogram else None)
+        fused_hist = opts.histogram and chunk.dtype == "uint8"  # built in the same pass as the rows
+        hist, hist_range = (None, None)
+        if opts.histogram and not fused_hist:
+            hist, hist_range = self._histogram(chunk, arrays, batch_index)
+        if fused_hist:
+            hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
         rows = {name: [] for name in ("count", "total", "total_sq", "vmin", "vmax", "cross")}
         for a in arrays:
             n = a.shape[0]
             out = [np.zeros((n, C), np.int64) for _ in range(5)]
-            cross = np.zeros((n, C, C), np.int64)
-            k.int_rows(a, cp, opts.covariance, *out, cross)
+            cross = np.zeros((n, C, C) if opts.covariance else (1, 1, 1), np.int64)
+            hist_rows = np.zeros((n, C, 256) if fused_hist else (1, 1, 1), np.int64)
+            k.int_rows(a, cp, opts.covariance, fused_hist, *out, cross, hist_rows)
             for name, arr in zip(rows, [*out, cross]):
                 rows[name].append(arr)
+            if fused_hist:
+                hist += hist_rows.sum(axis=0)
         r = {name: np.concatenate(v) for name, v in rows.items()}
         count = [int(v) for v in r["count"].sum(axis=0)]
         total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
