@@ -111,10 +111,6 @@ STOP_REASONS = ("tolerance", "max_images", "exhausted")
 #: Default number of images that must be seen before the tolerance may stop the run.
 DEFAULT_MIN_IMAGES = 30
 
-#: Largest block of values (per channel * pixels * images) widened to float64 at once.
-_BLOCK_ELEMENTS = 1 << 22
-
-
 # ============================================================================ the estimator
 
 
@@ -324,53 +320,31 @@ class _UnitSums:
         return 0 if self._total is None else int(self._total.shape[1])
 
 
-def _moments_numpy(x: np.ndarray, layout: str, integer: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Raw-unit per-row sums [N, C] and centred M2 [N, C] of a CPU block (numpy, float64).
-
-    The block is first copied to channel rows ``[N, C, L]`` in float64 (one pass, contiguous rows:
-    about 4x faster than reducing a strided ``[N, L, C]`` view). Integer data: the sums of ``x``
-    and ``x*x`` are exact in float64 (below 2^53), so ``M2 = q - s^2/L`` loses nothing that
-    matters; float data: two passes (subtract the row mean, then square), no cancellation.
-    """
-    rows = x.transpose(0, 2, 1) if layout == "PC" else x
-    if integer:
-        x64 = np.ascontiguousarray(rows, dtype=np.float64)
-        s = x64.sum(axis=2)
-        q = np.einsum("ncl,ncl->nc", x64, x64)
-        return s, np.maximum(q - s * s / x64.shape[2], 0.0)
-    x64 = np.array(rows, dtype=np.float64, order="C")  # always a copy: it is centred in place
-    s = x64.sum(axis=2)
-    x64 -= (s / x64.shape[2])[:, :, None]
-    return s, np.einsum("ncl,ncl->nc", x64, x64)
-
-
-def _row_moments(part: torch.Tensor, layout: str, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int,
+                 scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``.
 
-    CPU tensors go through numpy (:func:`_moments_numpy`), in blocks of at most
-    ``_BLOCK_ELEMENTS`` values; CUDA tensors are reduced on their device in float64, two passes.
+    CPU tensors use the CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`:
+    exact for integers, corrected two-pass float64 for floats); CUDA tensors are reduced on their
+    device in float64, two passes. Non-finite values are an error (sampling needs finite pixels).
     """
     pix_axis = 2 if layout == "CP" else 1
-    rows, length = int(part.shape[0]), int(part.shape[pix_axis])
-    chan = int(part.shape[1 if layout == "CP" else 2])
-    integer = not part.dtype.is_floating_point
-    count = np.full(rows, float(length))
-    total = np.empty((rows, chan))
-    m2 = np.empty((rows, chan))
-    step = max(1, _BLOCK_ELEMENTS // max(1, length * chan))
-    for start in range(0, rows, step):
-        block = part[start:start + step]
-        if block.device.type == "cpu":
-            s, q = _moments_numpy(block.numpy(), layout, integer)
-        else:  # CUDA tensors are reduced where they are
-            x = block.to(torch.float64)
-            st = x.sum(dim=pix_axis)
-            x -= (st / length).unsqueeze(pix_axis)
-            s = st.cpu().numpy()
-            q = (x * x).sum(dim=pix_axis).cpu().numpy()
-        total[start:start + step] = s / scale
-        m2[start:start + step] = q / (scale * scale)
-    return count, total, m2
+    if part.device.type == "cpu":
+        from .backends.cpu import image_moments
+
+        count, mean, m2, bad = image_moments(Chunk((part,), layout, dtype, channels))
+        if bad.any():
+            raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
+                             "(use compute_stats with nan_policy='omit' for exact statistics)")
+        n = count.astype(np.float64)
+        return n[:, 0], n * mean / scale, m2 / (scale * scale)
+    x = part.to(torch.float64)
+    length = int(part.shape[pix_axis])
+    st = x.sum(dim=pix_axis)
+    x -= (st / length).unsqueeze(pix_axis)
+    total = st.cpu().numpy()
+    m2 = (x * x).sum(dim=pix_axis).cpu().numpy()
+    return np.full(int(part.shape[0]), float(length)), total / scale, m2 / (scale * scale)
 
 
 def _combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -514,7 +488,7 @@ class _Reducer:
         for part in chunk.parts:
             if self.device is not None and part.device != self.device:
                 part = part.to(self.device)
-            pieces.append(_row_moments(part, chunk.layout, self.scale))
+            pieces.append(_row_moments(part, chunk.layout, chunk.dtype, chunk.channels, self.scale))
         if len(pieces) == 1:
             count, total, m2 = pieces[0]
         elif not pieces:

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ChannelStats", "Stats", "StatsError", "INTEGER_DTYPES", "FLOAT_DTYPES"]
+__all__ = ["ChannelStats", "Stats", "StatsError", "INTEGER_DTYPES", "FLOAT_DTYPES", "exact_row_moments"]
 
 #: Integer dtypes reduced exactly (their squares' sums fit int64 per kernel call).
 INTEGER_DTYPES = ("uint8", "int8", "uint16", "int16")
@@ -211,8 +211,7 @@ class ChannelStats:
         n = _ints(count)
         s = _ints(total)
         q = _ints(total_sq)
-        mean = [float(Fraction(si, ni)) if ni else 0.0 for si, ni in zip(s, n)]
-        m2 = [float(Fraction(ni * qi - si * si, ni)) if ni else 0.0 for si, qi, ni in zip(s, q, n)]
+        mean, m2 = exact_row_moments(n, s, q)
         icross = None
         comoment = None
         if cross is not None:
@@ -442,6 +441,25 @@ def _floats_out(arr: np.ndarray) -> list[str]:
 
 def _floats_in(values: Sequence[str]) -> np.ndarray:
     return np.array([float.fromhex(v) for v in values], dtype=np.float64)
+
+
+def exact_row_moments(count: Any, total: Any, total_sq: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and M2 of integer data from exact totals (any matching shapes), each rounded once.
+
+    ``mean = s / n`` and ``M2 = (n*q - s*s) / n`` in exact rational arithmetic, then float64;
+    0 where ``n == 0``. The single rule behind every integer state and per-image moment.
+    """
+    n_a = np.asarray(count, dtype=object)
+    s_a = np.asarray(total, dtype=object)
+    q_a = np.asarray(total_sq, dtype=object)
+    mean = np.zeros(n_a.shape)
+    m2 = np.zeros(n_a.shape)
+    for idx in np.ndindex(*n_a.shape):
+        n, s, q = int(n_a[idx]), int(s_a[idx]), int(q_a[idx])
+        if n:
+            mean[idx] = float(Fraction(s, n))
+            m2[idx] = float(Fraction(n * q - s * s, n))
+    return mean, m2
 
 
 def _comoment_from_ints(n: Sequence[int], s: Sequence[int], cross: Sequence[Sequence[int]]) -> np.ndarray:

@@ -9,16 +9,14 @@ Chan's formula (DESIGN.md, "The state and its numerics").
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..stats import INTEGER_DTYPES, ChannelStats, ImageMoments
+from ..stats import INTEGER_DTYPES, ChannelStats, ImageMoments, exact_row_moments
 from . import MergingReducer, Options
 
-__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "merge_rows"]
+__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments", "merge_rows"]
 
 _VALUES = np.arange(256, dtype=np.int64)
 
@@ -102,6 +100,58 @@ def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarra
     return parts
 
 
+def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, hist: np.ndarray | None) -> dict:
+    """Exact per-image int64 rows [K, C] of count, total, total_sq, vmin, vmax (and cross [K, C, C]).
+
+    ``hist`` ([C, 256], uint8 input): the images' histograms are added to it in the same pass.
+    """
+    rows = {name: [] for name in ("count", "total", "total_sq", "vmin", "vmax", "cross")}
+    for a in arrays:
+        n = a.shape[0]
+        out = [np.zeros((n, channels), np.int64) for _ in range(5)]
+        products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
+        hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
+        k.int_rows(a, cp, cross, hist is not None, *out, products, hist_rows)
+        for name, arr in zip(rows, [*out, products]):
+            rows[name].append(arr)
+        if hist is not None:
+            hist += hist_rows.sum(axis=0)
+    return {name: np.concatenate(v) for name, v in rows.items()}
+
+
+def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool) -> dict:
+    """Per-image float64 rows [K, C]: count, mean, m2, vmin, vmax, nan, posinf, neginf (+ comoment)."""
+    names = ("count", "mean", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
+    rows = {name: [] for name in (*names, "comoment")}
+    for a in arrays:
+        n = a.shape[0]
+        out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
+               for name in names]
+        com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
+        k.float_rows(a, cp, cross, *out, com)
+        for name, arr in zip(rows, [*out, com]):
+            rows[name].append(arr)
+    return {name: np.concatenate(v) for name, v in rows.items()}
+
+
+def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image ``(count, mean, M2, nonfinite)``, each [K, C], raw units, for every image of ``chunk``.
+
+    The CPU backend's own per-image rule: exact integer totals rounded once
+    (:func:`~gpustats.stats.exact_row_moments`) for integer data, corrected two-pass float64 for
+    floats (non-finite values left out and counted in ``nonfinite``). Used by sampling.
+    """
+    from . import _cpu_kernels as k
+
+    cp = chunk.layout == "CP"
+    if chunk.dtype in INTEGER_DTYPES:
+        r = _int_rows(k, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
+        mean, m2 = exact_row_moments(r["count"], r["total"], r["total_sq"])
+        return r["count"], mean, m2, np.zeros_like(r["count"])
+    r = _float_rows(k, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
+    return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"]
+
+
 class CpuReducer(MergingReducer):
     """Reduce batches on the CPU with numba loops (the strategy is always "numba")."""
 
@@ -162,18 +212,7 @@ class CpuReducer(MergingReducer):
             hist, hist_range = self._histogram(chunk, arrays, batch_index)
         if fused_hist:
             hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
-        rows = {name: [] for name in ("count", "total", "total_sq", "vmin", "vmax", "cross")}
-        for a in arrays:
-            n = a.shape[0]
-            out = [np.zeros((n, C), np.int64) for _ in range(5)]
-            cross = np.zeros((n, C, C) if opts.covariance else (1, 1, 1), np.int64)
-            hist_rows = np.zeros((n, C, 256) if fused_hist else (1, 1, 1), np.int64)
-            k.int_rows(a, cp, opts.covariance, fused_hist, *out, cross, hist_rows)
-            for name, arr in zip(rows, [*out, cross]):
-                rows[name].append(arr)
-            if fused_hist:
-                hist += hist_rows.sum(axis=0)
-        r = {name: np.concatenate(v) for name, v in rows.items()}
+        r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None)
         count = [int(v) for v in r["count"].sum(axis=0)]
         total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
         total_sq = [sum(int(v) for v in r["total_sq"][:, c]) for c in range(C)]
@@ -182,13 +221,7 @@ class CpuReducer(MergingReducer):
             cross = [[sum(int(v) for v in r["cross"][:, i, j]) for j in range(C)] for i in range(C)]
         images = None
         if opts.per_image:
-            img_mean = np.empty(r["count"].shape)
-            img_m2 = np.empty(r["count"].shape)
-            for idx in np.ndindex(*r["count"].shape):
-                n, s, q = int(r["count"][idx]), int(r["total"][idx]), int(r["total_sq"][idx])
-                img_mean[idx] = float(Fraction(s, n))
-                img_m2[idx] = float(Fraction(n * q - s * s, n))
-            images = ImageMoments.from_images(r["count"], img_mean, img_m2)
+            images = ImageMoments.from_images(r["count"], *exact_row_moments(r["count"], r["total"], r["total_sq"]))
         return ChannelStats.from_integer_sums(
             count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
             dtype=chunk.dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images,
@@ -199,16 +232,7 @@ class CpuReducer(MergingReducer):
         opts, k, C = self.options, self._k, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=True, keep_images=opts.per_image)
-        names = ("count", "mean", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
-        rows = {name: [] for name in (*names, "comoment")}
-        for a in arrays:
-            n = a.shape[0]
-            out = [np.zeros((n, C), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64) for name in names]
-            com = np.zeros((n, C, C), np.float64)
-            k.float_rows(a, cp, opts.covariance, *out, com)
-            for name, arr in zip(rows, [*out, com]):
-                rows[name].append(arr)
-        r = {name: np.concatenate(v) for name, v in rows.items()}
+        r = _float_rows(k, arrays, cp, C, opts.covariance)
         nan, pos, neg = (r[n].sum(axis=0) for n in ("nan", "posinf", "neginf"))
         bad = nan + pos + neg
         if opts.nan_policy == "raise":

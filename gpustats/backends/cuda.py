@@ -26,13 +26,11 @@ use ``"omit"`` in training loops (non-finite values are then counted in ``state(
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..stats import ChannelStats, ImageMoments
+from ..stats import ChannelStats, ImageMoments, exact_row_moments
 from . import BackendUnavailable, Options, Reducer
 
 __all__ = ["CudaReducer"]
@@ -330,13 +328,7 @@ class CudaReducer(Reducer):
         got = images.to_host()
         c, s, q = got["img_count"], got["img_sum"], got["img_sumsq"]
         if shift is None:  # integer: exact sums (below 2**53) -> exact per-image moments
-            mean = np.empty(c.shape)
-            m2 = np.empty(c.shape)
-            for idx in np.ndindex(*c.shape):
-                ni, si, qi = int(c[idx]), int(s[idx]), int(q[idx])
-                mean[idx] = float(Fraction(si, ni)) if ni else 0.0
-                m2[idx] = float(Fraction(ni * qi - si * si, ni)) if ni else 0.0
-            return c, mean, m2
+            return (c, *exact_row_moments(c, s.astype(np.int64), q.astype(np.int64)))
         n = c.astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             d = np.where(n > 0, s / np.where(n > 0, n, 1.0), 0.0)
