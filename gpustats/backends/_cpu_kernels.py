@@ -57,6 +57,56 @@ def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
                 hist[c, b] += private[t, c, b]
 
 
+@njit(inline="always", nogil=True)
+def _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
+    """One row (image) ``n`` of :func:`int_rows`."""
+    for c in range(channels):
+        s = 0
+        q = 0
+        lo = 1 << 40
+        hi = -(1 << 40)
+        for i in range(length):
+            v = np.int64(x[n, c, i] if cp else x[n, i, c])
+            s += v
+            q += v * v
+            lo = min(lo, v)
+            hi = max(hi, v)
+            if want_hist:
+                hist[n, c, v] += 1
+        count[n, c] = length
+        total[n, c] = s
+        total_sq[n, c] = q
+        vmin[n, c] = lo
+        vmax[n, c] = hi
+    if want_cross and channels == 3:  # RGB: all six products in one pass, in registers
+        q00 = q01 = q02 = q11 = q12 = q22 = 0
+        for i in range(length):
+            r = np.int64(x[n, 0, i] if cp else x[n, i, 0])
+            g = np.int64(x[n, 1, i] if cp else x[n, i, 1])
+            b = np.int64(x[n, 2, i] if cp else x[n, i, 2])
+            q00 += r * r
+            q01 += r * g
+            q02 += r * b
+            q11 += g * g
+            q12 += g * b
+            q22 += b * b
+        cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = q00, q11, q22
+        cross[n, 0, 1] = cross[n, 1, 0] = q01
+        cross[n, 0, 2] = cross[n, 2, 0] = q02
+        cross[n, 1, 2] = cross[n, 2, 1] = q12
+    elif want_cross:
+        for a in range(channels):
+            for b in range(a, channels):
+                q = 0
+                for i in range(length):
+                    if cp:
+                        q += np.int64(x[n, a, i]) * np.int64(x[n, b, i])
+                    else:
+                        q += np.int64(x[n, i, a]) * np.int64(x[n, i, b])
+                cross[n, a, b] = q
+                cross[n, b, a] = q
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
     """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64.
@@ -70,51 +120,80 @@ def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, c
     else:
         n_rows, length, channels = x.shape
     for n in prange(n_rows):
-        for c in range(channels):
-            s = 0
-            q = 0
-            lo = 1 << 40
-            hi = -(1 << 40)
-            for i in range(length):
-                v = np.int64(x[n, c, i] if cp else x[n, i, c])
+        _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
+
+
+@njit(cache=True, nogil=True)
+def int_rows_serial(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
+    """int_rows in this thread: for few rows a parallel region costs more than it saves."""
+    if cp:
+        n_rows, channels, length = x.shape
+    else:
+        n_rows, length, channels = x.shape
+    for n in range(n_rows):
+        _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
+
+
+
+@njit(inline="always", nogil=True)
+def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover - compiled
+    """One row (image) ``n`` of :func:`float_rows`."""
+    for c in range(channels):
+        k = 0
+        s = 0.0
+        lo = math.inf
+        hi = -math.inf
+        bad_nan = 0
+        bad_pos = 0
+        bad_neg = 0
+        for i in range(length):
+            v = np.float64(x[n, c, i] if cp else x[n, i, c])
+            if math.isfinite(v):
+                k += 1
                 s += v
-                q += v * v
                 lo = min(lo, v)
                 hi = max(hi, v)
-                if want_hist:
-                    hist[n, c, v] += 1
-            count[n, c] = length
-            total[n, c] = s
-            total_sq[n, c] = q
-            vmin[n, c] = lo
-            vmax[n, c] = hi
-        if want_cross and channels == 3:  # RGB: all six products in one pass, in registers
-            q00 = q01 = q02 = q11 = q12 = q22 = 0
-            for i in range(length):
-                r = np.int64(x[n, 0, i] if cp else x[n, i, 0])
-                g = np.int64(x[n, 1, i] if cp else x[n, i, 1])
-                b = np.int64(x[n, 2, i] if cp else x[n, i, 2])
-                q00 += r * r
-                q01 += r * g
-                q02 += r * b
-                q11 += g * g
-                q12 += g * b
-                q22 += b * b
-            cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = q00, q11, q22
-            cross[n, 0, 1] = cross[n, 1, 0] = q01
-            cross[n, 0, 2] = cross[n, 2, 0] = q02
-            cross[n, 1, 2] = cross[n, 2, 1] = q12
-        elif want_cross:
-            for a in range(channels):
-                for b in range(a, channels):
-                    q = 0
-                    for i in range(length):
-                        if cp:
-                            q += np.int64(x[n, a, i]) * np.int64(x[n, b, i])
-                        else:
-                            q += np.int64(x[n, i, a]) * np.int64(x[n, i, b])
-                    cross[n, a, b] = q
-                    cross[n, b, a] = q
+            elif math.isnan(v):
+                bad_nan += 1
+            elif v > 0:
+                bad_pos += 1
+            else:
+                bad_neg += 1
+        mu = s / k if k > 0 else 0.0
+        d2 = 0.0
+        corr = 0.0
+        for i in range(length):
+            v = np.float64(x[n, c, i] if cp else x[n, i, c])
+            if math.isfinite(v):
+                d = v - mu
+                d2 += d * d
+                corr += d
+        # corrected two-pass (Chan, Golub & LeVeque 1983): removes the rounding of mu
+        if k > 0:
+            mu += corr / k
+            d2 -= corr * corr / k
+        count[n, c] = k
+        mean[n, c] = mu
+        m2[n, c] = max(d2, 0.0)
+        vmin[n, c] = lo
+        vmax[n, c] = hi
+        nan[n, c] = bad_nan
+        posinf[n, c] = bad_pos
+        neginf[n, c] = bad_neg
+    if want_cross:
+        for a in range(channels):
+            for b in range(a, channels):
+                q = 0.0
+                for i in range(length):
+                    if cp:
+                        va = np.float64(x[n, a, i])
+                        vb = np.float64(x[n, b, i])
+                    else:
+                        va = np.float64(x[n, i, a])
+                        vb = np.float64(x[n, i, b])
+                    q += (va - mean[n, a]) * (vb - mean[n, b])
+                comoment[n, a, b] = q
+                comoment[n, b, a] = q
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -128,62 +207,19 @@ def float_rows(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, negi
     else:
         n_rows, length, channels = x.shape
     for n in prange(n_rows):
-        for c in range(channels):
-            k = 0
-            s = 0.0
-            lo = math.inf
-            hi = -math.inf
-            bad_nan = 0
-            bad_pos = 0
-            bad_neg = 0
-            for i in range(length):
-                v = np.float64(x[n, c, i] if cp else x[n, i, c])
-                if math.isfinite(v):
-                    k += 1
-                    s += v
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-                elif math.isnan(v):
-                    bad_nan += 1
-                elif v > 0:
-                    bad_pos += 1
-                else:
-                    bad_neg += 1
-            mu = s / k if k > 0 else 0.0
-            d2 = 0.0
-            corr = 0.0
-            for i in range(length):
-                v = np.float64(x[n, c, i] if cp else x[n, i, c])
-                if math.isfinite(v):
-                    d = v - mu
-                    d2 += d * d
-                    corr += d
-            # corrected two-pass (Chan, Golub & LeVeque 1983): removes the rounding of mu
-            if k > 0:
-                mu += corr / k
-                d2 -= corr * corr / k
-            count[n, c] = k
-            mean[n, c] = mu
-            m2[n, c] = max(d2, 0.0)
-            vmin[n, c] = lo
-            vmax[n, c] = hi
-            nan[n, c] = bad_nan
-            posinf[n, c] = bad_pos
-            neginf[n, c] = bad_neg
-        if want_cross:
-            for a in range(channels):
-                for b in range(a, channels):
-                    q = 0.0
-                    for i in range(length):
-                        if cp:
-                            va = np.float64(x[n, a, i])
-                            vb = np.float64(x[n, b, i])
-                        else:
-                            va = np.float64(x[n, i, a])
-                            vb = np.float64(x[n, i, b])
-                        q += (va - mean[n, a]) * (vb - mean[n, b])
-                    comoment[n, a, b] = q
-                    comoment[n, b, a] = q
+        _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment)
+
+
+@njit(cache=True, nogil=True)
+def float_rows_serial(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+    """float_rows in this thread: for few rows a parallel region costs more than it saves."""
+    if cp:
+        n_rows, channels, length = x.shape
+    else:
+        n_rows, length, channels = x.shape
+    for n in range(n_rows):
+        _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment)
+
 
 
 @njit(cache=True, nogil=True)

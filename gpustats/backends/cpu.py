@@ -111,7 +111,8 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        k.int_rows(a, cp, cross, hist is not None, *out, products, hist_rows)
+        rows_fn = k.int_rows if n > 1 else k.int_rows_serial  # one image: no parallel region to pay for
+        rows_fn(a, cp, cross, hist is not None, *out, products, hist_rows)
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
         if hist is not None:
@@ -128,7 +129,8 @@ def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: boo
         out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
                for name in names]
         com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
-        k.float_rows(a, cp, cross, *out, com)
+        rows_fn = k.float_rows if n > 1 else k.float_rows_serial
+        rows_fn(a, cp, cross, *out, com)
         for name, arr in zip(rows, [*out, com]):
             rows[name].append(arr)
     return {name: np.concatenate(v) for name, v in rows.items()}
