@@ -3,9 +3,9 @@
 
 >>> import torch
 >>> from gpustats import compute_stats
->>> batches = [torch.full((2, 3, 4, 4), 51, dtype=torch.uint8), torch.full((1, 3, 4, 4), 102, dtype=torch.uint8)]
+>>> batches = [torch.full((2, 3, 5, 5), 51, dtype=torch.uint8), torch.full((1, 3, 5, 5), 102, dtype=torch.uint8)]
 >>> r = compute_stats(batches, device="cpu")
->>> [round(v, 4) for v in r.mean.tolist()]  # (2*16*51 + 16*102) / 48 / 255
+>>> [round(v, 4) for v in r.mean.tolist()]  # (2*25*51 + 25*102) / 75 / 255: each pixel counts once
 [0.2667, 0.2667, 0.2667]
 """
 
@@ -49,7 +49,7 @@ class Accumulator:
 
     >>> import numpy as np
     >>> acc = Accumulator(device="cpu")
-    >>> acc.update(np.zeros((4, 4, 3), dtype=np.uint8))   # one HWC image
+    >>> acc.update(np.zeros((5, 6, 3), dtype=np.uint8))   # one HWC image
     >>> acc.update([np.ones((2, 2, 3), np.uint8) * 255])  # a list of variable-size images
     >>> acc.result().max.tolist()
     [1.0, 1.0, 1.0]
