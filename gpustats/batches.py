@@ -90,14 +90,6 @@ class Chunk:
         pix = 2 if self.layout == "CP" else 1
         return sum(int(p.shape[0]) * int(p.shape[pix]) for p in self.parts)
 
-    @property
-    def device(self) -> torch.device:
-        return self.parts[0].device
-
-    @property
-    def nbytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parts)
-
 
 def _to_tensor(x: Any) -> torch.Tensor | None:
     if isinstance(x, torch.Tensor):
