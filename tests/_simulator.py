@@ -39,3 +39,54 @@ def run_in_simulator(cases: str) -> None:
     report = proc.stdout[-12000:] + proc.stderr[-3000:]
     print(report)
     assert proc.returncode == 0, f"simulator cases {cases} failed:\n{report}"
+
+
+def make_shared_arrays_thread_safe() -> None:
+    """Serialize the simulator's ``cuda.shared.array`` allocation (a simulator race, not ours).
+
+    numba-cuda's simulator (checked on 0.30.4) runs each CUDA thread of a block as a Python thread
+    and keys a block's shared arrays by their call site: ``FakeCUDAShared.array`` does
+    ``get(key)``, then ``np.empty`` and a store when the key is missing, with no lock. Two threads
+    that both miss the key each get their own array, so the block's "shared" memory is split and
+    a tree combine reads uninitialized values (seen as garbage counts and a wrong min in about one
+    run in eight of the atomic uint8 case). Real GPUs are unaffected. Holding a lock over the
+    lookup makes every thread of the block see the one array, as on hardware.
+    """
+    import threading
+
+    import warnings
+
+    import numpy as np
+    from numba import cuda
+
+    if not cuda.jit.__module__.startswith("numba.cuda.simulator"):
+        return
+    try:
+        from numba.cuda.simulator import kernelapi
+
+        FakeCUDAShared = kernelapi.FakeCUDAShared
+        as_dtype, Type = kernelapi.numpy_support.as_dtype, kernelapi.types.Type
+    except (ImportError, AttributeError) as exc:
+        warnings.warn(f"numba's simulator changed ({exc}); shared arrays are not guarded: kernel cases may flake")
+        return
+    if getattr(FakeCUDAShared.array, "_gpustats_locked", False):
+        return
+    original = FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if alignment is not None or shape == 0:  # errors and dynamic shared memory: unchanged
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, Type):
+            dtype = as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)  # the simulator's key (file, line)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                res = np.empty(shape, dtype)
+                self._allocations[key] = res
+        return res
+
+    array._gpustats_locked = True
+    FakeCUDAShared.array = array
