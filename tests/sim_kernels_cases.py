@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+from numba import cuda, int64
 
 from gpustats import kernels as K
 from gpustats.kernels._common import launch_config
@@ -357,6 +358,38 @@ def test_per_image_single_image_many_blocks_requested():
 
 
 # ----------------------------------------------------------------------------- contract
+
+
+@cuda.jit
+def _block_total(out):
+    """out[block] = sum of 1..32 written by the block's 32 threads into one shared array."""
+    buf = cuda.shared.array(32, int64)
+    buf[cuda.threadIdx.x] = cuda.threadIdx.x + 1
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        total = 0
+        for i in range(32):
+            total += buf[i]
+        out[cuda.blockIdx.x] = total
+
+
+def test_block_shared_memory_is_one_array_per_block():
+    """The kernels' tree combines need every thread of a block to see one shared array.
+
+    Under the simulator that holds only with tests/_simulator.make_shared_arrays_thread_safe
+    (installed by tests/conftest.py): without it, about one run in eight of the atomic uint8 PC
+    case split the array between threads. The race is timing-dependent (this small kernel rarely
+    hits it), so the decisive check here is that the guard is installed.
+    """
+    if SIM:
+        from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+        assert getattr(FakeCUDAShared.array, "_gpustats_locked", False), "conftest did not guard the simulator"
+
+    for _ in range(10):
+        out = np.zeros(2, np.int64)
+        _block_total[2, 32](out)
+        assert out.tolist() == [528, 528]  # 1 + 2 + ... + 32
 
 
 def test_registry_and_unsupported_requests_are_clear():
