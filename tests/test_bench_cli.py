@@ -111,6 +111,11 @@ def test_table_lists_every_row():
 
 
 _SIM_SCRIPT = r'''
+import sys
+sys.path.insert(0, "tests")
+from _simulator import make_shared_arrays_thread_safe
+make_shared_arrays_thread_safe()  # the simulator's shared-array race (see tests/_simulator.py)
+
 import numpy as np
 from gpustats.benchmark import LAYOUTS, image_batches, kernel_strategies, kernel_view
 from gpustats.kernels.accumulators import Accumulators
