@@ -5,14 +5,19 @@ once into a temp dir and reused (``GPUSTATS_BENCH_CORPUS``: how many files, defa
 reference is Pillow's own single-process rate (open + convert("RGB") + numpy) measured in the same
 session; ``extra_info["efficiency"]`` is images/s over that rate times max(1, workers), and
 ``steady_images_per_s`` leaves out worker start-up (time to the first batch; workers are not
-persistent, so a short corpus pays it in full). GPU decode
-(nvJPEG via torchvision) runs where available.
+persistent, so a short corpus pays it in full). ``pillow_processes_images_per_s`` is the same
+Pillow loop run in that many plain forked processes at once over interleaved shares of the corpus
+(pool start-up excluded), also measured in the same session: what the machine itself gives for N
+decoding processes, since N cores rarely give N times one core's rate (shared caches, memory
+bandwidth, vCPUs that are not whole cores). ``efficiency_vs_pillow_processes`` compares the steady
+rate with it. GPU decode (nvJPEG via torchvision) runs where available.
 
     pytest bench/bench_decode.py --benchmark-enable
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -54,6 +59,23 @@ def pillow_rate(corpus) -> float:
     return len(corpus) / best
 
 
+@pytest.fixture(scope="session")
+def pillow_processes_rate(corpus):
+    """``rate(n)``: images/s of ``n`` plain Pillow processes decoding the corpus together (best of 3)."""
+    cache: dict[int, float] = {}
+
+    def rate(n: int) -> float:
+        if n not in cache:
+            shares = [corpus[i::n] for i in range(n)]
+            with multiprocessing.get_context("fork").Pool(n) as pool:
+                pool.map(_pillow_decode_all, [corpus[: 4 * BATCH]] * n)  # start-up and warm-up
+                best = min(_timed(lambda: pool.map(_pillow_decode_all, shares, chunksize=1)) for _ in range(3))
+            cache[n] = len(corpus) / best
+        return cache[n]
+
+    return rate
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -69,7 +91,7 @@ def test_pillow_single_process(benchmark, corpus, pillow_rate):
 
 @pytest.mark.benchmark(group="decode")
 @pytest.mark.parametrize("workers", WORKERS, ids=[f"iter_decoded-workers{w}" for w in WORKERS])
-def test_iter_decoded(benchmark, corpus, pillow_rate, workers):
+def test_iter_decoded(benchmark, corpus, pillow_rate, pillow_processes_rate, workers):
     from gpustats.sources import iter_decoded
 
     steady = []  # images/s after the first batch arrived: worker start-up excluded
@@ -89,6 +111,11 @@ def test_iter_decoded(benchmark, corpus, pillow_rate, workers):
     rate = len(corpus) / timing.median
     if steady:
         benchmark.extra_info["steady_images_per_s"] = float(np.median(steady))
+    if workers > 0:
+        machine = pillow_processes_rate(workers)
+        benchmark.extra_info["pillow_processes_images_per_s"] = machine
+        if steady:
+            benchmark.extra_info["efficiency_vs_pillow_processes"] = float(np.median(steady)) / machine
     ideal = pillow_rate * max(1, workers)
     benchmark.extra_info.update(images=len(corpus), workers=workers, cpus=CPUS, images_per_s=rate,
                                 images_per_s_per_worker=rate / max(1, workers), pillow_images_per_s=pillow_rate,
