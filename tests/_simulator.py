@@ -53,7 +53,6 @@ def make_shared_arrays_thread_safe() -> None:
     lookup makes every thread of the block see the one array, as on hardware.
     """
     import threading
-
     import warnings
 
     import numpy as np
