@@ -3,12 +3,14 @@
 One module per strategy, each exposing the same function::
 
     reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None,
-           stream=0, launch=None)
+           stream=0, launch=None, run=None)
 
 ``x`` is a 3-D device array (numba device array or anything with ``__cuda_array_interface__``;
 any strides) in layout ``"CP"`` ([N, C, L]) or ``"PC"`` ([N, L, C]); ``dtype_tag`` is one of
 uint8, uint16, float16, bfloat16 (16-bit patterns), float32, float64. One fused pass adds the
-statistics into :class:`Accumulators` on ``stream`` without synchronizing.
+statistics into :class:`Accumulators` on ``stream`` without synchronizing. ``launch=(blocks,
+threads)`` and ``run`` (float run length) override the defaults; tests use them to reach block,
+grid and flush edges.
 
 ==========  ==========================================================  ==========
 strategy    how blocks combine                                          extras
@@ -18,6 +20,7 @@ tree        shared-memory tree, per-block partials, fixed-order merge   (bitwise
 warp        warp shuffles (real GPU only)                               -
 welford     per-thread Welford, Chan merge of threads/blocks            (bitwise reproducible)
 hist8       privatized shared-memory 256-bin histograms (uint8 only)    histogram
+vec         16-byte loads, dp4a/narrow registers, per-block partials    (bitwise reproducible)
 ==========  ==========================================================  ==========
 
 Example::
@@ -33,7 +36,7 @@ Example::
 
 from __future__ import annotations
 
-from . import atomic, hist8, tree, warp, welford
+from . import atomic, hist8, tree, vec, warp, welford
 from ._common import (
     DTYPE_TAGS,
     INTEGER_TAGS,
@@ -45,7 +48,7 @@ from ._common import (
 )
 from .accumulators import Accumulators, PerImage
 
-STRATEGIES = {module.NAME: module for module in (atomic, tree, warp, welford, hist8)}
+STRATEGIES = {module.NAME: module for module in (atomic, tree, warp, welford, hist8, vec)}
 
 SIMULATOR_STRATEGIES = tuple(name for name, module in STRATEGIES.items() if module.SUPPORTS_SIMULATOR)
 

@@ -25,7 +25,17 @@ import math
 
 from numba import cuda, float64, int32, int64
 
-from ._common import HIST_BINS, RUN_LENGTH, grid_next, grid_start, is_integer, make_decode, make_load, run_type
+from ._common import (
+    HIST_BINS,
+    RUN_LENGTH,
+    device_function,
+    grid_next,
+    grid_start,
+    is_integer,
+    make_decode,
+    make_load,
+    run_type,
+)
 
 _INT_MIN_INIT = 2**62
 
@@ -54,35 +64,35 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
     if INTEGER:
         min_init, max_init = _INT_MIN_INIT, -_INT_MIN_INIT
 
-        @cuda.jit(device=True, inline=True)
+        @device_function
         def finite(v):
             return True
 
-        @cuda.jit(device=True, inline=True)
+        @device_function
         def shifted(v, hi, lo):
             return v
 
-        @cuda.jit(device=True, inline=True)
+        @device_function
         def split_shift(s):
             return int64(0), int64(0)
 
     else:
         min_init, max_init = math.inf, -math.inf
 
-        @cuda.jit(device=True, inline=True)
+        @device_function
         def finite(v):
             return math.isfinite(v)
 
-        @cuda.jit(device=True, inline=True)
+        @device_function
         def shifted(v, hi, lo):
             return (v - hi) - lo
 
-        @cuda.jit(device=True, inline=True)
+        @device_function
         def split_shift(s):
             hi = RT(s)
             return hi, RT(s - float64(hi))
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def init(shift, hi, lo, tally, run, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank):
         for c in range(C):
             h, low = split_shift(shift[c])
@@ -105,7 +115,7 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
             cross_run[k] = 0
             cross_bank[k] = 0
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run, img_tally, img_run, hist_shared):
         for c in range(C):
             v = decode(load(x, n, c, l))
@@ -135,7 +145,7 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
                         if current_ok[j]:
                             cross_run[i * C + j] += current[i] * current[j]
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def flush(run, bank, cross_run, cross_bank, img_run, img_bank):
         for k in range(2 * C):
             bank[k] += BT(run[k])
@@ -148,7 +158,7 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
                 cross_bank[k] += BT(cross_run[k])
                 cross_run[k] = 0
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def as_mins(extreme, mins):
         """min in ``mins[c]`` and -max in ``mins[C + c]`` (float64), so one block_min combines both."""
         for c in range(C):
@@ -158,13 +168,14 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
     return init, visit, flush, as_mins
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _no_image_done(n, img_tally, img_bank, image_out):
     pass
 
 
 @functools.lru_cache(maxsize=None)
-def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False, cross=False, image_done=None):
+def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False, cross=False, image_done=None,
+                    run=None):
     """Device functions ``(accumulate, accumulate_plain)``: one thread's whole pass over ``x``.
 
     ``accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out)`` declares the
@@ -189,12 +200,12 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
     PER_IMAGE = image_done is not None
     CROSS = bool(cross)
     CC = C * C if CROSS else 1
-    RUN = run_length(dtype_tag)
+    RUN = run_length(dtype_tag, run)
     CP = layout == "CP"
     done = image_done if PER_IMAGE else _no_image_done
     init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, bool(histogram), CROSS, PER_IMAGE)
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out):
         hi = cuda.local.array(C, RT)
         lo = cuda.local.array(C, RT)
@@ -246,7 +257,7 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
         flush(run, bank, cross_run, cross_bank, img_run, img_bank)
         as_mins(extreme, mins)
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def accumulate_plain(x, shift, tally, bank, mins):
         unused_cross = cuda.local.array(1, BT)
         unused_hist = cuda.local.array(1, int32)
@@ -264,7 +275,7 @@ def make_add_totals(channels: int):
     """
     C = channels
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def add_totals(tally, bank, mins, count, nonfinite, out_sum, out_sumsq, vmin, vmax):
         for c in range(C):
             if tally[c] > 0:
@@ -279,6 +290,12 @@ def make_add_totals(channels: int):
     return add_totals
 
 
-def run_length(dtype_tag: str) -> int:
-    """Pixels between flushes: integers never need one (int64 all the way)."""
-    return 1 << 62 if is_integer(dtype_tag) else RUN_LENGTH
+def run_length(dtype_tag: str, run: int | None = None) -> int:
+    """Pixels between flushes: integers never need one (int64 all the way); floats ``RUN_LENGTH``.
+
+    ``run`` overrides the float run length (every strategy's ``reduce(..., run=)``): tests use the
+    production value, 256, under the simulator, where ``RUN_LENGTH`` is 4.
+    """
+    if is_integer(dtype_tag):
+        return 1 << 62
+    return RUN_LENGTH if run is None else max(1, int(run))

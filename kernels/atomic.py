@@ -20,6 +20,7 @@ import functools
 from numba import cuda, float64, int32, int64
 
 from ._common import (
+    device_function,
     HIST_BINS,
     SHARED_SLOTS,
     as_device_array,
@@ -41,7 +42,7 @@ _MAX_PIXELS_PER_BLOCK = 1 << 30
 
 
 @functools.lru_cache(maxsize=None)
-def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
+def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image, run=None):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     BT = types_for(dtype_tag)[1]
@@ -55,7 +56,7 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
     hist_zero, hist_flush = make_hist_ops(C, threads)
     add_totals = make_add_totals(C)
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def image_done(n, img_tally, img_bank, image_out):
         """Combine the block's sums of image ``n`` and store them (block n owns the image: no atomics)."""
         sh_count, sh_sum, img_count, img_sum, img_sumsq = image_out
@@ -68,7 +69,7 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
                 img_sum[n, c] += float64(img_bank[c])
                 img_sumsq[n, c] += float64(img_bank[C + c])
 
-    accumulate = make_accumulate(dtype_tag, layout, C, HIST, CROSS, image_done if PER_IMAGE else None)[0]
+    accumulate = make_accumulate(dtype_tag, layout, C, HIST, CROSS, image_done if PER_IMAGE else None, run)[0]
 
     @cuda.jit
     def kernel(x, shift, count, nonfinite, out_sum, out_sumsq, vmin, vmax, hist, out_cross,
@@ -102,7 +103,8 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image):
     return kernel
 
 
-def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
+           run=None):
     """Add the statistics of ``x`` into ``acc`` in one pass (see module docstring).
 
     ``per_image`` is a :class:`~gpustats.kernels.accumulators.PerImage` with one row per image
@@ -137,7 +139,7 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
             blocks = -(-images * pixels // (_MAX_PIXELS_PER_BLOCK - 1))
             if per_image is not None:
                 blocks = images
-    kernel = _build(dtype_tag, layout, channels, threads, bool(histogram), bool(cross), per_image is not None)
+    kernel = _build(dtype_tag, layout, channels, threads, bool(histogram), bool(cross), per_image is not None, run)
     integer = is_integer(dtype_tag)
     out_sum, out_sumsq = (acc.isum, acc.isumsq) if integer else (acc.fsum, acc.fsumsq)
     if per_image is None:

@@ -90,8 +90,12 @@ def _build(layout, channels, threads):
     return hist_kernel, finish_kernel
 
 
-def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
-    """Histogram ``x`` (uint8) and add count/sums/min/max (and the histogram if asked) into ``acc``."""
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
+           run=None):
+    """Histogram ``x`` (uint8) and add count/sums/min/max (and the histogram if asked) into ``acc``.
+
+    ``run`` is accepted for the common signature and unused (integer input needs no float runs).
+    """
     if dtype_tag != "uint8":
         raise ValueError(f"strategy 'hist8' needs uint8 input, got {dtype_tag}; use 'atomic' or 'tree'")
     refuse_extras(NAME, cross=cross, per_image=per_image)

@@ -31,12 +31,12 @@ SUPPORTS = frozenset()
 
 
 @functools.lru_cache(maxsize=None)
-def _build(dtype_tag, layout, channels, threads):
+def _build(dtype_tag, layout, channels, threads, run=None):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     BT = types_for(dtype_tag)[1]
     SLOTS = SHARED_SLOTS
-    accumulate_plain = make_accumulate(dtype_tag, layout, C)[1]
+    accumulate_plain = make_accumulate(dtype_tag, layout, C, run=run)[1]
     block_totals = make_block_ops(threads)[2]
 
     @cuda.jit
@@ -85,14 +85,15 @@ def _build(dtype_tag, layout, channels, threads):
     return partial_kernel, merge_kernel
 
 
-def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
+           run=None):
     """Add the statistics of ``x`` into ``acc``; float totals bitwise reproducible (module docstring)."""
     refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
     prepared = prepare_pixels(x, layout, dtype_tag, acc, stream, launch)
     if prepared is None:
         return
     x, channels, total, blocks, threads = prepared
-    partial_kernel, merge_kernel = _build(dtype_tag, layout, channels, threads)
+    partial_kernel, merge_kernel = _build(dtype_tag, layout, channels, threads, run)
     bank_dtype = "int64" if is_integer(dtype_tag) else "float64"
     part_tally = acc.scratch("tree_tally", (blocks, 2 * channels), "int64")
     part_sum = acc.scratch("tree_sum", (blocks, 2 * channels), bank_dtype)

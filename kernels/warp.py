@@ -17,6 +17,7 @@ import math
 from numba import cuda, float64, int64
 
 from ._common import (
+    device_function,
     is_integer,
     prepare_pixels,
     refuse_extras,
@@ -32,7 +33,7 @@ WARP_SIZE = 32
 _FULL_MASK = 0xFFFFFFFF
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _warp_sum(value):
     offset = WARP_SIZE // 2
     while offset > 0:
@@ -41,7 +42,7 @@ def _warp_sum(value):
     return value
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _warp_min(value):
     offset = WARP_SIZE // 2
     while offset > 0:
@@ -51,14 +52,14 @@ def _warp_min(value):
 
 
 @functools.lru_cache(maxsize=None)
-def _build(dtype_tag, layout, channels, threads):
+def _build(dtype_tag, layout, channels, threads, run=None):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     TPB = threads
     WARPS = TPB // WARP_SIZE
     SLOTS = WARPS * 2 * C
     BT = types_for(dtype_tag)[1]
-    accumulate_plain = make_accumulate(dtype_tag, layout, C)[1]
+    accumulate_plain = make_accumulate(dtype_tag, layout, C, run=run)[1]
     add_totals = make_add_totals(C)
 
     @cuda.jit
@@ -105,7 +106,8 @@ def _build(dtype_tag, layout, channels, threads):
     return kernel
 
 
-def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
+           run=None):
     """Add the statistics of ``x`` into ``acc`` with warp shuffles (real GPU only)."""
     if simulator_enabled():
         raise RuntimeError(
@@ -119,6 +121,6 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
     x, channels, total, blocks, threads = prepared
     if threads % WARP_SIZE:
         raise ValueError(f"strategy 'warp' needs a multiple of {WARP_SIZE} threads per block, got {threads}")
-    kernel = _build(dtype_tag, layout, channels, threads)
+    kernel = _build(dtype_tag, layout, channels, threads, run)
     out_sum, out_sumsq = (acc.isum, acc.isumsq) if is_integer(dtype_tag) else (acc.fsum, acc.fsumsq)
     kernel[blocks, threads, stream](x, acc.shift, acc.count, acc.nonfinite, out_sum, out_sumsq, acc.vmin, acc.vmax)

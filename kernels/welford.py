@@ -24,6 +24,7 @@ from numba import cuda, float64, int64
 
 from . import tree
 from ._common import (
+    device_function,
     SHARED_SLOTS,
     grid_next,
     grid_start,
@@ -42,7 +43,7 @@ SUPPORTS_SIMULATOR = True
 SUPPORTS = frozenset()
 
 
-@cuda.jit(device=True, inline=True)
+@device_function
 def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
     """Chan et al.: merge two (n, mean, M2) summaries (float64), either may be empty."""
     if n_b == 0:
@@ -58,7 +59,7 @@ def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @functools.lru_cache(maxsize=None)
-def _build(dtype_tag, layout, channels, threads):
+def _build(dtype_tag, layout, channels, threads, run=None):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     TPB = threads
@@ -66,13 +67,13 @@ def _build(dtype_tag, layout, channels, threads):
     SLOTS = SHARED_SLOTS
     RT, _, MT = types_for(dtype_tag)
     CP = layout == "CP"
-    RUN = run_length(dtype_tag)
+    RUN = run_length(dtype_tag, run)
     decode = make_decode(dtype_tag)
     load = make_load(layout)
     block_sum, block_min = make_block_ops(TPB)[:2]
     as_mins = make_thread_ops(dtype_tag, layout, C, False, False, False)[3]
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2):
         for c in range(C):
             w_n[c], w_mean[c], w_m2[c] = _chan(w_n[c], w_mean[c], w_m2[c], r_n[c], float64(r_mean[c]), float64(r_m2[c]))
@@ -80,7 +81,7 @@ def _build(dtype_tag, layout, channels, threads):
             r_mean[c] = 0
             r_m2[c] = 0
 
-    @cuda.jit(device=True, inline=True)
+    @device_function
     def block_chan(sh_n, sh_mean, sh_m2, tid, w_n, w_mean, w_m2):
         base = 0
         while base < C:
@@ -206,17 +207,18 @@ def _build(dtype_tag, layout, channels, threads):
     return partial_kernel, merge_kernel
 
 
-def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None):
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
+           run=None):
     """Add the statistics of ``x`` into ``acc`` via Welford/Chan (module docstring)."""
     refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
     if is_integer(dtype_tag):
-        tree.reduce(x, layout, dtype_tag, acc, stream=stream, launch=launch)
+        tree.reduce(x, layout, dtype_tag, acc, stream=stream, launch=launch, run=run)
         return
     prepared = prepare_pixels(x, layout, dtype_tag, acc, stream, launch)
     if prepared is None:
         return
     x, channels, total, blocks, threads = prepared
-    partial_kernel, merge_kernel = _build(dtype_tag, layout, channels, threads)
+    partial_kernel, merge_kernel = _build(dtype_tag, layout, channels, threads, run)
     part_n = acc.scratch("welford_n", (blocks, 2 * channels), "int64")
     part_moments = acc.scratch("welford_moments", (blocks, 2 * channels), "float64")
     part_min = acc.scratch("welford_min", (blocks, 2 * channels), "float64")

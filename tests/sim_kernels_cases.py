@@ -274,6 +274,99 @@ def test_strided_device_views():
         check(acc.to_host(), ref, "float32")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("strategy", ["atomic", "tree", "welford", "vec"])
+def test_production_float_run_length(strategy, dtype):
+    """The float run length of real GPUs (256) under the simulator (whose default is 4).
+
+    One thread per block and 600 pixels per thread: every thread flushes twice at 256 and once at
+    the end, which the simulator's default never reaches. Large offset, small spread: a run that
+    overflowed its float32 budget or skipped a flush would miss the reference.
+    """
+    from gpustats.kernels._common import _RUN_LENGTH_GPU
+
+    rng = np.random.default_rng(31)
+    stored, values = make_data(dtype, (2, 3, 600), rng, nonfinite=True, loc=50.0, scale=0.5)
+    for layout in ("CP", "PC"):
+        host = run(strategy, stored, layout, dtype, values, launch=(2, 1), run=_RUN_LENGTH_GPU)
+        check(host, reference(values), dtype)
+
+
+# ----------------------------------------------------------------------------- vec (16-byte loads)
+
+
+def _vec_plan(stored, layout, dtype):
+    from gpustats.kernels import vec
+
+    return vec.plan(K._common.as_device_array(to_layout(stored, layout)), layout, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape, layout", [((2, 3, 64), "CP"), ((2, 3, 37), "PC"), ((1, 4, 33), "PC"),
+                                           ((3, 1, 40), "PC"), ((1, 2, 48), "CP")])
+def test_vec_vector_paths_match_the_reference(dtype, shape, layout):
+    """Shapes the vec kernels read with 16-byte loads (NHWC with a scalar tail), all dtypes."""
+    rng = np.random.default_rng(zlib.crc32(f"vec-{dtype}-{shape}-{layout}".encode()))
+    stored, values = make_data(dtype, shape, rng, nonfinite=True, loc=3.0, scale=2.0)
+    assert _vec_plan(stored, layout, dtype) is not None, "this case must take the vector path"
+    check(run("vec", stored, layout, dtype, values), reference(values), dtype)
+
+
+def test_vec_uint8_is_bitwise_equal_to_the_other_strategies():
+    rng = np.random.default_rng(17)
+    stored, values = make_data("uint8", (3, 3, 96), rng)
+    for layout in ("CP", "PC"):
+        results = {name: run(name, stored, layout, "uint8", values) for name in ("vec", "tree", "atomic")}
+        for key in ("count", "isum", "isumsq", "vmin", "vmax"):
+            assert results["vec"][key].tobytes() == results["tree"][key].tobytes() == results["atomic"][key].tobytes()
+
+
+def test_vec_uint8_flushes_32_bit_sums_before_they_overflow():
+    """One thread sums 4,200 vectors of 255s: its 32-bit sum of squares would wrap at 4,128."""
+    from gpustats.kernels.vec import U8_FLUSH_VECTORS
+
+    vectors = U8_FLUSH_VECTORS + 72
+    stored = np.full((1, 1, 16 * vectors), 255, np.uint8)
+    stored[0, 0, 5] = 3
+    host = run("vec", stored, "CP", "uint8", stored.astype(np.float64), launch=(1, 1))
+    n = 16 * vectors
+    assert int(host["isumsq"][0]) == (n - 1) * 255 * 255 + 9 > 2**32
+    assert int(host["isum"][0]) == (n - 1) * 255 + 3 and host["vmin"][0] == 3 and host["vmax"][0] == 255
+
+
+def test_vec_falls_back_to_tree_where_16_byte_loads_do_not_fit():
+    """Strided or misaligned views, odd NCHW rows, float64, uint8 NHWC with 5 channels: same numbers."""
+    from numba import cuda
+
+    rng = np.random.default_rng(19)
+    stored, values = make_data("float32", (2, 3, 41), rng)
+    assert _vec_plan(stored, "CP", "float32") is None  # 41 is not a multiple of 4
+    check(run("vec", stored, "CP", "float32", values), reference(values), "float32")
+    wide, wide_values = make_data("uint8", (1, 5, 32), rng)
+    assert _vec_plan(wide, "PC", "uint8") is None
+    check(run("vec", wide, "PC", "uint8", wide_values), reference(wide_values), "uint8")
+    f64, f64_values = make_data("float64", (1, 2, 16), rng)
+    assert _vec_plan(f64, "CP", "float64") is None
+    check(run("vec", f64, "CP", "float64", f64_values), reference(f64_values), "float64")
+    base, base_values = make_data("uint8", (1, 1, 80), rng)
+    view = cuda.to_device(base)[:, :, 1:65]  # 1 byte past an aligned start
+    from gpustats.kernels import vec
+
+    assert vec.plan(view, "CP", "uint8") is None
+    acc = K.Accumulators.zeros(1, integer=True)
+    K.get_strategy("vec").reduce(view, "CP", "uint8", acc)
+    check(acc.to_host(), reference(base_values[:, :, 1:65]), "uint8")
+
+
+def test_vec_launch_shapes_give_the_same_exact_integers():
+    rng = np.random.default_rng(23)
+    stored, values = make_data("uint8", (3, 3, 64), rng)
+    ref = reference(values)
+    for layout in ("CP", "PC"):
+        for launch in [(1, 1), (3, 2), (1, 32), (5, 4)]:
+            check(run("vec", stored, layout, "uint8", values, launch=launch), ref, "uint8")
+
+
 # ----------------------------------------------------------------------------- extras
 
 
@@ -393,12 +486,12 @@ def test_block_shared_memory_is_one_array_per_block():
 
 
 def test_registry_and_unsupported_requests_are_clear():
-    assert set(K.STRATEGIES) == {"atomic", "tree", "warp", "welford", "hist8"}
+    assert set(K.STRATEGIES) == {"atomic", "tree", "warp", "welford", "hist8", "vec"}
     assert "warp" not in K.SIMULATOR_STRATEGIES
     with pytest.raises(ValueError, match="unknown kernel strategy"):
         K.get_strategy("fastest")
     x = np.zeros((1, 2, 4), np.uint8)
-    for name in ("tree", "welford"):
+    for name in ("tree", "welford", "vec"):
         with pytest.raises(NotImplementedError, match="atomic"):
             K.get_strategy(name).reduce(x, "CP", "uint8", K.Accumulators.zeros(2, integer=True, cross=True), cross=True)
     with pytest.raises(ValueError, match="uint8"):

@@ -22,10 +22,28 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
 
 from numba import cuda, types  # noqa: E402
 
-from gpustats.kernels import atomic, hist8, tree, warp, welford  # noqa: E402
+from gpustats.kernels import atomic, hist8, tree, vec, warp, welford  # noqa: E402
 
 CC = (9, 0)
 THREADS = 256
+
+
+class _Sm90:
+    compute_capability = CC
+
+
+@pytest.fixture(autouse=True)
+def _device_functions_compile_for_sm90(monkeypatch):
+    """Device functions (``forceinline``) are compiled for the current device's compute capability;
+    without a GPU there is none, so they are compiled for sm_90 like the kernels."""
+    import numba.cuda.dispatcher as dispatcher
+
+    try:
+        usable = cuda.is_available()
+    except Exception:
+        usable = False
+    if not usable:
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: _Sm90())
 
 
 def _toolchain_reason() -> str | None:
@@ -68,6 +86,15 @@ def kernels(strategy: str, dtype: str, layout: str, channels: int):
         part, merge = welford._build(dtype, layout, channels, THREADS)
         return [(tag + "-partial", part, (x, F1, I2, F2, F2)),
                 (tag + "-merge", merge, (types.int64, I2, F2, F2, I1, I1, F1, F1, F1, F1))]
+    if strategy == "vec":
+        words, count = types.Array(types.uint32, 1, "C"), types.int64
+        bits = types.Array({"uint8": types.uint8, "float32": types.uint32}.get(dtype, types.uint16), 1, "C")
+        head = (words, bits, count, count, count, count, count)
+        tag = f"{tag}-{'CP' if layout == 'CP' else 'PC'}"
+        if dtype == "uint8":
+            return [(tag, vec._build_u8(layout, channels, THREADS), head + (I2, I2, F2))]
+        wide = vec._build_wide(dtype, layout, channels, THREADS, 256)
+        return [(tag, wide, head + (F1, I2, _bank(dtype)[1], F2))]
     if strategy == "hist8":
         hist, finish = hist8._build(layout, channels, THREADS)
         return [(tag + "-hist", hist, (x, I2)),
@@ -84,6 +111,9 @@ CASES = [
     ("warp", "float32", "CP", 3), ("warp", "uint16", "PC", 4),
     ("welford", "float32", "PC", 3), ("welford", "float64", "CP", 1),
     ("hist8", "uint8", "CP", 3), ("hist8", "uint8", "PC", 4),
+    ("vec", "uint8", "CP", 3), ("vec", "uint8", "PC", 3), ("vec", "uint8", "PC", 4), ("vec", "uint16", "PC", 3),
+    ("vec", "float16", "CP", 3), ("vec", "float16", "PC", 3), ("vec", "bfloat16", "PC", 3),
+    ("vec", "float32", "CP", 3), ("vec", "float32", "PC", 3), ("vec", "float32", "PC", 16),
 ]
 
 
@@ -92,6 +122,8 @@ def test_kernels_compile_for_sm90(strategy, dtype, layout, channels, tmp_path):
     for name, kernel, signature in kernels(strategy, dtype, layout, channels):
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=CC)
         assert ".entry" in ptx, name
+        if strategy == "vec":  # the point of the strategy: 16-byte loads in the hot loop
+            assert "ld.global.nc.v4.u32" in ptx, name
         if PTXAS is None:
             continue
         path = tmp_path / f"{name}.ptx"

@@ -1,0 +1,574 @@
+"""Strategy ``vec``: 16-byte vector loads, narrow register sums, one combine and one write per block.
+
+Built to run at memory bandwidth. Each thread reads its pixels 16 bytes per load
+(``ld.global.nc.v4.u32``: uint8 x16, uint16/float16/bfloat16 x8, float32 x4), four (uint8) or two
+(wider types) loads in flight per loop turn, and accumulates in registers with the narrowest type
+that stays exact (the accumulator rule in ``_common``):
+
+* **uint8**: 32-bit sums and sums of squares built with ``dp4a`` (four byte products per
+  instruction), min and max on byte pairs with ``min.u16x2``/``max.u16x2``; the 32-bit sums are
+  flushed into int64 every :data:`U8_FLUSH_VECTORS` vectors, before they could overflow. Totals are exact and
+  equal to every other strategy's, bit for bit.
+* **uint16**: int64 sums per element (exact); **float16 / bfloat16 / float32**: the shifted
+  float32 runs of the other strategies (at most ``RUN_LENGTH`` elements per thread and vector
+  lane, then float64). A load whose exponent bits show no NaN/inf (the usual case) takes a path
+  without per-element checks; otherwise NaN/inf are counted apart and left out.
+
+Two ways to walk the input, both needing a C-contiguous array with a 16-byte-aligned start:
+
+* layout ``CP`` (``[N, C, L]``, NCHW) with ``L`` a multiple of the vector width: a 2-D grid, one
+  grid row per channel, so every thread sums a single channel (uint8: one ``dp4a`` per 4 bytes for
+  the sum and one for the squares);
+* layout ``PC`` (``[N, L, C]``, NHWC): the array is one flat stream; the grid stride is a multiple
+  of ``C`` vectors' worth of channels, so each thread sees the same channel in the same lane of
+  every vector it loads (uint8: per-channel byte masks for ``dp4a``, at most 4 channels). The
+  last ``total % width`` elements (the scalar tail) are added by thread 0.
+
+Anything else (strided or misaligned views, NCHW rows whose length is not a multiple of the
+width, float64, uint8 NHWC with more than 4 channels) runs the ``tree`` kernels instead, with the
+same results. Blocks combine with the shared-memory tree of ``_common`` and store one row of
+partials each; ``tree``'s merge kernel adds them in block order, so float totals are bitwise
+reproducible for a fixed launch configuration. The grid fills the GPU once: the SM count times
+the resident blocks per SM of the compiled kernel (occupancy API). No histograms, co-moments or
+per-image sums (the CUDA backend routes those to ``atomic``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda, float64, int32, int64, uint32
+
+from . import tree
+from ._common import (
+    device_function,
+    SHARED_SLOTS,
+    _device_limits,
+    _current_device_id,
+    as_device_array,
+    check_input,
+    is_integer,
+    launch_config,
+    make_block_ops,
+    pixels_per_image,
+    refuse_extras,
+    simulator_enabled,
+)
+from ._thread import run_length, types_for
+from ._vector import ONES, dp4a, even_bytes, f16_bits, f32_bits, load4, max16x2, min16x2, odd_bytes
+
+NAME = "vec"
+SUPPORTS_SIMULATOR = True
+SUPPORTS = frozenset()
+
+#: elements per 16-byte load
+VECTOR_WIDTH = {"uint8": 16, "uint16": 8, "float16": 8, "bfloat16": 8, "float32": 4}
+#: loads in flight per loop turn
+UNROLL = {"uint8": 4, "uint16": 2, "float16": 2, "bfloat16": 2, "float32": 2}
+#: uint8 vectors a thread may add into its 32-bit sums of squares before one could overflow
+U8_FLUSH_VECTORS = (2**32 - 1) // (16 * 255 * 255)
+#: uint8 NHWC: at most this many channels get per-channel byte masks (more: the tree kernels)
+U8_PC_MAX_CHANNELS = 4
+
+
+# ----------------------------------------------------------------------------- walking the input
+
+
+@device_function
+def _advance(n, j, step_n, step_j, per_row):
+    """(n, j) moved on by one grid stride over rows of ``per_row`` vectors."""
+    n += step_n
+    j += step_j
+    if j >= per_row:
+        j -= per_row
+        n += 1
+    return n, j
+
+
+# ----------------------------------------------------------------------------- uint8
+
+
+@functools.lru_cache(maxsize=None)
+def _build_u8(mode, channels, threads):
+    C = channels
+    C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
+    K = 1 if mode == "CP" else C  # channel groups in a thread's accumulators
+    KM = 4 * K
+    LIMIT = U8_FLUSH_VECTORS - 4
+    SLOTS = SHARED_SLOTS
+    block_totals = make_block_ops(threads)[2]
+
+    @device_function
+    def take(w, k, s, sq, mn, mx, ones_m, byte_m):
+        """Word ``k`` of a vector: sums by dp4a; min/max per byte lane (mn[2k]: bytes 0, 2; mn[2k+1]: 1, 3)."""
+        if K == 1:
+            s[0] = dp4a(w, ONES, s[0])
+            sq[0] = dp4a(w, w, sq[0])
+        else:
+            for g in range(K):
+                s[g] = dp4a(w, ones_m[k * K + g], s[g])
+                sq[g] = dp4a(w, w & byte_m[k * K + g], sq[g])
+        even = even_bytes(w)
+        odd = odd_bytes(w)
+        mn[2 * k] = min16x2(mn[2 * k], even)
+        mn[2 * k + 1] = min16x2(mn[2 * k + 1], odd)
+        mx[2 * k] = max16x2(mx[2 * k], even)
+        mx[2 * k + 1] = max16x2(mx[2 * k + 1], odd)
+
+    @device_function
+    def take4(words, q, s, sq, mn, mx, ones_m, byte_m):
+        w0, w1, w2, w3 = load4(words, q)
+        take(w0, 0, s, sq, mn, mx, ones_m, byte_m)
+        take(w1, 1, s, sq, mn, mx, ones_m, byte_m)
+        take(w2, 2, s, sq, mn, mx, ones_m, byte_m)
+        take(w3, 3, s, sq, mn, mx, ones_m, byte_m)
+
+    @device_function
+    def flush(s, sq, bank_s, bank_q):
+        for g in range(K):
+            bank_s[g] += int64(s[g])
+            bank_q[g] += int64(sq[g])
+            s[g] = 0
+            sq[g] = 0
+
+    @cuda.jit
+    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total,
+               part_tally, part_sum, part_min):
+        tid = cuda.threadIdx.x
+        c = cuda.blockIdx.y
+        t = cuda.blockIdx.x * cuda.blockDim.x + tid
+        stride = cuda.gridDim.x * cuda.blockDim.x
+        sh_count = cuda.shared.array(SLOTS, int64)
+        sh_sum = cuda.shared.array(SLOTS, int64)
+        sh_ext = cuda.shared.array(SLOTS, float64)
+        s = cuda.local.array(K, uint32)
+        sq = cuda.local.array(K, uint32)
+        bank_s = cuda.local.array(K, int64)
+        bank_q = cuda.local.array(K, int64)
+        mn = cuda.local.array(8, uint32)
+        mx = cuda.local.array(8, uint32)
+        ones_m = cuda.local.array(KM, uint32)
+        byte_m = cuda.local.array(KM, uint32)
+        tally = cuda.local.array(C2, int64)
+        bank = cuda.local.array(C2, int64)
+        mins = cuda.local.array(C2, float64)
+        phase = (t * 16) % C
+        for g in range(K):
+            s[g] = 0
+            sq[g] = 0
+            bank_s[g] = 0
+            bank_q[g] = 0
+        for k in range(8):
+            mn[k] = uint32(0x00FF00FF)
+            mx[k] = uint32(0)
+        for k in range(4):
+            for g in range(K):
+                m = 0
+                for b in range(4):
+                    if (phase + 4 * k + b) % C == g:
+                        m |= 0xFF << (8 * b)
+                byte_m[k * K + g] = uint32(m)
+                ones_m[k * K + g] = uint32(m & ONES)
+        for k in range(C2):
+            tally[k] = 0
+            bank[k] = 0
+            mins[k] = math.inf
+
+        # grid-stride walk over (row n, vector j); the vector's index is (n * rows_per_image + c) * per_row + j
+        n = t // per_row
+        j = t - n * per_row
+        step_n = stride // per_row
+        step_j = stride - step_n * per_row
+        done = int64(0)
+        since = 0
+        while True:
+            n1, j1 = _advance(n, j, step_n, step_j, per_row)
+            n2, j2 = _advance(n1, j1, step_n, step_j, per_row)
+            n3, j3 = _advance(n2, j2, step_n, step_j, per_row)
+            if n3 >= rows:
+                break
+            take4(words, (n * rows_per_image + c) * per_row + j, s, sq, mn, mx, ones_m, byte_m)
+            take4(words, (n1 * rows_per_image + c) * per_row + j1, s, sq, mn, mx, ones_m, byte_m)
+            take4(words, (n2 * rows_per_image + c) * per_row + j2, s, sq, mn, mx, ones_m, byte_m)
+            take4(words, (n3 * rows_per_image + c) * per_row + j3, s, sq, mn, mx, ones_m, byte_m)
+            done += 4
+            since += 4
+            if since > LIMIT:
+                flush(s, sq, bank_s, bank_q)
+                since = 0
+            n, j = _advance(n3, j3, step_n, step_j, per_row)
+        while n < rows:
+            take4(words, (n * rows_per_image + c) * per_row + j, s, sq, mn, mx, ones_m, byte_m)
+            done += 1
+            n, j = _advance(n, j, step_n, step_j, per_row)
+        flush(s, sq, bank_s, bank_q)
+
+        if done > 0:
+            for k in range(4):
+                for b in range(4):
+                    ch = c if K == 1 else (phase + 4 * k + b) % C
+                    lane = 2 * k + (b & 1)
+                    half = 16 * (b >> 1)
+                    tally[ch] += done
+                    mins[ch] = min(mins[ch], float64((mn[lane] >> half) & 0xFF))
+                    mins[C + ch] = min(mins[C + ch], -float64((mx[lane] >> half) & 0xFF))
+            for g in range(K):
+                ch = c if K == 1 else g
+                bank[ch] += bank_s[g]
+                bank[C + ch] += bank_q[g]
+        if t == 0 and c == 0:
+            for i in range(tail_start, total):  # the scalar tail (NHWC only)
+                v = int64(bits[i]) & 0xFF
+                ch = i % C
+                tally[ch] += 1
+                bank[ch] += v
+                bank[C + ch] += v * v
+                mins[ch] = min(mins[ch], float64(v))
+                mins[C + ch] = min(mins[C + ch], -float64(v))
+
+        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
+        if tid == 0:
+            row = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
+            for k in range(C2):
+                part_tally[row, k] = tally[k]
+                part_sum[row, k] = bank[k]
+                part_min[row, k] = mins[k]
+
+    return kernel
+
+
+# ----------------------------------------------------------------------------- 16/32-bit
+
+
+@functools.lru_cache(maxsize=None)
+def _build_wide(dtype_tag, mode, channels, threads, run):
+    C = channels
+    C2 = 2 * C
+    V = VECTOR_WIDTH[dtype_tag]
+    FLOAT = not is_integer(dtype_tag)
+    HALF = V == 8
+    RT, BT, MT = types_for(dtype_tag)
+    RUN = run
+    PER_ROW_MODE = mode == "CP"
+    SLOTS = SHARED_SLOTS
+    block_totals = make_block_ops(threads)[2]
+    big = math.inf if FLOAT else 2**62
+    if dtype_tag == "float16":
+
+        @device_function
+        def decode16(h):
+            return f16_bits(h)
+
+    elif dtype_tag == "bfloat16":
+
+        @device_function
+        def decode16(h):
+            return f32_bits(uint32(h) << 16)
+
+    else:
+
+        @device_function
+        def decode16(h):
+            return int64(h) & 0xFFFF
+
+    @device_function
+    def decode32(w):
+        return f32_bits(w)
+
+    # exponent bits of each element of a word, and what adding INC to them does: a field that is
+    # all ones (NaN/inf) carries into the element's top bit, any other does not
+    if dtype_tag == "float32":
+        EXP, INC, TOP = 0x7F800000, 0x00800000, 0x80000000
+    elif dtype_tag == "float16":
+        EXP, INC, TOP = 0x7C007C00, 0x04000400, 0x80008000
+    else:
+        EXP, INC, TOP = 0x7F807F80, 0x00800080, 0x80008000
+
+    @device_function
+    def all_finite(w0, w1, w2, w3):
+        flags = ((w0 & EXP) + INC) | ((w1 & EXP) + INC) | ((w2 & EXP) + INC) | ((w3 & EXP) + INC)
+        return (flags & TOP) == 0
+
+    @device_function
+    def visit(v, j, hi, lo, rs, rq, mn, mx, bad, checked):
+        if FLOAT:
+            if checked:
+                ok = math.isfinite(v)
+                d = (v - hi[j]) - lo[j]
+                d = d if ok else RT(0)
+                mn[j] = min(mn[j], v if ok else MT(math.inf))
+                mx[j] = max(mx[j], v if ok else MT(-math.inf))
+                bad[j] += 0 if ok else 1
+            else:
+                d = (v - hi[j]) - lo[j]
+                mn[j] = min(mn[j], v)
+                mx[j] = max(mx[j], v)
+            rs[j] += d
+            rq[j] += d * d
+        else:
+            rs[j] += v
+            rq[j] += v * v
+            mn[j] = min(mn[j], v)
+            mx[j] = max(mx[j], v)
+
+    @device_function
+    def take(w, k, hi, lo, rs, rq, mn, mx, bad, checked):
+        if HALF:
+            visit(decode16(w & 0xFFFF), 2 * k, hi, lo, rs, rq, mn, mx, bad, checked)
+            visit(decode16(w >> 16), 2 * k + 1, hi, lo, rs, rq, mn, mx, bad, checked)
+        else:
+            visit(decode32(w), k, hi, lo, rs, rq, mn, mx, bad, checked)
+
+    @device_function
+    def take4(words, q, hi, lo, rs, rq, mn, mx, bad):
+        w0, w1, w2, w3 = load4(words, q)
+        if FLOAT and not all_finite(w0, w1, w2, w3):
+            take(w0, 0, hi, lo, rs, rq, mn, mx, bad, True)
+            take(w1, 1, hi, lo, rs, rq, mn, mx, bad, True)
+            take(w2, 2, hi, lo, rs, rq, mn, mx, bad, True)
+            take(w3, 3, hi, lo, rs, rq, mn, mx, bad, True)
+        else:
+            take(w0, 0, hi, lo, rs, rq, mn, mx, bad, False)
+            take(w1, 1, hi, lo, rs, rq, mn, mx, bad, False)
+            take(w2, 2, hi, lo, rs, rq, mn, mx, bad, False)
+            take(w3, 3, hi, lo, rs, rq, mn, mx, bad, False)
+
+    @device_function
+    def flush(since, chan, rs, rq, bad, tally, bank):
+        for j in range(V):
+            ch = chan[j]
+            bank[ch] += BT(rs[j])
+            bank[C + ch] += BT(rq[j])
+            rs[j] = 0
+            rq[j] = 0
+            tally[ch] += since - bad[j]
+            tally[C + ch] += bad[j]
+            bad[j] = 0
+
+    @cuda.jit
+    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, shift,
+               part_tally, part_sum, part_min):
+        tid = cuda.threadIdx.x
+        c = cuda.blockIdx.y
+        t = cuda.blockIdx.x * cuda.blockDim.x + tid
+        stride = cuda.gridDim.x * cuda.blockDim.x
+        sh_count = cuda.shared.array(SLOTS, int64)
+        sh_sum = cuda.shared.array(SLOTS, BT)
+        sh_ext = cuda.shared.array(SLOTS, float64)
+        chan = cuda.local.array(V, int32)
+        hi = cuda.local.array(V, RT)
+        lo = cuda.local.array(V, RT)
+        rs = cuda.local.array(V, RT)
+        rq = cuda.local.array(V, RT)
+        mn = cuda.local.array(V, MT)
+        mx = cuda.local.array(V, MT)
+        bad = cuda.local.array(V, int32)
+        tally = cuda.local.array(C2, int64)
+        bank = cuda.local.array(C2, BT)
+        mins = cuda.local.array(C2, float64)
+        phase = (t * V) % C
+        for j in range(V):
+            ch = c if PER_ROW_MODE else (phase + j) % C
+            chan[j] = ch
+            if FLOAT:
+                h = RT(shift[ch])
+                hi[j] = h
+                lo[j] = RT(shift[ch] - float64(h))
+            else:
+                hi[j] = 0
+                lo[j] = 0
+            rs[j] = 0
+            rq[j] = 0
+            mn[j] = big
+            mx[j] = -big
+            bad[j] = 0
+        for k in range(C2):
+            tally[k] = 0
+            bank[k] = 0
+            mins[k] = math.inf
+
+        n = t // per_row
+        j = t - n * per_row
+        step_n = stride // per_row
+        step_j = stride - step_n * per_row
+        since = 0  # elements per lane since the last flush
+        while True:
+            n1, j1 = _advance(n, j, step_n, step_j, per_row)
+            if n1 >= rows:
+                break
+            take4(words, (n * rows_per_image + c) * per_row + j, hi, lo, rs, rq, mn, mx, bad)
+            take4(words, (n1 * rows_per_image + c) * per_row + j1, hi, lo, rs, rq, mn, mx, bad)
+            since += 2
+            if since + 2 > RUN:
+                flush(since, chan, rs, rq, bad, tally, bank)
+                since = 0
+            n, j = _advance(n1, j1, step_n, step_j, per_row)
+        if n < rows:
+            take4(words, (n * rows_per_image + c) * per_row + j, hi, lo, rs, rq, mn, mx, bad)
+            since += 1
+        flush(since, chan, rs, rq, bad, tally, bank)
+        for j in range(V):
+            ch = chan[j]
+            mins[ch] = min(mins[ch], float64(mn[j]))
+            mins[C + ch] = min(mins[C + ch], -float64(mx[j]))
+
+        if t == 0 and c == 0:
+            for i in range(tail_start, total):  # the scalar tail (NHWC only), float64 throughout
+                ch = i % C
+                if HALF:
+                    v = decode16(bits[i])
+                else:
+                    v = decode32(bits[i])
+                if FLOAT and not math.isfinite(v):
+                    tally[C + ch] += 1
+                else:
+                    d = BT(v) - BT(shift[ch]) if FLOAT else BT(v)
+                    tally[ch] += 1
+                    bank[ch] += d
+                    bank[C + ch] += d * d
+                    mins[ch] = min(mins[ch], float64(v))
+                    mins[C + ch] = min(mins[C + ch], -float64(v))
+
+        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
+        if tid == 0:
+            row = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
+            for k in range(C2):
+                part_tally[row, k] = tally[k]
+                part_sum[row, k] = bank[k]
+                part_min[row, k] = mins[k]
+
+    return kernel
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def _address(x) -> int:
+    if hasattr(x, "device_ctypes_pointer"):
+        return int(x.device_ctypes_pointer.value or 0)
+    return int(np.asarray(x).ctypes.data)  # simulated device array: host memory
+
+
+def _c_contiguous(x) -> bool:
+    expected = x.dtype.itemsize
+    for size, stride in zip(reversed(x.shape), reversed(x.strides)):
+        if size > 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def plan(x, layout: str, dtype_tag: str):
+    """How ``vec`` reads ``x``: a dict (mode, vectors, rows, per_row, ...) or None (run ``tree``).
+
+    ``x`` is a checked 3-D device array with at least one pixel.
+    """
+    width = VECTOR_WIDTH.get(dtype_tag)
+    if width is None or not _c_contiguous(x) or _address(x) % 16:
+        return None
+    channels = int(x.shape[1] if layout == "CP" else x.shape[2])
+    pixels = pixels_per_image(x, layout)
+    images = int(x.shape[0])
+    total = images * channels * pixels
+    if layout == "CP":
+        if pixels % width:
+            return None
+        per_row = pixels // width
+        return {"mode": "CP", "rows": images, "per_row": per_row, "rows_per_image": channels,
+                "vectors": total // width, "tail_start": total, "total": total, "width": width}
+    if dtype_tag == "uint8" and channels > U8_PC_MAX_CHANNELS:
+        return None
+    vectors = total // width
+    if vectors == 0:
+        return None
+    return {"mode": "PC", "rows": 1, "per_row": vectors, "rows_per_image": 1, "vectors": vectors,
+            "tail_start": vectors * width, "total": total, "width": width}
+
+
+_GRID_CACHE: dict = {}
+
+
+def _resident_blocks(kernel, args, threads, grid_y) -> int:
+    """Blocks that fill the GPU once: SMs x resident blocks per SM of the compiled kernel."""
+    if simulator_enabled():
+        return launch_config(10**9)[0]
+    device = _current_device_id()
+    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
+    key = (id(kernel), argtypes, threads, device)
+    blocks = _GRID_CACHE.get(key)
+    if blocks is None:
+        try:
+            compiled = kernel.compile(argtypes)
+            blocks = int(compiled.max_cooperative_grid_blocks(threads))
+        except Exception:  # occupancy API unavailable: the usual estimate
+            _, per_sm, sms = _device_limits(device)
+            blocks = per_sm * sms
+        _GRID_CACHE[key] = blocks = max(grid_y, blocks)
+    return blocks
+
+
+def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
+           run=None):
+    """Add the statistics of ``x`` into ``acc`` with 16-byte loads (module docstring).
+
+    ``run`` overrides the float run length (elements per thread lane between float64 flushes;
+    tests use the production value under the simulator).
+    """
+    refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
+    x = as_device_array(x, stream)
+    channels = check_input(x, layout, dtype_tag, acc)
+    if int(x.shape[0]) * pixels_per_image(x, layout) == 0:
+        return
+    how = plan(x, layout, dtype_tag)
+    if how is None:
+        tree.reduce(x, layout, dtype_tag, acc, stream=stream, launch=launch, run=run)
+        return
+    width = how["width"]
+    flat = x.reshape(how["total"])
+    bits = flat.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
+    words = bits[: how["vectors"] * width].view(np.uint32)
+    grid_y = channels if how["mode"] == "CP" else 1
+    if dtype_tag == "uint8":
+        kernel = _build_u8(how["mode"], channels, _threads(launch))
+        extra = ()
+    else:
+        kernel = _build_wide(dtype_tag, how["mode"], channels, _threads(launch), max(2, run_length(dtype_tag, run)))
+        extra = (acc.shift,)
+    threads = _threads(launch)
+    # vectors each channel group walks; no more blocks than that needs
+    work = how["rows"] * how["per_row"]
+    bank_dtype = "int64" if is_integer(dtype_tag) else "float64"
+    probe_args = (words, bits, how["rows"], how["per_row"], how["rows_per_image"], how["tail_start"], how["total"],
+                  *extra)
+    if launch is not None:
+        blocks_x = max(1, int(launch[0]))
+    else:
+        blocks_x = max(1, _resident_blocks(kernel, probe_args + _placeholders(acc, bank_dtype, channels), threads,
+                                           grid_y) // grid_y)
+        blocks_x = min(blocks_x, max(1, -(-work // threads)))
+    if how["mode"] == "PC":  # the grid stride must cover whole pixels: phase fixed per thread
+        step = channels // math.gcd(channels, threads * width)
+        blocks_x = -(-blocks_x // step) * step
+    rows = blocks_x * grid_y
+    part_tally = acc.scratch("vec_tally", (rows, 2 * channels), "int64")
+    part_sum = acc.scratch("vec_sum", (rows, 2 * channels), bank_dtype)
+    part_min = acc.scratch("vec_min", (rows, 2 * channels), "float64")
+    kernel[(blocks_x, grid_y), threads, stream](*probe_args, part_tally, part_sum, part_min)
+    merge_kernel = tree._build(dtype_tag, layout, channels, threads)[1]
+    out_sum, out_sumsq = (acc.isum, acc.isumsq) if is_integer(dtype_tag) else (acc.fsum, acc.fsumsq)
+    merge_kernel[1, channels, stream](
+        rows, part_tally, part_sum, part_min, acc.count, acc.nonfinite, out_sum, out_sumsq, acc.vmin, acc.vmax
+    )
+
+
+def _threads(launch) -> int:
+    return launch_config(1, launch)[1] if launch is not None else launch_config(10**9)[1]
+
+
+def _placeholders(acc, bank_dtype, channels):
+    """Partial arrays of the right types for compiling before the grid size is known."""
+    return (acc.scratch("vec_probe_tally", (1, 2 * channels), "int64"),
+            acc.scratch("vec_probe_sum", (1, 2 * channels), bank_dtype),
+            acc.scratch("vec_probe_min", (1, 2 * channels), "float64"))
