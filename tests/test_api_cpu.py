@@ -219,12 +219,32 @@ def test_failed_batch_leaves_state_untouched_for_every_error():
 
 
 def test_device_selection():
-    acc = Accumulator()  # device=None on a machine without a usable GPU
-    assert acc.backend == "cpu" and acc.cpu_reason
-    with pytest.raises(BackendUnavailable, match="cannot be used"):
-        Accumulator(device="cuda")
+    """device=None takes the GPU where one is usable and the CPU (with the reason) elsewhere."""
+    import torch
+
+    from gpustats.backends import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    acc = Accumulator()
+    if reason is None:  # a usable GPU (or the simulator, where None means the CPU by design)
+        assert acc.backend == ("cpu" if _simulator_on() else "cuda")
+        assert Accumulator(device="cuda").backend == "cuda"
+    else:
+        assert acc.backend == "cpu" and acc.cpu_reason == reason
+        with pytest.raises(BackendUnavailable, match="cannot be used"):
+            Accumulator(device="cuda")
+    beyond = torch.cuda.device_count() if reason is None and not _simulator_on() else 0
+    if beyond:
+        with pytest.raises(BackendUnavailable, match="visible"):
+            Accumulator(device=f"cuda:{beyond}")
     with pytest.raises(BackendUnavailable, match="not supported"):
         Accumulator(device="mps")
+
+
+def _simulator_on() -> bool:
+    import os
+
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
 
 
 def test_accumulator_reset_and_load():

@@ -238,8 +238,13 @@ def test_table_shows_counts_bad_files_speed_and_device(capsys, demo):
     assert rc == 0, err
     assert f"{len(demo['good'])} images" in out and "pixels per channel" in out
     assert "bad files (3" in out and "not_an_image.jpg: not an image" in out
-    assert "images/s" in out and "MB/s" in out and "device: cpu" in out
-    assert "GPU not used:" in out  # device auto chose the CPU: the reason is shown
+    assert "images/s" in out and "MB/s" in out
+    from gpustats.backends import cuda_unavailable_reason
+
+    if cuda_unavailable_reason() is None:  # a usable GPU: device auto chose it
+        assert "device: cuda" in out and "GPU not used:" not in out
+    else:  # device auto chose the CPU: the reason is shown
+        assert "device: cpu" in out and "GPU not used:" in out
     for name in ("mean", "std (ddof=0)", "min", "max"):
         assert name in out
 
@@ -263,10 +268,10 @@ def test_no_images_and_all_bad(capsys, tmp_path):
 def test_unusable_device_is_one_line(capsys, mixed):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    rc, out, err = run_main(capsys, "stats", str(mixed), "--device", "cuda")
-    assert rc == 1 and err.startswith("gpustats: error: device='cuda'") and err.count("\n") == 1
+    # no GPU: cuda itself; with GPUs: the first index past the last one
+    device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    rc, out, err = run_main(capsys, "stats", str(mixed), "--device", device)
+    assert rc == 1 and err.startswith(f"gpustats: error: device={device!r}") and err.count("\n") == 1
 
 
 def test_strict_exits_1_naming_the_first_bad_file(demo):

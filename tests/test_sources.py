@@ -407,6 +407,30 @@ def test_gpu_decode_not_available_here_says_why():
         gpu.decode_files_gpu([], device="cuda")
 
 
+@pytest.mark.gpu
+def test_nvjpeg_decodes_like_pillow_within_a_few_levels(demo, tmp_path):
+    """Real nvJPEG (torchvision) on the GPU against Pillow: same shapes, pixels within IDCT noise.
+
+    nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's: a few levels per pixel, well
+    under 1 level on average (stated in gpustats/sources/gpu.py).
+    """
+    ok, why = gpu.gpu_decode_available()
+    if not ok:
+        pytest.skip(f"nvJPEG through torchvision is not usable here: {why}")
+    from gpustats.sources.synthetic import make_jpeg_corpus
+
+    files = make_jpeg_corpus(tmp_path / "corpus", 6, size=(160, 120), quality=90) + [demo["root"] / "photo_a.jpg"]
+    got = gpu.decode_files_gpu(files, device="cuda")
+    assert [r.decoded_on for r in got] == ["gpu"] * len(files)
+    for record, path in zip(got, files):
+        assert record.tensor.is_cuda and record.bad_reason is None
+        cpu = decode_image(path).transpose(2, 0, 1).astype(np.int16)
+        on_gpu = record.tensor.cpu().numpy().astype(np.int16)
+        assert on_gpu.shape == cpu.shape, path.name
+        diff = np.abs(on_gpu - cpu)
+        assert diff.mean() < 1.0 and diff.max() <= 24, (path.name, diff.mean(), diff.max())
+
+
 def test_is_complete_jpeg(demo):
     data = (demo["root"] / "photo_a.jpg").read_bytes()
     assert gpu.is_complete_jpeg(data) and gpu.is_complete_jpeg(data + b"\x00\x00")
