@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchlib import needs_gpu, rounds, sizes, timing_info
-from gpustats.benchmark import DTYPES, KERNEL_SIZES, LAYOUTS, MIB, CudaEventTimer, bench_id, forum_recipe, torch_moments
+from benchlib import SUITE_DTYPES, SUITE_LAYOUTS, needs_gpu, rounds, sizes, timing_info
+from gpustats.benchmark import KERNEL_SIZES, MIB, CudaEventTimer, bench_id, forum_recipe, torch_moments
 
 pytestmark = needs_gpu
 
@@ -38,7 +38,7 @@ UINT8_ONLY = {"bincount", "histc"}
 
 SIZES = sizes(KERNEL_SIZES)
 PARAMS = [pytest.param(name, dtype, layout, size, id=bench_id(name, dtype, layout, size))
-          for size in SIZES for dtype in DTYPES for layout in LAYOUTS for name in BASELINES
+          for size in SIZES for dtype in SUITE_DTYPES for layout in SUITE_LAYOUTS for name in BASELINES
           if dtype == "uint8" or name not in UINT8_ONLY]
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchlib import needs_gpu, rounds, sizes, timing_info
-from gpustats.benchmark import DTYPES, KERNEL_SIZES, LAYOUTS, MIB, CudaEventTimer, bench_id
+from benchlib import SUITE_DTYPES, SUITE_LAYOUTS, needs_gpu, rounds, sizes, timing_info
+from gpustats.benchmark import KERNEL_SIZES, MIB, CudaEventTimer, bench_id
 
 pytestmark = needs_gpu
 
@@ -26,12 +26,12 @@ try:
 
     NAMES = tuple(STRATEGIES)
 except Exception:  # numba-cuda missing: the suite skips anyway, keep the ids stable
-    NAMES = ("atomic", "tree", "warp", "welford", "hist8")
+    NAMES = ("atomic", "tree", "warp", "welford", "hist8", "vec")
 
 SIZES = sizes(KERNEL_SIZES)
 # size, dtype, layout outside and the strategy inside: one device tensor serves consecutive tests
 PARAMS = [pytest.param(name, dtype, layout, size, id=bench_id(name, dtype, layout, size))
-          for size in SIZES for dtype in DTYPES for layout in LAYOUTS for name in NAMES]
+          for size in SIZES for dtype in SUITE_DTYPES for layout in SUITE_LAYOUTS for name in NAMES]
 
 
 @pytest.mark.benchmark(group="kernels", disable_gc=True)

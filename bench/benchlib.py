@@ -18,10 +18,14 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from gpustats.benchmark import IMAGE_HW, CudaEventTimer, Timing, cuda_roofline, image_batches, parse_sizes
+from gpustats.benchmark import DTYPES, IMAGE_HW, LAYOUTS, CudaEventTimer, Timing, cuda_roofline, image_batches, parse_sizes
 
 TINY = os.environ.get("GPUSTATS_BENCH_TINY", "") not in ("", "0")
 HW = 32 if TINY else IMAGE_HW
+#: dtypes and layouts of the device suites; the smoke run (TINY) keeps one integer and one float
+#: dtype and one layout, so that on a GPU machine it does not spend minutes compiling kernels
+SUITE_DTYPES = ("uint8", "float32") if TINY else DTYPES
+SUITE_LAYOUTS = ("NCHW",) if TINY else tuple(LAYOUTS)
 
 
 def jpeg_corpus(n_files: int, size: tuple[int, int]) -> list:

@@ -22,8 +22,8 @@ keeps its median and spread (min, max, interquartile range).
 >>> t = Timing([0.3, 0.1, 0.2])
 >>> t.median, t.min, t.max
 (0.2, 0.1, 0.3)
->>> size_label(256 << 20), size_label(1 << 30), size_label(9633792)
-('256MiB', '1GiB', '9.2MiB')
+>>> size_label(256 << 20), size_label(1 << 30), size_label(9633792), size_label(384), size_label(3072)
+('256MiB', '1GiB', '9.2MiB', '384B', '3KiB')
 """
 
 from __future__ import annotations
@@ -197,6 +197,8 @@ def size_label(nbytes: int) -> str:
     """``256MiB``, ``1GiB``, ``9.2MiB``: the size part of a bench id."""
     if nbytes >= GIB and nbytes % GIB == 0:
         return f"{nbytes // GIB}GiB"
+    if nbytes < MIB:
+        return f"{nbytes}B" if nbytes < 1024 else f"{nbytes / 1024:.1f}KiB".replace(".0KiB", "KiB")
     mib = nbytes / MIB
     return f"{int(mib)}MiB" if mib == int(mib) else f"{mib:.1f}MiB"
 
@@ -504,7 +506,7 @@ def kernel_strategies() -> dict[str, Callable]:
         import importlib
 
         registry = {}
-        for name in ("atomic", "tree", "warp", "welford", "hist8"):
+        for name in ("atomic", "tree", "warp", "welford", "hist8", "vec"):
             try:
                 registry[name] = importlib.import_module(f"gpustats.kernels.{name}")
             except ImportError:
@@ -549,6 +551,7 @@ def kernel_call(reduce: Callable, x: torch.Tensor, dtype: str, layout: str, *,
     call()  # compile + validate now
     torch.cuda.synchronize()
     acc.reset()
+    call.acc = acc  # the totals the calls add into (callers check results with it)
     return call
 
 

@@ -24,7 +24,7 @@ def test_bench_suites_run_tiny(tmp_path):
                TMPDIR=str(tmp_path))  # the decode corpus is cached under TMPDIR: keep it private
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", "-rs"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
     passed = int(re.search(r"(\d+) passed", proc.stdout).group(1))

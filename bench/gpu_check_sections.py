@@ -1,0 +1,449 @@
+"""The measuring sections of ``bench/gpu_check.sh`` (each runs in its own process; see gpu_check.py).
+
+Every section is a function ``section(ctx) -> dict`` that calls ``ctx.save(result)`` whenever it
+has something worth keeping, so a section stopped at its deadline still leaves what it measured;
+``ctx.left()`` is the seconds left before that deadline and ``ctx.skip(what, reason)`` lists what
+it did not do. ``ctx.dry`` is the CPU-only dress rehearsal (numba simulator, tiny sizes): GPU-only
+measurements are skipped with the reason and everything else runs the same code.
+
+GPU timings are CUDA events on torch's current stream (``gpustats.benchmark.time_cuda``: warm-up,
+then the median of the timed calls); under the simulator the same calls are timed with the host
+clock. GB/s is input bytes read / median seconds, and every kernel row carries the fraction of the
+roofline measured in the same process over the same tensor (device-to-device copy counted as read
++ write, and ``torch.sum``; the larger).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpustats.benchmark import (
+    DTYPES,
+    GIB,
+    LAYOUTS,
+    MIB,
+    Timing,
+    bench_id,
+    forum_recipe,
+    image_batches,
+    machine_info,
+    size_label,
+    time_host,
+    torch_moments,
+)
+
+#: sweep sizes in the order they are measured (the targets are at >= 256 MiB)
+SWEEP_SIZES = (256 * MIB, GIB, 8 * MIB)
+DRY_SWEEP_BYTES = 3 * 8 * 8 * 2  # two 8x8 RGB images of uint8 under the simulator
+REPEATS = 10
+
+
+def _dims(layout):
+    return (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
+
+
+def _timer(ctx, fn, repeats=REPEATS, warmup=3) -> Timing:
+    if ctx.dry:
+        return time_host(fn, warmup=1, repeats=2)
+    from gpustats.benchmark import time_cuda
+
+    return time_cuda(fn, warmup=warmup, repeats=repeats)
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def machine(ctx) -> dict:
+    info = machine_info("cpu" if ctx.dry else "cuda")
+    info["commit"] = info.get("commit") or os.environ.get("GPUSTATS_COMMIT")
+    info["simulator"] = ctx.dry
+    info["torch_cuda_available"] = torch.cuda.is_available()
+    try:
+        import torchvision
+
+        info["torchvision"] = torchvision.__version__
+    except Exception as exc:  # optional extra
+        info["torchvision"] = f"not importable: {type(exc).__name__}: {exc}"[:200]
+    from numba import cuda
+
+    from gpustats import kernels
+
+    info["strategies"] = sorted(kernels.STRATEGIES)
+    if not ctx.dry:
+        try:
+            info["cuda_driver_api"] = ".".join(map(str, cuda.cudadrv.driver.driver.get_version()))
+            info["numba_cuda_runtime"] = ".".join(map(str, cuda.runtime.get_version()))
+        except Exception as exc:
+            info["cuda_driver_api"] = f"unknown ({exc})"[:200]
+        dev = cuda.get_current_device()
+        info["compute_capability"] = ".".join(map(str, dev.compute_capability))
+    # a trivial kernel: does numba compile and launch here, and how long does a compile take
+    started = time.perf_counter()
+    acc = kernels.Accumulators.zeros(1, integer=True)
+    kernels.get_strategy("tree").reduce(np.arange(100, dtype=np.uint8).reshape(1, 1, 100), "CP", "uint8", acc)
+    info["probe_sum_ok"] = int(acc.to_host()["isum"][0]) == 4950
+    info["probe_compile_s"] = round(time.perf_counter() - started, 3)
+    ctx.save(info)
+    return info
+
+
+# ----------------------------------------------------------------------------- strategy sweep
+
+
+def _device_tensor(ctx, dtype, layout, nbytes):
+    if ctx.dry:
+        (x,) = image_batches(dtype, layout, nbytes, batch_images=64, hw=8, pool=2)
+        return x
+    per_image = 3 * 224 * 224 * torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    (x,) = image_batches(dtype, layout, nbytes, batch_images=max(1, round(nbytes / per_image)), hw=224,
+                         device="cuda")
+    return x
+
+
+def _strategy_call(ctx, name, x, dtype, layout):
+    """A no-argument call reducing ``x`` with strategy ``name`` (compiled now); ``call.acc`` its totals."""
+    from gpustats import kernels
+    from gpustats.benchmark import kernel_call, kernel_view
+
+    histogram = name == "hist8"
+    module = kernels.get_strategy(name)
+    if not ctx.dry:
+        return kernel_call(module.reduce, x, dtype, layout, histogram=histogram)
+    view = np.ascontiguousarray(kernel_view(x, layout).numpy())
+    acc = kernels.Accumulators.zeros(3, integer=dtype == "uint8", histogram=histogram and dtype == "uint8")
+
+    def call():
+        module.reduce(view, LAYOUTS[layout], dtype, acc, histogram=histogram)
+
+    call()
+    acc.reset()
+    call.acc = acc
+    return call
+
+
+def _check(call, x, layout, dtype) -> dict:
+    """One call on a fresh total, compared with torch in float64 (uint8: the exact integer sum)."""
+    call.acc.reset()
+    call()
+    host = call.acc.to_host()
+    dims = _dims(layout)
+    if dtype == "uint8":
+        want = x.long().sum(dim=dims).cpu().tolist()
+        got = [int(v) for v in host["isum"]]
+        count_ok = [int(v) for v in host["count"]] == [x.numel() // 3] * 3
+        return {"exact_sum": got == want and count_ok}
+    ref = x.double().mean(dim=dims).cpu().numpy()
+    n = host["count"].astype(np.float64)
+    mean = host["shift"] + host["fsum"] / np.maximum(n, 1)
+    err = float(np.max(np.abs(mean - ref) / np.maximum(np.abs(ref), 1e-30)))
+    return {"mean_rel_err": err, "mean_ok": err < 1e-6 and bool(np.all(n == x.numel() // 3))}
+
+
+BASELINES = {
+    "torch-var_mean+aminmax": lambda x, layout: torch_moments(x, layout),
+    "torch-std_mean": lambda x, layout: torch.std_mean(x.float() if x.dtype == torch.uint8 else x,
+                                                       dim=_dims(layout), correction=0),
+    "torch-bincount": lambda x, layout: torch_moments(x, layout, histogram=True)[-1],
+    "forum-recipe": lambda x, layout: forum_recipe([x], layout),
+}
+
+
+def _roofline(ctx, x) -> dict:
+    nbytes = x.numel() * x.element_size()
+    dst = torch.empty_like(x)
+    copy = _timer(ctx, lambda: dst.copy_(x))
+    total = _timer(ctx, lambda: x.sum())
+    copy_gbps = 2 * nbytes / copy.median / 1e9
+    sum_gbps = nbytes / total.median / 1e9
+    return {"copy_gbps": copy_gbps, "sum_gbps": sum_gbps, "roofline_gbps": max(copy_gbps, sum_gbps)}
+
+
+def sweep(ctx) -> dict:
+    """Every strategy x dtype x layout x size, the torch baselines and the roofline (same tensors)."""
+    from gpustats import kernels
+
+    names = [n for n in kernels.STRATEGIES if not (ctx.dry and not kernels.STRATEGIES[n].SUPPORTS_SIMULATOR)]
+    if ctx.dry:
+        ctx.skip("sweep: strategy warp", "the numba simulator has no warp shuffles (real GPU only)")
+    sizes = [DRY_SWEEP_BYTES] if ctx.dry else list(SWEEP_SIZES)
+    result = {"rows": [], "baselines": [], "roofline": [], "compile_s": {}, "checks": [], "unsupported": [],
+              "repeats": 2 if ctx.dry else REPEATS, "timer": "host perf_counter (simulator)" if ctx.dry else
+              "CUDA events, median"}
+    # 1. compile every kernel on small tensors of the same dtype/layout (while the tests run)
+    calls_small = {}
+    for dtype in DTYPES:
+        for layout in LAYOUTS:
+            small = _device_tensor(ctx, dtype, layout, DRY_SWEEP_BYTES if ctx.dry else 2 * 3 * 224 * 224)
+            for name in names:
+                started = time.perf_counter()
+                try:
+                    calls_small[(name, dtype, layout)] = _strategy_call(ctx, name, small, dtype, layout)
+                except (ValueError, NotImplementedError, RuntimeError, TypeError) as exc:
+                    result["unsupported"].append({"strategy": name, "dtype": dtype, "layout": layout,
+                                                  "reason": str(exc)[:200]})
+                    continue
+                result["compile_s"][f"{name}-{dtype}-{layout}"] = round(time.perf_counter() - started, 2)
+    ctx.save(result)
+    ctx.wait_for_go()
+    # 2. measure, 256 MiB first
+    for size in sizes:
+        for dtype in DTYPES:
+            for layout in LAYOUTS:
+                label = bench_id("*", dtype, layout, size)
+                if ctx.left() < (3 if ctx.dry else 8):
+                    ctx.skip(f"sweep: {label}", "the sweep's time budget ran out")
+                    continue
+                x = _device_tensor(ctx, dtype, layout, size)
+                nbytes = x.numel() * x.element_size()
+                roof = _roofline(ctx, x)
+                result["roofline"].append({"dtype": dtype, "layout": layout, "bytes": nbytes, **roof})
+                base_time = None
+                for base, fn in BASELINES.items():
+                    if base == "torch-bincount" and dtype != "uint8":
+                        continue
+                    timing = _timer(ctx, lambda fn=fn: fn(x, layout))
+                    gbps = nbytes / timing.median / 1e9
+                    if base == "torch-var_mean+aminmax":
+                        base_time = timing.median
+                    result["baselines"].append({"baseline": base, "dtype": dtype, "layout": layout, "bytes": nbytes,
+                                                "gbps": gbps, "roofline_frac": gbps / roof["roofline_gbps"],
+                                                **timing.to_dict()})
+                for name in names:
+                    if (name, dtype, layout) not in calls_small:
+                        continue
+                    call = _strategy_call(ctx, name, x, dtype, layout)
+                    timing = _timer(ctx, call)
+                    gbps = nbytes / timing.median / 1e9
+                    result["rows"].append({"strategy": name, "dtype": dtype, "layout": layout, "bytes": nbytes,
+                                           "size": size_label(nbytes), "gbps": gbps,
+                                           "roofline_frac": gbps / roof["roofline_gbps"],
+                                           "vs_torch_var_mean_aminmax": base_time / timing.median,
+                                           "histogram": name == "hist8", **timing.to_dict()})
+                    result["checks"].append({"id": bench_id(name, dtype, layout, nbytes), **_check(call, x, layout, dtype)})
+                    call = None
+                x = None
+                if not ctx.dry:
+                    torch.cuda.empty_cache()
+                ctx.save(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def pipeline(ctx) -> dict:
+    """Host uint8 batches into Accumulator(device="cuda") vs host-to-device copies; extras vs moments."""
+    from gpustats import Accumulator
+
+    result = {"host": [], "extras": []}
+    if ctx.dry:
+        ctx.skip("pipeline: pinned/pageable host batches vs host-to-device copy", "needs a GPU (PCIe copies)")
+        hw, nbytes, batch = 8, 3 * 8 * 8 * 8, 4
+    else:
+        hw, nbytes, batch = 224, 512 * MIB, 256
+    sync = (lambda: None) if ctx.dry else torch.cuda.synchronize
+    if not ctx.dry:
+        batches = image_batches("uint8", "NCHW", nbytes, batch_images=batch, hw=hw)
+        total = sum(b.numel() for b in batches)
+        for memory in ("pinned", "pageable"):
+            if ctx.left() < 10:
+                ctx.skip(f"pipeline: {memory}", "the pipeline's time budget ran out")
+                continue
+            host = [b.pin_memory() for b in batches] if memory == "pinned" else batches
+            dst = torch.empty_like(host[0], device="cuda")
+
+            def copy():
+                for b in host:
+                    dst[: b.shape[0]].copy_(b, non_blocking=memory == "pinned")
+
+            acc = Accumulator(device="cuda")
+
+            def reduce():
+                acc.reset()
+                for b in host:
+                    acc.update(b)
+                acc.state()
+
+            copy_t = time_host(copy, warmup=1, repeats=5, sync=sync)
+            acc_t = time_host(reduce, warmup=1, repeats=5, sync=sync)
+            copy_gbps, acc_gbps = total / copy_t.median / 1e9, total / acc_t.median / 1e9
+            result["host"].append({"memory": memory, "bytes": total, "batches": len(host),
+                                   "batch_shape": list(host[0].shape), "copy_gbps": copy_gbps,
+                                   "accumulator_gbps": acc_gbps, "fraction_of_copy": acc_gbps / copy_gbps,
+                                   "strategy": acc.strategy, "copy": copy_t.to_dict(), "accumulator": acc_t.to_dict()})
+            ctx.save(result)
+            host = dst = None
+    # extras (histogram + covariance + per_image) against moments only, same device uint8 batch
+    (x,) = image_batches("uint8", "NCHW", nbytes // 2, batch_images=max(1, nbytes // 2 // (3 * hw * hw)), hw=hw,
+                         device="cpu" if ctx.dry else "cuda")
+    for name, options in (("moments", {}), ("histogram", {"histogram": True}), ("covariance", {"covariance": True}),
+                          ("per_image", {"per_image": True}),
+                          ("all", {"histogram": True, "covariance": True, "per_image": True})):
+        if ctx.left() < 5:
+            ctx.skip(f"pipeline: extras {name}", "the pipeline's time budget ran out")
+            continue
+        acc = Accumulator(device="cuda", **options)
+
+        def run_once():
+            acc.reset()
+            acc.update(x)
+            acc.state()
+
+        timing = time_host(run_once, warmup=1, repeats=2 if ctx.dry else 5, sync=sync)
+        result["extras"].append({"options": name, "bytes": x.numel(), "strategy": acc.strategy,
+                                 "gbps": x.numel() / timing.median / 1e9, **timing.to_dict()})
+        ctx.save(result)
+    base = next((r for r in result["extras"] if r["options"] == "moments"), None)
+    for r in result["extras"]:
+        if base:
+            r["ratio_vs_moments"] = r["median_s"] / base["median_s"]
+    ctx.save(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- decode
+
+
+def decode(ctx) -> dict:
+    """nvJPEG batch decode (torchvision) vs CPU decode workers on a generated JPEG corpus, images/s."""
+    from gpustats.sources import gpu as gpu_decode
+    from gpustats.sources import iter_decoded
+    from gpustats.sources.synthetic import make_jpeg_corpus
+
+    n, size = (16, (64, 48)) if ctx.dry else (512, (500, 375))
+    root = Path(tempfile.mkdtemp(prefix="gpustats-gpu-check-"))
+    started = time.perf_counter()
+    files = make_jpeg_corpus(root, n, size=size, quality=90)
+    result = {"files": n, "size": list(size), "quality": 90, "corpus_s": round(time.perf_counter() - started, 2),
+              "cpu_workers": [], "nvjpeg": None}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    for workers in sorted({0, min(8, cpus), cpus} if not ctx.dry else {0, 1}):
+        if ctx.left() < 5:
+            ctx.skip(f"decode: {workers} CPU workers", "the decode section's time budget ran out")
+            continue
+        t0 = time.perf_counter()
+        images = sum(len(b) for b in iter_decoded(files, workers=workers, batch_size=32))
+        seconds = time.perf_counter() - t0
+        result["cpu_workers"].append({"workers": workers, "images": images, "seconds": seconds,
+                                      "images_per_s": images / seconds})
+        ctx.save(result)
+    ok, why = gpu_decode.gpu_decode_available() if not ctx.dry else (False, "dry run: no GPU")
+    if not ok:
+        ctx.skip("decode: nvJPEG", why)
+        return result
+    gpu_decode.decode_files_gpu(files[:8], device="cuda")  # warm-up (nvJPEG handle, CUDA context)
+    torch.cuda.synchronize()
+    samples = []
+    for _ in range(3):
+        if ctx.left() < 5:
+            break
+        t0 = time.perf_counter()
+        on_gpu = 0
+        for first in range(0, len(files), 64):
+            got = gpu_decode.decode_files_gpu(files[first:first + 64], device="cuda")
+            on_gpu += sum(r.decoded_on == "gpu" for r in got)
+        torch.cuda.synchronize()
+        samples.append(time.perf_counter() - t0)
+    if samples:
+        best = statistics.median(samples)
+        result["nvjpeg"] = {"batch": 64, "images": len(files), "decoded_on_gpu": on_gpu, "seconds": best,
+                            "images_per_s": len(files) / best, "rounds": len(samples)}
+    ctx.save(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- synchronizations
+
+
+_SYNC_EVENTS = ("Synchronize", "cudaMemcpy", "cuMemcpyDtoH", "cuMemcpyHtoD", "cuMemAlloc", "cudaMalloc",
+                "cuMemFree", "cudaFree", "cuCtxSynchronize")
+
+
+def _count_host_syncs():
+    """Patch numba's and torch's synchronizing entry points with counters; returns (counts, undo)."""
+    from numba.cuda.cudadrv import devicearray, driver
+
+    counts: dict = {}
+    undo = []
+
+    def wrap(owner, attr, label):
+        original = getattr(owner, attr)
+
+        def counted(*args, **kwargs):
+            counts[label] = counts.get(label, 0) + 1
+            return original(*args, **kwargs)
+
+        setattr(owner, attr, counted)
+        undo.append(lambda: setattr(owner, attr, original))
+
+    wrap(driver.Stream, "synchronize", "numba Stream.synchronize")
+    wrap(driver.Event, "synchronize", "numba Event.synchronize")
+    wrap(driver.Context, "synchronize", "numba Context.synchronize")
+    wrap(devicearray.DeviceNDArray, "copy_to_host", "numba copy_to_host")
+    wrap(torch.cuda, "synchronize", "torch.cuda.synchronize")
+    return counts, lambda: [u() for u in undo]
+
+
+def sync(ctx) -> dict:
+    """Device synchronizations per Accumulator.update on uint8 CUDA batches (and float, for contrast)."""
+    if ctx.dry:
+        ctx.skip("sync", "needs a GPU: counts device synchronizations with the CUDA profiler")
+        return {}
+    import warnings
+
+    from gpustats import Accumulator
+
+    result = {"cases": []}
+    for case, dtype, options in (("uint8", "uint8", {}), ("float32, nan_policy=omit", "float32", {"nan_policy": "omit"}),
+                                 ("float32, nan_policy=raise", "float32", {})):
+        if ctx.left() < 8:
+            ctx.skip(f"sync: {case}", "the sync section's time budget ran out")
+            continue
+        batches = image_batches(dtype, "NCHW", 8 * 64 * 3 * 224 * 224, batch_images=64, device="cuda")
+        acc = Accumulator(device="cuda", **options)
+        for b in batches[:2]:  # compile, first-batch shift, allocations
+            acc.update(b)
+        torch.cuda.synchronize()
+        updates = 20
+        counts, undo = _count_host_syncs()
+        events: dict = {}
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    from torch.profiler import ProfilerActivity, profile
+
+                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                        for i in range(updates):
+                            acc.update(batches[i % len(batches)])
+                    for evt in prof.events():
+                        if any(key in evt.name for key in _SYNC_EVENTS):
+                            events[evt.name] = events.get(evt.name, 0) + 1
+                finally:
+                    torch.cuda.set_sync_debug_mode(0)
+            torch_syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+        finally:
+            undo()
+        acc.state()
+        # three views of the same thing (a sync seen by the profiler is usually also a counted call):
+        # the profiler's synchronizing API calls, the counted Python entry points, torch's sync warnings
+        profiled = sum(v for k, v in events.items() if "Synchronize" in k or k in ("cudaMemcpy", "cuMemcpyDtoH"))
+        views = {"profiler": profiled / updates, "python_calls": sum(counts.values()) / updates,
+                 "torch_sync_debug": torch_syncs / updates}
+        result["cases"].append({"case": case, "updates": updates, "strategy": acc.strategy,
+                                "profiler_events": events, "host_sync_calls": counts,
+                                "torch_sync_warnings": torch_syncs, "syncs_per_update_by": views,
+                                "syncs_per_update": max(views.values())})
+        ctx.save(result)
+    return result
+
+
+SECTIONS = {"machine": machine, "sweep": sweep, "pipeline": pipeline, "decode": decode, "sync": sync}
