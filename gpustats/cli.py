@@ -268,8 +268,11 @@ def _one_strip(images: list, chw: bool) -> Any:
     return np.concatenate([a.reshape(-1, channels) for a in images])[None]
 
 
-def _distributed_env() -> tuple[int, int]:
-    """(rank, world) from torchrun's environment; (0, 1) for an ordinary run."""
+def _distributed_env(device: str = "auto") -> tuple[int, int]:
+    """(rank, world) from torchrun's environment; (0, 1) for an ordinary run.
+
+    ``--device cpu`` merges over gloo; otherwise :func:`~gpustats.distributed.init_from_env` picks.
+    """
     try:
         world = int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
@@ -281,7 +284,7 @@ def _distributed_env() -> tuple[int, int]:
     except ImportError as exc:
         raise CliError(f"WORLD_SIZE={world} asks for a distributed run, but gpustats.distributed cannot be "
                        f"imported ({exc})") from None
-    rank, world = init_from_env()
+    rank, world = init_from_env("gloo" if device == "cpu" else None)
     return int(rank), int(world)
 
 
@@ -301,7 +304,7 @@ def run_stats(args: argparse.Namespace, note: Callable[[str], None] = lambda s: 
     from .sources import DEFAULT_MAX_PIXELS, list_images
 
     histogram = bool(args.histogram or args.plot)
-    rank, world = _distributed_env()
+    rank, world = _distributed_env(args.device)
     t0 = time.perf_counter()
     all_files = list_images(args.paths)
     files = all_files[rank::world] if world > 1 else all_files

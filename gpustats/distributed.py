@@ -242,8 +242,10 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None) 
 
     With ``WORLD_SIZE`` > 1 in the environment (torchrun sets it, with ``RANK``, ``LOCAL_RANK``,
     ``MASTER_ADDR`` and ``MASTER_PORT``) and no group yet, initializes the default group:
-    ``backend`` or NCCL when CUDA is available (after ``torch.cuda.set_device(LOCAL_RANK)``), else
-    gloo. An existing group is used as is. Otherwise (a plain single process) returns ``(0, 1)``.
+    ``backend``, or NCCL when every local rank can have a GPU of its own (CUDA available and
+    ``LOCAL_WORLD_SIZE`` <= the GPU count; rank r uses GPU ``LOCAL_RANK``), else gloo: NCCL refuses
+    two ranks on one GPU. An existing group is used as is. Otherwise (a plain single process)
+    returns ``(0, 1)``.
     """
     global _created_group
     if _group_ready():
@@ -258,7 +260,9 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None) 
     if not dist.is_available():
         raise StatsError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        own_gpu = torch.cuda.is_available() and local_world <= torch.cuda.device_count()
+        backend = "nccl" if own_gpu and dist.is_nccl_available() else "gloo"
     if backend == "nccl":
         local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())

@@ -25,7 +25,26 @@ import functools
 import math
 
 import numpy as np
-from numba import cuda, float32, float64, int32, int64
+
+
+def _numpy_2_5_shim() -> None:
+    """numba-cuda <= 0.30 registers an overload of ``np.row_stack`` when it first compiles a kernel,
+    and NumPy 2.5 removed that name, so every compile fails with AttributeError (seen on the GPU
+    image with numba-cuda 0.30.4 and numpy 2.5.2). Give numpy a ``row_stack`` of its own (a
+    distinct function, so ``np.vstack``'s overloads are untouched) until numba-cuda checks the
+    NumPy version there, as numba 0.68 already does.
+    """
+    if not hasattr(np, "row_stack"):
+
+        def row_stack(tup, *, dtype=None, casting="same_kind"):
+            return np.vstack(tup, dtype=dtype, casting=casting)
+
+        np.row_stack = row_stack
+
+
+_numpy_2_5_shim()
+
+from numba import cuda, float32, float64, int32, int64  # noqa: E402  (after the shim)
 
 DTYPE_TAGS = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
 INTEGER_TAGS = ("uint8", "uint16")

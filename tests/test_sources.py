@@ -409,10 +409,12 @@ def test_gpu_decode_not_available_here_says_why():
 
 @pytest.mark.gpu
 def test_nvjpeg_decodes_like_pillow_within_a_few_levels(demo, tmp_path):
-    """Real nvJPEG (torchvision) on the GPU against Pillow: same shapes, pixels within IDCT noise.
+    """Real nvJPEG (torchvision) on the GPU against Pillow: same shapes, close pixels, close means.
 
-    nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's: a few levels per pixel, well
-    under 1 level on average (stated in gpustats/sources/gpu.py).
+    nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's, so single pixels can differ by
+    tens of levels at sharp colour edges (seen on an H200: 3.2 levels on average, 50 at most, on a
+    160x120 q90 photo-like image); what the statistics see, the per-channel mean, stays within a
+    level.
     """
     ok, why = gpu.gpu_decode_available()
     if not ok:
@@ -428,7 +430,8 @@ def test_nvjpeg_decodes_like_pillow_within_a_few_levels(demo, tmp_path):
         on_gpu = record.tensor.cpu().numpy().astype(np.int16)
         assert on_gpu.shape == cpu.shape, path.name
         diff = np.abs(on_gpu - cpu)
-        assert diff.mean() < 1.0 and diff.max() <= 24, (path.name, diff.mean(), diff.max())
+        channel_means = np.abs(on_gpu.reshape(3, -1).mean(axis=1) - cpu.reshape(3, -1).mean(axis=1))
+        assert diff.mean() < 8 and channel_means.max() < 1.0, (path.name, diff.mean(), diff.max(), channel_means)
 
 
 def test_is_complete_jpeg(demo):

@@ -214,32 +214,50 @@ class CudaReducer(Reducer):
                 yield self._stage(part, stream), None
 
     def _stage(self, part: torch.Tensor, stream):
-        """Copy a CPU tensor through a pinned double buffer on a side stream (returns a device array)."""
+        """Copy a CPU tensor to the device on a side stream, double-buffered (returns a device array).
+
+        Pageable memory is first copied into one of two pinned buffers (the other one's transfer and
+        reduction run meanwhile). Pinned, contiguous tensors (``pin_memory=True`` loaders) are
+        transferred straight from their own memory, with no host copy; the tensor is kept alive
+        until its transfer is known to be done. As with ``tensor.to("cuda", non_blocking=True)``,
+        such a tensor must not be written to before the next ``update``/``state``.
+        """
         cuda = self._cuda
-        host = part.contiguous().numpy() if part.dtype != getattr(torch, "uint16", None) else part.view(torch.int16).contiguous().numpy()
+        if part.dtype == getattr(torch, "uint16", None):
+            part = part.view(torch.int16)
+        direct = part.is_contiguous() and part.is_pinned()
+        host = part.numpy() if direct else part.contiguous().numpy()
         if self._staging is None:
             self._staging = {"slot": 0, "copy_stream": cuda.stream(), "slots": [None, None]}
         st = self._staging
         slot = st["slot"]
         st["slot"] ^= 1
         entry = st["slots"][slot]
-        if entry is None or entry["pinned"].nbytes < host.nbytes:
-            entry = {"pinned": cuda.pinned_array(max(host.nbytes, 1 << 20), dtype=np.uint8),
-                     "device": cuda.device_array(max(host.nbytes, 1 << 20), dtype=np.uint8),
-                     "copied": None, "reduced": None}
+        if entry is None or entry["device"].nbytes < host.nbytes:
+            if entry is not None and entry["copied"] is not None:
+                entry["copied"].synchronize()
+            entry = {"pinned": None, "device": cuda.device_array(max(host.nbytes, 1 << 20), dtype=np.uint8),
+                     "copied": None, "reduced": None, "source": None}
             st["slots"][slot] = entry
         if entry["copied"] is not None:
-            entry["copied"].synchronize()  # the last transfer from this pinned buffer is done
+            entry["copied"].synchronize()  # the last transfer from this slot's host memory is done
+            entry["source"] = None
         if entry["reduced"] is not None:
-            st["copy_stream"].wait_event(entry["reduced"])  # the last reduction of this device buffer is done
-        flat = entry["pinned"][: host.nbytes]
-        flat[:] = host.reshape(-1).view(np.uint8)
+            entry["reduced"].wait(st["copy_stream"])  # the last reduction of this device buffer is done
+        if direct:
+            flat = host.reshape(-1).view(np.uint8)
+            entry["source"] = part
+        else:
+            if entry["pinned"] is None or entry["pinned"].nbytes < host.nbytes:
+                entry["pinned"] = cuda.pinned_array(max(host.nbytes, 1 << 20), dtype=np.uint8)
+            flat = entry["pinned"][: host.nbytes]
+            flat[:] = host.reshape(-1).view(np.uint8)
         dev = entry["device"][: host.nbytes]
         dev.copy_to_device(flat, stream=st["copy_stream"])
         copied = cuda.event()
         copied.record(st["copy_stream"])
         entry["copied"] = copied
-        stream.wait_event(copied)
+        copied.wait(stream)  # the reduction waits for the copy (numba: event.wait(stream))
         reduced = cuda.event()
         entry["reduced"] = reduced
         view = dev.view(host.dtype).reshape(host.shape)
