@@ -18,6 +18,10 @@ hang loses only that section's unsaved part; whatever does not fit is listed und
 with the reason. Output (at most 8 files): gpu_check.json, gpu_check.md, tests.log, tests.jsonl,
 sections.log, sweep.log (+ install.log from the shell script).
 
+``GPUSTATS_GPU_CHECK_TESTS`` replaces the pytest arguments of the tests section (e.g. only the CUDA
+test files) and ``GPUSTATS_GPU_CHECK_SECTIONS`` (e.g. ``sweep,sync``) picks the measuring sections;
+what is left out is listed as skipped. Both are for reruns on a short lease.
+
 ``GPUSTATS_GPU_CHECK_DRY_RUN=1`` runs the same sequence on a CPU-only machine under the numba
 simulator with tiny sizes and a subset of the CUDA tests; GPU-only measurements are skipped with
 the reason. tests/test_gpu_check.py runs it so that it cannot rot.
@@ -45,6 +49,11 @@ ORDER = ("pipeline", "decode", "sync")
 DRY_TESTS = ["tests/test_kernels_sim.py", "tests/test_cuda_backend.py", "-k",
              "(vec_vector_paths and uint8) or (production_float_run_length and tree) or registry "
              "or (uint8_bitwise_identical and vec and NCHW)"]
+
+
+def wanted(name: str) -> bool:
+    chosen = os.environ.get("GPUSTATS_GPU_CHECK_SECTIONS", "").replace(" ", "")
+    return not chosen or name in chosen.split(",")
 
 
 def dry_run() -> bool:
@@ -196,21 +205,31 @@ class Orchestrator:
         # tests and the sweep's compile phase side by side
         go = self.parts / "sweep.go"
         go.unlink(missing_ok=True)
-        sweep_log = open(self.out / "sweep.log", "a", encoding="utf-8")
-        sweep = self.start_section("sweep", self.end, go=go, log=sweep_log)
+        sweep = None
+        if wanted("sweep"):
+            sweep_log = open(self.out / "sweep.log", "a", encoding="utf-8")
+            sweep = self.start_section("sweep", self.end, go=go, log=sweep_log)
         self.run_tests(self.cap("tests", ["sweep", *ORDER]))
 
-        sweep_cap = self.cap("sweep", ORDER)
-        go.write_text(str(time.time() + sweep_cap))
-        self.say(f"sweep: measuring, {sweep_cap:.0f} s")
-        self.finish("sweep", sweep, time.time() + sweep_cap + 30)
-        sweep_log.close()
+        if sweep is not None:
+            sweep_cap = self.cap("sweep", ORDER)
+            go.write_text(str(time.time() + sweep_cap))
+            self.say(f"sweep: measuring, {sweep_cap:.0f} s")
+            self.finish("sweep", sweep, time.time() + sweep_cap + 30)
+            sweep_log.close()
+        else:
+            self.skipped.append({"section": "sweep", "what": "sweep", "reason": "not requested (GPUSTATS_GPU_CHECK_SECTIONS)"})
         sweep_doc = self.doc.pop("sweep", {})
         for key in ("baselines", "roofline"):
             self.doc[key] = {"rows": sweep_doc.pop(key, [])}
         self.doc["sweep"] = sweep_doc
 
         for i, name in enumerate(ORDER):
+            if not wanted(name):
+                self.skipped.append({"section": name, "what": name,
+                                     "reason": "not requested (GPUSTATS_GPU_CHECK_SECTIONS)"})
+                self.doc[name] = {}
+                continue
             cap = self.cap(name, ORDER[i + 1:])
             if cap <= 5.0 and self.left() < 5:
                 self.skipped.append({"section": name, "what": name, "reason": "no time left in the budget"})
@@ -228,7 +247,13 @@ class Orchestrator:
         env["GPUSTATS_GPU_CHECK_REPORT"] = str(report)
         cmd = [self.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_check_plugin",
                "-o", "addopts=", "-rfE", "--timeout", "180"]
-        if dry_run():
+        if os.environ.get("GPUSTATS_GPU_CHECK_TESTS"):
+            import shlex
+
+            cmd += shlex.split(os.environ["GPUSTATS_GPU_CHECK_TESTS"])
+            if not dry_run() and _has_xdist(self.python):
+                cmd += ["-n", str(max(2, min(12, (os.cpu_count() or 4) - 4)))]
+        elif dry_run():
             cmd += DRY_TESTS
         else:
             # the dry run of this script is CI's check of it, not a GPU test: leave its minute here

@@ -155,6 +155,43 @@ BASELINES = {
 }
 
 
+def _device_seconds(calls: dict, repeats: int = 3) -> dict:
+    """Kernel time per call of each named callable, from the CUDA profiler (CUPTI), launch overhead excluded.
+
+    Each callable runs ``repeats`` times inside a ``record_function`` range; every kernel is assigned
+    to the range holding the host call that launched it (matched by correlation id), so the sums are
+    device time only. Returns name -> seconds per call (missing when no kernel was seen).
+    """
+    import json as _json
+
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for name, call in calls.items():
+            with record_function(f"gpustats-sweep:{name}"):
+                for _ in range(repeats):
+                    call()
+            torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = _json.loads(path.read_text()).get("traceEvents", [])
+    ranges = [(e["ts"], e["ts"] + e.get("dur", 0), e["name"].split(":", 1)[1]) for e in events
+              if e.get("cat") == "user_annotation" and str(e.get("name", "")).startswith("gpustats-sweep:")]
+    launched = {e["args"]["correlation"]: e["ts"] for e in events
+                if e.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in e.get("args", {})}
+    totals: dict = {}
+    for e in events:
+        if e.get("cat") != "kernel":
+            continue
+        ts = launched.get(e.get("args", {}).get("correlation"))
+        for start, end, name in ranges:
+            if ts is not None and start <= ts <= end:
+                totals[name] = totals.get(name, 0.0) + e.get("dur", 0.0) * 1e-6
+                break
+    return {name: total / repeats for name, total in totals.items()}
+
+
 def _roofline(ctx, x) -> dict:
     nbytes = x.numel() * x.element_size()
     dst = torch.empty_like(x)
@@ -205,6 +242,8 @@ def sweep(ctx) -> dict:
                 roof = _roofline(ctx, x)
                 result["roofline"].append({"dtype": dtype, "layout": layout, "bytes": nbytes, **roof})
                 base_time = None
+                profiled: dict = {}
+                first_baseline = len(result["baselines"])
                 for base, fn in BASELINES.items():
                     if base == "torch-bincount" and dtype != "uint8":
                         continue
@@ -212,22 +251,52 @@ def sweep(ctx) -> dict:
                     gbps = nbytes / timing.median / 1e9
                     if base == "torch-var_mean+aminmax":
                         base_time = timing.median
+                    profiled[f"baseline:{base}"] = lambda fn=fn: fn(x, layout)
                     result["baselines"].append({"baseline": base, "dtype": dtype, "layout": layout, "bytes": nbytes,
                                                 "gbps": gbps, "roofline_frac": gbps / roof["roofline_gbps"],
                                                 **timing.to_dict()})
+                first_row = len(result["rows"])
                 for name in names:
                     if (name, dtype, layout) not in calls_small:
                         continue
                     call = _strategy_call(ctx, name, x, dtype, layout)
                     timing = _timer(ctx, call)
                     gbps = nbytes / timing.median / 1e9
+                    # back to back, as a training loop calls it: host work overlaps the previous kernels
+                    loops = 2 if ctx.dry else 10  # the simulator is slow; its timings mean nothing anyway
+                    loop = _timer(ctx, lambda call=call: [call() for _ in range(loops)], repeats=3, warmup=1)
                     result["rows"].append({"strategy": name, "dtype": dtype, "layout": layout, "bytes": nbytes,
                                            "size": size_label(nbytes), "gbps": gbps,
                                            "roofline_frac": gbps / roof["roofline_gbps"],
                                            "vs_torch_var_mean_aminmax": base_time / timing.median,
+                                           "gbps_loop": loops * nbytes / loop.median / 1e9,
                                            "histogram": name == "hist8", **timing.to_dict()})
                     result["checks"].append({"id": bench_id(name, dtype, layout, nbytes), **_check(call, x, layout, dtype)})
+                    profiled[name] = call
                     call = None
+                if not ctx.dry:  # kernel (device) time, launch overhead excluded
+                    try:
+                        device = _device_seconds(profiled)
+                    except Exception as exc:
+                        device = {}
+                        ctx.skip(f"sweep: kernel times {label}", f"profiler failed: {type(exc).__name__}: {exc}"[:300])
+                    for row in result["rows"][first_row:]:
+                        seconds = device.get(row["strategy"])
+                        if seconds:
+                            row["kernel_s"] = seconds
+                            row["kernel_gbps"] = nbytes / seconds / 1e9
+                            row["kernel_roofline_frac"] = row["kernel_gbps"] / roof["roofline_gbps"]
+                    for row in result["baselines"][first_baseline:]:
+                        seconds = device.get(f"baseline:{row['baseline']}")
+                        if seconds:
+                            row["kernel_s"] = seconds
+                            row["kernel_gbps"] = nbytes / seconds / 1e9
+                    torch_kernel = next((r.get("kernel_s") for r in result["baselines"][first_baseline:]
+                                         if r["baseline"] == "torch-var_mean+aminmax"), None)
+                    for row in result["rows"][first_row:]:
+                        if torch_kernel and row.get("kernel_s"):
+                            row["kernel_vs_torch_var_mean_aminmax"] = torch_kernel / row["kernel_s"]
+                profiled = None
                 x = None
                 if not ctx.dry:
                     torch.cuda.empty_cache()
@@ -410,13 +479,40 @@ def _count_host_syncs():
     return counts, lambda: [u() for u in undo]
 
 
+def _sync_window(acc, batches, updates) -> dict:
+    """Synchronizations seen while ``acc`` takes ``updates`` batches, three ways (see :func:`sync`)."""
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    counts, undo = _count_host_syncs()
+    events: dict = {}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    for i in range(updates):
+                        acc.update(batches[i % len(batches)])
+                for evt in prof.events():
+                    if any(key in evt.name for key in _SYNC_EVENTS):
+                        events[evt.name] = events.get(evt.name, 0) + 1
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        torch_syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+    finally:
+        undo()
+    profiled = sum(v for k, v in events.items() if "Synchronize" in k or k in ("cudaMemcpy", "cuMemcpyDtoH"))
+    return {"profiler": profiled, "python_calls": sum(counts.values()), "torch_sync_debug": torch_syncs,
+            "events": events, "counts": counts}
+
+
 def sync(ctx) -> dict:
     """Device synchronizations per Accumulator.update on uint8 CUDA batches (and float, for contrast)."""
     if ctx.dry:
         ctx.skip("sync", "needs a GPU: counts device synchronizations with the CUDA profiler")
         return {}
-    import warnings
-
     from gpustats import Accumulator
 
     result = {"cases": []}
@@ -431,36 +527,17 @@ def sync(ctx) -> dict:
             acc.update(b)
         torch.cuda.synchronize()
         updates = 20
-        counts, undo = _count_host_syncs()
-        events: dict = {}
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
-                try:
-                    from torch.profiler import ProfilerActivity, profile
-
-                    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                        for i in range(updates):
-                            acc.update(batches[i % len(batches)])
-                    for evt in prof.events():
-                        if any(key in evt.name for key in _SYNC_EVENTS):
-                            events[evt.name] = events.get(evt.name, 0) + 1
-                finally:
-                    torch.cuda.set_sync_debug_mode(0)
-            torch_syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
-        finally:
-            undo()
+        # the profiler itself synchronizes when it stops: count a window with no update and subtract
+        empty = _sync_window(acc, [], 0)
+        seen = _sync_window(acc, batches, updates)
         acc.state()
         # three views of the same thing (a sync seen by the profiler is usually also a counted call):
         # the profiler's synchronizing API calls, the counted Python entry points, torch's sync warnings
-        profiled = sum(v for k, v in events.items() if "Synchronize" in k or k in ("cudaMemcpy", "cuMemcpyDtoH"))
-        views = {"profiler": profiled / updates, "python_calls": sum(counts.values()) / updates,
-                 "torch_sync_debug": torch_syncs / updates}
+        views = {key: max(0, seen[key] - empty[key]) / updates for key in ("profiler", "python_calls", "torch_sync_debug")}
         result["cases"].append({"case": case, "updates": updates, "strategy": acc.strategy,
-                                "profiler_events": events, "host_sync_calls": counts,
-                                "torch_sync_warnings": torch_syncs, "syncs_per_update_by": views,
-                                "syncs_per_update": max(views.values())})
+                                "profiler_events": seen["events"], "host_sync_calls": seen["counts"],
+                                "without_updates": {k: empty[k] for k in ("profiler", "python_calls", "torch_sync_debug")},
+                                "syncs_per_update_by": views, "syncs_per_update": max(views.values())})
         ctx.save(result)
     return result
 

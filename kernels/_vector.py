@@ -4,13 +4,18 @@ On a GPU each function is one PTX instruction (numba ``intrinsic`` + inline PTX)
 simulator (``NUMBA_ENABLE_CUDASIM=1``) the same names are plain Python with the same results, so
 the ``vec`` kernels run in CI. Every value is a 32-bit word holding 4 bytes (little-endian).
 
-* ``load4(words, q)``: the 16 bytes ``words[4q : 4q + 4]`` as 4 words, one ``ld.global.nc.v4.u32``
-  (``words`` is a 1-D uint32 array whose data pointer is 16-byte aligned);
+* ``load4(src, q)``: the 16 bytes at ``src + 16 q`` as 4 words, one ``ld.global.nc.v4.u32``;
+  ``src`` is a 16-byte-aligned device address (an integer: kernels take the input's address, so a
+  launch marshals no array for it) or, under the simulator, a 1-D uint32 array;
+* ``load_u8(src, i)``, ``load_u16(src, i)``, ``load_u32(src, i)``: element ``i`` of that width at
+  ``src`` as a word (``ld.global.nc.u8/u16/u32``; the simulator: ``src[i]`` of such an array);
 * ``dp4a(a, b, c)``: ``c + sum of the 4 byte products of a and b`` (mod 2**32), ``dp4a.u32.u32``;
 * ``min16x2(a, b)`` / ``max16x2(a, b)``: min / max of the two 16-bit halves, ``min.u16x2`` /
   ``max.u16x2`` (one instruction on sm_90; byte-wise ``vmin4`` is emulated there with ~16);
 * ``even_bytes(w)`` / ``odd_bytes(w)``: bytes 0 and 2 / 1 and 3 of ``w`` as two 16-bit halves
   (``prmt``), so the halves functions above work on bytes;
+* ``load_cg(arr, i, j)``: ``arr[i, j]`` read from L2 (``ld.global.cg``), past any stale L1 line:
+  for data other blocks of the same launch wrote;
 * ``f32_bits(u)``: the float32 whose bits are ``u``; ``f16_bits(u)``: the float16 in the low 16
   bits of ``u``, widened to float32 (exact).
 
@@ -27,7 +32,7 @@ import numpy as np
 
 from ._common import simulator_enabled
 
-__all__ = ["load4", "dp4a", "min16x2", "max16x2", "even_bytes", "odd_bytes", "f32_bits", "f16_bits", "ONES"]
+__all__ = ["load4", "load_u8", "load_u16", "load_u32", "load_cg", "dp4a", "min16x2", "max16x2", "even_bytes", "odd_bytes", "f32_bits", "f16_bits", "ONES"]
 
 #: ``dp4a(w, ONES, acc)`` adds the four bytes of ``w`` to ``acc``
 ONES = 0x01010101
@@ -39,6 +44,18 @@ def _bytes(word):
 
 
 if simulator_enabled():  # ------------------------------------------------------------ simulator
+
+    def load_cg(arr, i, j):
+        return arr[i, j]
+
+    def load_u8(src, i):
+        return np.uint32(int(src[i]) & 0xFF)
+
+    def load_u16(src, i):
+        return np.uint32(int(src[i]) & 0xFFFF)
+
+    def load_u32(src, i):
+        return np.uint32(int(src[i]) & _MASK32)
 
     def load4(words, q):
         i = 4 * int(q)
@@ -74,35 +91,68 @@ if simulator_enabled():  # -----------------------------------------------------
 else:  # ---------------------------------------------------------------------------- real GPU
     from llvmlite import ir
     from numba import types
-    from numba.cuda import cgutils
     from numba.cuda.extending import intrinsic
 
     _I32 = ir.IntType(32)
 
+    from numba import cuda as _cuda
+    from numba import int64 as _int64
+
+    @_cuda.jit(device=True, forceinline=True)
+    def load_cg(arr, i, j):
+        return _cuda.ldcg(arr, (_int64(i), _int64(j)))
+
     def _u32(context, builder, value, ty):
         return context.cast(builder, value, ty, types.uint32)
 
+    _I64 = ir.IntType(64)
+
+    def _address(context, builder, src, src_type, index, index_type, scale):
+        """``src + scale * index`` as an i64 (``src``: an integer address or a 1-D array's data)."""
+        offset = builder.mul(context.cast(builder, index, index_type, types.int64), ir.Constant(_I64, scale))
+        if isinstance(src_type, types.Integer):
+            base = context.cast(builder, src, src_type, types.uint64)
+        else:
+            ary = context.make_array(src_type)(context, builder, value=src)
+            base = builder.ptrtoint(ary.data, _I64)
+        return builder.add(base, offset)
+
+    def _source(src):
+        return isinstance(src, types.Integer) or (
+            isinstance(src, types.Array) and src.ndim == 1 and src.dtype == types.uint32)
+
     @intrinsic
-    def load4(typingctx, words, q):
-        if not (isinstance(words, types.Array) and words.ndim == 1 and words.dtype == types.uint32):
-            return None
-        if not isinstance(q, types.Integer):
+    def load4(typingctx, src, q):
+        if not (_source(src) and isinstance(q, types.Integer)):
             return None
         result = types.UniTuple(types.uint32, 4)
 
         def codegen(context, builder, sig, args):
-            array_type, index_type = sig.args
-            array, index = args
-            ary = context.make_array(array_type)(context, builder, value=array)
-            first = builder.mul(context.cast(builder, index, index_type, types.int64), ir.Constant(ir.IntType(64), 4))
-            ptr = cgutils.get_item_pointer(context, builder, array_type, ary, [first], wraparound=False)
-            fnty = ir.FunctionType(ir.LiteralStructType([_I32] * 4), [ptr.type])
+            address = _address(context, builder, args[0], sig.args[0], args[1], sig.args[1], 16)
+            fnty = ir.FunctionType(ir.LiteralStructType([_I32] * 4), [_I64])
             asm = ir.InlineAsm(fnty, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l")
-            loaded = builder.call(asm, [ptr])
+            loaded = builder.call(asm, [address])
             values = [builder.extract_value(loaded, k) for k in range(4)]
             return context.make_tuple(builder, result, values)
 
-        return result(words, q), codegen
+        return result(src, q), codegen
+
+    def _load_scalar(nbytes):
+        def codegen(context, builder, sig, args):
+            address = _address(context, builder, args[0], sig.args[0], args[1], sig.args[1], nbytes)
+            asm = ir.InlineAsm(ir.FunctionType(_I32, [_I64]), f"ld.global.nc.u{8 * nbytes} $0, [$1];", "=r,l")
+            return builder.call(asm, [address])
+
+        def typer(typingctx, src, i):
+            if isinstance(src, types.Integer) and isinstance(i, types.Integer):
+                return types.uint32(src, i), codegen
+            return None
+
+        return intrinsic(typer)
+
+    load_u8 = _load_scalar(1)
+    load_u16 = _load_scalar(2)
+    load_u32 = _load_scalar(4)
 
     def _asm_codegen(text, operands):
         def codegen(context, builder, sig, values):

@@ -17,6 +17,9 @@ fsum, fsumsq    float64[C]      float input: sum of (x - shift[c]) and of its sq
 shift           float64[C]      per-channel reference, set by the caller before float input
 vmin, vmax      float64[C]      running min / max (start at +inf / -inf)
 hist            int64[C, 256]   optional, uint8 input: exact per-channel histogram
+itotals         int64[4, C]     count, nonfinite, isum, isumsq (the arrays above are its rows)
+ftotals         float64[5, C]   fsum, fsumsq, vmin, vmax, shift (likewise); a kernel that takes
+                                these two instead of nine arrays launches with less host work
 cross           [C, C]          optional co-moments at the same pixel: int64 sum x_i*x_j for
                                 integer input; float64 sum (x_i-shift_i)(x_j-shift_j) for
                                 float input. Only the upper triangle (i <= j) is accumulated;
@@ -57,10 +60,6 @@ def _synchronize(stream):
         cuda.synchronize()
 
 
-def _full(shape, value, dtype, stream):
-    return cuda.to_device(np.full(shape, value, dtype=dtype), stream=stream)
-
-
 class Accumulators:
     """Per-channel device totals; kernels add into them, ``to_host()`` reads them back."""
 
@@ -76,15 +75,12 @@ class Accumulators:
         self.stream = stream
         self._scratch_arrays: dict = {}
         c = self.channels
-        self.count = _zeros(c, np.int64, stream)
-        self.nonfinite = _zeros(c, np.int64, stream)
-        self.isum = _zeros(c, np.int64, stream)
-        self.isumsq = _zeros(c, np.int64, stream)
-        self.fsum = _zeros(c, np.float64, stream)
-        self.fsumsq = _zeros(c, np.float64, stream)
-        self.shift = _zeros(c, np.float64, stream)
-        self.vmin = _full(c, np.inf, np.float64, stream)
-        self.vmax = _full(c, -np.inf, np.float64, stream)
+        self.itotals = _zeros((4, c), np.int64, stream)
+        ftotals = np.zeros((5, c), np.float64)
+        ftotals[2], ftotals[3] = np.inf, -np.inf
+        self.ftotals = cuda.to_device(ftotals, stream=stream)
+        self.count, self.nonfinite, self.isum, self.isumsq = (self.itotals[k] for k in range(4))
+        self.fsum, self.fsumsq, self.vmin, self.vmax, self.shift = (self.ftotals[k] for k in range(5))
         # Kernels take every array; absent optional outputs are 1-element placeholders.
         self.hist = _zeros((c, HIST_BINS) if histogram else (1, 1), np.int64, stream)
         cross_dtype = np.int64 if integer else np.float64
@@ -106,12 +102,12 @@ class Accumulators:
 
     def reset(self) -> None:
         """Zero every total (keeping ``shift``); used after flushing integer sums to the host."""
-        c = self.channels
-        for name in ("count", "nonfinite", "isum", "isumsq", "fsum", "fsumsq", "hist", "cross"):
+        for name in ("itotals", "hist", "cross"):
             arr = getattr(self, name)
             arr.copy_to_device(np.zeros(arr.shape, dtype=arr.dtype), stream=self.stream)
-        self.vmin.copy_to_device(np.full(c, np.inf), stream=self.stream)
-        self.vmax.copy_to_device(np.full(c, -np.inf), stream=self.stream)
+        ftotals = np.zeros((4, self.channels), np.float64)
+        ftotals[2], ftotals[3] = np.inf, -np.inf
+        self.ftotals[:4].copy_to_device(ftotals, stream=self.stream)  # row 4, the shift, stays
 
     def per_image(self, images: int) -> "PerImage":
         """Zeroed per-image outputs for a launch over ``images`` images."""
@@ -133,19 +129,14 @@ class Accumulators:
         (float); hist and cross when they were asked for (cross mirrored to a full matrix).
         """
         _synchronize(self.stream)
-        out = {
-            "count": self.count.copy_to_host(),
-            "nonfinite": self.nonfinite.copy_to_host(),
-            "vmin": self.vmin.copy_to_host(),
-            "vmax": self.vmax.copy_to_host(),
-            "shift": self.shift.copy_to_host(),
-        }
+        itotals = self.itotals.copy_to_host()
+        ftotals = self.ftotals.copy_to_host()
+        out = {"count": itotals[0], "nonfinite": itotals[1], "vmin": ftotals[2], "vmax": ftotals[3],
+               "shift": ftotals[4]}
         if self.integer:
-            out["isum"] = self.isum.copy_to_host()
-            out["isumsq"] = self.isumsq.copy_to_host()
+            out["isum"], out["isumsq"] = itotals[2], itotals[3]
         else:
-            out["fsum"] = self.fsum.copy_to_host()
-            out["fsumsq"] = self.fsumsq.copy_to_host()
+            out["fsum"], out["fsumsq"] = ftotals[0], ftotals[1]
         if self.histogram:
             out["hist"] = self.hist.copy_to_host()
         if self.has_cross:

@@ -27,16 +27,19 @@ Two ways to walk the input, both needing a C-contiguous array with a 16-byte-ali
 Anything else (strided or misaligned views, NCHW rows whose length is not a multiple of the
 width, float64, uint8 NHWC with more than 4 channels) runs the ``tree`` kernels instead, with the
 same results. Blocks combine with the shared-memory tree of ``_common`` and store one row of
-partials each; ``tree``'s merge kernel adds them in block order, so float totals are bitwise
-reproducible for a fixed launch configuration. The grid fills the GPU once: the SM count times
-the resident blocks per SM of the compiled kernel (occupancy API). No histograms, co-moments or
-per-image sums (the CUDA backend routes those to ``atomic``).
+partials each; the last block to finish merges the rows in a fixed order into the totals
+(:func:`_make_finish`), so a call is one launch (the GPU measurements showed host launch work,
+not the kernel, dominating a call) and float totals are bitwise reproducible for a fixed launch
+configuration. The grid fills the GPU once: the SM count times the resident blocks per SM of the
+compiled kernel (occupancy API). No histograms, co-moments or per-image sums (the CUDA backend
+routes those to ``atomic``).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda, float64, int32, int64, uint32
@@ -57,7 +60,21 @@ from ._common import (
     simulator_enabled,
 )
 from ._thread import run_length, types_for
-from ._vector import ONES, dp4a, even_bytes, f16_bits, f32_bits, load4, max16x2, min16x2, odd_bytes
+from ._vector import (
+    ONES,
+    dp4a,
+    even_bytes,
+    f16_bits,
+    f32_bits,
+    load4,
+    load_u8,
+    load_u16,
+    load_u32,
+    load_cg,
+    max16x2,
+    min16x2,
+    odd_bytes,
+)
 
 NAME = "vec"
 SUPPORTS_SIMULATOR = True
@@ -87,6 +104,88 @@ def _advance(n, j, step_n, step_j, per_row):
     return n, j
 
 
+# ----------------------------------------------------------------------------- one launch
+
+
+#: an empty channel's min/max in the int64 partials of uint8 launches (float64 ones use inf)
+_EMPTY = 1 << 40
+
+
+@functools.lru_cache(maxsize=None)
+def _make_finish(channels, threads, integer):
+    """``finish(...)``: combine the block, store its partial row, and let the last block merge them all.
+
+    Every block stores one row of partials (``part[row, :]``: counts, sums, mins in three groups of
+    2C; int64 for uint8, float64 otherwise), then takes a ticket; the block that takes the last one
+    loads every row (``ld.global.cg``: from L2, not a stale L1 line) with a fixed assignment of rows
+    to threads, combines with the same fixed tree and adds the result into ``itotals``/``ftotals``.
+    One launch, no atomics on the totals, and the order of every addition is fixed by the launch
+    configuration, so float totals are bitwise reproducible. The last block resets the ticket.
+    """
+    C = channels
+    C2 = 2 * C
+    INTEGER = bool(integer)
+    block_totals = make_block_ops(threads)[2]
+
+    @device_function
+    def store(part, row, tally, bank, mins):
+        for k in range(C2):
+            part[row, k] = tally[k]
+            part[row, C2 + k] = bank[k]
+            if INTEGER:
+                part[row, 2 * C2 + k] = int64(mins[k]) if mins[k] != math.inf else _EMPTY
+            else:
+                part[row, 2 * C2 + k] = mins[k]
+
+    @device_function
+    def load_row(part, r, tally, bank, mins):
+        width = part.shape[1] // 3  # == C2; a run-time bound keeps the compiler from unrolling 3 x C2 loads
+        for k in range(width):
+            tally[k] += int64(load_cg(part, r, k))
+            bank[k] += load_cg(part, r, width + k)
+            m = load_cg(part, r, 2 * width + k)
+            if INTEGER:
+                mins[k] = min(mins[k], float64(m) if m != _EMPTY else math.inf)
+            else:
+                mins[k] = min(mins[k], m)
+
+    @device_function
+    def finish(tid, tally, bank, mins, sh_count, sh_sum, sh_ext, flag, part, counter, itotals, ftotals):
+        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
+        rows = cuda.gridDim.x * cuda.gridDim.y
+        if tid == 0:
+            store(part, cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x, tally, bank, mins)
+            cuda.threadfence()
+            flag[0] = 1 if cuda.atomic.add(counter, 0, 1) == rows - 1 else 0
+        cuda.syncthreads()
+        if flag[0] == 0:
+            return
+        for k in range(C2):
+            tally[k] = 0
+            bank[k] = 0
+            mins[k] = math.inf
+        r = tid
+        while r < rows:
+            load_row(part, r, tally, bank, mins)
+            r += cuda.blockDim.x
+        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
+        if tid == 0:
+            for c in range(C):
+                itotals[0, c] += tally[c]
+                itotals[1, c] += tally[C + c]
+                if INTEGER:
+                    itotals[2, c] += bank[c]
+                    itotals[3, c] += bank[C + c]
+                else:
+                    ftotals[0, c] += bank[c]
+                    ftotals[1, c] += bank[C + c]
+                ftotals[2, c] = min(ftotals[2, c], mins[c])
+                ftotals[3, c] = max(ftotals[3, c], -mins[C + c])
+            counter[0] = 0
+
+    return finish
+
+
 # ----------------------------------------------------------------------------- uint8
 
 
@@ -98,7 +197,7 @@ def _build_u8(mode, channels, threads):
     KM = 4 * K
     LIMIT = U8_FLUSH_VECTORS - 4
     SLOTS = SHARED_SLOTS
-    block_totals = make_block_ops(threads)[2]
+    finish = _make_finish(C, threads, True)
 
     @device_function
     def take(w, k, s, sq, mn, mx, ones_m, byte_m):
@@ -134,8 +233,7 @@ def _build_u8(mode, channels, threads):
             sq[g] = 0
 
     @cuda.jit
-    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total,
-               part_tally, part_sum, part_min):
+    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
         t = cuda.blockIdx.x * cuda.blockDim.x + tid
@@ -143,6 +241,7 @@ def _build_u8(mode, channels, threads):
         sh_count = cuda.shared.array(SLOTS, int64)
         sh_sum = cuda.shared.array(SLOTS, int64)
         sh_ext = cuda.shared.array(SLOTS, float64)
+        flag = cuda.shared.array(1, int32)
         s = cuda.local.array(K, uint32)
         sq = cuda.local.array(K, uint32)
         bank_s = cuda.local.array(K, int64)
@@ -220,7 +319,7 @@ def _build_u8(mode, channels, threads):
                 bank[C + ch] += bank_q[g]
         if t == 0 and c == 0:
             for i in range(tail_start, total):  # the scalar tail (NHWC only)
-                v = int64(bits[i]) & 0xFF
+                v = int64(load_u8(bits, i))
                 ch = i % C
                 tally[ch] += 1
                 bank[ch] += v
@@ -228,13 +327,7 @@ def _build_u8(mode, channels, threads):
                 mins[ch] = min(mins[ch], float64(v))
                 mins[C + ch] = min(mins[C + ch], -float64(v))
 
-        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
-        if tid == 0:
-            row = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
-            for k in range(C2):
-                part_tally[row, k] = tally[k]
-                part_sum[row, k] = bank[k]
-                part_min[row, k] = mins[k]
+        finish(tid, tally, bank, mins, sh_count, sh_sum, sh_ext, flag, part, counter, itotals, ftotals)
 
     return kernel
 
@@ -253,7 +346,7 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
     RUN = run
     PER_ROW_MODE = mode == "CP"
     SLOTS = SHARED_SLOTS
-    block_totals = make_block_ops(threads)[2]
+    finish = _make_finish(C, threads, not FLOAT)
     big = math.inf if FLOAT else 2**62
     if dtype_tag == "float16":
 
@@ -348,8 +441,7 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
             bad[j] = 0
 
     @cuda.jit
-    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, shift,
-               part_tally, part_sum, part_min):
+    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
         t = cuda.blockIdx.x * cuda.blockDim.x + tid
@@ -357,6 +449,7 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
         sh_count = cuda.shared.array(SLOTS, int64)
         sh_sum = cuda.shared.array(SLOTS, BT)
         sh_ext = cuda.shared.array(SLOTS, float64)
+        flag = cuda.shared.array(1, int32)
         chan = cuda.local.array(V, int32)
         hi = cuda.local.array(V, RT)
         lo = cuda.local.array(V, RT)
@@ -373,9 +466,9 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
             ch = c if PER_ROW_MODE else (phase + j) % C
             chan[j] = ch
             if FLOAT:
-                h = RT(shift[ch])
+                h = RT(ftotals[4, ch])
                 hi[j] = h
-                lo[j] = RT(shift[ch] - float64(h))
+                lo[j] = RT(ftotals[4, ch] - float64(h))
             else:
                 hi[j] = 0
                 lo[j] = 0
@@ -418,26 +511,20 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
             for i in range(tail_start, total):  # the scalar tail (NHWC only), float64 throughout
                 ch = i % C
                 if HALF:
-                    v = decode16(bits[i])
+                    v = decode16(load_u16(bits, i))
                 else:
-                    v = decode32(bits[i])
+                    v = decode32(load_u32(bits, i))
                 if FLOAT and not math.isfinite(v):
                     tally[C + ch] += 1
                 else:
-                    d = BT(v) - BT(shift[ch]) if FLOAT else BT(v)
+                    d = BT(v) - BT(ftotals[4, ch]) if FLOAT else BT(v)
                     tally[ch] += 1
                     bank[ch] += d
                     bank[C + ch] += d * d
                     mins[ch] = min(mins[ch], float64(v))
                     mins[C + ch] = min(mins[C + ch], -float64(v))
 
-        block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
-        if tid == 0:
-            row = cuda.blockIdx.y * cuda.gridDim.x + cuda.blockIdx.x
-            for k in range(C2):
-                part_tally[row, k] = tally[k]
-                part_sum[row, k] = bank[k]
-                part_min[row, k] = mins[k]
+        finish(tid, tally, bank, mins, sh_count, sh_sum, sh_ext, flag, part, counter, itotals, ftotals)
 
     return kernel
 
@@ -445,14 +532,44 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
 # ----------------------------------------------------------------------------- host side
 
 
+class _Input(NamedTuple):
+    """What the vec kernels need of an input: no numba array is built for it on a GPU."""
+
+    shape: tuple
+    strides: tuple
+    dtype: np.dtype
+    address: int
+
+
+def _describe(x) -> _Input | None:
+    """Shape, byte strides, dtype and device address of a numba device array or a
+    ``__cuda_array_interface__`` object (a torch CUDA tensor), read without a numba view (cheap)."""
+    if hasattr(x, "device_ctypes_pointer"):
+        return _Input(tuple(x.shape), tuple(x.strides), np.dtype(x.dtype), int(x.device_ctypes_pointer.value or 0))
+    cai = getattr(x, "__cuda_array_interface__", None)
+    if cai is None:
+        return None
+    dtype = np.dtype(cai["typestr"])
+    shape = tuple(int(n) for n in cai["shape"])
+    strides = cai.get("strides")
+    if strides is None:
+        strides, step = [], dtype.itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= n
+    return _Input(shape, tuple(int(v) for v in strides), dtype, int(cai["data"][0] or 0))
+
+
 def _address(x) -> int:
+    if isinstance(x, _Input):
+        return x.address
     if hasattr(x, "device_ctypes_pointer"):
         return int(x.device_ctypes_pointer.value or 0)
     return int(np.asarray(x).ctypes.data)  # simulated device array: host memory
 
 
 def _c_contiguous(x) -> bool:
-    expected = x.dtype.itemsize
+    expected = np.dtype(x.dtype).itemsize
     for size, stride in zip(reversed(x.shape), reversed(x.strides)):
         if size > 1 and stride != expected:
             return False
@@ -490,85 +607,69 @@ def plan(x, layout: str, dtype_tag: str):
 _GRID_CACHE: dict = {}
 
 
-def _resident_blocks(kernel, args, threads, grid_y) -> int:
-    """Blocks that fill the GPU once: SMs x resident blocks per SM of the compiled kernel."""
+def _resident_blocks(kernel, args, threads) -> int:
+    """Blocks that fill the GPU once: SMs x resident blocks per SM of the compiled kernel.
+
+    Asked of the occupancy API once per kernel (its argument types are fixed by its build).
+    """
     if simulator_enabled():
         return launch_config(10**9)[0]
-    device = _current_device_id()
-    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
-    key = (id(kernel), argtypes, threads, device)
+    key = (id(kernel), threads, _current_device_id())
     blocks = _GRID_CACHE.get(key)
     if blocks is None:
         try:
-            compiled = kernel.compile(argtypes)
+            compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
             blocks = int(compiled.max_cooperative_grid_blocks(threads))
         except Exception:  # occupancy API unavailable: the usual estimate
-            _, per_sm, sms = _device_limits(device)
+            _, per_sm, sms = _device_limits(_current_device_id())
             blocks = per_sm * sms
-        _GRID_CACHE[key] = blocks = max(grid_y, blocks)
+        _GRID_CACHE[key] = blocks = max(1, blocks)
     return blocks
 
 
 def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
            run=None):
-    """Add the statistics of ``x`` into ``acc`` with 16-byte loads (module docstring).
+    """Add the statistics of ``x`` into ``acc`` with 16-byte loads, in one launch (module docstring).
 
     ``run`` overrides the float run length (elements per thread lane between float64 flushes;
     tests use the production value under the simulator).
     """
     refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
-    x = as_device_array(x, stream)
-    channels = check_input(x, layout, dtype_tag, acc)
-    if int(x.shape[0]) * pixels_per_image(x, layout) == 0:
+    info = None if simulator_enabled() else _describe(x)
+    if info is None:  # host arrays (tests) and the simulator: a numba device array
+        x = as_device_array(x, stream)
+        info = None if simulator_enabled() else _describe(x)
+    channels = check_input(info or x, layout, dtype_tag, acc)
+    if int((info or x).shape[0]) * pixels_per_image(info or x, layout) == 0:
         return
-    how = plan(x, layout, dtype_tag)
+    how = plan(info or x, layout, dtype_tag)
     if how is None:
         tree.reduce(x, layout, dtype_tag, acc, stream=stream, launch=launch, run=run)
         return
     width = how["width"]
-    flat = x.reshape(how["total"])
-    bits = flat.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
-    words = bits[: how["vectors"] * width].view(np.uint32)
+    threads = launch_config(1, launch)[1] if launch is not None else launch_config(10**9)[1]
+    if info is not None:  # a GPU: the kernels load through the input's address
+        words = bits = info.address
+    else:  # the simulator: views of the array (its loads are Python indexing)
+        bits = x.reshape(how["total"]).view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
+        words = bits[: how["vectors"] * width].view(np.uint32)
     grid_y = channels if how["mode"] == "CP" else 1
     if dtype_tag == "uint8":
-        kernel = _build_u8(how["mode"], channels, _threads(launch))
-        extra = ()
+        kernel = _build_u8(how["mode"], channels, threads)
     else:
-        kernel = _build_wide(dtype_tag, how["mode"], channels, _threads(launch), max(2, run_length(dtype_tag, run)))
-        extra = (acc.shift,)
-    threads = _threads(launch)
-    # vectors each channel group walks; no more blocks than that needs
-    work = how["rows"] * how["per_row"]
-    bank_dtype = "int64" if is_integer(dtype_tag) else "float64"
-    probe_args = (words, bits, how["rows"], how["per_row"], how["rows_per_image"], how["tail_start"], how["total"],
-                  *extra)
+        kernel = _build_wide(dtype_tag, how["mode"], channels, threads, max(2, run_length(dtype_tag, run)))
+    part_dtype = "int64" if is_integer(dtype_tag) else "float64"
+    counter = acc.scratch("vec_counter", (1,), "int32")
+    args = (words, bits, how["rows"], how["per_row"], how["rows_per_image"], how["tail_start"], how["total"])
     if launch is not None:
         blocks_x = max(1, int(launch[0]))
     else:
-        blocks_x = max(1, _resident_blocks(kernel, probe_args + _placeholders(acc, bank_dtype, channels), threads,
-                                           grid_y) // grid_y)
-        blocks_x = min(blocks_x, max(1, -(-work // threads)))
+        probe = acc.scratch("vec_part", (1, 6 * channels), part_dtype)
+        blocks_x = max(1, _resident_blocks(kernel, args + (probe, counter, acc.itotals, acc.ftotals), threads)
+                       // grid_y)
+        blocks_x = min(blocks_x, max(1, -(-how["rows"] * how["per_row"] // threads)))
     if how["mode"] == "PC":  # the grid stride must cover whole pixels: phase fixed per thread
         step = channels // math.gcd(channels, threads * width)
         blocks_x = -(-blocks_x // step) * step
-    rows = blocks_x * grid_y
-    part_tally = acc.scratch("vec_tally", (rows, 2 * channels), "int64")
-    part_sum = acc.scratch("vec_sum", (rows, 2 * channels), bank_dtype)
-    part_min = acc.scratch("vec_min", (rows, 2 * channels), "float64")
-    kernel[(blocks_x, grid_y), threads, stream](*probe_args, part_tally, part_sum, part_min)
-    merge_kernel = tree._build(dtype_tag, layout, channels, threads)[1]
-    out_sum, out_sumsq = (acc.isum, acc.isumsq) if is_integer(dtype_tag) else (acc.fsum, acc.fsumsq)
-    merge_kernel[1, channels, stream](
-        rows, part_tally, part_sum, part_min, acc.count, acc.nonfinite, out_sum, out_sumsq, acc.vmin, acc.vmax
-    )
-
-
-def _threads(launch) -> int:
-    return launch_config(1, launch)[1] if launch is not None else launch_config(10**9)[1]
-
-
-def _placeholders(acc, bank_dtype, channels):
-    """Partial arrays of the right types for compiling before the grid size is known."""
-    return (acc.scratch("vec_probe_tally", (1, 2 * channels), "int64"),
-            acc.scratch("vec_probe_sum", (1, 2 * channels), bank_dtype),
-            acc.scratch("vec_probe_min", (1, 2 * channels), "float64"))
+    part = acc.scratch("vec_part", (blocks_x * grid_y, 6 * channels), part_dtype)
+    kernel[(blocks_x, grid_y), threads, stream](*args, part, counter, acc.itotals, acc.ftotals)

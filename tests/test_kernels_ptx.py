@@ -87,14 +87,14 @@ def kernels(strategy: str, dtype: str, layout: str, channels: int):
         return [(tag + "-partial", part, (x, F1, I2, F2, F2)),
                 (tag + "-merge", merge, (types.int64, I2, F2, F2, I1, I1, F1, F1, F1, F1))]
     if strategy == "vec":
-        words, count = types.Array(types.uint32, 1, "C"), types.int64
-        bits = types.Array({"uint8": types.uint8, "float32": types.uint32}.get(dtype, types.uint16), 1, "C")
-        head = (words, bits, count, count, count, count, count)
+        address, count = types.int64, types.int64  # on a GPU the kernels load through the input's address
+        head = (address, address, count, count, count, count, count)
         tag = f"{tag}-{'CP' if layout == 'CP' else 'PC'}"
+        tail = (types.int32[:], I2, F2)  # ticket counter, itotals, ftotals
         if dtype == "uint8":
-            return [(tag, vec._build_u8(layout, channels, THREADS), head + (I2, I2, F2))]
-        wide = vec._build_wide(dtype, layout, channels, THREADS, 256)
-        return [(tag, wide, head + (F1, I2, _bank(dtype)[1], F2))]
+            return [(tag, vec._build_u8(layout, channels, THREADS), head + (I2,) + tail)]
+        part = I2 if dtype == "uint16" else F2
+        return [(tag, vec._build_wide(dtype, layout, channels, THREADS, 256), head + (part,) + tail)]
     if strategy == "hist8":
         hist, finish = hist8._build(layout, channels, THREADS)
         return [(tag + "-hist", hist, (x, I2)),
