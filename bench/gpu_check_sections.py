@@ -62,7 +62,8 @@ def _timer(ctx, fn, repeats=REPEATS, warmup=3) -> Timing:
 
 def machine(ctx) -> dict:
     info = machine_info("cpu" if ctx.dry else "cuda")
-    info["commit"] = info.get("commit") or os.environ.get("GPUSTATS_COMMIT")
+    # the caller knows which tree it copied (a copied .git can point elsewhere): GPUSTATS_COMMIT wins
+    info["commit"] = os.environ.get("GPUSTATS_COMMIT") or info.get("commit")
     info["simulator"] = ctx.dry
     info["torch_cuda_available"] = torch.cuda.is_available()
     try:

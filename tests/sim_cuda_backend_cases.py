@@ -25,12 +25,18 @@ SIM_STRATEGIES = list(K.SIMULATOR_STRATEGIES)
 def spy(monkeypatch):
     """Counts calls of every strategy's reduce: proves the kernel path ran (not a CPU fallback)."""
     calls = {}
+    depth = [0]  # only the backend's own calls count, not a strategy's fallback to another one
     for name, module in K.STRATEGIES.items():
         original = module.reduce
 
         def counting(*args, _original=original, _name=name, **kwargs):
-            calls[_name] = calls.get(_name, 0) + 1
-            return _original(*args, **kwargs)
+            if depth[0] == 0:
+                calls[_name] = calls.get(_name, 0) + 1
+            depth[0] += 1
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                depth[0] -= 1
 
         monkeypatch.setattr(module, "reduce", counting)
     return calls
@@ -59,7 +65,9 @@ def test_uint8_bitwise_identical_to_cpu_and_kernels_ran(strategy, layout, spy):
     assert gpu == cpu  # ChannelStats equality is bitwise on every field
     assert acc._reducer.name == "cuda" and acc._reducer.kernel_launches == len(batches)
     assert acc._reducer.fallback_batches == 0
-    expected = "hist8" if strategy == "auto" else strategy
+    from gpustats.backends.cuda import AUTO_STRATEGY
+
+    expected = AUTO_STRATEGY["uint8"] if strategy == "auto" else strategy
     assert spy.get(expected, 0) == len(batches) and acc.strategy == expected
 
 
@@ -142,6 +150,30 @@ def test_state_can_be_read_mid_stream_and_reset():
     assert acc.state() == cpu and first != cpu
     acc.reset()
     assert acc.state().is_empty
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+def test_variable_size_images_are_one_launch_per_batch(layout, spy):
+    """A list of images of different sizes is joined on the device and reduced in one launch."""
+    g = torch.Generator().manual_seed(11)
+    sizes = [(5, 7), (3, 4), (6, 2), (1, 1)]
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
+    if layout == "HWC":
+        images = [im.permute(1, 2, 0).contiguous() for im in images]
+    batches = [images, images[:2]]
+    acc, gpu = _state(batches, "cuda", layout=layout)
+    _, cpu = _state(batches, "cpu", layout=layout)
+    assert gpu == cpu  # bitwise, as for any uint8 split
+    assert acc._reducer.kernel_launches == len(batches) and sum(spy.values()) == len(batches)
+    acc, with_images = _state(batches, "cuda", layout=layout, per_image=True)  # images kept apart
+    assert with_images == _state(batches, "cpu", layout=layout, per_image=True)[1]
+
+
+def test_explicit_strategy_without_histograms_is_refused_for_them():
+    from gpustats import InputError
+
+    with pytest.raises(InputError, match="cannot compute histograms"):
+        Accumulator(device="cuda", strategy="vec", histogram=True).update(torch.zeros(1, 3, 5, 5, dtype=torch.uint8))
 
 
 def test_warp_strategy_is_refused_clearly_under_the_simulator():

@@ -10,8 +10,11 @@
 * Under numba's simulator (``NUMBA_ENABLE_CUDASIM=1``, no GPU) CPU tensors are staged as numpy
   arrays into simulated device arrays, so the real kernels run in CI on tiny inputs.
 
-What runs where (strategy ``"auto"``): uint8 -> ``hist8`` (``atomic`` when co-moments or
-per-image sums are asked for), uint16 -> ``atomic``, floats -> ``tree`` (bitwise reproducible).
+What runs where (strategy ``"auto"``, :data:`AUTO_STRATEGY`): ``vec`` for uint8, float16, bfloat16
+and float32 (measured fastest on an H200), ``hist8`` when uint8 histograms are asked for, ``atomic``
+when co-moments or per-image sums are; uint16 -> ``atomic`` and float64 -> ``tree`` (not measured).
+A batch of several variable-size images (``Chunk`` parts) is joined into one strip on the device
+and reduced in one launch, unless per-image sums need the images apart.
 Requests the kernels do not cover -- int8/int16 data, histograms of non-uint8 data,
 ``nan_policy="propagate"`` on float data -- are reduced by the CPU backend for that batch and
 counted in ``fallback_batches`` (``kernel_launches`` counts the kernel path).
@@ -38,12 +41,16 @@ __all__ = ["CudaReducer"]
 _KERNEL_DTYPES = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
-#: strategy="auto" per dtype (co-moments and per-image sums always use "atomic").
-#: PROVISIONAL: chosen from the kernels' design, not yet from measurements -- no GPU run is in
-#: bench/results/ yet. Refill from the first `pytest bench/bench_kernels.py` run on a GPU
-#: (fastest median per dtype at >= 256 MiB) and name that results file here.
-AUTO_STRATEGY = {"uint8": "hist8", "uint16": "atomic", "float16": "tree", "bfloat16": "tree",
-                 "float32": "tree", "float64": "tree"}
+#: strategy="auto" per dtype for moments (histograms: hist8; co-moments, per-image sums: atomic).
+#: Measured: bench/results/h200-2026-11-27-gpu_check.json (NVIDIA H200, commit 22c3409): vec is
+#: the fastest per call in both layouts at 8 MiB, 256 MiB and 1 GiB for uint8, float16, bfloat16
+#: and float32 (except bfloat16 NHWC at 8 MiB, where warp is 1.0x), e.g. uint8 NCHW 1 GiB: vec
+#: 2785 GB/s per call vs hist8 934, warp 542. Not measured: uint16 and float64 (design choices).
+AUTO_STRATEGY = {"uint8": "vec", "uint16": "atomic", "float16": "vec", "bfloat16": "vec",
+                 "float32": "vec", "float64": "tree"}
+#: strategy="auto" for uint8 with histograms: hist8 (kernel 0.26-0.34 of the roofline at 1 GiB,
+#: vs atomic 0.11-0.14, same results file)
+AUTO_HISTOGRAM_STRATEGY = "hist8"
 
 
 def _load_kernels():
@@ -112,6 +119,8 @@ class CudaReducer(Reducer):
         if not integer and opts.nan_policy == "raise":
             self._raise_on_nonfinite(chunk, batch_index)  # before touching any state
         strategy = self._pick_strategy(chunk)
+        if len(chunk.parts) > 1 and not opts.per_image:
+            chunk = self._joined(chunk)  # variable-size images: one launch per batch, not one per size
         histogram = bool(opts.histogram and chunk.dtype == "uint8")
         key = (chunk.dtype, chunk.channels, float(scale), histogram, bool(opts.covariance))
         if self._acc is not None and (key != self._key or self._since_flush + chunk.elements > self._k.max_elements_before_flush(chunk.dtype)):
@@ -157,15 +166,35 @@ class CudaReducer(Reducer):
         opts = self.options
         needs = "per_image" if opts.per_image else ("cross" if opts.covariance else None)
         if self._requested == "auto":
-            return "atomic" if needs else AUTO_STRATEGY[chunk.dtype]
+            if needs:
+                return "atomic"
+            if opts.histogram and chunk.dtype == "uint8":
+                return AUTO_HISTOGRAM_STRATEGY
+            return AUTO_STRATEGY[chunk.dtype]
         name = self._requested
         if needs and not self._k.strategy_supports(name, needs):
             raise InputError(f"strategy={name!r} cannot compute {needs.replace('cross', 'covariance')}; "
                              "use strategy='atomic' or 'auto'")
+        if opts.histogram and chunk.dtype == "uint8" and not self._k.strategy_supports(name, "histogram"):
+            raise InputError(f"strategy={name!r} cannot compute histograms; use strategy='hist8', 'atomic' or 'auto'")
         if name == "hist8" and chunk.dtype != "uint8":
             raise InputError(f"strategy='hist8' reduces uint8 data only (batch {self.batches} is {chunk.dtype}); "
                              "use strategy='auto'")
         return name
+
+    @staticmethod
+    def _joined(chunk: Chunk) -> Chunk:
+        """The chunk's parts (images of different sizes) as one strip ``[1, C, sum L]`` / ``[1, sum L, C]``.
+
+        Statistics without per-image sums do not care where a pixel sits, so the parts are joined on
+        their own device (one copy, cheap beside a kernel launch per part) and reduced in one launch.
+        """
+        parts = [p.detach() for p in chunk.parts]
+        if chunk.layout == "PC":
+            joined = torch.cat([p.reshape(1, -1, chunk.channels) for p in parts], dim=1)
+        else:
+            joined = torch.cat([p.transpose(0, 1).reshape(chunk.channels, -1) for p in parts], dim=1)[None]
+        return Chunk((joined,), chunk.layout, chunk.dtype, chunk.channels)
 
     def _update_on_cpu(self, chunk: Chunk, scale: float, batch_index: int) -> None:
         if self._cpu is None:
