@@ -47,6 +47,8 @@ from .stats import FLOAT_DTYPES, INTEGER_DTYPES, ChannelStats, StatsError
 
 __all__ = [
     "all_reduce_stats",
+    "agree_on_failure",
+    "gather_run_totals",
     "init_from_env",
     "shutdown",
     "rank_and_world",
@@ -272,6 +274,30 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None) 
     dist.init_process_group(**kwargs)
     _created_group = True
     return rank_and_world()
+
+
+def agree_on_failure(failure: BaseException | None, error: type[Exception] = StatsError) -> None:
+    """Every rank learns whether any rank failed (a collective), so none waits forever in a merge.
+
+    The failing rank re-raises its own error; the others raise ``error`` naming that rank and its error.
+    """
+    statuses = all_gather_json(None if failure is None else str(failure))
+    if failure is not None:
+        raise failure
+    for rank, message in enumerate(statuses):
+        if message is not None:
+            raise error(f"rank {rank} failed: {message}")
+
+
+def gather_run_totals(images: int, nbytes: int, bad_files: list, elapsed: float):
+    """A folder run's totals over ranks: ``(images, bytes, bad files in list order, slowest elapsed)``.
+
+    ``bad_files``: ``(position in the full file list, {path, reason})`` pairs of this rank.
+    """
+    gathered = all_gather_json([images, nbytes, [list(b) for b in bad_files], elapsed])
+    ordered = sorted((b for _, _, rank_bad, _ in gathered for b in rank_bad), key=lambda item: item[0])
+    bad = [b for _, b in ordered]  # in file-list order, as a single process lists them
+    return (sum(g[0] for g in gathered), sum(g[1] for g in gathered), bad, max(g[3] for g in gathered))
 
 
 def shutdown() -> None:

@@ -22,44 +22,8 @@ without cancellation when the data has a large offset). A file that cannot be de
 with ``n_i = 0``: it is part of the population and contributes no pixels, which the ratio estimator
 below handles exactly.
 
-Estimators and their intervals (what the module computes, and why)
--------------------------------------------------------------------
-The target is the *pixel-weighted* population statistic that :func:`gpustats.compute_stats`
-returns (mean over all pixels, population std with ddof=0). With images of different sizes the
-sample mean is a **ratio estimator** ``R = sum s_i / sum n_i`` of two totals, and its variance
-is the linearization (first-order Taylor) variance of Cochran, *Sampling Techniques*, 3rd ed.
-(Wiley, 1977), §6.3–6.4 (eq. 6.9 with x̄ estimated by the sample mean, eq. 6.13)::
-
-    d_i = s_i - R n_i
-    V(R) = (1 - k/N) / (k * nbar^2) * sum d_i^2 / (k - 1),        nbar = sum n_i / k
-
-For the std we use the **delta method** on the two ratio estimators ``R_1 = sum s_i / sum n_i``
-and ``R_2 = sum q_i / sum n_i`` with ``sigma = g(R_1, R_2) = sqrt(R_2 - R_1^2)`` (Taylor
-linearization of a smooth function of estimated totals: Särndal, Swensson & Wretman, *Model
-Assisted Survey Sampling*, Springer 1992, §5.5–5.7; Cochran §6.4 for the ratio pieces). Its
-linearized variable simplifies to a ratio residual of the within-sample centred squares::
-
-    u_i = m2_i + n_i (s_i/n_i - R_1)^2          (sum over image i of (x - R_1)^2)
-    e_i = (u_i - sigma^2 n_i) / (2 sigma)
-    V(sigma) = (1 - k/N) / (k * nbar^2) * sum e_i^2 / (k - 1)
-
-The delta method was chosen over a bootstrap over per-image sufficient statistics because it is
-closed-form, O(k) per check (the check runs after every batch) and deterministic; a bootstrap
-would cost B recomputations per batch and add Monte-Carlo noise to the stopping decision. Both
-are first-order equivalent for smooth statistics (Shao & Tu, *The Jackknife and Bootstrap*,
-1995, §3). The coverage of both intervals is checked by ``tests/test_sampling.py`` on
-heterogeneous populations with mixed image sizes.
-
-Intervals are ``estimate ± z * sqrt(V)`` with ``z = NormalDist().inv_cdf((1 + confidence) / 2)``
-(normal approximation; hence ``min_images``, default 30, before any stop is allowed). The
-**finite-population correction** ``1 - k/N`` is applied whenever the population size ``N`` is
-known (map-style datasets, file lists); an exhausted population gives half-widths exactly 0.
-
-Stopping as soon as the half-width is below ``tolerance`` is the fixed-width sequential interval
-of Chow & Robbins, "On the asymptotic theory of fixed-width sequential confidence intervals for
-the mean", *Ann. Math. Statist.* 36 (1965) 457–462: its coverage tends to the nominal level as the
-tolerance shrinks. With a loose tolerance (stops near ``min_images``) it can be a little below
-nominal; the tests measure it.
+Estimators and intervals: :mod:`gpustats.intervals` (ratio estimator, delta method,
+finite-population correction, fixed-width sequential stopping; with references).
 
 Where the data comes from
 -------------------------
@@ -93,189 +57,20 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from statistics import NormalDist
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .batches import BatchAdapter, Chunk, InputError
+from .intervals import STOP_REASONS, SampledStats, _frozen, ratio_intervals
 from .stats import INTEGER_DTYPES
 
-__all__ = ["SampleSpec", "SampledStats", "estimate_stats", "format_sampled", "ratio_intervals", "sample_for_compute_stats",
+__all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
            "STOP_REASONS"]
-
-#: Values of :attr:`SampledStats.stopped_because`.
-STOP_REASONS = ("tolerance", "max_images", "exhausted")
 
 #: Default number of images that must be seen before the tolerance may stop the run.
 DEFAULT_MIN_IMAGES = 30
-
-# ============================================================================ the estimator
-
-
-def _z(confidence: float) -> float:
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
-
-
-def _t_quantile(confidence: float, df: float) -> float:
-    """Two-sided Student-t quantile from the normal one (Cornish-Fisher expansion of Hill, 1970,
-    Comm. ACM 13:617; Abramowitz & Stegun 26.7.5): within 1e-4 of the exact value for df >= 5."""
-    z = _z(confidence)
-    if not math.isfinite(df):
-        return z
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
-
-
-def ratio_intervals(
-    count: np.ndarray,
-    total: np.ndarray,
-    m2: np.ndarray,
-    *,
-    population_size: int | None = None,
-    confidence: float = 0.95,
-) -> dict[str, np.ndarray]:
-    """Point estimates and standard errors from per-unit sufficient statistics.
-
-    ``count`` [k] pixels per unit (0 for a unit without pixels), ``total`` [k, C] sums, ``m2``
-    [k, C] within-unit centred sums of squares, for a simple random sample (without
-    replacement) of ``k`` units out of ``population_size`` (``None``: unknown, no finite-population
-    correction). Returns ``mean``, ``std``, ``se_mean``, ``se_std`` and ``half_mean``,
-    ``half_std`` (``z * se``), all [C] float64. See the module docstring for the formulas.
-
-    >>> r = ratio_intervals(np.array([4.0, 4.0]), np.array([[2.0], [2.0]]), np.array([[1.0], [1.0]]))
-    >>> float(r["mean"][0]), float(r["std"][0]), float(r["se_mean"][0])
-    (0.5, 0.5, 0.0)
-    """
-    count = np.asarray(count, dtype=np.float64)
-    total = np.asarray(total, dtype=np.float64)
-    m2 = np.asarray(m2, dtype=np.float64)
-    k = count.shape[0]
-    pixels = count.sum()
-    if k == 0 or pixels == 0:
-        raise InputError("no pixels were sampled: every visited image was empty or bad")
-    n_col = count[:, None]
-    mean = total.sum(axis=0) / pixels
-    d = total - mean * n_col  # = n_i (mean_i - R)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        between = np.where(n_col > 0, d * d / np.where(n_col > 0, n_col, 1.0), 0.0)
-    u = m2 + between  # sum over unit i of (x - R)^2
-    if population_size is not None and population_size > 0:
-        fpc = max(0.0, 1.0 - k / float(population_size))
-    else:
-        fpc = 1.0
-    nbar = pixels / k
-    plain_var = np.maximum(u.sum(axis=0) / pixels, 0.0)
-    if k > 1:
-        scale = fpc / (k * (k - 1) * nbar * nbar)
-        var_mean = scale * (d * d).sum(axis=0)
-        # Centring at the estimated mean R instead of the true one loses sum n_i (R - mean)^2 ~
-        # pixels * V(R): add V(R) back (the k/(k-1) of the plain variance; 0 once exhausted).
-        var = plain_var + var_mean
-        e = u - var * n_col
-        se_var = np.sqrt(scale * (e * e).sum(axis=0))
-        se_mean = np.sqrt(var_mean)
-    else:
-        var = plain_var
-        se_mean = se_var = np.full(mean.shape, 0.0 if fpc == 0.0 else np.inf)
-    std = np.sqrt(var)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        se_std = np.where(std > 0, se_var / (2.0 * np.where(std > 0, std, 1.0)), 0.0 if fpc == 0.0 else se_var)
-    # sigma == 0 means every sampled pixel equals the mean: e_i == 0, so se_var is 0 too.
-    z = _t_quantile(confidence, k - 1) if k > 1 else _z(confidence)
-    return {"mean": mean, "std": std, "se_mean": se_mean, "se_std": se_std,
-            "half_mean": z * se_mean, "half_std": z * se_std}
-
-
-# ============================================================================ the result
-
-
-def _frozen(arr: Any) -> np.ndarray:
-    out = np.array(arr, dtype=np.float64, copy=True).reshape(-1)
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False, repr=False)
-class SampledStats:
-    """Per-channel mean/std *estimated* from a random subset of images, with confidence intervals.
-
-    ``mean``/``std`` [C] (pixel-weighted, ddof=0, on ``scale``); ``mean_ci``/``std_ci``: ``(lower,
-    upper)`` arrays; ``half_widths``: ``{"mean": [C], "std": [C]}``; ``images_used``: images that
-    contributed pixels; ``units_visited``: dataset items / files visited (bad files included);
-    ``population_size``: ``N`` when known; ``stopped_because``: one of :data:`STOP_REASONS`;
-    ``is_estimate``: False only when the whole population was visited (then the values are exact
-    and the half-widths 0). ``bad_files``: ``(path, reason)`` of undecodable files visited.
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-    mean_ci: tuple[np.ndarray, np.ndarray]
-    std_ci: tuple[np.ndarray, np.ndarray]
-    half_widths: dict[str, np.ndarray]
-    images_used: int
-    units_visited: int
-    pixels_used: int
-    population_size: int | None
-    stopped_because: str
-    confidence: float
-    tolerance: float
-    is_estimate: bool
-    scale: float
-    seed: int
-    elapsed_s: float = 0.0
-    bad_files: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def channels(self) -> int:
-        return int(self.mean.shape[0])
-
-    @property
-    def images_per_second(self) -> float:
-        return self.units_visited / self.elapsed_s if self.elapsed_s > 0 else float("nan")
-
-    def normalize_args(self) -> tuple[list[float], list[float]]:
-        """``(mean, std)`` as plain lists, ready for ``transforms.Normalize(mean, std)``."""
-        return [float(v) for v in self.mean], [float(v) for v in self.std]
-
-    def describe(self) -> str:
-        """One line saying what kind of number this is."""
-        if not self.is_estimate:
-            return f"EXACT: all {self.units_visited} images of the population were visited"
-        of = f" of {self.population_size}" if self.population_size is not None else ""
-        why = {"tolerance": f"every half-width <= {self.tolerance:g}",
-               "max_images": "max_images reached (the tolerance may not be met)"}.get(self.stopped_because, self.stopped_because)
-        return (f"ESTIMATE from a random subset of {self.units_visited}{of} images (seed {self.seed}); "
-                f"{self.confidence:.0%} confidence intervals; stopped: {why}")
-
-    def to_dict(self) -> dict:
-        """Plain-JSON summary (the CLI's JSON output)."""
-        return {
-            "is_estimate": self.is_estimate,
-            "mean": self.mean.tolist(), "std": self.std.tolist(),
-            "mean_ci": [self.mean_ci[0].tolist(), self.mean_ci[1].tolist()],
-            "std_ci": [self.std_ci[0].tolist(), self.std_ci[1].tolist()],
-            "half_widths": {k: v.tolist() for k, v in self.half_widths.items()},
-            "confidence": self.confidence, "tolerance": self.tolerance,
-            "images_used": self.images_used, "units_visited": self.units_visited,
-            "pixels_used": self.pixels_used, "population_size": self.population_size,
-            "stopped_because": self.stopped_because, "seed": self.seed, "scale": self.scale,
-            "elapsed_s": self.elapsed_s,
-            "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
-            "note": self.describe(),
-        }
-
-    def __repr__(self) -> str:
-        def fmt(values: np.ndarray, half: np.ndarray) -> str:
-            return "[" + ", ".join(f"{v:.4f} ± {h:.4f}" for v, h in zip(values, half)) + "]"
-
-        return (f"SampledStats({self.describe()}\n"
-                f"  mean={fmt(self.mean, self.half_widths['mean'])},\n"
-                f"  std={fmt(self.std, self.half_widths['std'])})")
 
 
 # ============================================================================ per-unit sums
@@ -473,7 +268,7 @@ class _Reducer:
             raise InputError(f"item {index} is {chunk.dtype} but earlier items were {self.dtype}; "
                              "convert every image to one dtype")
         if self.scale is None:
-            from .api import default_scale  # one rule for "auto", stated in api.py
+            from .options import default_scale  # one rule for "auto", stated in options.py
 
             self.scale = default_scale(chunk.dtype) if self.scale_arg == "auto" else float(self.scale_arg)
             self.dtype = chunk.dtype
@@ -680,71 +475,23 @@ def estimate_stats(
     )
 
 
-def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = None, layout: str | None = None,
-                             channels: int | None = None, key: str | None = None, scale: Any = "auto",
-                             **unsupported: Any) -> SampledStats:
+def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = None, options: Any = None,
+                             ddof: int = 0, progress: bool = False, distributed: Any = "auto") -> SampledStats:
     """``compute_stats(loader, sample=SampleSpec(...))``: estimate mean/std instead of the exact pass.
 
-    ``unsupported``: compute_stats options that sampling does not provide; any non-default one
-    raises (histograms, covariance and per-image statistics need every pixel).
+    ``options``: the call's :class:`~gpustats.options.StatsOptions`; sampling reads ``layout``,
+    ``channels``, ``key`` and ``scale``, and any other changed option raises (histograms,
+    covariance and per-image statistics need every pixel), as do ``ddof=1`` and ``distributed``.
     """
+    from .options import StatsOptions
+
     if not isinstance(sample, SampleSpec):
         raise TypeError(f"sample must be a gpustats.sampling.SampleSpec, got {type(sample).__name__}")
-    defaults = {"ddof": 0, "nan_policy": "raise", "histogram": False, "hist_bins": None, "hist_range": None,
-                "clip": False, "covariance": False, "per_image": False, "strategy": "auto", "progress": False,
-                "distributed": "auto"}
-    asked = sorted(k for k, v in unsupported.items() if k in defaults and v != defaults[k] and k != "progress")
+    options = options if options is not None else StatsOptions()
+    asked = sorted(set(options.changed()) - {"layout", "channels", "key", "scale"})
+    asked += (["ddof"] if ddof != 0 else []) + (["distributed"] if distributed not in ("auto", False, None) else [])
     if asked:
         raise InputError(f"sample= estimates mean and std only; {', '.join(asked)} need(s) the exact pass "
                          "(drop sample=, or drop these options)")
-    return sample.run(loader, device=device, layout=layout, channels=channels, key=key, scale=scale,
-                      progress=bool(unsupported.get("progress", False)))
-
-
-# ============================================================================ reports (CLI)
-
-#: JSON schema name of :func:`format_sampled`'s ``"json"`` output.
-SAMPLE_JSON_SCHEMA = "gpustats.sample/1"
-
-
-def format_sampled(result: SampledStats, fmt: str = "table", channels: Sequence[str] | None = None) -> str:
-    """The report of a sampled run: ``"table"``, ``"json"`` (schema ``gpustats.sample/1``) or ``"python"``.
-
-    Every format says that the numbers are an estimate (or exact, when the population was exhausted).
-    """
-    names = list(channels) if channels is not None else [f"c{i}" for i in range(result.channels)]
-    mean, std = result.normalize_args()
-    pct = f"{result.confidence:.0%}"
-    if fmt == "json":
-        import json
-
-        doc = {"schema": SAMPLE_JSON_SCHEMA, "channels": names, **result.to_dict(),
-               "normalize": {"mean": mean, "std": std}}
-        return json.dumps(doc, indent=2, allow_nan=False)
-    comment = (f"# ESTIMATE: ± {max(np.max(result.half_widths['mean']), np.max(result.half_widths['std'])):.2g} "
-               f"at {pct} confidence from {result.units_visited} images" if result.is_estimate
-               else f"# exact: all {result.units_visited} images")
-    python = (f"transforms.Normalize(mean=[{', '.join(repr(v) for v in mean)}], "
-              f"std=[{', '.join(repr(v) for v in std)}])  {comment}")
-    if fmt == "python":
-        return python
-    if fmt != "table":
-        raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
-
-    def row(label: str, values: Iterable[float]) -> str:
-        return f"  {label:<18}" + "".join(f"{v:>10.6f}" for v in values)
-
-    lines = [result.describe(), "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
-    for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
-        lines += [row(what, est), row(f"  ± ({pct})", result.half_widths[what]),
-                  row(f"  {pct} CI low", ci[0]), row(f"  {pct} CI high", ci[1])]
-    of = f" of {result.population_size}" if result.population_size is not None else ""
-    share = (f" ({result.units_visited / result.population_size:.1%})"
-             if result.population_size else "")
-    lines.append(f"images used: {result.images_used}{of}{share}, {result.pixels_used:,} pixels per channel; "
-                 f"{result.images_per_second:.1f} images/s, {result.elapsed_s:.1f} s")
-    if result.bad_files:
-        lines.append(f"bad files ({len(result.bad_files)}, skipped, not counted):")
-        lines += [f"  {path}: {reason}" for path, reason in result.bad_files]
-    lines += ["", python]
-    return "\n".join(lines)
+    return sample.run(loader, device=device, layout=options.layout, channels=options.channels, key=options.key,
+                      scale=options.scale, progress=bool(progress))

@@ -485,6 +485,16 @@ def test_block_shared_memory_is_one_array_per_block():
         assert out.tolist() == [528, 528]  # 1 + 2 + ... + 32
 
 
+@pytest.mark.parametrize("name", ["gpustats.kernels", "gpustats.kernels.accumulators", "gpustats.kernels._vector"])
+def test_kernel_docstring_examples(name):
+    """The kernels' docstring examples, which need a GPU or the simulator (tests/test_doctests.py skips them)."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, (name, result)
+
+
 def test_registry_and_unsupported_requests_are_clear():
     assert set(K.STRATEGIES) == {"atomic", "tree", "warp", "welford", "hist8", "vec"}
     assert "warp" not in K.SIMULATOR_STRATEGIES

@@ -197,7 +197,7 @@ def test_ambiguous_last_batch_reuses_the_first_batches_layout():
     ([np.zeros((2, 3, 5, 5), np.int64)], "unsupported dtype int64"),
     ([np.zeros((2, 3, 5, 5), bool)], "unsupported numpy dtype bool"),
     ([np.zeros((2, 7, 7, 7), np.uint8)], "cannot tell the channel axis"),
-    (["hello"], "expected a torch tensor or numpy array"),
+    ([["hello"]], "expected a torch tensor or numpy array"),  # (a plain list of str is a list of paths)
     ([{"a": np.zeros((1, 3, 2, 2)), "b": np.zeros((1, 3, 2, 2))}], "pass key="),
     ([np.zeros((2, 3, 5, 5), np.uint8), np.zeros((2, 3, 5, 5), np.uint16)], "convert every batch to one dtype"),
 ])

@@ -100,26 +100,26 @@ def test_fingerprint_and_rank_path(tmp_path):
 def test_interrupted_run_resumes_bitwise_identical(capsys, monkeypatch, tmp_path, small):
     """Ctrl-C mid-run saves the checkpoint; the rerun gives exactly the uninterrupted state,
     per-image aggregates (float64 merges) included."""
-    from gpustats import api
+    from gpustats.sources import mapside
 
     opts = [str(small), "--device", "cpu", "--workers", "0", "--batch-size", "8", "--histogram", "--covariance",
             "--per-image"]
     full = _json(capsys, *opts)
     ck = tmp_path / "run.ckpt"
-    real_update, calls = api.Accumulator.update, {"n": 0}
+    real_batch, calls = mapside.ReducedBatches.__getitem__, {"n": 0}
 
-    def update_then_interrupt(self, batch):
+    def batch_then_interrupt(self, b):  # Ctrl-C while the 9th batch is being decoded
         calls["n"] += 1
         if calls["n"] == 9:
             raise KeyboardInterrupt
-        return real_update(self, batch)
+        return real_batch(self, b)
 
-    monkeypatch.setattr(api.Accumulator, "update", update_then_interrupt)
+    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", batch_then_interrupt)
     rc = main(["stats", *opts, "--checkpoint", str(ck), "--checkpoint-every", "3600", "--quiet"])
     assert rc == 130
     saved = read_checkpoint(ck)
     assert not saved.complete and saved.next_index == 8 * 8 and saved.images == 8 * 8 - 1
-    monkeypatch.setattr(api.Accumulator, "update", real_update)
+    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", real_batch)
     resumed = _json(capsys, *opts, "--checkpoint", str(ck))
     assert resumed["resumed_from"] == 8 * 8
     assert resumed["state"] == full["state"] and resumed["stats"] == full["stats"]

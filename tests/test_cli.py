@@ -25,7 +25,7 @@ from gpustats.sources import list_images
 from gpustats.sources.synthetic import make_demo_folder, make_tiny_folder, tiny_array
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP_KEYS = {"schema", "channels", "stats", "normalize", "images", "pixels", "files", "bytes", "bad_files",
+TOP_KEYS = {"schema", "channels", "stats", "normalize", "images", "pixels", "files", "bytes", "bad_files", "warnings",
             "elapsed_s", "images_per_s", "mb_per_s", "device", "backend", "strategy", "cpu_reason", "decode",
             "decode_reason", "workers", "resumed_from", "options", "state"}
 
@@ -279,7 +279,7 @@ def test_strict_exits_1_naming_the_first_bad_file(demo):
     first_bad = sorted(demo["bad"])[0]
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and proc.stdout == ""
-    assert proc.stderr.strip().endswith("(--strict)") and first_bad in proc.stderr
+    assert proc.stderr.strip().endswith("(strict)") and first_bad in proc.stderr
     assert proc.stderr.count("\n") == 1
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..batches import Chunk
+from ..options import ReduceOptions
 from ..stats import ChannelStats
 
 __all__ = ["Options", "Reducer", "MergingReducer", "BackendUnavailable", "make_reducer", "resolve_device", "cuda_unavailable_reason", "BACKENDS"]
@@ -32,37 +32,12 @@ __all__ = ["Options", "Reducer", "MergingReducer", "BackendUnavailable", "make_r
 #: backend name -> "module:Class" (imported lazily)
 BACKENDS = {"cpu": "gpustats.backends.cpu:CpuReducer", "cuda": "gpustats.backends.cuda:CudaReducer"}
 
-NAN_POLICIES = ("raise", "omit", "propagate")
+#: the options the backends see (defined once, in gpustats.options)
+Options = ReduceOptions
 
 
 class BackendUnavailable(RuntimeError):
     """The requested device cannot be served; the message names the cause and the fix."""
-
-
-@dataclass(frozen=True)
-class Options:
-    """Options that change what is computed (and so must agree across merged states)."""
-
-    nan_policy: str = "raise"
-    histogram: bool = False
-    hist_bins: int | None = None  # non-uint8 data: number of bins
-    hist_range: tuple[float, float] | None = None  # non-uint8 data: [lo, hi] in raw input units
-    clip: bool = False  # count out-of-range values in the edge bins instead of raising
-    covariance: bool = False
-    per_image: bool = False
-    strategy: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.nan_policy not in NAN_POLICIES:
-            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
-        if self.hist_range is not None:
-            lo, hi = self.hist_range
-            if not (float(lo) < float(hi)):
-                raise ValueError(f"hist_range must be (lo, hi) with lo < hi, got {self.hist_range!r}")
-        if self.hist_bins is not None and (int(self.hist_bins) != self.hist_bins or self.hist_bins < 1):
-            raise ValueError(f"hist_bins must be a positive int, got {self.hist_bins!r}")
-        if self.covariance and self.nan_policy == "omit":
-            raise ValueError("covariance=True needs every channel of a pixel: it cannot be combined with nan_policy='omit'")
 
 
 class Reducer:

@@ -1,0 +1,139 @@
+"""The streaming :class:`Accumulator`: ``update(batch)`` per batch, ``result()`` when you want the answer.
+
+Training code keeps one, :func:`gpustats.compute_stats` runs one over a loader, and the folder
+engine runs one on the GPU when nvJPEG decodes there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .backends import make_reducer
+from .batches import BatchAdapter, InputError
+from .options import StatsOptions
+from .stats import ChannelStats, Stats, _family
+
+__all__ = ["Accumulator"]
+
+
+def _process_group_ready(required: bool) -> bool:
+    import torch.distributed as dist
+
+    ready = dist.is_available() and dist.is_initialized()
+    if required and not ready:
+        raise InputError("distributed=True but no torch.distributed process group is initialized; call "
+                         "torch.distributed.init_process_group() first (torchrun does the environment for you)")
+    return ready
+
+
+class Accumulator:
+    """Streaming statistics: ``update(batch)`` per batch, ``result()`` when you want the answer.
+
+    ``device``: ``None`` (CUDA when a GPU and the CUDA backend are usable, else the CPU; the reason
+    is in :attr:`cpu_reason`), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (an explicit CUDA device that
+    cannot be served raises, it never falls back silently). ``options``: the fields of
+    :class:`~gpustats.options.StatsOptions` (``layout``, ``channels``, ``key``, ``scale``,
+    ``nan_policy``, ``strategy``, ``histogram``, ``hist_bins``, ``hist_range``, ``clip``,
+    ``covariance``, ``per_image``), as in :func:`gpustats.compute_stats`. A batch that raises leaves
+    the accumulated state unchanged.
+
+    >>> import numpy as np
+    >>> acc = Accumulator(device="cpu")
+    >>> acc.update(np.zeros((5, 6, 3), dtype=np.uint8))   # one HWC image
+    >>> acc.update([np.ones((2, 2, 3), np.uint8) * 255])  # a list of variable-size images
+    >>> acc.result().max.tolist()
+    [1.0, 1.0, 1.0]
+    """
+
+    def __init__(self, device: Any = None, **options: Any):
+        unknown = set(options) - set(StatsOptions.names())
+        if unknown:
+            raise TypeError(f"Accumulator() got unexpected keyword argument(s) {', '.join(sorted(unknown))}; "
+                            f"options: {', '.join(StatsOptions.names())}")
+        try:
+            self.settings = StatsOptions(**options)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        self.options = self.settings.reduce  # what the backend computes
+        self._adapter_args = (self.settings.layout, self.settings.channels, self.settings.key)
+        self._adapter = BatchAdapter(*self._adapter_args)
+        self._reducer, self.cpu_reason = make_reducer(device, self.options)
+        self._dtype: str | None = None
+        self._scale: float | None = None
+        self.batches = 0  # batches accepted so far
+
+    # ------------------------------------------------------------- properties
+    @property
+    def device(self) -> str:
+        return str(self._reducer.device)
+
+    @property
+    def backend(self) -> str:
+        return self._reducer.name
+
+    @property
+    def strategy(self) -> str:
+        return self._reducer.strategy
+
+    # ------------------------------------------------------------- updates
+    def _scale_for(self, dtype: str, batch_index: int) -> float:
+        if self._dtype is not None and _family(self._dtype) != _family(dtype):
+            raise InputError(
+                f"batch {batch_index} is {dtype} but earlier batches were {self._dtype}: integer and float batches "
+                "are reduced differently (integers exactly); convert every batch to one dtype"
+            )
+        scale = self.settings.scale_for(dtype)
+        if self._scale is not None and scale != self._scale:
+            raise InputError(
+                f"batch {batch_index} is {dtype} (scale {scale:g}) but earlier batches were {self._dtype} "
+                f"(scale {self._scale:g}); convert every batch to one dtype or pass scale=..."
+            )
+        return scale
+
+    def update(self, batch: Any) -> None:
+        """Add one batch (any form :mod:`gpustats.batches` accepts)."""
+        index = self.batches
+        chunk = self._adapter.adapt(batch, index)
+        scale = self._scale_for(chunk.dtype, index)
+        self._reducer.update(chunk, scale, index)
+        # only now, after success, does the batch count
+        self._adapter.commit()
+        self._dtype = self._dtype or chunk.dtype
+        self._scale = scale
+        self.batches += 1
+
+    def state(self) -> ChannelStats:
+        """The accumulated :class:`ChannelStats` (for a CUDA device this synchronizes)."""
+        return self._reducer.state()
+
+    def load(self, state: ChannelStats) -> None:
+        """Start from ``state`` (e.g. a checkpoint); later batches are merged into it."""
+        self._reducer.load(state)
+        if not state.is_empty:
+            self._dtype = state.dtype
+            self._scale = state.scale
+
+    def result(self, ddof: int = 0, distributed: Any = False) -> Stats:
+        """Finalize the accumulated state (see :meth:`ChannelStats.finalize`).
+
+        ``distributed``: ``"auto"`` merges the state across ``torch.distributed`` ranks when a
+        process group is initialized; ``True`` requires one; ``False`` (default) does not merge.
+        """
+        state = self.state()
+        if distributed not in (False, None, "auto", True):
+            raise ValueError(f"distributed must be 'auto', True or False, got {distributed!r}")
+        if distributed and _process_group_ready(required=distributed is True):
+            from .distributed import all_reduce_stats
+
+            state = all_reduce_stats(state)
+        if state.is_empty:
+            raise InputError("no data was reduced: the loader yielded no batches, or every batch was empty")
+        return dataclasses.replace(state.finalize(ddof), device=self.device, strategy=self.strategy)
+
+    def reset(self) -> None:
+        """Forget everything (the device and options stay)."""
+        self._reducer.reset()
+        self._adapter = BatchAdapter(*self._adapter_args)
+        self._dtype = self._scale = None
+        self.batches = 0

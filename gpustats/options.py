@@ -1,0 +1,109 @@
+"""What a reduction computes, defined once: :class:`StatsOptions` (for ``compute_stats``,
+``Accumulator``, sampling and the command) and the subset the backends see, :class:`ReduceOptions`.
+
+Both validate on construction and raise ``ValueError`` naming the option and what to pass.
+
+>>> StatsOptions(histogram=True).changed()
+{'histogram': True}
+>>> default_scale("uint8"), default_scale("float32")
+(255.0, 1.0)
+>>> StatsOptions(scale=float("inf"))
+Traceback (most recent call last):
+...
+ValueError: scale must be 'auto' or a finite positive number, got inf
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["StatsOptions", "ReduceOptions", "NAN_POLICIES", "default_scale"]
+
+NAN_POLICIES = ("raise", "omit", "propagate")
+
+#: scale="auto": what ToTensor / ToDtype(float32, scale=True) divide by
+_AUTO_SCALE = {"uint8": 255.0, "uint16": 65535.0}
+
+
+def default_scale(dtype: str) -> float:
+    """The divisor ``scale="auto"`` uses: 255 for uint8, 65535 for uint16, 1 for everything else."""
+    return _AUTO_SCALE.get(dtype, 1.0)
+
+
+@dataclass(frozen=True)
+class ReduceOptions:
+    """Options that change what a backend computes (and so must agree across merged states)."""
+
+    nan_policy: str = "raise"
+    histogram: bool = False
+    hist_bins: int | None = None  # non-uint8 data: number of bins
+    hist_range: tuple[float, float] | None = None  # non-uint8 data: [lo, hi] in raw input units
+    clip: bool = False  # count out-of-range values in the edge bins instead of raising
+    covariance: bool = False
+    per_image: bool = False
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.nan_policy not in NAN_POLICIES:
+            raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+        if self.hist_range is not None:
+            try:
+                lo, hi = (float(v) for v in self.hist_range)
+            except (TypeError, ValueError):
+                raise ValueError(f"hist_range must be (lo, hi) numbers, got {self.hist_range!r}") from None
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"hist_range must be (lo, hi) with finite lo < hi, got {self.hist_range!r}")
+            object.__setattr__(self, "hist_range", (lo, hi))
+        if self.hist_bins is not None and (isinstance(self.hist_bins, bool) or int(self.hist_bins) != self.hist_bins
+                                           or self.hist_bins < 1):
+            raise ValueError(f"hist_bins must be a positive int, got {self.hist_bins!r}")
+        if self.covariance and self.nan_policy == "omit":
+            raise ValueError("covariance=True needs every channel of a pixel: it cannot be combined with nan_policy='omit'")
+
+
+@dataclass(frozen=True)
+class StatsOptions:
+    """Every option of a reduction over batches, with its default (see :func:`gpustats.compute_stats`).
+
+    ``layout``/``channels``/``key`` read the batches (:mod:`gpustats.batches`); ``scale`` divides
+    the reported values (``"auto"``: :func:`default_scale`); the rest is :class:`ReduceOptions`.
+    """
+
+    layout: str | None = None
+    channels: int | None = None
+    key: str | None = None
+    scale: float | str = "auto"
+    nan_policy: str = "raise"
+    strategy: str = "auto"
+    histogram: bool = False
+    hist_bins: int | None = None
+    hist_range: tuple[float, float] | None = None
+    clip: bool = False
+    covariance: bool = False
+    per_image: bool = False
+
+    def __post_init__(self) -> None:
+        scale = self.scale
+        if not (scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool)
+                                    and math.isfinite(scale) and scale > 0)):
+            raise ValueError(f"scale must be 'auto' or a finite positive number, got {scale!r}")
+        object.__setattr__(self, "reduce", ReduceOptions(
+            nan_policy=self.nan_policy, histogram=self.histogram, hist_bins=self.hist_bins,
+            hist_range=None if self.hist_range is None else tuple(self.hist_range), clip=self.clip,
+            covariance=self.covariance, per_image=self.per_image, strategy=self.strategy))
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def scale_for(self, dtype: str) -> float:
+        """The divisor for data of ``dtype``."""
+        return default_scale(dtype) if self.scale == "auto" else float(self.scale)
+
+    def changed(self) -> dict[str, Any]:
+        """The options that differ from their defaults."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}

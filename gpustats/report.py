@@ -1,0 +1,220 @@
+"""Every report format in one place: a folder run (:class:`~gpustats.sources.engine.StatsRun`) and a
+sampled run (:class:`~gpustats.sampling.SampledStats`) as a table, JSON or a ``Normalize`` line.
+
+* ``format_run(run, "table" | "json" | "python")``: the ``gpustats stats`` report; JSON schema
+  ``gpustats.stats/1`` (every key described in docs/cli.md);
+* ``format_sampled(result, ...)``: the ``--sample-tolerance`` report, JSON schema ``gpustats.sample/1``;
+  every format says whether the numbers are an estimate.
+
+Floats are printed at full (round-trip) precision in JSON and in the python line; JSON is strict
+(NaN and inf become ``null``).
+
+>>> _row("mean", [0.5, float("nan")])
+'  mean                0.500000       nan'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["JSON_SCHEMA", "SAMPLE_JSON_SCHEMA", "PERCENTILES", "format_run", "format_sampled", "format_python",
+           "run_to_dict", "jsonable"]
+
+JSON_SCHEMA = "gpustats.stats/1"
+#: JSON schema name of :func:`format_sampled`'s ``"json"`` output.
+SAMPLE_JSON_SCHEMA = "gpustats.sample/1"
+#: percentiles the table shows (the JSON has more: see Stats.to_dict)
+PERCENTILES = (1, 5, 50, 95, 99)
+
+
+def jsonable(value: Any) -> Any:
+    """numpy -> Python; NaN/inf -> None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def _normalize_line(mean: Sequence[float], std: Sequence[float], comment: str = "") -> str:
+    line = (f"transforms.Normalize(mean=[{', '.join(repr(float(v)) for v in mean)}], "
+            f"std=[{', '.join(repr(float(v)) for v in std)}])")
+    return f"{line}  {comment}" if comment else line
+
+
+def format_python(run: Any) -> str:
+    """``transforms.Normalize(mean=[...], std=[...])`` with every float at full (round-trip) precision."""
+    return _normalize_line(*run.stats.normalize_args())
+
+
+def run_to_dict(run: Any) -> dict[str, Any]:
+    """The ``gpustats.stats/1`` document (docs/cli.md describes every key)."""
+    mean, std = run.stats.normalize_args()
+    return jsonable({
+        "schema": JSON_SCHEMA,
+        "channels": list(run.channels),
+        "stats": run.stats.to_dict(),
+        "normalize": {"mean": mean, "std": std},
+        "images": run.images,
+        "pixels": run.pixels,
+        "files": run.files_total,
+        "bytes": run.bytes,
+        "bad_files": run.bad_files,
+        "warnings": [{"message": text, "files": count} for text, count in sorted(run.warnings.items())],
+        "elapsed_s": run.elapsed_s,
+        "images_per_s": run.images_per_s,
+        "mb_per_s": run.mb_per_s,
+        "device": run.device,
+        "backend": run.backend,
+        "strategy": run.strategy,
+        "cpu_reason": run.cpu_reason,
+        "decode": run.decode,
+        "decode_reason": run.decode_reason,
+        "workers": run.workers,
+        "resumed_from": run.resumed_from,
+        "options": run.options,
+        "state": run.stats.state.to_dict(),
+    })
+
+
+def _row(label: str, values: Iterable[float], width: int = 10, digits: int = 6) -> str:
+    return f"  {label:<18}" + "".join(f"{v:>{width}.{digits}f}" if math.isfinite(v) else f"{'nan':>{width}}"
+                                      for v in values)
+
+
+def _stats_lines(s: Any, names: Sequence[str]) -> list[str]:
+    lines = [f"  {'':<18}" + "".join(f"{n:>10}" for n in names)]
+    lines += [_row("mean", s.mean), _row(f"std (ddof={s.ddof})", s.std), _row("min", s.min), _row("max", s.max)]
+    if s.histogram is not None:
+        lines.append("  percentiles (exact, from the 256-bin histogram; --format json has 0.5 to 99.5)")
+        for q in PERCENTILES:
+            lines.append(_row(f"  p{q}", s.percentile(q)))
+        if s.state.family == "int":
+            sat = s.saturation()
+            lines.append(_row("  saturated at 0", sat["low"]))
+            lines.append(_row("  saturated at 255", sat["high"]))
+    if s.state.comoment is not None:
+        lines.append(f"  covariance (ddof={s.ddof})")
+        lines += [_row(f"  {name}", row, digits=7) for name, row in zip(names, s.cov)]
+        lines.append("  correlation")
+        lines += [_row(f"  {name}", row) for name, row in zip(names, s.corr)]
+        values, vectors = s.pca()
+        lines.append("  PCA eigenvalues")
+        lines.append(_row("", values, digits=7))
+        lines.append("  PCA eigenvectors (columns)")
+        lines += [_row(f"  {name}", row) for name, row in zip(names, vectors)]
+    per = s.per_image
+    if per is not None:
+        lines.append(f"  per image (each of {per['images']} images counts once, whatever its size)")
+        lines.append(_row("  mean of means", per["mean_of_means"]))
+        lines.append(_row("  mean of stds", per["mean_of_stds"]))
+        lines.append(_row("  mean of stds dd1", per["mean_of_stds_ddof1"]))
+        lines.append("  (mean of per-image stds with ddof=1 is how the often-copied CIFAR-10 std "
+                     "0.2023, 0.1994, 0.2010 was made;")
+        lines.append("   Normalize wants the std over all pixels, above)")
+    return lines
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+def _printable(text: str) -> str:
+    """A path or reason on one line: control characters (a newline in a file name) escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def format_table(run: Any) -> str:
+    """The human report: per-channel table, optional sections, bad files, counts, speed, device."""
+    s = run.stats
+    names = run.channels if len(run.channels) == s.channels else tuple(f"c{i}" for i in range(s.channels))
+    head = [f"gpustats: {_plural(run.images, 'image')}, {run.pixels:,} pixels per channel"
+            + (f", {_plural(len(run.bad_files), 'bad file')} skipped" if run.bad_files else "")]
+    speed = (f"time: {run.elapsed_s:.2f} s, {run.images_per_s:,.1f} images/s, "
+             f"{run.mb_per_s:,.{1 if run.mb_per_s >= 10 else 2}f} MB/s"
+             + (" (from the completed checkpoint)" if run.from_complete_checkpoint else "")
+             + (f" (resumed at file {run.resumed_from})" if run.resumed_from and not run.from_complete_checkpoint
+                else ""))
+    device = f"device: {run.device} ({run.backend} backend, strategy {run.strategy})"
+    if run.cpu_reason and run.backend == "cpu" and run.options.get("device") != "cpu":
+        device += f"; GPU not used: {run.cpu_reason}"
+    if run.decode == "cpu":
+        workers = ("in this process (runs of under 64 files do not start worker processes)"
+                   if run.workers == 0 and run.options.get("workers_asked") is None else
+                   f"{_plural(run.workers, 'worker process')}" if run.workers else "in this process")
+        decode = f"decode: cpu, {workers}"
+    else:
+        decode = "decode: gpu (nvJPEG)"
+    if run.decode_reason and run.options.get("decode") != "cpu" and run.decode == "cpu":
+        decode += f" (GPU decoding not used: {run.decode_reason})"
+    out = head + _stats_lines(s, names)
+    if run.bad_files:
+        out.append(f"bad files ({len(run.bad_files)}, skipped, not counted):")
+        out += [f"  {_printable(b['path'])}: {_printable(b['reason'])}" for b in run.bad_files]
+    for text, count in sorted(run.warnings.items()):
+        out.append(f"warning ({_plural(count, 'file')}): {_printable(text)}")
+    out += [speed, device, decode, "", format_python(run)]
+    return "\n".join(out)
+
+
+def format_run(run: Any, fmt: str = "table") -> str:
+    """A folder run as ``"table"``, ``"json"`` (schema ``gpustats.stats/1``) or ``"python"``."""
+    if fmt == "json":
+        return json.dumps(run_to_dict(run), indent=2, allow_nan=False)
+    if fmt == "python":
+        mean, std = run.stats.normalize_args()
+        if not all(math.isfinite(v) for v in (*mean, *std)):
+            from .stats import StatsError
+
+            raise StatsError("the statistics hold NaN or inf (a constant channel has std 0?): a Normalize line "
+                             "would not work; use --format table or json")
+        return format_python(run)
+    if fmt == "table":
+        return format_table(run)
+    raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
+
+
+def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | None = None) -> str:
+    """The report of a sampled run: ``"table"``, ``"json"`` (schema ``gpustats.sample/1``) or ``"python"``.
+
+    Every format says that the numbers are an estimate (or exact, when the population was exhausted).
+    """
+    names = list(channels) if channels is not None else [f"c{i}" for i in range(result.channels)]
+    mean, std = result.normalize_args()
+    pct = f"{result.confidence:.0%}"
+    if fmt == "json":
+        doc = {"schema": SAMPLE_JSON_SCHEMA, "channels": names, **result.to_dict(),
+               "normalize": {"mean": mean, "std": std}}
+        return json.dumps(jsonable(doc), indent=2, allow_nan=False)
+    comment = (f"# ESTIMATE: ± {max(np.max(result.half_widths['mean']), np.max(result.half_widths['std'])):.2g} "
+               f"at {pct} confidence from {result.units_visited} images" if result.is_estimate
+               else f"# exact: all {result.units_visited} images")
+    python = _normalize_line(mean, std, comment)
+    if fmt == "python":
+        return python
+    if fmt != "table":
+        raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
+    lines = [result.describe(), "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
+    for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
+        lines += [_row(what, est), _row(f"  ± ({pct})", result.half_widths[what]),
+                  _row(f"  {pct} CI low", ci[0]), _row(f"  {pct} CI high", ci[1])]
+    of = f" of {result.population_size}" if result.population_size is not None else ""
+    share = f" ({result.images_used / result.population_size:.1%})" if result.population_size else ""
+    lines.append(f"images used: {result.images_used}{of}{share}, {result.pixels_used:,} pixels per channel; "
+                 f"{result.images_per_second:.1f} images/s, {result.elapsed_s:.1f} s")
+    if result.bad_files:
+        lines.append(f"bad files ({len(result.bad_files)}, skipped, not counted):")
+        lines += [f"  {_printable(str(path))}: {_printable(str(reason))}" for path, reason in result.bad_files]
+    lines += ["", python]
+    return "\n".join(lines)

@@ -1,0 +1,382 @@
+"""The folder engine: a whole run over image files, for ``compute_stats(path)`` and ``gpustats stats``.
+
+:func:`run_folder` lists the images (sorted, see :func:`list_images`), shards them across
+``torchrun`` ranks, decodes and reduces them -- on the CPU in decode workers that send back only
+small exact states (:mod:`.mapside`), or with nvJPEG on the GPU, where the pixels stay on the
+device and an :class:`~gpustats.Accumulator` reduces them -- merges the states in file order,
+skips and lists bad files (``strict=True``: the first one is fatal), saves and resumes
+checkpoints (:mod:`gpustats.checkpoint`; a resumed run gives the identical result), shows a
+progress bar, and merges across ranks. It returns a :class:`StatsRun`; its ``stats`` is a
+:class:`FolderStats`: the :class:`~gpustats.Stats` plus what the run saw (images, bad files).
+
+>>> import tempfile
+>>> from gpustats.sources.synthetic import make_tiny_folder
+>>> root = tempfile.mkdtemp()
+>>> files = make_tiny_folder(root, 5)
+>>> run = run_folder([root], device="cpu", workers=0)
+>>> run.images, run.stats.images, len(run.stats.bad_files)
+(5, 5, 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from ..stats import Stats
+from .errors import SourceError
+
+__all__ = ["FolderStats", "StatsRun", "RunError", "StrictBadFile", "run_folder", "ENGINE_OPTIONS"]
+
+_CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
+
+#: the engine's options and their defaults (``compute_stats(path, **options)``, ``gpustats stats``)
+ENGINE_OPTIONS: dict[str, Any] = {
+    "device": "auto", "strategy": "auto", "workers": None, "batch_size": 64, "decode": "auto", "mode": "RGB",
+    "resize": None, "center_crop": None, "max_pixels": None, "histogram": False, "covariance": False,
+    "per_image": False, "ddof": 0, "strict": False, "checkpoint": None, "checkpoint_every": 30.0,
+    "progress": False,
+}
+
+
+class RunError(SourceError):
+    """An expected failure of a run (printed by the command as one line, exit status 1)."""
+
+
+class StrictBadFile(RunError):
+    """A bad file under ``strict=True``."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FolderStats(Stats):
+    """:class:`~gpustats.Stats` of image files, with what the run saw.
+
+    ``images``: images counted; ``files``: files listed (all ranks); ``bad_files``: ``{path,
+    reason}`` of each file skipped, in listing order; ``warnings``: each decoder warning and the
+    number of files that raised it.
+    """
+
+    images: int = 0
+    files: int = 0
+    bad_files: tuple = ()
+    warnings: tuple = ()
+
+
+@dataclasses.dataclass
+class StatsRun:
+    """What a folder run found: the result and everything the command's report shows."""
+
+    stats: FolderStats
+    channels: tuple[str, ...]
+    images: int
+    files_total: int
+    bytes: int
+    bad_files: list[dict[str, str]]
+    elapsed_s: float
+    device: str
+    backend: str
+    strategy: str
+    cpu_reason: str | None
+    decode: str
+    decode_reason: str | None
+    workers: int
+    options: dict[str, Any]
+    resumed_from: int | None = None
+    from_complete_checkpoint: bool = False
+    warnings: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def pixels(self) -> int:
+        return int(self.stats.count[0])
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def _default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def _choose_decode(opts: dict, acc: Any) -> tuple[str, str | None]:
+    """("gpu" | "cpu", reason the GPU decoder is not used or None)."""
+    geometry = opts["resize"] is not None or opts["center_crop"] is not None
+    if opts["decode"] == "cpu":
+        return "cpu", None
+    if opts["decode"] == "gpu":
+        if geometry:
+            raise RunError("decode='gpu' cannot resize or center-crop (the GPU decoder returns raw pixels); "
+                           "use decode='cpu' (--decode cpu) or auto")
+        if acc.backend != "cuda":
+            raise RunError(f"decode='gpu' needs the statistics on a CUDA device, but they run on {acc.device}"
+                           + (f" ({acc.cpu_reason})" if acc.cpu_reason else "") + "; use decode='cpu' (--decode cpu)")
+        from .gpu import gpu_decode_available
+
+        ok, why = gpu_decode_available(acc.device)
+        if not ok:
+            raise RunError(f"GPU decoding is not possible: {why}; use decode='cpu' (--decode cpu)")
+        return "gpu", None
+    if acc.backend != "cuda":
+        return "cpu", "the statistics run on the CPU"
+    if geometry:
+        return "cpu", "resize/center-crop are applied by the CPU decoder"
+    from .gpu import gpu_decode_available
+
+    ok, why = gpu_decode_available(acc.device)
+    return ("gpu", None) if ok else ("cpu", why)
+
+
+def _gpu_batches(files: Sequence[Path], start: int, opts: dict, device: str, decode_opts: dict) -> Iterator:
+    """nvJPEG batches: ``(first, stop, good CHW tensors on the device, bad [(index, reason)], nbytes)``."""
+    from .gpu import decode_files_gpu
+
+    for first in range(start, len(files), opts["batch_size"]):
+        indices = list(range(first, min(len(files), first + opts["batch_size"])))
+        records = decode_files_gpu([files[i] for i in indices], indices=indices, device=device,
+                                   mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
+        good = [r.tensor for r in records if r.tensor is not None]
+        bad = [(r.index, str(r.bad_reason)) for r in records if r.tensor is None]
+        yield first, indices[-1] + 1, good, bad, sum(r.nbytes for r in records)
+
+
+def _gpu_strip(images: list) -> Any:
+    """A batch of variable-size CHW images as one 1-pixel-high image: one reduction per batch."""
+    import torch
+
+    if len(images) == 1:
+        return images[0]
+    return torch.cat([t.reshape(t.shape[0], -1) for t in images], dim=1)[:, None, :]
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    disable = not enabled or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+    return tqdm(total=total, initial=initial, unit="img", desc="gpustats", file=sys.stderr, disable=disable,
+                dynamic_ncols=True, smoothing=0.1)
+
+
+def _options(overrides: dict) -> dict:
+    unknown = set(overrides) - set(ENGINE_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown option(s) for a folder run: {', '.join(sorted(unknown))}; "
+                        f"valid: {', '.join(sorted(ENGINE_OPTIONS))}")
+    opts = dict(ENGINE_OPTIONS, **overrides)
+    if opts["device"] is None:
+        opts["device"] = "auto"
+    for name in ("batch_size",):
+        if not isinstance(opts[name], int) or isinstance(opts[name], bool) or opts[name] <= 0:
+            raise ValueError(f"{name} must be a positive int, got {opts[name]!r}")
+    if opts["workers"] is not None and (not isinstance(opts["workers"], int) or opts["workers"] < 0):
+        raise ValueError(f"workers must be an int >= 0 (0 decodes in this process), got {opts['workers']!r}")
+    if opts["decode"] not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"decode must be 'auto', 'cpu' or 'gpu', got {opts['decode']!r}")
+    if opts["ddof"] not in (0, 1):
+        raise ValueError(f"ddof must be 0 or 1, got {opts['ddof']!r}")
+    return opts
+
+
+def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str], None] | None = None,
+               **options: Any) -> StatsRun:
+    """Statistics of the image files under ``paths`` (folders and/or files); see the module docstring.
+
+    ``options`` (defaults in :data:`ENGINE_OPTIONS`): ``device`` ("auto", "cpu", "cuda", "cuda:N"),
+    ``strategy``, ``workers`` (decode processes; None: min(8, cores), 0 for runs under 64 files),
+    ``batch_size`` (files per batch), ``decode`` ("auto", "cpu", "gpu": nvJPEG), ``mode`` ("RGB",
+    "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
+    ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
+    ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal). ``note`` receives one-line
+    remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
+    """
+    from ..accumulator import Accumulator
+    from ..checkpoint import (Checkpoint, check_compatible, file_list_fingerprint, rank_path, read_checkpoint,
+                              write_checkpoint)
+    from ..distributed import agree_on_failure, gather_run_totals, init_from_env
+    from .decode import DEFAULT_MAX_PIXELS
+    from .listing import list_images
+
+    note = note or (lambda s: None)
+    opts = _options(options)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    histogram = bool(opts["histogram"])
+    rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
+    t0 = time.perf_counter()
+    all_files = list_images(paths)
+    files = all_files[rank::world] if world > 1 else all_files
+    device = None if opts["device"] == "auto" else opts["device"]
+    extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
+    acc = Accumulator(device, layout="CHW", strategy=opts["strategy"], **extras)
+    decode, decode_reason = _choose_decode(opts, acc)
+    max_pixels = DEFAULT_MAX_PIXELS if opts["max_pixels"] is None else opts["max_pixels"]
+    decode_opts = {"mode": opts["mode"], "max_pixels": max_pixels, "resize": opts["resize"],
+                   "center_crop": opts["center_crop"]}
+    workers = _default_workers() if opts["workers"] is None else opts["workers"]
+    if opts["workers"] is None and len(files) < 64:
+        workers = 0  # starting worker processes costs more than decoding a few files
+
+    # Options that change the result: a checkpoint made with others is refused.
+    result_options = {
+        "paths": [os.path.abspath(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
+        "center_crop": opts["center_crop"], "max_pixels": max_pixels, "histogram": histogram,
+        "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
+        # per-image aggregates are merged in float64 per batch: keep the batch boundaries
+        "batch_size": opts["batch_size"] if opts["per_image"] else None,
+        "rank": rank, "world": world,
+    }
+    report_options = dict(result_options, ddof=opts["ddof"], batch_size=opts["batch_size"], workers=workers,
+                          workers_asked=opts["workers"], device=opts["device"], strategy=opts["strategy"],
+                          strict=opts["strict"])
+
+    from ..stats import ChannelStats
+
+    state = ChannelStats.empty()  # CPU decode: the workers' states, merged here in file order
+    images, nbytes, start = 0, 0, 0
+    bad_files: list[dict[str, str]] = []
+    bad_order: list[int] = []
+    seen_warnings: dict[str, int] = {}
+    prior_elapsed = 0.0
+    resumed_from = None
+    complete = False
+    failure: BaseException | None = None  # a rank's expected failure, shared with the others below
+
+    def current_state():
+        return acc.state() if decode == "gpu" else state
+
+    try:
+        ck_path = None if opts["checkpoint"] is None else rank_path(opts["checkpoint"], rank, world)
+        fingerprint = file_list_fingerprint(files) if ck_path else ""
+        if ck_path:
+            previous = read_checkpoint(ck_path)
+            if previous is not None:
+                check_compatible(ck_path, previous, fingerprint=fingerprint, files_total=len(files),
+                                 options=result_options)
+                if decode == "gpu":
+                    acc.load(previous.state)
+                else:
+                    state = previous.state
+                images, nbytes, start = previous.images, previous.bytes, previous.next_index
+                bad_files = list(previous.bad_files)
+                position = {os.fspath(p): rank + i * world for i, p in enumerate(files)}
+                bad_order = [position.get(b["path"], -1) for b in bad_files]
+                prior_elapsed = previous.elapsed_s
+                complete = previous.complete
+                resumed_from = start
+                if opts["strict"] and bad_files:
+                    first = bad_files[0]
+                    raise StrictBadFile(f"bad file {first['path']}: {first['reason']} (strict; recorded by the "
+                                        f"checkpoint {ck_path})")
+                note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
+                                                  f"resuming at file {start} of {len(files)}"))
+
+        def save(next_index: int, done: bool) -> None:
+            if ck_path:
+                write_checkpoint(ck_path, Checkpoint(
+                    state=current_state(), next_index=next_index, files_total=len(files), fingerprint=fingerprint,
+                    options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
+                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
+
+        next_index = start
+        if not complete:
+            bar = _progress(len(files), start, opts["progress"])
+            last_save = time.monotonic()
+            run_bytes = 0
+            if decode == "gpu":
+                batches = _gpu_batches(files, start, opts, acc.device, decode_opts)
+            else:
+                from .mapside import iter_reduced
+
+                batches = ((r.start, r.stop, r, r.bad, r.nbytes) for r in
+                           iter_reduced(files, workers=workers, batch_size=opts["batch_size"], start=start,
+                                        **extras, **decode_opts))
+            try:
+                for first, stop, good, bad, batch_bytes in batches:
+                    for index, reason in bad:
+                        path = os.fspath(files[index])
+                        if opts["strict"]:
+                            raise StrictBadFile(f"bad file {path}: {reason} (strict)")
+                        bad_files.append({"path": path, "reason": reason})
+                        bad_order.append(rank + index * world)  # position in the full list
+                    if decode == "gpu":
+                        if good:  # the whole batch counts, or (on error) none of it
+                            acc.update(good if opts["per_image"] else _gpu_strip(good))
+                        images += len(good)
+                    else:
+                        if good.state is not None:
+                            state = state.merge(ChannelStats.from_dict(good.state))
+                        images += good.images
+                        for text, count in good.warnings.items():
+                            seen_warnings[text] = seen_warnings.get(text, 0) + count
+                    nbytes += batch_bytes
+                    run_bytes += batch_bytes
+                    next_index = stop
+                    bar.update(stop - first)
+                    if not bar.disable:
+                        bar.set_postfix_str(f"{run_bytes / 1e6 / max(bar.format_dict['elapsed'], 1e-9):.1f} MB/s",
+                                            refresh=False)
+                    if ck_path and time.monotonic() - last_save >= opts["checkpoint_every"]:
+                        save(next_index, False)
+                        last_save = time.monotonic()
+            except KeyboardInterrupt:
+                bar.close()
+                if ck_path:
+                    save(next_index, False)
+                    note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
+                raise
+            bar.close()
+            if ck_path:
+                save(len(files), True)
+    except _expected_errors() as exc:
+        if world == 1:
+            raise
+        failure = exc
+    if world > 1:
+        agree_on_failure(failure, RunError)
+
+    elapsed = prior_elapsed + time.perf_counter() - t0 if not complete else prior_elapsed
+    final = current_state()
+    if world > 1:
+        from ..distributed import all_reduce_stats
+
+        final = all_reduce_stats(final)
+        images, nbytes, bad_files, elapsed = gather_run_totals(images, nbytes, list(zip(bad_order, bad_files)), elapsed)
+    files_total = len(all_files)
+    if final.is_empty:
+        if bad_files:
+            first = bad_files[0]
+            raise RunError(f"none of the {files_total} files could be decoded (first: {first['path']}: "
+                           f"{first['reason']})")
+        raise RunError(f"no pixels were counted in {files_total} files")
+    if decode == "gpu":
+        run_device, backend, strategy, cpu_reason = acc.device, acc.backend, acc.strategy, acc.cpu_reason
+    else:
+        run_device, backend, strategy = "cpu", "cpu", "cpu decode workers"
+        cpu_reason = acc.cpu_reason if acc.backend == "cpu" else f"the statistics are reduced where the images are " \
+                                                                  f"decoded (CPU workers); {acc.device} is used by --decode gpu"
+    base = final.finalize(opts["ddof"])
+    stats = FolderStats(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Stats)},
+                        images=images, files=files_total, bad_files=tuple(bad_files),
+                        warnings=tuple(sorted(seen_warnings.items())))
+    stats = dataclasses.replace(stats, device=run_device, strategy=strategy)
+    return StatsRun(stats=stats, channels=_CHANNEL_NAMES[opts["mode"]], images=images, files_total=files_total,
+                    bytes=nbytes, bad_files=bad_files, elapsed_s=elapsed, device=run_device, backend=backend,
+                    strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
+                    workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
+                    from_complete_checkpoint=complete, warnings=seen_warnings)
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from ..backends import BackendUnavailable
+    from ..batches import InputError
+    from ..checkpoint import CheckpointError
+    from ..stats import StatsError
+
+    return (SourceError, InputError, BackendUnavailable, StatsError, CheckpointError)
