@@ -17,7 +17,7 @@ import gpustats
 
 MODULES = sorted(
     info.name for info in pkgutil.walk_packages(gpustats.__path__, prefix="gpustats.")
-    if not info.name.startswith("gpustats.kernels") and info.name != "gpustats.__main__"
+    if not info.name.startswith("gpustats.kernels") and not info.name.endswith("__main__")
 )
 
 
