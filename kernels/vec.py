@@ -47,6 +47,7 @@ from numba import cuda, float64, int32, int64, uint32
 from . import tree
 from ._common import (
     device_function,
+    grid_next,
     SHARED_SLOTS,
     _device_limits,
     _current_device_id,
@@ -94,14 +95,15 @@ U8_PC_MAX_CHANNELS = 4
 
 
 @device_function
-def _advance(n, j, step_n, step_j, per_row):
-    """(n, j) moved on by one grid stride over rows of ``per_row`` vectors."""
-    n += step_n
-    j += step_j
-    if j >= per_row:
-        j -= per_row
-        n += 1
-    return n, j
+def _walk_start(per_row):
+    """This thread's index ``t`` and its first (row, vector) of the grid-stride walk over rows of
+    ``per_row`` vectors (the x dimension of the grid; y picks the channel in layout CP), with the
+    stride split the same way: ``(t, n, j, step_n, step_j)``; :func:`grid_next` advances ``(n, j)``."""
+    t = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+    stride = cuda.gridDim.x * cuda.blockDim.x
+    n = t // per_row
+    step_n = stride // per_row
+    return t, n, t - n * per_row, step_n, stride - step_n * per_row
 
 
 # ----------------------------------------------------------------------------- one launch
@@ -236,8 +238,7 @@ def _build_u8(mode, channels, threads):
     def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
-        t = cuda.blockIdx.x * cuda.blockDim.x + tid
-        stride = cuda.gridDim.x * cuda.blockDim.x
+        t, n, j, step_n, step_j = _walk_start(per_row)
         sh_count = cuda.shared.array(SLOTS, int64)
         sh_sum = cuda.shared.array(SLOTS, int64)
         sh_ext = cuda.shared.array(SLOTS, float64)
@@ -276,16 +277,12 @@ def _build_u8(mode, channels, threads):
             mins[k] = math.inf
 
         # grid-stride walk over (row n, vector j); the vector's index is (n * rows_per_image + c) * per_row + j
-        n = t // per_row
-        j = t - n * per_row
-        step_n = stride // per_row
-        step_j = stride - step_n * per_row
         done = int64(0)
         since = 0
         while True:
-            n1, j1 = _advance(n, j, step_n, step_j, per_row)
-            n2, j2 = _advance(n1, j1, step_n, step_j, per_row)
-            n3, j3 = _advance(n2, j2, step_n, step_j, per_row)
+            n1, j1 = grid_next(n, j, step_n, step_j, per_row)
+            n2, j2 = grid_next(n1, j1, step_n, step_j, per_row)
+            n3, j3 = grid_next(n2, j2, step_n, step_j, per_row)
             if n3 >= rows:
                 break
             take4(words, (n * rows_per_image + c) * per_row + j, s, sq, mn, mx, ones_m, byte_m)
@@ -297,11 +294,11 @@ def _build_u8(mode, channels, threads):
             if since > LIMIT:
                 flush(s, sq, bank_s, bank_q)
                 since = 0
-            n, j = _advance(n3, j3, step_n, step_j, per_row)
+            n, j = grid_next(n3, j3, step_n, step_j, per_row)
         while n < rows:
             take4(words, (n * rows_per_image + c) * per_row + j, s, sq, mn, mx, ones_m, byte_m)
             done += 1
-            n, j = _advance(n, j, step_n, step_j, per_row)
+            n, j = grid_next(n, j, step_n, step_j, per_row)
         flush(s, sq, bank_s, bank_q)
 
         if done > 0:
@@ -444,8 +441,7 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
     def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
-        t = cuda.blockIdx.x * cuda.blockDim.x + tid
-        stride = cuda.gridDim.x * cuda.blockDim.x
+        t, n, j, step_n, step_j = _walk_start(per_row)
         sh_count = cuda.shared.array(SLOTS, int64)
         sh_sum = cuda.shared.array(SLOTS, BT)
         sh_ext = cuda.shared.array(SLOTS, float64)
@@ -462,33 +458,29 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
         bank = cuda.local.array(C2, BT)
         mins = cuda.local.array(C2, float64)
         phase = (t * V) % C
-        for j in range(V):
-            ch = c if PER_ROW_MODE else (phase + j) % C
-            chan[j] = ch
+        for lane in range(V):
+            ch = c if PER_ROW_MODE else (phase + lane) % C
+            chan[lane] = ch
             if FLOAT:
                 h = RT(ftotals[4, ch])
-                hi[j] = h
-                lo[j] = RT(ftotals[4, ch] - float64(h))
+                hi[lane] = h
+                lo[lane] = RT(ftotals[4, ch] - float64(h))
             else:
-                hi[j] = 0
-                lo[j] = 0
-            rs[j] = 0
-            rq[j] = 0
-            mn[j] = big
-            mx[j] = -big
-            bad[j] = 0
+                hi[lane] = 0
+                lo[lane] = 0
+            rs[lane] = 0
+            rq[lane] = 0
+            mn[lane] = big
+            mx[lane] = -big
+            bad[lane] = 0
         for k in range(C2):
             tally[k] = 0
             bank[k] = 0
             mins[k] = math.inf
 
-        n = t // per_row
-        j = t - n * per_row
-        step_n = stride // per_row
-        step_j = stride - step_n * per_row
         since = 0  # elements per lane since the last flush
         while True:
-            n1, j1 = _advance(n, j, step_n, step_j, per_row)
+            n1, j1 = grid_next(n, j, step_n, step_j, per_row)
             if n1 >= rows:
                 break
             take4(words, (n * rows_per_image + c) * per_row + j, hi, lo, rs, rq, mn, mx, bad)
@@ -497,15 +489,15 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
             if since + 2 > RUN:
                 flush(since, chan, rs, rq, bad, tally, bank)
                 since = 0
-            n, j = _advance(n1, j1, step_n, step_j, per_row)
+            n, j = grid_next(n1, j1, step_n, step_j, per_row)
         if n < rows:
             take4(words, (n * rows_per_image + c) * per_row + j, hi, lo, rs, rq, mn, mx, bad)
             since += 1
         flush(since, chan, rs, rq, bad, tally, bank)
-        for j in range(V):
-            ch = chan[j]
-            mins[ch] = min(mins[ch], float64(mn[j]))
-            mins[C + ch] = min(mins[C + ch], -float64(mx[j]))
+        for lane in range(V):
+            ch = chan[lane]
+            mins[ch] = min(mins[ch], float64(mn[lane]))
+            mins[C + ch] = min(mins[C + ch], -float64(mx[lane]))
 
         if t == 0 and c == 0:
             for i in range(tail_start, total):  # the scalar tail (NHWC only), float64 throughout

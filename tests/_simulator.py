@@ -29,6 +29,21 @@ def in_process() -> bool:
         return False
 
 
+def collect(namespace: dict, cases: str) -> None:
+    """In a test file's ``namespace``: the cases of ``tests/<cases>.py`` themselves when they can run
+    here (simulator on, or a GPU), else one test that runs them under the simulator in a child."""
+    if in_process():
+        module = __import__(cases)
+        namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+        return
+
+    def test_cases_under_the_simulator():
+        run_in_simulator(f"{cases}.py")
+
+    test_cases_under_the_simulator.__name__ = f"test_{cases}_under_the_simulator"
+    namespace[test_cases_under_the_simulator.__name__] = test_cases_under_the_simulator
+
+
 def run_in_simulator(cases: str) -> None:
     """Run ``tests/<cases>`` in a child pytest with the simulator on; fail with its report."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
