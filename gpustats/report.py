@@ -94,6 +94,11 @@ def _row(label: str, values: Iterable[float], width: int = 10, digits: int = 6) 
 
 
 def _stats_lines(s: Any, names: Sequence[str]) -> list[str]:
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant channel: nan, said as nan
+        return _stats_rows(s, names)
+
+
+def _stats_rows(s: Any, names: Sequence[str]) -> list[str]:
     lines = [f"  {'':<18}" + "".join(f"{n:>10}" for n in names)]
     lines += [_row("mean", s.mean), _row(f"std (ddof={s.ddof})", s.std), _row("min", s.min), _row("max", s.max)]
     if s.histogram is not None:
@@ -135,6 +140,13 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+def _short_reason(reason: str) -> str:
+    """The library's reason a GPU is not used, shortened for the command line (``--device cpu``)."""
+    head = reason.split(";")[0]
+    head = head.split(" (")[0] if len(head) > 60 else head
+    return head.replace("device='cpu'", "--device cpu")
+
+
 def format_table(run: Any) -> str:
     """The human report: per-channel table, optional sections, bad files, counts, speed, device."""
     s = run.stats
@@ -148,7 +160,7 @@ def format_table(run: Any) -> str:
                 else ""))
     device = f"device: {run.device} ({run.backend} backend, strategy {run.strategy})"
     if run.cpu_reason and run.backend == "cpu" and run.options.get("device") != "cpu":
-        device += f"; GPU not used: {run.cpu_reason}"
+        device += f"; GPU not used: {_short_reason(run.cpu_reason)}"
     if run.decode == "cpu":
         workers = ("in this process (runs of under 64 files do not start worker processes)"
                    if run.workers == 0 and run.options.get("workers_asked") is None else

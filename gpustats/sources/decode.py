@@ -18,9 +18,13 @@ Bad files never crash and are never partially counted:
 * zero-byte file -> ``"zero-byte file"``;
 * not an image -> ``"not an image"``;
 * header larger than ``max_pixels`` -> ``"too large: WxH > max_pixels=N"``, checked from the
-  header *before* any pixel is decoded (guards against decompression bombs); Pillow's own
-  ``DecompressionBombError`` is reported the same way. Pillow's ``DecompressionBombWarning``
-  is silenced, because ``max_pixels`` is the limit that decides;
+  header *before* any pixel is decoded (guards against decompression bombs). ``max_pixels``
+  replaces Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, lifted while the file is opened), so
+  it can also allow larger images than Pillow would; ``max_pixels=None`` means no limit at all.
+  Pillow's ``DecompressionBombWarning`` is silenced: ``max_pixels`` is the limit that decides;
+* 16-bit images (modes ``I;16``, ``I``) are converted as torchvision's loader converts them:
+  values above 255 clip to 255 (most pixels of a typical 16-bit photo). Each such file raises a
+  ``UserWarning`` saying so; a folder run reports it once with the number of files;
 * truncated or corrupt data -> ``"truncated or corrupt: <Pillow's message>"``; the pixels are
   decoded with ``.load()`` inside the ``try``, and Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
   enabled by gpustats (if *your* code enables it globally, truncated files decode with grey
@@ -65,6 +69,10 @@ __all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "resized_size", "center_crop_ar
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _MODES = ("RGB", "L")
+#: Pillow modes of more than 8 bits per pixel that convert("RGB") clips to 255
+_CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_CLIPPED_WARNING = ("16-bit image converted as torchvision's loader does: values above 255 clip to 255 "
+                    "(the statistics describe the clipped pixels)")
 _warned_truncated = False
 
 
@@ -149,8 +157,10 @@ def decode_image(
     except OSError as exc:
         raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
 
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = None  # max_pixels decides (checked below from the header)
         try:
             with open(path, "rb") as fh:
                 try:
@@ -164,6 +174,8 @@ def decode_image(
                     if max_pixels is not None and width * height > max_pixels:
                         raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}",
                                        path)
+                    if img.mode in _CLIPPED_MODES:
+                        warnings.warn(_CLIPPED_WARNING, UserWarning, stacklevel=2)
                     try:
                         img.load()
                         converted = img.convert(mode)
@@ -179,6 +191,8 @@ def decode_image(
         except Exception as exc:  # Image.open can raise odd errors on odd headers
             msg = str(exc) or type(exc).__name__
             raise BadImage(f"truncated or corrupt: {msg}", path) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
 
     if resize is not None:
         new_size = resized_size(converted.width, converted.height, int(resize))

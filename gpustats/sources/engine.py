@@ -102,6 +102,15 @@ class StatsRun:
         return self.bytes / 1e6 / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+@dataclasses.dataclass
+class _Target:
+    """Where the statistics run (``Accumulator``'s device, backend and reason), before any is made."""
+
+    device: str
+    backend: str
+    cpu_reason: str | None
+
+
 def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -197,6 +206,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
     from ..accumulator import Accumulator
+    from ..backends import resolve_device
     from ..checkpoint import (Checkpoint, check_compatible, file_list_fingerprint, rank_path, read_checkpoint,
                               write_checkpoint)
     from ..distributed import agree_on_failure, gather_run_totals, init_from_env
@@ -210,12 +220,17 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     histogram = bool(opts["histogram"])
     rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
     t0 = time.perf_counter()
-    all_files = list_images(paths)
+    unreadable: list[tuple[str, str]] = []
+    all_files = list_images(paths, unreadable=unreadable)
     files = all_files[rank::world] if world > 1 else all_files
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
-    acc = Accumulator(device, layout="CHW", strategy=opts["strategy"], **extras)
-    decode, decode_reason = _choose_decode(opts, acc)
+    # where the statistics would run, without building a reducer yet: the CPU path reduces in the
+    # decode workers, and this process must not start numba's threads before forking them
+    backend, where, cpu_reason = resolve_device(device)
+    target = _Target(str(where), backend, cpu_reason)
+    decode, decode_reason = _choose_decode(opts, target)
+    acc = Accumulator(target.device, layout="CHW", strategy=opts["strategy"], **extras) if decode == "gpu" else None
     max_pixels = DEFAULT_MAX_PIXELS if opts["max_pixels"] is None else opts["max_pixels"]
     decode_opts = {"mode": opts["mode"], "max_pixels": max_pixels, "resize": opts["resize"],
                    "center_crop": opts["center_crop"]}
@@ -271,7 +286,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 complete = previous.complete
                 resumed_from = start
                 if opts["strict"] and bad_files:
-                    first = bad_files[0]
+                    first = bad_files[0]  # a strict rerun stops where a lenient run went on
                     raise StrictBadFile(f"bad file {first['path']}: {first['reason']} (strict; recorded by the "
                                         f"checkpoint {ck_path})")
                 note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
@@ -284,6 +299,12 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
                     elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
 
+        if rank == 0 and resumed_from is None:
+            for folder, reason in unreadable:  # listed like bad files (rank 0: once per run)
+                if opts["strict"]:
+                    raise StrictBadFile(f"{folder}: {reason} (strict)")
+                bad_files.append({"path": folder, "reason": reason})
+                bad_order.append(-1)  # before every file
         next_index = start
         if not complete:
             bar = _progress(len(files), start, opts["progress"])
@@ -331,6 +352,16 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     save(next_index, False)
                     note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
                 raise
+            except RuntimeError as exc:
+                if "DataLoader worker" not in str(exc):
+                    raise
+                bar.close()  # a decode worker died (the OOM killer, a signal): one line, progress kept
+                saved = ""
+                if ck_path:
+                    save(next_index, False)
+                    saved = f"; progress saved in {ck_path} (rerun to resume)"
+                raise RunError(f"a decode worker process died ({str(exc).splitlines()[0].rstrip('. ')}; out of "
+                               f"memory?){saved}; try fewer --workers or a smaller --batch-size") from None
             bar.close()
             if ck_path:
                 save(len(files), True)
@@ -359,8 +390,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
         run_device, backend, strategy, cpu_reason = acc.device, acc.backend, acc.strategy, acc.cpu_reason
     else:
         run_device, backend, strategy = "cpu", "cpu", "cpu decode workers"
-        cpu_reason = acc.cpu_reason if acc.backend == "cpu" else f"the statistics are reduced where the images are " \
-                                                                  f"decoded (CPU workers); {acc.device} is used by --decode gpu"
+        if target.backend != "cpu":
+            cpu_reason = (f"the images are reduced where they are decoded (CPU workers); {target.device} "
+                          "reduces what nvJPEG decodes (--decode gpu)")
     base = final.finalize(opts["ddof"])
     stats = FolderStats(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Stats)},
                         images=images, files=files_total, bad_files=tuple(bad_files),

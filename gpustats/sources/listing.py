@@ -15,7 +15,9 @@ Rules (each one is tested in ``tests/test_sources.py``):
   root nested in another root, a symlink to a listed file) keeps its first position.
 * A path that does not exist raises :class:`SourceNotFoundError` (a ``FileNotFoundError``);
   an empty result raises :class:`NoImagesFoundError` naming the paths and the extensions.
-* Folders that cannot be read (permissions) are skipped with a ``warnings.warn``.
+* Folders that cannot be read (permissions) are skipped; ``unreadable=[]`` collects them as
+  ``(path, reason)`` (the folder engine lists them with the bad files), and without it a
+  ``warnings.warn`` names each one.
 
 >>> import tempfile, pathlib
 >>> root = pathlib.Path(tempfile.mkdtemp())
@@ -48,7 +50,7 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_folder(root: Path, visited_dirs: set[str]) -> list[tuple[str, Path]]:
+def _walk_folder(root: Path, visited_dirs: set[str], unreadable: list | None) -> list[tuple[str, Path]]:
     """(relative POSIX path, path) of the image files under ``root``, unsorted."""
     found: list[tuple[str, Path]] = []
     # Explicit stack of (folder path, relative prefix); entries sorted so that the choice of
@@ -64,8 +66,10 @@ def _walk_folder(root: Path, visited_dirs: set[str]) -> list[tuple[str, Path]]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            warnings.warn(f"gpustats: skipping unreadable folder {str(folder)!r}: {exc}",
-                          stacklevel=3)
+            if unreadable is None:
+                warnings.warn(f"gpustats: skipping unreadable folder {str(folder)!r}: {exc}", stacklevel=3)
+            else:
+                unreadable.append((str(folder), f"unreadable folder: {exc.strerror or exc}"))
             continue
         subdirs: list[tuple[Path, str]] = []
         for entry in entries:
@@ -83,11 +87,13 @@ def _walk_folder(root: Path, visited_dirs: set[str]) -> list[tuple[str, Path]]:
     return found
 
 
-def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]) -> list[Path]:
+def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+                unreadable: list | None = None) -> list[Path]:
     """List the image files under ``paths`` (folders or files) in a deterministic order.
 
     See the module docstring for the exact rules. Returns paths as found (under the given
-    roots, not resolved), so reports show what the user typed.
+    roots, not resolved), so reports show what the user typed. ``unreadable``: a list that
+    receives ``(folder, reason)`` for each folder that could not be read (else a warning).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -101,7 +107,7 @@ def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
     result: list[Path] = []
     for root in roots:
         if os.path.isdir(root):
-            candidates = [p for _, p in sorted(_walk_folder(root, visited_dirs),
+            candidates = [p for _, p in sorted(_walk_folder(root, visited_dirs, unreadable),
                                                key=lambda item: item[0])]
         else:
             candidates = [root]
