@@ -3,11 +3,22 @@
 Accepted per batch:
 
 * a torch tensor or numpy array: ``NCHW``, ``NHWC`` (4-D), ``CHW``, ``HWC`` (3-D), or with an
-  explicit ``layout=``, ``NHW``/``HW`` (single-channel);
-* ``(x, y)`` tuples or lists (the first element is used), and dicts (``key=``; by default
-  ``"image"``, ``"images"``, ``"img"``, ``"pixel_values"`` or the only array-valued entry);
-* a list of images of different sizes (each ``CHW``/``HWC``): their pixels are concatenated per
-  channel, never resized.
+  explicit ``layout=``, ``NHW``/``HW`` (single-channel). numpy arrays of any strides are read
+  (negative ones, e.g. ``x[:, ::-1]``, through a copy);
+* a **tuple** is always ``(input, target, ...)``: only its first element counts, whatever the
+  ranks of the others (``(x_chw, mask_chw)`` is one image, not two);
+* dicts (``key=``; by default ``"image"``, ``"images"``, ``"img"``, ``"pixel_values"`` or the only
+  array-valued entry);
+* a **list** means images of different sizes (each ``CHW``/``HWC``, all of one rank): their pixels
+  are concatenated per channel, never resized. One exception, for ``DataLoader``'s default
+  collate (which turns ``(x, y)`` samples into ``[x, y]`` lists): a list whose first element is a
+  4-D batch, a list, a tuple or a dict, or whose elements differ in rank, is read as
+  ``[input, target, ...]``. Beware ``DataLoader(batch_size=None)``: it turns an ``(x_chw, y_chw)``
+  sample into the list ``[x_chw, y_chw]``, which counts as two images; pass
+  ``collate_fn=tuple`` there (or return a dict and pass ``key=``);
+* a batch of zero images (a 4-D array with ``N == 0``) contributes nothing: it is not checked
+  against the layout, channels or dtype of other batches, and settles none of them. An empty list
+  or tuple is an error (no dtype to go by: most likely a loader bug).
 
 The canonical shape is a list of 3-D *parts*: ``[N, C, L]`` (layout ``"CP"``, channel rows) or
 ``[N, L, C]`` (layout ``"PC"``, channel last), one row ``n`` per image, ``L`` pixels per image.
@@ -99,6 +110,8 @@ def _to_tensor(x: Any) -> torch.Tensor | None:
             raise InputError(f"unsupported numpy dtype {x.dtype}; cast to uint8 or float32")
         if x.dtype.byteorder == ">":
             x = x.astype(x.dtype.newbyteorder("="))
+        if any(s < 0 or s % x.itemsize for s in x.strides):
+            x = np.ascontiguousarray(x)  # torch cannot view negative (x[:, ::-1]) or misaligned strides: copy
         with warnings.catch_warnings():  # read-only arrays are fine: we never write to the input
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(x)
@@ -129,22 +142,28 @@ class BatchAdapter:
         self.key = key
         self._seen_layout: dict[int, str] = {}  # rank -> layout settled by an earlier batch
         self._seen_channels: int | None = None
+        self._seen_dtype: str | None = None
         self._pending_layout: dict[int, str] = {}
         self._pending_channels: int | None = None
+        self._pending_dtype: str | None = None
 
     # ---------------------------------------------------------------- unwrapping
-    def _unwrap(self, batch: Any, batch_index: int) -> list[torch.Tensor] | torch.Tensor:
+    def _unwrap(self, batch: Any, batch_index: int, depth: int = 0) -> list[torch.Tensor] | torch.Tensor:
+        if depth > 16:
+            raise InputError(f"batch {batch_index} nests tuples/lists/dicts more than 16 levels deep before any "
+                             "array; yield the images as a tensor, an (x, y) tuple, a dict or a list of images")
+        depth += 1
         if isinstance(batch, Mapping):
             if self.key is not None:
                 if self.key not in batch:
                     raise InputError(f"batch {batch_index} is a dict without key {self.key!r}; keys: {list(batch)}")
-                return self._unwrap(batch[self.key], batch_index)
+                return self._unwrap(batch[self.key], batch_index, depth)
             for k in _DEFAULT_KEYS:
                 if k in batch:
-                    return self._unwrap(batch[k], batch_index)
+                    return self._unwrap(batch[k], batch_index, depth)
             arrays = [k for k, v in batch.items() if _is_array(v) and np.ndim(v) >= 3]
             if len(arrays) == 1:
-                return self._unwrap(batch[arrays[0]], batch_index)
+                return self._unwrap(batch[arrays[0]], batch_index, depth)
             raise InputError(
                 f"batch {batch_index} is a dict with {'no' if not arrays else 'several'} image-like entries "
                 f"({arrays or list(batch)}); pass key='...' to say which one holds the images"
@@ -154,18 +173,19 @@ class BatchAdapter:
             return tensor
         if isinstance(batch, (list, tuple)):
             if len(batch) == 0:
-                raise InputError(f"batch {batch_index} is an empty list")
+                raise InputError(f"batch {batch_index} is an empty {type(batch).__name__}: no images and no "
+                                 "dtype; yield a batch with zero images (e.g. x[:0]) or skip it")
             first = batch[0]
+            if isinstance(batch, tuple) or isinstance(first, (list, tuple, Mapping)):
+                return self._unwrap(first, batch_index, depth)  # (input, target, ...): only the input counts
             first_t = _to_tensor(first) if _is_array(first) else None
             if first_t is not None and first_t.dim() == 4:
-                return first_t  # (x, y): a 4-D batch and its labels
-            if isinstance(first, (list, tuple, Mapping)):
-                return self._unwrap(first, batch_index)  # ([images...], labels) or (dict, y)
+                return first_t  # [x, y] from DataLoader's default collate: a 4-D batch and its labels
             if first_t is not None:
                 image_rank = first_t.dim()
                 if all(_is_array(b) and np.ndim(b) == image_rank for b in batch):
                     return [_to_tensor(b) for b in batch]  # a list of (variable-size) images
-                return first_t  # (image, label)
+                return first_t  # [image, label]
         raise InputError(
             f"batch {batch_index} is a {type(batch).__name__}; expected a torch tensor or numpy array "
             "(NCHW, NHWC, CHW or HWC), an (x, y) pair, a dict of tensors, or a list of images"
@@ -221,12 +241,26 @@ class BatchAdapter:
         return tensor.reshape(n, -1, tensor.shape[3]), "PC"
 
     # ---------------------------------------------------------------- public
+    def _no_images(self, tensor: torch.Tensor) -> bool:
+        """A batch (4-D, or ``NHW`` with ``layout=``) of ``N == 0`` images."""
+        if self.layout is not None and not self.layout.startswith("N"):
+            return False  # layout names one image: there is no image axis to be empty
+        return tensor.dim() == (4 if self.layout is None else len(self.layout)) and tensor.shape[0] == 0
+
     def adapt(self, batch: Any, batch_index: int) -> Chunk:
-        """Convert one batch; raises :class:`InputError` with advice when it cannot."""
-        self._pending_layout = {}
+        """Convert one batch; raises :class:`InputError` with advice when it cannot.
+
+        A batch of zero images gives a chunk without parts (``images == 0``) that carries the
+        dtype and channels of the earlier batches (its own dtype if there were none), so that it
+        merges as nothing; it settles no layout, channels or dtype for later batches.
+        """
+        self._pending_layout, self._pending_channels, self._pending_dtype = {}, None, None
         unwrapped = self._unwrap(batch, batch_index)
         tensors = unwrapped if isinstance(unwrapped, list) else [unwrapped]
         in_list = isinstance(unwrapped, list)
+        if not in_list and self._no_images(unwrapped):
+            own = dtype_name(unwrapped)  # an unsupported dtype is still an error
+            return Chunk((), "CP", self._seen_dtype or own, self._seen_channels or self.channels or 0)
         parts: list[torch.Tensor] = []
         layout_out = None
         dtype = None
@@ -259,7 +293,7 @@ class BatchAdapter:
             raise InputError(
                 f"batch {batch_index} has {channels} channels, earlier batches had {self._seen_channels}{hint}"
             )
-        self._pending_channels = channels
+        self._pending_channels, self._pending_dtype = channels, dtype
         parts = [p for p in parts if p.numel() > 0]
         return Chunk(tuple(parts), layout_out, dtype, channels)
 
@@ -268,3 +302,5 @@ class BatchAdapter:
         self._seen_layout.update(self._pending_layout)
         if self._pending_channels is not None:
             self._seen_channels = self._pending_channels
+        if self._pending_dtype is not None:
+            self._seen_dtype = self._pending_dtype
