@@ -95,6 +95,9 @@ class Accumulator:
         """Add one batch (any form :mod:`gpustats.batches` accepts)."""
         index = self.batches
         chunk = self._adapter.adapt(batch, index)
+        if not chunk.parts:  # zero images (or zero pixels): contributes nothing, settles nothing
+            self.batches += 1
+            return
         scale = self._scale_for(chunk.dtype, index)
         self._reducer.update(chunk, scale, index)
         # only now, after success, does the batch count

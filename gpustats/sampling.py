@@ -262,15 +262,20 @@ class _Reducer:
         self.calls = 0
 
     def _chunk(self, obj: Any) -> Chunk:
+        from .options import default_scale  # one rule for "auto", stated in options.py
+
         index = self.calls
         chunk = self.adapter.adapt(obj, index)
-        if self.dtype is not None and (chunk.dtype in INTEGER_DTYPES) != (self.dtype in INTEGER_DTYPES):
-            raise InputError(f"item {index} is {chunk.dtype} but earlier items were {self.dtype}; "
-                             "convert every image to one dtype")
+        if not chunk.parts:  # zero images: contributes nothing, settles nothing
+            self.calls += 1
+            return chunk
+        scale = default_scale(chunk.dtype) if self.scale_arg == "auto" else float(self.scale_arg)
+        if self.dtype is not None and ((chunk.dtype in INTEGER_DTYPES) != (self.dtype in INTEGER_DTYPES)
+                                       or scale != self.scale):
+            raise InputError(f"item {index} is {chunk.dtype} (scale {scale:g}) but earlier items were {self.dtype} "
+                             f"(scale {self.scale:g}); convert every image to one dtype or pass scale=...")
         if self.scale is None:
-            from .options import default_scale  # one rule for "auto", stated in options.py
-
-            self.scale = default_scale(chunk.dtype) if self.scale_arg == "auto" else float(self.scale_arg)
+            self.scale = scale
             self.dtype = chunk.dtype
         self.adapter.commit()
         self.calls += 1

@@ -306,24 +306,24 @@ def test_checkpoint_of_an_earlier_version_still_resumes_when_typed_as_then(tmp_p
 
 
 def test_cli_run_checkpointed_as_relative_path_resumes_as_absolute(capsys, monkeypatch, tmp_path, tiny_data):
-    from gpustats import api
+    from gpustats.sources import mapside
 
     monkeypatch.chdir(tiny_data.parent)
     opts = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--histogram", "--format", "json", "--quiet"]
     assert main(["stats", str(tiny_data), *opts]) == 0
     full = json.loads(capsys.readouterr().out)
     ck = tmp_path / "run.ckpt"
-    real_update, calls = api.Accumulator.update, {"n": 0}
+    real_batch, calls = mapside.ReducedBatches.__getitem__, {"n": 0}
 
-    def update_then_interrupt(self, batch):
+    def batch_then_interrupt(self, b):  # Ctrl-C while the second batch is being decoded
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real_update(self, batch)
+        return real_batch(self, b)
 
-    monkeypatch.setattr(api.Accumulator, "update", update_then_interrupt)
+    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", batch_then_interrupt)
     assert main(["stats", "data", *opts, "--checkpoint", str(ck)]) == 130
-    monkeypatch.setattr(api.Accumulator, "update", real_update)
+    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", real_batch)
     capsys.readouterr()
     assert main(["stats", str(tiny_data), *opts, "--checkpoint", str(ck)]) == 0
     resumed = json.loads(capsys.readouterr().out)

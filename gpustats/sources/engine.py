@@ -280,8 +280,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     state = previous.state
                 images, nbytes, start = previous.images, previous.bytes, previous.next_index
                 bad_files = list(previous.bad_files)
-                position = {os.fspath(p): rank + i * world for i, p in enumerate(files)}
-                bad_order = [position.get(b["path"], -1) for b in bad_files]
+                position = {os.path.realpath(p): rank + i * world for i, p in enumerate(files)}
+                bad_order = [position.get(os.path.realpath(b["path"]), -1) for b in bad_files]
                 prior_elapsed = previous.elapsed_s
                 complete = previous.complete
                 resumed_from = start
@@ -320,12 +320,12 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                                         **extras, **decode_opts))
             try:
                 for first, stop, good, bad, batch_bytes in batches:
+                    batch_bad = []  # kept apart until the batch counts: an interrupt must not list them twice
                     for index, reason in bad:
                         path = os.fspath(files[index])
                         if opts["strict"]:
                             raise StrictBadFile(f"bad file {path}: {reason} (strict)")
-                        bad_files.append({"path": path, "reason": reason})
-                        bad_order.append(rank + index * world)  # position in the full list
+                        batch_bad.append(({"path": path, "reason": reason}, rank + index * world))
                     if decode == "gpu":
                         if good:  # the whole batch counts, or (on error) none of it
                             acc.update(good if opts["per_image"] else _gpu_strip(good))
@@ -336,6 +336,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                         images += good.images
                         for text, count in good.warnings.items():
                             seen_warnings[text] = seen_warnings.get(text, 0) + count
+                    bad_files.extend(b for b, _ in batch_bad)
+                    bad_order.extend(order for _, order in batch_bad)  # positions in the full list
                     nbytes += batch_bytes
                     run_bytes += batch_bytes
                     next_index = stop
