@@ -82,6 +82,7 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "decode": run.decode,
         "decode_reason": run.decode_reason,
         "workers": run.workers,
+        "decoders": run.decoders,
         "resumed_from": run.resumed_from,
         "options": run.options,
         "state": run.stats.state.to_dict(),
@@ -166,6 +167,8 @@ def format_table(run: Any) -> str:
                    if run.workers == 0 and run.options.get("workers_asked") is None else
                    f"{_plural(run.workers, 'worker process')}" if run.workers else "in this process")
         decode = f"decode: cpu, {workers}"
+        if run.decoders:
+            decode += " (" + ", ".join(f"{name} for {_plural(n, 'image')}" for name, n in sorted(run.decoders.items())) + ")"
     else:
         decode = "decode: gpu (nvJPEG)"
     if run.decode_reason and run.options.get("decode") != "cpu" and run.decode == "cpu":

@@ -25,7 +25,7 @@ from gpustats.sources import list_images
 from gpustats.sources.synthetic import make_demo_folder, make_tiny_folder, tiny_array
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP_KEYS = {"schema", "channels", "stats", "normalize", "images", "pixels", "files", "bytes", "bad_files", "warnings",
+TOP_KEYS = {"schema", "channels", "stats", "normalize", "images", "pixels", "files", "bytes", "bad_files", "warnings", "decoders",
             "elapsed_s", "images_per_s", "mb_per_s", "device", "backend", "strategy", "cpu_reason", "decode",
             "decode_reason", "workers", "resumed_from", "options", "state"}
 

@@ -20,7 +20,8 @@ Bad files never crash and are never partially counted:
 * header larger than ``max_pixels`` -> ``"too large: WxH > max_pixels=N"``, checked from the
   header *before* any pixel is decoded (guards against decompression bombs). ``max_pixels``
   replaces Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, lifted while the file is opened), so
-  it can also allow larger images than Pillow would; ``max_pixels=None`` means no limit at all.
+  it can also allow larger images than Pillow would; ``max_pixels=None`` sets no limit of ours
+  and leaves Pillow's (its ``DecompressionBombError`` is then reported as "too large").
   Pillow's ``DecompressionBombWarning`` is silenced: ``max_pixels`` is the limit that decides;
 * 16-bit images (modes ``I;16``, ``I``) are converted as torchvision's loader converts them:
   values above 255 clip to 255 (most pixels of a typical 16-bit photo). Each such file raises a
@@ -31,6 +32,12 @@ Bad files never crash and are never partially counted:
   fill; gpustats warns once when it sees that).
 
 The file format is sniffed from content, so a PNG named ``.jpg`` decodes fine.
+
+With ``simplejpeg`` installed (``pip install 'gpustats[fast]'``), JPEGs that libjpeg-turbo decodes
+to Pillow's exact pixels are decoded by it directly (about 1.4x faster); every other file, and
+any JPEG that makes libjpeg-turbo warn, goes through Pillow. ``GPUSTATS_JPEG_DECODER=pillow``
+turns it off. :func:`decode_with_info` says which decoder ran; never does the choice change a
+number.
 
 Optional geometry, equal to torchvision's ``Resize(N)`` then ``CenterCrop(M)`` on the PIL
 image (applied after colour conversion, in that order):
@@ -62,13 +69,14 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "resized_size", "center_crop_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "decode_with_info", "resized_size", "center_crop_array"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
 #: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _MODES = ("RGB", "L")
+_SIMPLEJPEG = None  # simplejpeg.decode_jpeg, False when unavailable (see _fast_jpeg)
 #: Pillow modes of more than 8 bits per pixel that convert("RGB") clips to 255
 _CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _CLIPPED_WARNING = ("16-bit image converted as torchvision's loader does: values above 255 clip to 255 "
@@ -131,6 +139,41 @@ def _check_options(mode: str, resize: int | None, center_crop) -> None:
         _crop_hw(center_crop)
 
 
+def _fast_jpeg():
+    """simplejpeg's ``decode_jpeg`` when installed (``pip install 'gpustats[fast]'``) and not turned
+    off with ``GPUSTATS_JPEG_DECODER=pillow``; else None."""
+    global _SIMPLEJPEG
+    if _SIMPLEJPEG is None:
+        _SIMPLEJPEG = False
+        if os.environ.get("GPUSTATS_JPEG_DECODER", "").lower() != "pillow":
+            try:
+                from simplejpeg import decode_jpeg
+
+                _SIMPLEJPEG = decode_jpeg
+            except ImportError:
+                pass
+    return _SIMPLEJPEG or None
+
+
+def _libjpeg_turbo(fh, img) -> np.ndarray | None:
+    """RGB pixels of a JPEG by libjpeg-turbo (simplejpeg), or None to let Pillow decode.
+
+    Only where the result is Pillow's, bit for bit (tests/test_fast_jpeg.py proves it on baseline,
+    progressive, 4:4:4/4:2:2/4:2:0, grayscale, restart-marker and EXIF files): JPEGs whose header
+    Pillow reads as RGB or L, accurate IDCT and fancy upsampling (Pillow's defaults), and strict
+    mode, so any decoder warning (truncated or corrupt data) hands the file to Pillow, whose verdict
+    then stands. CMYK/YCCK JPEGs and everything else go to Pillow.
+    """
+    decode = _fast_jpeg()
+    if decode is None or img.format != "JPEG" or img.mode not in ("RGB", "L"):
+        return None
+    try:
+        fh.seek(0)
+        return decode(fh.read(), colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+    except Exception:  # ValueError on any libjpeg warning: Pillow decides
+        return None
+
+
 def decode_image(
     path: str | os.PathLike[str],
     *,
@@ -144,6 +187,18 @@ def decode_image(
     Raises :class:`BadImage` (with ``.reason``) for any file that cannot be fully decoded;
     raises ``ValueError`` only for invalid options. See the module docstring for the rules.
     """
+    return decode_with_info(path, mode=mode, max_pixels=max_pixels, resize=resize, center_crop=center_crop)[0]
+
+
+def decode_with_info(
+    path: str | os.PathLike[str],
+    *,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize: int | None = None,
+    center_crop: int | Sequence[int] | None = None,
+) -> tuple[np.ndarray, str]:
+    """:func:`decode_image` and the decoder that ran: ``"pillow"`` or ``"libjpeg-turbo"`` (simplejpeg)."""
     _check_options(mode, resize, center_crop)
     global _warned_truncated
     if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
@@ -160,7 +215,8 @@ def decode_image(
     pillow_limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        Image.MAX_IMAGE_PIXELS = None  # max_pixels decides (checked below from the header)
+        if max_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = None  # max_pixels decides (checked below from the header)
         try:
             with open(path, "rb") as fh:
                 try:
@@ -176,9 +232,14 @@ def decode_image(
                                        path)
                     if img.mode in _CLIPPED_MODES:
                         warnings.warn(_CLIPPED_WARNING, UserWarning, stacklevel=2)
+                    fast = _libjpeg_turbo(fh, img) if mode == "RGB" else None
+                    decoder = "pillow" if fast is None else "libjpeg-turbo"
                     try:
-                        img.load()
-                        converted = img.convert(mode)
+                        if fast is not None:
+                            converted = Image.fromarray(fast, "RGB") if resize is not None else fast
+                        else:
+                            img.load()
+                            converted = img.convert(mode)
                     except Image.DecompressionBombError as exc:
                         raise BadImage(f"too large: {exc}", path) from None
                     except Exception as exc:  # OSError, SyntaxError, EOFError, zlib.error, ...
@@ -198,9 +259,12 @@ def decode_image(
         new_size = resized_size(converted.width, converted.height, int(resize))
         if new_size != converted.size:
             converted = converted.resize(new_size, Image.BILINEAR)
-    array = np.array(converted, dtype=np.uint8)  # a writable copy (np.asarray is read-only)
+    if isinstance(converted, np.ndarray):
+        array = converted  # simplejpeg's own writable array
+    else:
+        array = np.array(converted, dtype=np.uint8)  # a writable copy (np.asarray is read-only)
     if array.ndim == 2:
         array = array[:, :, None]
     if center_crop is not None:
         array = center_crop_array(array, center_crop)
-    return np.ascontiguousarray(array)
+    return np.ascontiguousarray(array), decoder

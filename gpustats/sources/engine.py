@@ -88,6 +88,7 @@ class StatsRun:
     resumed_from: int | None = None
     from_complete_checkpoint: bool = False
     warnings: dict[str, int] = dataclasses.field(default_factory=dict)
+    decoders: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def pixels(self) -> int:
@@ -258,6 +259,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     bad_files: list[dict[str, str]] = []
     bad_order: list[int] = []
     seen_warnings: dict[str, int] = {}
+    decoders: dict[str, int] = {}  # images per CPU decoder (this run's part, not a resumed one)
     prior_elapsed = 0.0
     resumed_from = None
     complete = False
@@ -336,6 +338,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                         images += good.images
                         for text, count in good.warnings.items():
                             seen_warnings[text] = seen_warnings.get(text, 0) + count
+                        for name, count in good.decoders.items():
+                            decoders[name] = decoders.get(name, 0) + count
                     bad_files.extend(b for b, _ in batch_bad)
                     bad_order.extend(order for _, order in batch_bad)  # positions in the full list
                     nbytes += batch_bytes
@@ -404,7 +408,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     bytes=nbytes, bad_files=bad_files, elapsed_s=elapsed, device=run_device, backend=backend,
                     strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
-                    from_complete_checkpoint=complete, warnings=seen_warnings)
+                    from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders)
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

@@ -32,7 +32,7 @@ from typing import Any, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch.utils.data
 
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_image
+from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_with_info
 from .errors import BadImage
 
 __all__ = ["BatchResult", "ReducedBatches", "iter_reduced"]
@@ -53,6 +53,7 @@ class BatchResult(NamedTuple):
     nbytes: int
     bad: list[tuple[int, str]]
     warnings: dict[str, int]
+    decoders: dict[str, int] = {}
 
 
 class ReducedBatches(torch.utils.data.Dataset):
@@ -88,7 +89,7 @@ class ReducedBatches(torch.utils.data.Dataset):
     def __getitem__(self, b: int) -> BatchResult:
         first = self.start + int(b) * self.batch_size
         last = min(self.stop, first + self.batch_size)
-        arrays, bad, nbytes, seen = [], [], 0, {}
+        arrays, bad, nbytes, seen, decoders = [], [], 0, {}, {}
         with warnings.catch_warnings(record=True) as log:
             warnings.simplefilter("always")
             for index in range(first, last):
@@ -99,7 +100,9 @@ class ReducedBatches(torch.utils.data.Dataset):
                 except OSError:
                     pass
                 try:
-                    arrays.append(decode_image(path, **self.decode_opts))
+                    array, decoder = decode_with_info(path, **self.decode_opts)
+                    arrays.append(array)
+                    decoders[decoder] = decoders.get(decoder, 0) + 1
                 except BadImage as exc:
                     bad.append((index, exc.reason))
                 except Exception as exc:  # never let one file end the run
@@ -107,7 +110,7 @@ class ReducedBatches(torch.utils.data.Dataset):
                 for text in {str(w.message) for w in log[before:]}:
                     seen[text] = seen.get(text, 0) + 1
         state = self._reduce(arrays, b) if arrays else None
-        return BatchResult(first, last, state, len(arrays), nbytes, bad, seen)
+        return BatchResult(first, last, state, len(arrays), nbytes, bad, seen, decoders)
 
     def _reduce(self, arrays: list[np.ndarray], b: int) -> dict:
         if self._reducer is None:
