@@ -112,6 +112,16 @@ class ReducedBatches(torch.utils.data.Dataset):
         state = self._reduce(arrays, b) if arrays else None
         return BatchResult(first, last, state, len(arrays), nbytes, bad, seen, decoders)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_reducer"] = None  # numba state does not travel (spawned workers build their own)
+        state.pop("_adapter", None)
+        return state
+
+    def warm_up(self) -> None:
+        """Build the reducer and run it once on a tiny image (compiles or loads numba's code)."""
+        self._reduce([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
+
     def _reduce(self, arrays: list[np.ndarray], b: int) -> dict:
         if self._reducer is None:
             from ..backends import Options
@@ -139,19 +149,35 @@ def _identity(result: BatchResult) -> BatchResult:
     return result
 
 
+def _threads_started() -> str | None:
+    """The numba threading layer this process runs, or None when no parallel region has run yet."""
+    try:
+        import numba
+
+        return numba.threading_layer()
+    except (ValueError, ImportError):
+        return None
+
+
+def prefer_forksafe_threads() -> None:
+    """Make numba pick a fork-safe threading layer (TBB or its workqueue; not GNU OpenMP), unless the
+    user chose one (``NUMBA_THREADING_LAYER``) or threads already run. Decode workers are forked:
+    then the parent may compile and warm the reducer, and the children inherit it ready to run."""
+    if "NUMBA_THREADING_LAYER" not in os.environ and _threads_started() is None:
+        import numba
+
+        numba.config.THREADING_LAYER = "forksafe"
+
+
 def _start_method() -> str | None:
     """``"spawn"`` when this process already runs numba's GNU OpenMP threads, else the default (fork).
 
     A forked child of a process that has used GNU OpenMP must not use it again (numba aborts it:
     "fork() called from a process already using GNU OpenMP"), and the workers reduce with numba.
-    Fresh processes cost about a second to start; fork costs nothing, so it is kept when safe.
+    Fresh processes cost about a second to start; fork costs nothing, so it is kept when safe (see
+    :func:`prefer_forksafe_threads`).
     """
-    try:
-        import numba
-
-        return "spawn" if numba.threading_layer() == "omp" else None
-    except (ValueError, ImportError):  # no parallel region has run in this process yet
-        return None
+    return "spawn" if _threads_started() == "omp" else None
 
 
 def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch_size: int, start: int = 0,
@@ -166,12 +192,16 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     dataset = ReducedBatches(files, batch_size=batch_size, start=start, stop=stop, **options)
     if len(dataset) == 0:
         return
+    prefer_forksafe_threads()
+    context = _start_method()
+    if workers > 0 and context is None:
+        dataset.warm_up()  # compiled here once; forked workers inherit it instead of each loading it
     if workers == 0:
         for b in range(len(dataset)):
             yield dataset[b]
         return
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, worker_init_fn=_one_thread,
-                                         multiprocessing_context=_start_method(),
+                                         multiprocessing_context=context,
                                          persistent_workers=False, pin_memory=False)
     yield from loader
