@@ -118,6 +118,28 @@ def test_float_covariance_and_per_image_match_cpu():
             np.testing.assert_allclose(gpu.images.m2, cpu.images.m2, rtol=1e-4, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_per_image_counts_each_channel_and_matches_cpu(dtype):
+    """Per-image figures per channel (an all-NaN channel of an image leaves the other channels
+    alone); uint8 per-image states are bitwise equal to the CPU backend's for any batch split."""
+    g = torch.Generator().manual_seed(22)
+    if dtype == torch.uint8:
+        x = torch.randint(0, 256, (5, 3, 3, 5), generator=g, dtype=torch.uint8)
+        splits = ([x], [x[:2], x[2:]], [x[i:i + 1] for i in range(5)])
+        states = [_state(b, "cuda", per_image=True)[1] for b in splits]
+        assert all(s == states[0] for s in states) and states[0] == _state([x], "cpu", per_image=True)[1]
+        return
+    x = torch.randn(5, 3, 3, 5, generator=g)
+    x[1, 0] = float("nan")
+    x[3, 2, 0, 0] = float("nan")
+    gpu = compute_stats([x[:2], x[2:]], device="cuda", per_image=True, nan_policy="omit").per_image
+    cpu = compute_stats([x[:2], x[2:]], device="cpu", per_image=True, nan_policy="omit").per_image
+    assert gpu["images_per_channel"].tolist() == cpu["images_per_channel"].tolist() == [4, 5, 5]
+    for key in ("mean_of_means", "mean_of_stds", "mean_of_stds_ddof1"):
+        assert np.isfinite(gpu[key]).all()
+        np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-6, err_msg=key)
+
+
 def test_nan_policy_raise_leaves_state_unchanged_and_omit_counts():
     good = torch.ones(1, 3, 2, 2)
     bad = good.clone()

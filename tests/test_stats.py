@@ -184,3 +184,21 @@ def test_known_answer_by_hand():
     assert r.min.tolist() == [0.0, 0.2] and r.max.tolist() == [1.0, 0.2]
     assert r.count.tolist() == [4, 4]
     assert math.isclose(compute_stats([x], device="cpu", layout="NCHW", ddof=1).var[0], 1 / 3, rel_tol=1e-15)
+
+
+# ---------------------------------------------------------------------- issue 17: clear errors
+def test_percentile_of_nan_is_a_clear_error():
+    r = compute_stats([np.arange(12, dtype=np.uint8).reshape(1, 3, 2, 2)], device="cpu", histogram=True, layout="NCHW")
+    for bad in (float("nan"), [50, float("nan")], float("inf"), -1):
+        with pytest.raises(StatsError, match=r"numbers in \[0, 100\]"):
+            r.percentile(bad)
+
+
+@pytest.mark.parametrize("text", ["[]", "3", "null", '"state"', '{"format": "gpustats.ChannelStats/1"}',
+                                  '{"format": "gpustats.ChannelStats/1", "dtype": "uint8", "count": [1]}',
+                                  '{"format": "gpustats.ChannelStats/1", "dtype": "complex64"}'])
+def test_from_json_of_anything_else_is_a_clear_error(text):
+    with pytest.raises(StatsError, match="gpustats state|ChannelStats.to_json"):
+        ChannelStats.from_json(text)
+    with pytest.raises(StatsError):
+        ChannelStats.from_json(None)

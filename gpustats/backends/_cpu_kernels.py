@@ -136,8 +136,9 @@ def int_rows_serial(x, cp, want_cross, want_hist, count, total, total_sq, vmin, 
 
 
 @njit(inline="always", nogil=True)
-def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover - compiled
-    """One row (image) ``n`` of :func:`float_rows`."""
+def _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
+               comoment):  # pragma: no cover - compiled
+    """One row (image) ``n`` of :func:`float_rows`; the mean as ``mean + mean_lo`` (a double-double)."""
     for c in range(channels):
         k = 0
         s = 0.0
@@ -168,12 +169,19 @@ def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vm
                 d = v - mu
                 d2 += d * d
                 corr += d
-        # corrected two-pass (Chan, Golub & LeVeque 1983): removes the rounding of mu
+        # corrected two-pass (Chan, Golub & LeVeque 1983): removes the rounding of mu; the corrected
+        # mean is kept as mu + lo exactly (TwoSum), so an offset of 1e8 costs the merges nothing
+        lo_part = 0.0
         if k > 0:
-            mu += corr / k
+            fix = corr / k
+            total = mu + fix
+            back = total - mu
+            lo_part = (mu - (total - back)) + (fix - back)
+            mu = total
             d2 -= corr * corr / k
         count[n, c] = k
         mean[n, c] = mu
+        mean_lo[n, c] = lo_part
         m2[n, c] = max(d2, 0.0)
         vmin[n, c] = lo
         vmax[n, c] = hi
@@ -197,8 +205,8 @@ def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vm
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def float_rows(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
-    """Per-row float64 (count, mean, M2) by two passes; non-finite values counted and skipped.
+def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+    """Per-row float64 (count, mean + mean_lo, M2) by two passes; non-finite values counted and skipped.
 
     ``comoment`` ([N, C, C]) is filled only when ``want_cross`` and the row is all finite.
     """
@@ -207,24 +215,28 @@ def float_rows(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, negi
     else:
         n_rows, length, channels = x.shape
     for n in prange(n_rows):
-        _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment)
+        _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment)
 
 
 @njit(cache=True, nogil=True)
-def float_rows_serial(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+def float_rows_serial(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
     """float_rows in this thread: for few rows a parallel region costs more than it saves."""
     if cp:
         n_rows, channels, length = x.shape
     else:
         n_rows, length, channels = x.shape
     for n in range(n_rows):
-        _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment)
+        _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment)
 
 
 
 @njit(cache=True, nogil=True)
-def hist_float(x, cp, lo, hi, bins, clip, hist):  # pragma: no cover
-    """Histogram over [lo, hi] (last bin closed, like numpy); returns (#below, #above) outside."""
+def hist_float(x, cp, lo, hi, bins, clip, hist, low_end, high_end, ends):  # pragma: no cover
+    """Histogram over [lo, hi] (last bin closed, like numpy); returns (#below, #above) outside.
+
+    ``ends[c]`` ([C, 2]) counts the values at or below ``low_end`` and at or above ``high_end``
+    (the range's lowest and highest value, ``numerics.range_ends``; outside values only with ``clip``).
+    """
     if cp:
         n_rows, channels, length = x.shape
     else:
@@ -253,4 +265,8 @@ def hist_float(x, cp, lo, hi, bins, clip, hist):  # pragma: no cover
                     if b >= bins:
                         b = bins - 1
                 hist[c, b] += 1
+                if v <= low_end:
+                    ends[c, 0] += 1
+                if v >= high_end:
+                    ends[c, 1] += 1
     return below, above
