@@ -108,7 +108,7 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        rows_fn = k.int_rows if n > 1 else k.int_rows_serial  # one image: no parallel region to pay for
+        rows_fn = k.int_rows if n > 1 else k.int_first_row  # one image: no parallel region to pay for
         rows_fn(a, cp, cross, hist is not None, *out, products, hist_rows)
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
@@ -126,7 +126,7 @@ def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: boo
         out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
                for name in names]
         com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
-        rows_fn = k.float_rows if n > 1 else k.float_rows_serial
+        rows_fn = k.float_rows if n > 1 else k.float_first_row
         rows_fn(a, cp, cross, *out, com)
         for name, arr in zip(rows, [*out, com]):
             rows[name].append(arr)
