@@ -118,6 +118,24 @@ def test_float_covariance_and_per_image_match_cpu():
             np.testing.assert_allclose(gpu.images.m2, cpu.images.m2, rtol=1e-4, atol=1e-9)
 
 
+def test_welford_summaries_are_chan_merged_across_flushes(spy):
+    """The welford strategy's device (n, mean, M2) is Chan-merged on the host at every flush
+    (``state()`` mid-stream): float64 at a 1e4 offset matches the CPU backend to ~1e-12."""
+    g = torch.Generator().manual_seed(21)
+    batches = [1e4 + 1e-2 * torch.randn(n, 3, 4, 5, generator=g, dtype=torch.float64) for n in (2, 1, 3)]
+    acc = Accumulator(device="cuda", strategy="welford")
+    acc.update(batches[0])
+    first = acc.state()
+    for b in batches[1:]:
+        acc.update(b)
+    gpu = acc.result()
+    cpu = compute_stats(batches, device="cpu")
+    assert first.count.tolist() == [40] * 3 and spy.get("welford") == len(batches)
+    np.testing.assert_allclose(gpu.mean, cpu.mean, rtol=1e-15)
+    np.testing.assert_allclose(gpu.std, cpu.std, rtol=1e-10)
+    assert gpu.count.tolist() == cpu.count.tolist() == [120] * 3
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_per_image_counts_each_channel_and_matches_cpu(dtype):
     """Per-image figures per channel (an all-NaN channel of an image leaves the other channels

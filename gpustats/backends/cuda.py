@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..numerics import moments_from_shifted_sums
+from ..numerics import chan_merge, moments_from_shifted_mean, moments_from_shifted_sums
 from ..stats import ChannelStats, ImageMoments
 from . import BackendUnavailable, Options, Reducer
 
@@ -324,7 +324,8 @@ class CudaReducer(Reducer):
 
         Every numeric rule is :mod:`gpustats.numerics`': integer totals are exact
         (``ChannelStats.from_integer_sums``); float sums of ``x - shift`` become a summary with
-        :func:`~gpustats.numerics.moments_from_shifted_sums`.
+        :func:`~gpustats.numerics.moments_from_shifted_sums`, and the ``welford`` strategy's running
+        ``(n, mean, M2)`` is Chan-merged into it (:func:`~gpustats.numerics.chan_merge`).
         """
         if self._acc is None:
             return
@@ -346,6 +347,9 @@ class CudaReducer(Reducer):
         else:
             moments = moments_from_shifted_sums(host["count"], host["shift"], host["fsum"], host["fsumsq"],
                                                 host["cross"] if covariance else None)
+            if self._requested == "welford" and not covariance:  # welford computes no co-moments
+                w = self._k.get_strategy("welford").moments_of(acc)
+                moments = chan_merge(moments, moments_from_shifted_mean(w["count"], host["shift"], w["mean"], w["m2"]))
             batch_state = ChannelStats.from_moments(
                 moments.count, moments.mean, moments.m2, host["vmin"], host["vmax"], dtype=dtype, scale=scale,
                 nonfinite=host["nonfinite"], comoment=moments.comoment, images=images, mean_lo=moments.mean_lo,
