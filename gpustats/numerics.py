@@ -112,6 +112,10 @@ def chan_merge_rows(rows: Moments) -> Moments:
     the empty summary (mean 0, M2 0).
     """
     count = np.asarray(rows.count)
+    if count.shape[0] == 0:  # no rows: the empty summary
+        zeros = np.zeros(count.shape[1:])
+        comoment = None if rows.comoment is None else np.zeros(np.shape(rows.comoment)[1:])
+        return Moments(np.zeros(count.shape[1:], np.int64), zeros, zeros, zeros, comoment)
     n = count.astype(np.float64)
     mean = np.asarray(rows.mean, dtype=np.float64)
     has = count > 0

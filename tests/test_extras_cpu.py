@@ -280,3 +280,19 @@ def test_undefined_covariance_is_nan_and_whitening_says_why():
     assert np.isnan(r.to_dict()["covariance"]["eigenvalues"]).all()
     ok = compute_stats([x], device="cpu", covariance=True, ddof=0, layout="NCHW")
     assert ok.cov.tolist() == [[0.0] * 3] * 3 and np.isfinite(ok.pca()[0]).all()
+
+
+def test_saturation_without_exact_end_counts_says_so():
+    """A state saved before end counts were kept (bins wider than one value) cannot answer exactly."""
+    from gpustats import ChannelStats
+
+    x = np.random.default_rng(11).integers(-1000, 1001, size=(2, 1, 10, 10)).astype(np.int16)
+    r = compute_stats([x], device="cpu", histogram=True, hist_bins=20, hist_range=(-1000, 1000), layout="NCHW")
+    d = r.state.to_dict()
+    del d["hist_ends"]
+    old = ChannelStats.from_dict(d).finalize()
+    assert r.saturation_available and not old.saturation_available
+    with pytest.raises(StatsError, match="exact counts at the histogram range's ends"):
+        old.saturation()
+    assert "saturated_low" not in old.to_dict()["histogram"]
+    assert old.state.merge(r.state).hist_ends is None  # unknown on one side: unknown

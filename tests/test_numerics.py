@@ -71,6 +71,12 @@ def test_chan_merge_empty_is_identity_and_channels_are_independent():
     np.testing.assert_allclose(got.m2[1], 2.0 + 0.5 + 4.0 * 3 * 2 / 5, rtol=1e-15)
 
 
+def test_chan_merge_rows_of_no_rows_is_the_empty_summary():
+    got = N.chan_merge_rows(N.Moments(np.zeros((0, 2), np.int64), np.zeros((0, 2)), np.zeros((0, 2)), np.zeros((0, 2)),
+                                      np.zeros((0, 2, 2))))
+    assert got.count.tolist() == [0, 0] and got.m2.tolist() == [0.0, 0.0] and got.comoment.shape == (2, 2)
+
+
 def test_chan_merge_comoment_matches_np_cov():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 3)) @ rng.normal(size=(3, 3)) + 40.0

@@ -202,3 +202,19 @@ def test_from_json_of_anything_else_is_a_clear_error(text):
         ChannelStats.from_json(text)
     with pytest.raises(StatsError):
         ChannelStats.from_json(None)
+
+
+def test_states_saved_before_per_channel_image_counts_still_load():
+    """Older per-image states (no counts, no exact sums) load; merging one into an exact integer
+    state is refused with a message saying what to do, not silently inexact."""
+    x = np.random.default_rng(10).integers(0, 256, size=(4, 3, 5, 5), dtype=np.uint8)
+    new = compute_stats([x], device="cpu", per_image=True).state
+    d = new.to_dict()
+    d["images"] = {"images": 4, "mean": [float(v).hex() for v in new.images.mean.reshape(-1)],
+                   "m2": [float(v).hex() for v in new.images.m2.reshape(-1)]}
+    old = ChannelStats.from_dict(d)
+    assert old.images.counts.tolist() == [4, 4, 4] and not old.images.exact
+    np.testing.assert_allclose(old.finalize().per_image["mean_of_means"], new.finalize().per_image["mean_of_means"],
+                               rtol=1e-15)
+    with pytest.raises(StatsError, match="older gpustats.*recompute"):
+        old.merge(new)
