@@ -5,15 +5,18 @@ most ``RUN_LENGTH`` pixels, then Chan-merges the run into its float64 ``(n, mean
 shared thread loop of ``_thread`` with ``welford=True``). Blocks Chan-merge their threads with
 the shared fixed-shape block tree (``_common.make_block_tree``) and store per-block partials;
 a one-thread-per-channel kernel Chan-merges the blocks in block order and then into a running
-device summary, :func:`moments_of` ``(n, mean of d, M2)`` per channel. No sum of ``d`` or ``d*d``
-is ever formed: M2 is never a difference of large numbers, so this strategy is a numerically
-independent check of the sum-based ones. The host (the CUDA backend) Chan-merges the running
-summary with everything else (``gpustats.numerics.chan_merge``).
+device summary, :func:`moments_of` ``(n, mean of d, M2)`` per channel. M2 is never a difference
+of large sums, so this strategy is a numerically independent check of the sum-based ones: the
+CUDA backend builds its state from this summary (``gpustats.numerics.moments_from_shifted_mean``)
+and Chan-merges it with everything else (``gpustats.numerics.chan_merge``).
 
 The running summary lives beside the :class:`~gpustats.kernels.Accumulators` (its work arrays,
-``acc.scratch``): ``count``/``fsum``/``fsumsq`` are left alone, ``nonfinite``/``vmin``/``vmax`` are
-updated as by every strategy. Like ``tree`` the result is bitwise reproducible for a fixed launch
-configuration.
+``acc.scratch``; a fresh ``Accumulators`` starts it empty, ``reset()`` does not clear it). So that
+every strategy keeps the accumulators' documented contract (``count``, ``fsum``/``fsumsq`` of
+``d``, ``nonfinite``, ``vmin``/``vmax``, which generic readers such as the benchmarks use), a
+third tiny kernel also adds each launch's summary there in sum form (``n``, ``n*mean``,
+``M2 + n*mean**2``); nothing in gpustats reads welford's results from those sums. Like ``tree``
+the result is bitwise reproducible for a fixed launch configuration.
 
 Integer input is summed exactly instead (Welford's divisions would spoil exactness); it runs
 the ``tree`` kernels, so all strategies agree to the bit on uint8/uint16.
@@ -130,8 +133,29 @@ def _build(dtype_tag, layout, channels, threads, run=None):
             nonfinite[c] += t_bad
             vmin[c] = t_min
             vmax[c] = t_max
+            part_n[0, c] = t_n  # this launch's summary, for export_kernel (row 0 was read above)
+            part_moments[0, c] = t_mean
+            part_moments[0, C + c] = t_m2
 
     return partial_kernel, merge_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _build_export(channels):
+    C = channels
+
+    @cuda.jit
+    def export_kernel(part_n, part_moments, count, fsum, fsumsq):
+        """A launch's summary (row 0 after ``merge_kernel``) added to the accumulators in their sum form."""
+        c = cuda.grid(1)
+        if c < C:
+            n = part_n[0, c]
+            mean = part_moments[0, c]
+            count[c] += n
+            fsum[c] += float64(n) * mean
+            fsumsq[c] += part_moments[0, C + c] + float64(n) * mean * mean
+
+    return export_kernel
 
 
 def _summary(acc):
@@ -173,3 +197,4 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
     merge_kernel[1, channels, stream](
         blocks, part_n, part_moments, part_min, run_count, acc.nonfinite, summary[0], summary[1], acc.vmin, acc.vmax
     )
+    _build_export(channels)[1, channels, stream](part_n, part_moments, acc.count, acc.fsum, acc.fsumsq)

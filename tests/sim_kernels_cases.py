@@ -111,15 +111,14 @@ def shift_for(values: np.ndarray) -> np.ndarray:
 
 def host_of(strategy, acc) -> dict:
     """``acc.to_host()`` plus, for float input, ``mean_d`` and ``m2``: the mean and M2 of d = x - shift
-    in whichever form the strategy leaves them: shifted sums (``fsum``/``fsumsq``), or the welford
-    strategy's running (n, mean, M2) summary, which is not sums (then ``count`` is the summary's:
-    welford leaves ``acc.count`` alone)."""
+    from the strategy's own state: the shifted sums (``fsum``/``fsumsq``), or for welford its running
+    (n, mean, M2) summary (``summary_count`` its n), which is what the CUDA backend reads."""
     host = acc.to_host()
     if acc.integer:
         return host
     if strategy == "welford":
         summary = K.get_strategy("welford").moments_of(acc)
-        host["count"], host["mean_d"], host["m2"] = summary["count"], summary["mean"], summary["m2"]
+        host["summary_count"], host["mean_d"], host["m2"] = summary["count"], summary["mean"], summary["m2"]
         return host
     n = host["count"].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -264,18 +263,21 @@ def test_deterministic_strategies_are_bitwise_reproducible(strategy):
         assert first[key].tobytes() == second[key].tobytes(), key
 
 
-def test_welford_keeps_n_mean_m2_not_sums():
-    """The welford strategy hands over a (n, mean, M2) summary and forms no sums of d or d*d."""
+def test_welford_keeps_n_mean_m2_and_mirrors_it_in_the_accumulators():
+    """The welford strategy's state is a (n, mean, M2) summary; the accumulators' count and sums
+    (their documented contract, read by generic code such as the benchmarks) mirror it."""
     rng = np.random.default_rng(8)
     stored, values = make_data("float32", (3, 2, 23), rng, nonfinite=True, loc=2.0, scale=0.5)
     host = run("welford", stored, "CP", "float32", values, launch=(3, 4))
-    assert host["fsum"].tolist() == [0.0, 0.0] and host["fsumsq"].tolist() == [0.0, 0.0]
     ref = reference(values)
+    np.testing.assert_array_equal(host["summary_count"], ref["count"])
     np.testing.assert_array_equal(host["count"], ref["count"])
     good = [row[np.isfinite(row)] for row in values.transpose(1, 0, 2).reshape(2, -1)]
-    ref_m2 = [((g - g.mean()) ** 2).sum() for g in good]
-    np.testing.assert_allclose(host["m2"], ref_m2, rtol=1e-5)
+    np.testing.assert_allclose(host["m2"], [((g - g.mean()) ** 2).sum() for g in good], rtol=1e-5)
     np.testing.assert_allclose(host["shift"] + host["mean_d"], ref["mean"], rtol=1e-6)
+    n = host["count"].astype(np.float64)
+    np.testing.assert_allclose(host["fsum"], n * host["mean_d"], rtol=1e-12)
+    np.testing.assert_allclose(host["fsumsq"], host["m2"] + n * host["mean_d"] ** 2, rtol=1e-12)
 
 
 def test_welford_needs_no_good_shift():

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..numerics import chan_merge, moments_from_shifted_mean, moments_from_shifted_sums
+from ..numerics import moments_from_shifted_mean, moments_from_shifted_sums
 from ..stats import ChannelStats, ImageMoments
 from . import BackendUnavailable, Options, Reducer
 
@@ -324,8 +324,10 @@ class CudaReducer(Reducer):
 
         Every numeric rule is :mod:`gpustats.numerics`': integer totals are exact
         (``ChannelStats.from_integer_sums``); float sums of ``x - shift`` become a summary with
-        :func:`~gpustats.numerics.moments_from_shifted_sums`, and the ``welford`` strategy's running
-        ``(n, mean, M2)`` is Chan-merged into it (:func:`~gpustats.numerics.chan_merge`).
+        :func:`~gpustats.numerics.moments_from_shifted_sums`, except under the ``welford`` strategy,
+        whose device ``(n, mean, M2)`` is taken as it is (an accumulator of a reducer with an explicit
+        strategy is only ever fed by that strategy); the batch state is then Chan-merged into the
+        host state (:func:`~gpustats.numerics.chan_merge`, inside ``ChannelStats.merge``).
         """
         if self._acc is None:
             return
@@ -345,11 +347,12 @@ class CudaReducer(Reducer):
                 hist_range=(0.0, 256.0) if histogram else None, cross=cross, images=images,
             )
         else:
-            moments = moments_from_shifted_sums(host["count"], host["shift"], host["fsum"], host["fsumsq"],
-                                                host["cross"] if covariance else None)
-            if self._requested == "welford" and not covariance:  # welford computes no co-moments
+            if self._requested == "welford":  # its own (n, mean, M2); the accumulators' sums only mirror it
                 w = self._k.get_strategy("welford").moments_of(acc)
-                moments = chan_merge(moments, moments_from_shifted_mean(w["count"], host["shift"], w["mean"], w["m2"]))
+                moments = moments_from_shifted_mean(w["count"], host["shift"], w["mean"], w["m2"])
+            else:
+                moments = moments_from_shifted_sums(host["count"], host["shift"], host["fsum"], host["fsumsq"],
+                                                    host["cross"] if covariance else None)
             batch_state = ChannelStats.from_moments(
                 moments.count, moments.mean, moments.m2, host["vmin"], host["vmax"], dtype=dtype, scale=scale,
                 nonfinite=host["nonfinite"], comoment=moments.comoment, images=images, mean_lo=moments.mean_lo,
