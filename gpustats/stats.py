@@ -1,22 +1,19 @@
-"""The mergeable state (`ChannelStats`) and the user-facing result (`Stats`).
+"""The mergeable state :class:`ChannelStats` (the result :class:`Stats` lives in ``results.py``).
 
-One accumulator rule, stated once (DESIGN.md, "The state and its numerics"):
+One accumulator rule, stated once (DESIGN.md, "The state and its numerics"; the formulas are in
+:mod:`gpustats.numerics`):
 
 * **Integer input** (uint8, int8, uint16, int16) is reduced exactly: the state keeps the
   per-channel totals of ``x`` and ``x*x`` (and of ``x_i*x_j`` for covariance) as Python
   integers, so merging is integer addition and the result is bitwise identical for any batch
   split, any merge order, any backend and any number of ranks. Means and variances are derived
-  from those integers with exact rational arithmetic and rounded once to float64.
+  from those integers with exact rational arithmetic and rounded once to float64
+  (:func:`~gpustats.numerics.exact_moments`).
 * **Float input** is reduced by the backends to per-batch float64 ``(count, mean, M2)`` (float32
   is allowed only over short runs inside a kernel, always after subtracting a per-channel
-  reference value), and batches are combined with Chan et al.'s parallel formula in float64:
-
-      n = n_a + n_b;  d = mean_b - mean_a
-      mean = mean_a + d * n_b / n
-      M2   = M2_a + M2_b + d**2 * n_a * n_b / n
-
-  (Chan, Golub & LeVeque, "Algorithms for computing the sample variance", 1979). The multivariate
-  form merges co-moment matrices: ``C = C_a + C_b + outer(d, d) * n_a * n_b / n``.
+  reference value), and batches are combined with Chan et al.'s parallel formula in float64
+  (:func:`~gpustats.numerics.chan_merge`), compensated: the state keeps ``mean_lo``, the rounding
+  error of ``mean``, so large offsets cost no precision when data is split into batches.
 
 The empty state is a real value: it is the identity of :meth:`ChannelStats.merge`.
 
@@ -37,23 +34,18 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["ChannelStats", "Stats", "StatsError", "INTEGER_DTYPES", "FLOAT_DTYPES", "exact_row_moments"]
+from .image_moments import ImageMoments
+from .numerics import FLOAT_DTYPES, INTEGER_DTYPES, Moments, StatsError, chan_merge, exact_moments
+from .results import Stats
 
-#: Integer dtypes reduced exactly (their squares' sums fit int64 per kernel call).
-INTEGER_DTYPES = ("uint8", "int8", "uint16", "int16")
-#: Float dtypes (bfloat16 and float16 are widened inside the kernels).
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+__all__ = ["ChannelStats", "Stats", "StatsError", "ImageMoments", "INTEGER_DTYPES", "FLOAT_DTYPES",
+           "exact_row_moments"]
 
 _FORMAT = "gpustats.ChannelStats/1"
-
-
-class StatsError(ValueError):
-    """A state or result cannot be built or combined as asked; the message says why and what to do."""
 
 
 def _family(dtype: str | None) -> str:
@@ -62,7 +54,7 @@ def _family(dtype: str | None) -> str:
     return "int" if dtype in INTEGER_DTYPES else "float"
 
 
-def _f64(values: Any, channels: int | None = None) -> np.ndarray:
+def _f64(values: Any) -> np.ndarray:
     arr = np.array(values, dtype=np.float64).reshape(-1)
     arr.setflags(write=False)
     return arr
@@ -74,10 +66,10 @@ def _i64(values: Any) -> np.ndarray:
     return arr
 
 
-def _frozen(arr: np.ndarray | None) -> np.ndarray | None:
+def _frozen(arr: np.ndarray | None, dtype: Any = None) -> np.ndarray | None:
     if arr is None:
         return None
-    arr = np.array(arr, copy=True)
+    arr = np.array(arr, dtype=dtype, copy=True)
     arr.setflags(write=False)
     return arr
 
@@ -86,54 +78,8 @@ def _ints(values: Sequence[Any]) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
-@dataclass(frozen=True, eq=False)
-class ImageMoments:
-    """Aggregates over images of per-image statistics (``per_image=True``).
-
-    Rows of ``mean``/``m2`` (shape [3, C]) are, per channel, the image-weighted Chan state
-    (over ``images`` images) of: 0 the per-image mean, 1 the per-image std with ddof=0,
-    2 the per-image std with ddof=1 (NaN-free: single-pixel images contribute 0 to row 2).
-    """
-
-    images: int
-    mean: np.ndarray  # float64 [3, C]
-    m2: np.ndarray  # float64 [3, C]
-
-    @staticmethod
-    def from_images(img_count: np.ndarray, img_mean: np.ndarray, img_m2: np.ndarray) -> "ImageMoments":
-        """Fold per-image ``(count, mean, M2)`` arrays of shape [K, C] (raw units) into aggregates."""
-        count = np.asarray(img_count, dtype=np.float64)
-        if count.shape[0] == 0:
-            channels = count.shape[1]
-            return ImageMoments(0, _frozen(np.zeros((3, channels))), _frozen(np.zeros((3, channels))))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            std0 = np.sqrt(np.asarray(img_m2) / count)
-            std1 = np.where(count > 1, np.sqrt(np.asarray(img_m2) / np.maximum(count - 1, 1)), 0.0)
-        values = np.stack([np.asarray(img_mean, dtype=np.float64), std0, std1])  # [3, K, C]
-        mean = values.mean(axis=1)
-        m2 = ((values - mean[:, None, :]) ** 2).sum(axis=1)
-        return ImageMoments(int(count.shape[0]), _frozen(mean), _frozen(m2))
-
-    def merge(self, other: "ImageMoments") -> "ImageMoments":
-        if other.images == 0:
-            return self
-        if self.images == 0:
-            return other
-        n_a, n_b = float(self.images), float(other.images)
-        n = n_a + n_b
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (n_b / n)
-        m2 = self.m2 + other.m2 + delta**2 * (n_a * n_b / n)
-        return ImageMoments(self.images + other.images, _frozen(mean), _frozen(m2))
-
-    def to_dict(self) -> dict:
-        return {"images": self.images, "mean": _floats_out(self.mean), "m2": _floats_out(self.m2)}
-
-    @staticmethod
-    def from_dict(d: dict) -> "ImageMoments":
-        mean = _floats_in(d["mean"]).reshape(3, -1)
-        m2 = _floats_in(d["m2"]).reshape(3, -1)
-        return ImageMoments(int(d["images"]), _frozen(mean), _frozen(m2))
+def _range(hist_range: Sequence[float] | None) -> tuple[float, float] | None:
+    return None if hist_range is None else (float(hist_range[0]), float(hist_range[1]))
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,6 +98,10 @@ class ChannelStats:
         comoment: float64 [C, C] co-moment matrix sum((x_i-mean_i)(x_j-mean_j)) (covariance);
             ``icross`` the exact integer sum(x_i*x_j) it is derived from, for integer input.
         images: per-image aggregates (``per_image=True``).
+        mean_lo: float64, the rounding error of ``mean`` (float input; the true mean is
+            ``mean + mean_lo`` to about float64 precision of the spread, not of the offset).
+        hist_ends: int64 [C, 2] exact counts of values at the lowest and highest value of the
+            histogram range (``numerics.range_ends``), kept where the end bins hold more than one value.
     """
 
     dtype: str | None
@@ -169,6 +119,8 @@ class ChannelStats:
     comoment: np.ndarray | None = None
     icross: tuple[tuple[int, ...], ...] | None = None
     images: ImageMoments | None = None
+    mean_lo: np.ndarray | None = None
+    hist_ends: np.ndarray | None = None
 
     # ------------------------------------------------------------------ construction
     @staticmethod
@@ -204,6 +156,7 @@ class ChannelStats:
         hist_range: tuple[float, float] | None = None,
         cross: Sequence[Sequence[int]] | None = None,
         images: ImageMoments | None = None,
+        hist_ends: np.ndarray | None = None,
     ) -> "ChannelStats":
         """State of integer data from exact totals (Python ints or int64 arrays)."""
         if dtype not in INTEGER_DTYPES:
@@ -221,9 +174,8 @@ class ChannelStats:
         return ChannelStats(
             dtype, float(scale), _i64(n), _f64(mean), _f64(m2),
             _f64(vmin if any(n) else [math.inf] * channels), _f64(vmax if any(n) else [-math.inf] * channels),
-            _i64([0] * channels), s, q, _frozen(None if hist is None else np.asarray(hist, np.int64)),
-            None if hist_range is None else (float(hist_range[0]), float(hist_range[1])),
-            comoment, icross, images,
+            _i64([0] * channels), s, q, _frozen(hist, np.int64), _range(hist_range), comoment, icross, images,
+            None, _frozen(hist_ends, np.int64),
         )
 
     @staticmethod
@@ -241,18 +193,34 @@ class ChannelStats:
         hist_range: tuple[float, float] | None = None,
         comoment: np.ndarray | None = None,
         images: ImageMoments | None = None,
+        mean_lo: Sequence[float] | None = None,
+        hist_ends: np.ndarray | None = None,
     ) -> "ChannelStats":
-        """State of float data from float64 per-channel ``(count, mean, M2)``."""
+        """State of float data from float64 per-channel ``(count, mean, M2)`` (``mean_lo``: mean's rounding error)."""
         if dtype not in FLOAT_DTYPES:
             raise StatsError(f"from_moments needs a float dtype {FLOAT_DTYPES}, got {dtype!r}")
         channels = len(count)
         return ChannelStats(
             dtype, float(scale), _i64(count), _f64(mean), _f64(m2), _f64(vmin), _f64(vmax),
             _i64(nonfinite if nonfinite is not None else [0] * channels), None, None,
-            _frozen(None if hist is None else np.asarray(hist, np.int64)),
-            None if hist_range is None else (float(hist_range[0]), float(hist_range[1])),
-            _frozen(None if comoment is None else np.asarray(comoment, np.float64)), None, images,
+            _frozen(hist, np.int64), _range(hist_range), _frozen(comoment, np.float64), None, images,
+            _f64(mean_lo if mean_lo is not None else [0.0] * channels), _frozen(hist_ends, np.int64),
         )
+
+    def moments(self) -> Moments:
+        """``(count, mean, M2, mean_lo, comoment)`` of this state, for :func:`~gpustats.numerics.chan_merge`."""
+        lo = self.mean_lo if self.mean_lo is not None else np.zeros(self.channels)
+        return Moments(self.count, self.mean, self.m2, lo, self.comoment)
+
+    def end_counts(self) -> np.ndarray | None:
+        """int64 [C, 2] values at the histogram range's ends (see ``hist_ends``), or None if not known."""
+        if self.hist is None:
+            return None
+        if self.hist_ends is not None:
+            return self.hist_ends
+        if self.dtype == "uint8" and self.hist.shape[1] == 256 and self.hist_range == (0.0, 256.0):
+            return np.stack([self.hist[:, 0], self.hist[:, -1]], axis=1)  # one value per bin
+        return None
 
     # ------------------------------------------------------------------ merge
     def _check_compatible(self, other: "ChannelStats") -> None:
@@ -281,7 +249,7 @@ class ChannelStats:
         """Combine two states as if all of their data had been reduced together.
 
         Integer states add their exact totals (associative and commutative: bitwise identical in
-        any order). Float states use Chan's formula in float64 (see the module docstring).
+        any order). Float states use the compensated Chan formula in float64 (module docstring).
         """
         if other.is_empty:
             return self
@@ -289,6 +257,9 @@ class ChannelStats:
             return other
         self._check_compatible(other)
         hist = None if self.hist is None else self.hist + other.hist
+        ends = None
+        if self.hist_ends is not None and other.hist_ends is not None:  # unknown on either side: unknown
+            ends = self.hist_ends + other.hist_ends
         images = None if self.images is None else self.images.merge(other.images)
         vmin = np.minimum(self.min, other.min)
         vmax = np.maximum(self.max, other.max)
@@ -296,43 +267,27 @@ class ChannelStats:
             cross = None
             if self.icross is not None:
                 cross = [[a + b for a, b in zip(ra, rb)] for ra, rb in zip(self.icross, other.icross)]
-            merged = ChannelStats.from_integer_sums(
+            return ChannelStats.from_integer_sums(
                 [a + b for a, b in zip(self.count.tolist(), other.count.tolist())],
                 [a + b for a, b in zip(self.isum, other.isum)],
                 [a + b for a, b in zip(self.isumsq, other.isumsq)],
                 vmin, vmax, dtype=self.dtype, scale=self.scale, hist=hist, hist_range=self.hist_range,
-                cross=cross, images=images,
+                cross=cross, images=images, hist_ends=ends,
             )
-            return merged
-        n_a = self.count.astype(np.float64)
-        n_b = other.count.astype(np.float64)
-        n = n_a + n_b
-        with np.errstate(invalid="ignore", divide="ignore"):
-            w_b = np.where(n > 0, n_b / np.where(n > 0, n, 1.0), 0.0)
-            delta = other.mean - self.mean
-            # a channel that is empty on one side must not pull in the other side's placeholder mean
-            delta = np.where((n_a > 0) & (n_b > 0), delta, 0.0)
-            mean = np.where(n_a > 0, self.mean + delta * w_b, other.mean)
-            m2 = self.m2 + other.m2 + delta**2 * np.where(n > 0, n_a * n_b / np.where(n > 0, n, 1.0), 0.0)
-        comoment = None
-        if self.comoment is not None:
-            # multivariate Chan: every channel has the same count when covariance is on
-            nn = n[0] if n.size else 0.0
-            factor = (n_a[0] * n_b[0] / nn) if nn > 0 else 0.0
-            comoment = self.comoment + other.comoment + np.outer(delta, delta) * factor
-        dtype = self.dtype if self.dtype == other.dtype else "float64"
-        return ChannelStats(
-            dtype, self.scale, _i64(self.count + other.count), _f64(mean), _f64(m2), _f64(vmin), _f64(vmax),
-            _i64(self.nonfinite + other.nonfinite), None, None, _frozen(hist), self.hist_range,
-            _frozen(comoment), None, images,
+        updated = chan_merge(self.moments(), other.moments())
+        return ChannelStats.from_moments(
+            updated.count, updated.mean, updated.m2, vmin, vmax,
+            dtype=self.dtype if self.dtype == other.dtype else "float64", scale=self.scale,
+            nonfinite=self.nonfinite + other.nonfinite, hist=hist, hist_range=self.hist_range,
+            comoment=updated.comoment, images=images, mean_lo=updated.mean_lo, hist_ends=ends,
         )
 
     # ------------------------------------------------------------------ results
-    def finalize(self, ddof: int = 0) -> "Stats":
+    def finalize(self, ddof: int = 0) -> Stats:
         """Turn the state into answers on the reported scale (values divided by ``scale``).
 
         ``ddof=0`` (default) gives the population std over all pixels, the number
-        ``torchvision.transforms.Normalize`` wants.
+        ``torchvision.transforms.Normalize`` wants. Integer data: mean and variance rounded once.
         """
         if self.is_empty:
             raise StatsError("no data was reduced: the loader yielded no batches (or every batch was empty)")
@@ -340,13 +295,7 @@ class ChannelStats:
             raise StatsError(f"ddof must be 0 or 1, got {ddof!r}")
         count = self.count.copy()
         if self.family == "int":
-            mean, var = [], []
-            scale = Fraction(self.scale)  # exact value of the float
-            for s, q, n in zip(self.isum, self.isumsq, count.tolist()):
-                mean.append(float(Fraction(s, n) / scale) if n else math.nan)
-                var.append(float(Fraction(n * q - s * s, n * (n - ddof)) / (scale * scale)) if n > ddof else math.nan)
-            mean_a = np.array(mean)
-            var_a = np.array(var)
+            mean_a, var_a = exact_moments(count.tolist(), self.isum, self.isumsq, ddof=ddof, scale=self.scale)
         else:
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean_a = np.where(count > 0, self.mean, np.nan) / self.scale
@@ -371,12 +320,16 @@ class ChannelStats:
             "max": _floats_out(self.max),
             "nonfinite": [int(v) for v in self.nonfinite],
         }
+        if self.mean_lo is not None:
+            d["mean_lo"] = _floats_out(self.mean_lo)
         if self.isum is not None:
             d["isum"] = [str(v) for v in self.isum]  # strings: exact beyond 2**53 in every JSON reader
             d["isumsq"] = [str(v) for v in self.isumsq]
         if self.hist is not None:
             d["hist"] = self.hist.tolist()
             d["hist_range"] = None if self.hist_range is None else [float(v).hex() for v in self.hist_range]
+        if self.hist_ends is not None:
+            d["hist_ends"] = self.hist_ends.tolist()
         if self.comoment is not None:
             d["comoment"] = [_floats_out(row) for row in self.comoment]
         if self.icross is not None:
@@ -387,15 +340,31 @@ class ChannelStats:
 
     @staticmethod
     def from_dict(d: dict) -> "ChannelStats":
-        if d.get("format") != _FORMAT:
-            raise StatsError(f"not a gpustats state (format {d.get('format')!r}, expected {_FORMAT!r})")
+        """The state :meth:`to_dict` wrote; anything else raises :class:`StatsError`."""
+        if not isinstance(d, dict) or d.get("format") != _FORMAT:
+            found = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise StatsError(f"not a gpustats state (format {found!r}, expected {_FORMAT!r}); "
+                             "pass the text ChannelStats.to_json() wrote")
+        try:
+            return ChannelStats._from_dict(d)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            if isinstance(exc, StatsError):
+                raise
+            raise StatsError(f"a damaged gpustats state ({type(exc).__name__}: {exc}); "
+                             "pass the unmodified text ChannelStats.to_json() wrote") from None
+
+    @staticmethod
+    def _from_dict(d: dict) -> "ChannelStats":
         dtype = d["dtype"]
         if dtype is None:
             return ChannelStats.empty()
+        if dtype not in INTEGER_DTYPES + FLOAT_DTYPES:
+            raise StatsError(f"unknown dtype {dtype!r} in a gpustats state")
         hist = None if "hist" not in d else np.array(d["hist"], dtype=np.int64)
         hist_range = None
         if d.get("hist_range") is not None:
             hist_range = (float.fromhex(d["hist_range"][0]), float.fromhex(d["hist_range"][1]))
+        ends = None if "hist_ends" not in d else np.array(d["hist_ends"], dtype=np.int64)
         images = ImageMoments.from_dict(d["images"]) if "images" in d else None
         if _family(dtype) == "int":
             state = ChannelStats.from_integer_sums(
@@ -403,7 +372,7 @@ class ChannelStats:
                 _floats_in(d["min"]), _floats_in(d["max"]), dtype=dtype, scale=float.fromhex(d["scale"]),
                 hist=hist, hist_range=hist_range,
                 cross=None if "icross" not in d else [[int(v) for v in row] for row in d["icross"]],
-                images=images,
+                images=images, hist_ends=ends,
             )
             return replace(state, nonfinite=_i64(d["nonfinite"]))
         return ChannelStats.from_moments(
@@ -411,7 +380,7 @@ class ChannelStats:
             dtype=dtype, scale=float.fromhex(d["scale"]), nonfinite=d["nonfinite"], hist=hist,
             hist_range=hist_range,
             comoment=None if "comoment" not in d else np.array([_floats_in(r) for r in d["comoment"]]),
-            images=images,
+            images=images, mean_lo=_floats_in(d["mean_lo"]) if "mean_lo" in d else None, hist_ends=ends,
         )
 
     def to_json(self) -> str:
@@ -422,8 +391,8 @@ class ChannelStats:
     def from_json(text: str) -> "ChannelStats":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StatsError(f"not valid JSON: {exc}") from None
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise StatsError(f"not valid JSON ({exc}); pass the text ChannelStats.to_json() wrote") from None
         return ChannelStats.from_dict(data)
 
     def __eq__(self, other: object) -> bool:  # bitwise equality of every field
@@ -444,248 +413,22 @@ def _floats_in(values: Sequence[str]) -> np.ndarray:
 
 
 def exact_row_moments(count: Any, total: Any, total_sq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and M2 of integer data from exact totals (any matching shapes), each rounded once.
+    """Mean and M2 of integer data from exact totals, each rounded once; 0 where ``n == 0``.
 
-    ``mean = s / n`` and ``M2 = (n*q - s*s) / n`` in exact rational arithmetic, then float64;
-    0 where ``n == 0``. The single rule behind every integer state and per-image moment.
+    Kept for callers of the old name: the rule is :func:`gpustats.numerics.exact_moments`.
     """
-    n_a = np.asarray(count, dtype=object)
-    s_a = np.asarray(total, dtype=object)
-    q_a = np.asarray(total_sq, dtype=object)
-    mean = np.zeros(n_a.shape)
-    m2 = np.zeros(n_a.shape)
-    for idx in np.ndindex(*n_a.shape):
-        n, s, q = int(n_a[idx]), int(s_a[idx]), int(q_a[idx])
-        if n:
-            mean[idx] = float(Fraction(s, n))
-            m2[idx] = float(Fraction(n * q - s * s, n))
-    return mean, m2
+    mean, m2 = exact_moments(count, total, total_sq)
+    return np.where(np.isnan(mean), 0.0, mean), m2
 
 
 def _comoment_from_ints(n: Sequence[int], s: Sequence[int], cross: Sequence[Sequence[int]]) -> np.ndarray:
-    """Exact co-moments sum((x_i - m_i)(x_j - m_j)) = cross_ij - s_i s_j / n, rounded once."""
+    """Exact co-moments sum((x_i - m_i)(x_j - m_j)) = (n * cross_ij - s_i s_j) / n, rounded once."""
     channels = len(n)
-    out = np.zeros((channels, channels))
     count = n[0] if channels else 0
-    if count:
-        for i in range(channels):
-            for j in range(channels):
-                out[i, j] = float(Fraction(count * cross[i][j] - s[i] * s[j], count))
+    s_i = np.array([[v] for v in s], dtype=object)
+    s_j = np.array([list(s)], dtype=object)
+    out = exact_moments(count, s_i, np.array(cross, dtype=object).reshape(channels, channels), other_total=s_j)[1]
+    out = np.array(out, dtype=np.float64).reshape(channels, channels)
     out.setflags(write=False)
     return out
 
-
-# ====================================================================== results
-@dataclass(frozen=True, eq=False)
-class Stats:
-    """Per-channel statistics on the reported scale (numpy arrays of shape [C]).
-
-    ``mean``/``std``/``var`` use ``ddof``; ``min``/``max`` are the extremes; ``count`` the number of
-    values per channel; ``scale`` the divisor applied to raw values (255 for uint8 by default).
-    The full state is kept in ``state`` (merge it, save it with ``state.to_json()``).
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-    var: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
-    count: np.ndarray
-    scale: float
-    ddof: int
-    state: ChannelStats
-    device: str = "cpu"
-    strategy: str = ""
-
-    @property
-    def channels(self) -> int:
-        return int(self.mean.shape[0])
-
-    # -------------------------------------------------------------- Normalize
-    def normalize_args(self) -> tuple[list[float], list[float]]:
-        """``(mean, std)`` as plain lists, ready for ``transforms.Normalize(mean, std)``."""
-        return [float(v) for v in self.mean], [float(v) for v in self.std]
-
-    def normalize(self):
-        """A transform equal to ``torchvision.transforms.Normalize(mean, std)``.
-
-        torchvision's own when it is installed, else :class:`gpustats.transforms.Normalize`.
-        """
-        mean, std = self.normalize_args()
-        try:
-            from torchvision.transforms import Normalize  # type: ignore
-        except Exception:  # torchvision is an optional extra
-            from .transforms import Normalize
-        return Normalize(mean=mean, std=std)
-
-    # -------------------------------------------------------------- histograms
-    def _need_hist(self) -> np.ndarray:
-        if self.state.hist is None:
-            raise StatsError("no histogram was accumulated; pass histogram=True (CLI: --histogram)")
-        return self.state.hist
-
-    @property
-    def histogram(self) -> np.ndarray | None:
-        """int64 [C, bins] counts (None unless ``histogram=True``)."""
-        return self.state.hist
-
-    def bin_edges(self) -> np.ndarray:
-        """Bin edges on the reported scale (256 integer-valued bins for 8-bit data: edges k/255)."""
-        hist = self._need_hist()
-        lo, hi = self.state.hist_range
-        return np.linspace(lo, hi, hist.shape[1] + 1) / self.scale
-
-    def percentile(self, q: float | Sequence[float], method: str = "linear") -> np.ndarray:
-        """Per-channel percentiles from the histogram, shape [C] (or [len(q), C]).
-
-        For integer data each bin holds one value, so the result is exact and equals
-        ``np.percentile(pixels, q, method=method)`` for ``method`` in "linear" (numpy's default),
-        "lower", "higher", "nearest", "midpoint" and "inverted_cdf". For float data it is
-        the same rule applied to bin centres (accurate to half a bin width).
-        """
-        hist = self._need_hist()
-        qs = np.atleast_1d(np.asarray(q, dtype=np.float64))
-        if np.any((qs < 0) | (qs > 100)):
-            raise StatsError(f"percentiles must lie in [0, 100], got {q!r}")
-        lo, hi = self.state.hist_range
-        width = (hi - lo) / hist.shape[1]
-        values = lo + width * np.arange(hist.shape[1]) if self.state.family == "int" else lo + width * (np.arange(hist.shape[1]) + 0.5)
-        out = np.empty((qs.size, hist.shape[0]))
-        for c in range(hist.shape[0]):
-            cum = np.cumsum(hist[c])
-            n = int(cum[-1])
-            if n == 0:
-                out[:, c] = np.nan
-                continue
-            for k, qq in enumerate(qs):
-                out[k, c] = _hist_percentile(values, cum, n, qq, method)
-        out /= self.scale
-        return out[0] if np.ndim(q) == 0 else out
-
-    def median(self) -> np.ndarray:
-        return self.percentile(50.0)
-
-    def saturation(self) -> dict[str, np.ndarray]:
-        """Fraction of pixels at the lowest and highest value of an 8-bit range (0 and 255)."""
-        hist = self._need_hist()
-        total = hist.sum(axis=1).astype(np.float64)
-        return {"low": hist[:, 0] / total, "high": hist[:, -1] / total}
-
-    # -------------------------------------------------------------- covariance
-    @property
-    def cov(self) -> np.ndarray:
-        """Covariance matrix [C, C] on the reported scale, with this result's ddof."""
-        com = self.state.comoment
-        if com is None:
-            raise StatsError("no covariance was accumulated; pass covariance=True (CLI: --covariance)")
-        n = int(self.count[0])
-        return com / (n - self.ddof) / self.scale**2
-
-    @property
-    def corr(self) -> np.ndarray:
-        cov = self.cov
-        d = np.sqrt(np.diag(cov))
-        return cov / np.outer(d, d)
-
-    def pca(self) -> tuple[np.ndarray, np.ndarray]:
-        """Eigenvalues (descending) and eigenvectors (columns) of the covariance matrix.
-
-        These are the eigenpairs AlexNet-style "lighting" (PCA colour) augmentation uses, computed
-        there from ImageNet's RGB covariance.
-        """
-        values, vectors = np.linalg.eigh(self.cov)
-        order = np.argsort(values)[::-1]
-        return values[order], vectors[:, order]
-
-    def whitening(self, kind: str = "zca", eps: float = 1e-5) -> np.ndarray:
-        """A [C, C] matrix W such that ``W @ (x - mean)`` has (nearly) identity covariance.
-
-        ``kind="pca"``: ``diag(1/sqrt(l+eps)) @ V.T``; ``kind="zca"``: ``V @ diag(1/sqrt(l+eps)) @ V.T``.
-        """
-        values, vectors = self.pca()
-        inv = np.diag(1.0 / np.sqrt(values + eps))
-        if kind == "pca":
-            return inv @ vectors.T
-        if kind == "zca":
-            return vectors @ inv @ vectors.T
-        raise StatsError(f"whitening kind must be 'zca' or 'pca', got {kind!r}")
-
-    # -------------------------------------------------------------- per image
-    @property
-    def per_image(self) -> dict[str, Any] | None:
-        """Image-weighted statistics (``per_image=True``): averages and spread of per-image values.
-
-        ``mean_of_means`` (each image counts once, whatever its size), ``mean_of_stds`` (ddof=0)
-        and ``mean_of_stds_ddof1`` (how the often-copied CIFAR-10 std (0.2023, 0.1994, 0.2010)
-        was made), each with its spread across images (``*_spread``, population std).
-        """
-        img = self.state.images
-        if img is None:
-            return None
-        k = max(img.images, 1)
-        spread = np.sqrt(np.maximum(img.m2 / k, 0.0)) / self.scale
-        mean = img.mean / self.scale
-        return {
-            "images": img.images,
-            "mean_of_means": mean[0], "mean_of_means_spread": spread[0],
-            "mean_of_stds": mean[1], "mean_of_stds_spread": spread[1],
-            "mean_of_stds_ddof1": mean[2], "mean_of_stds_ddof1_spread": spread[2],
-        }
-
-    # -------------------------------------------------------------- export
-    def to_dict(self) -> dict:
-        """Plain-JSON summary (floats as numbers), used by the CLI's ``--format json``."""
-        d: dict[str, Any] = {
-            "channels": self.channels,
-            "mean": self.mean.tolist(), "std": self.std.tolist(), "var": self.var.tolist(),
-            "min": self.min.tolist(), "max": self.max.tolist(), "count": [int(v) for v in self.count],
-            "scale": self.scale, "ddof": self.ddof, "dtype": self.state.dtype,
-            "nonfinite": [int(v) for v in self.state.nonfinite],
-        }
-        if self.state.hist is not None:
-            d["histogram"] = {
-                "bins": int(self.state.hist.shape[1]), "range": list(self.state.hist_range),
-                "counts": self.state.hist.tolist(),
-                "percentiles": {str(q): self.percentile(q).tolist() for q in (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)},
-            }
-            if self.state.family == "int":
-                sat = self.saturation()
-                d["histogram"]["saturated_low"] = sat["low"].tolist()
-                d["histogram"]["saturated_high"] = sat["high"].tolist()
-        if self.state.comoment is not None:
-            values, vectors = self.pca()
-            d["covariance"] = {"cov": self.cov.tolist(), "corr": self.corr.tolist(),
-                               "eigenvalues": values.tolist(), "eigenvectors": vectors.tolist()}
-        if self.state.images is not None:
-            d["per_image"] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in self.per_image.items()}
-        return d
-
-    def __repr__(self) -> str:
-        fmt = lambda a: "[" + ", ".join(f"{v:.4f}" for v in a) + "]"  # noqa: E731
-        return f"Stats(mean={fmt(self.mean)}, std={fmt(self.std)}, min={fmt(self.min)}, max={fmt(self.max)}, count={self.count.tolist()})"
-
-
-def _hist_percentile(values: np.ndarray, cum: np.ndarray, n: int, q: float, method: str) -> float:
-    """numpy's percentile rules on the sorted sample described by (values, cumulative counts)."""
-
-    def kth(k: int) -> float:  # 0-based k-th smallest value
-        return float(values[int(np.searchsorted(cum, k + 1))])
-
-    if method == "inverted_cdf":
-        k = max(int(math.ceil(n * q / 100.0)) - 1, 0)
-        return kth(k)
-    h = (n - 1) * q / 100.0
-    lo_i = int(math.floor(h))
-    hi_i = min(lo_i + 1, n - 1)
-    if method == "lower":
-        return kth(lo_i)
-    if method == "higher":
-        return kth(int(math.ceil(h)))
-    if method == "nearest":
-        return kth(int(np.around(h)))
-    if method == "midpoint":
-        return (kth(lo_i) + kth(int(math.ceil(h)))) / 2.0
-    if method == "linear":
-        a, b = kth(lo_i), kth(hi_i)
-        return a + (h - lo_i) * (b - a)
-    raise StatsError(f"unknown percentile method {method!r}; use linear, lower, higher, nearest, midpoint or inverted_cdf")

@@ -11,6 +11,8 @@ by every strategy:
   offset), then summed in the *run type* (:func:`run_type`: float32 for 16/32-bit input, float64
   for float64 input) over at most :data:`RUN_LENGTH` pixels per thread, then flushed into float64
   thread registers; everything from there on (block combine, partials, totals) is float64.
+  The ``welford`` strategy keeps Welford ``(n, mean, M2)`` of the same shifted values instead of
+  sums, in the run type over the same runs, merged with Chan's formula (:func:`chan`) from there on.
 * Min/max are tracked in the run type (exact for every input type) and stored as float64.
 * Non-finite float values (NaN, +-inf) are counted in ``nonfinite`` and excluded from the count,
   the sums, min and max.
@@ -339,33 +341,79 @@ def _min(a, b):
     return min(a, b)
 
 
-def _make_block_tree(threads: int, op):
-    """``combine(buf, tid, vals, k)``: fixed-shape shared-memory tree of ``op`` over the block."""
+def make_block_tree(threads: int, put, merge, take):
+    """``combine(bufs, tid, vals, k)``: a fixed-shape shared-memory tree over the block.
+
+    The combine of every strategy, for any per-slot state: ``put(bufs, slot, vals, i)`` copies a
+    thread's entry ``i`` of ``vals`` into shared slot ``slot`` of ``bufs``, ``merge(bufs, a, b)``
+    folds slot ``b`` into slot ``a``, ``take(bufs, slot, vals, i)`` copies back (thread 0 only).
+    ``bufs``/``vals`` are whatever those three understand (an array, or a tuple of arrays: the
+    Welford strategy combines ``(n, mean, M2)`` triples). The first ``k`` entries are combined,
+    ``SHARED_SLOTS // threads`` per pass. Fixed order: bitwise reproducible. All threads of the
+    block must call it.
+    """
     TPB = threads
     GROUP = group_size(threads)
 
     @device_function
-    def combine(buf, tid, vals, k):
+    def combine(bufs, tid, vals, k):
         base = 0
         while base < k:
             m = min(GROUP, k - base)
             for q in range(m):
-                buf[q * TPB + tid] = vals[base + q]
+                put(bufs, q * TPB + tid, vals, base + q)
             cuda.syncthreads()
             step = TPB // 2
             while step > 0:
                 if tid < step:
                     for q in range(m):
-                        buf[q * TPB + tid] = op(buf[q * TPB + tid], buf[q * TPB + tid + step])
+                        merge(bufs, q * TPB + tid, q * TPB + tid + step)
                 cuda.syncthreads()
                 step //= 2
             if tid == 0:
                 for q in range(m):
-                    vals[base + q] = buf[q * TPB]
+                    take(bufs, q * TPB, vals, base + q)
             cuda.syncthreads()
             base += GROUP
 
     return combine
+
+
+@device_function
+def _put(buf, slot, vals, i):
+    buf[slot] = vals[i]
+
+
+@device_function
+def _take(buf, slot, vals, i):
+    vals[i] = buf[slot]
+
+
+def _make_block_tree(threads: int, op):
+    """``combine(buf, tid, vals, k)``: :func:`make_block_tree` of the element-wise ``op``."""
+
+    @device_function
+    def merge(buf, a, b):
+        buf[a] = op(buf[a], buf[b])
+
+    return make_block_tree(threads, _put, merge, _take)
+
+
+@device_function
+def chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan et al.: the merge of two ``(n, mean, M2)`` summaries (float64), either may be empty.
+
+    The device form of :func:`gpustats.numerics.chan_merge` (which the host uses for everything
+    the kernels hand over); used by the Welford strategy for its runs, threads and blocks.
+    """
+    if n_b == 0:
+        return n_a, mean_a, m2_a
+    if n_a == 0:
+        return n_b, mean_b, m2_b
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    weight_b = float64(n_b) / float64(n)
+    return n, mean_a + delta * weight_b, m2_a + m2_b + delta * delta * float64(n_a) * weight_b
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,4 +1,4 @@
-"""Per-thread accumulation shared by the sum-based strategies (atomic, tree, warp).
+"""Per-thread accumulation shared by the strategies (atomic, tree, warp: sums; welford: Welford).
 
 A thread's state lives in local arrays that the kernel allocates (numba cannot return arrays
 from device functions); :func:`make_thread_ops` builds the device functions that fill them.
@@ -13,6 +13,12 @@ State arrays (C channels; RT = run type, BT = bank type, MT = min/max type, see 
 * ``cross_run`` RT[CC], ``cross_bank`` BT[CC]: co-moments d_i*d_j, upper triangle, CC = C*C
 * ``img_tally`` int64[C], ``img_run`` RT[2C], ``img_bank`` BT[2C]: the current image's sums
 * ``mins`` float64[2C]: ``extreme`` as min and -max (:func:`make_thread_ops`'s ``as_mins``)
+* ``run_n`` int64[C]: finite values in the current run (``welford`` only)
+
+With ``welford=True`` (float input only) the run and bank hold Welford summaries instead of sums:
+``run`` is the run's (mean, M2) of d in the run type (``run[c]``, ``run[C + c]``, count ``run_n[c]``),
+and a flush Chan-merges it (``_common.chan``) into the thread's float64 summary
+(n = ``tally[c]``, mean = ``bank[c]``, M2 = ``bank[C + c]``).
 
 :func:`make_accumulate` builds the whole per-thread pass on top of these (state arrays, grid-stride
 or block-per-image loop, flushes); a strategy keeps only its block combine and its writes.
@@ -28,6 +34,7 @@ from numba import cuda, float64, int32, int64
 from ._common import (
     HIST_BINS,
     RUN_LENGTH,
+    chan,
     device_function,
     grid_next,
     grid_start,
@@ -49,10 +56,14 @@ def types_for(dtype_tag: str):
 
 
 @functools.lru_cache(maxsize=None)
-def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool, cross: bool, per_image: bool):
-    """Device functions ``(init, visit, flush, as_mins)`` for one thread's accumulation."""
+def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool, cross: bool, per_image: bool,
+                    welford: bool = False):
+    """Device functions ``(init, visit, flush, as_mins)`` for one thread's accumulation (sums, or Welford)."""
     C = channels
     INTEGER = is_integer(dtype_tag)
+    WELFORD = bool(welford)
+    if WELFORD and (INTEGER or histogram or cross or per_image):
+        raise ValueError("Welford runs are for float input without extras (integers are summed exactly)")
     RT, BT, MT = types_for(dtype_tag)
     HIST = bool(histogram)
     CROSS = bool(cross)
@@ -93,8 +104,9 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
             return hi, RT(s - float64(hi))
 
     @device_function
-    def init(shift, hi, lo, tally, run, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank):
+    def init(shift, hi, lo, tally, run, run_n, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank):
         for c in range(C):
+            run_n[c] = 0
             h, low = split_shift(shift[c])
             hi[c] = h
             lo[c] = low
@@ -116,14 +128,21 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
             cross_bank[k] = 0
 
     @device_function
-    def visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run, img_tally, img_run, hist_shared):
+    def visit(x, n, l, hi, lo, tally, run, run_n, extreme, current, current_ok, cross_run, img_tally, img_run,
+              hist_shared):
         for c in range(C):
             v = decode(load(x, n, c, l))
             if finite(v):
                 d = shifted(v, hi[c], lo[c])
                 tally[c] += 1
-                run[c] += d
-                run[C + c] += d * d
+                if WELFORD:
+                    run_n[c] += 1
+                    delta = d - run[c]
+                    run[c] += delta / RT(run_n[c])
+                    run[C + c] += delta * (d - run[c])
+                else:
+                    run[c] += d
+                    run[C + c] += d * d
                 extreme[c] = min(extreme[c], v)
                 extreme[C + c] = max(extreme[C + c], v)
                 if PER_IMAGE:
@@ -146,9 +165,16 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
                             cross_run[i * C + j] += current[i] * current[j]
 
     @device_function
-    def flush(run, bank, cross_run, cross_bank, img_run, img_bank):
+    def flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank):
+        if WELFORD:
+            for c in range(C):
+                if run_n[c] > 0:
+                    bank[c], bank[C + c] = chan(tally[c] - run_n[c], bank[c], bank[C + c],
+                                                run_n[c], BT(run[c]), BT(run[C + c]))[1:]
+                run_n[c] = 0
         for k in range(2 * C):
-            bank[k] += BT(run[k])
+            if not WELFORD:
+                bank[k] += BT(run[k])
             run[k] = 0
             if PER_IMAGE:
                 img_bank[k] += BT(img_run[k])
@@ -175,7 +201,7 @@ def _no_image_done(n, img_tally, img_bank, image_out):
 
 @functools.lru_cache(maxsize=None)
 def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False, cross=False, image_done=None,
-                    run=None):
+                    run=None, welford=False):
     """Device functions ``(accumulate, accumulate_plain)``: one thread's whole pass over ``x``.
 
     ``accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out)`` declares the
@@ -192,7 +218,9 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
     ``image_done`` needs).
 
     ``accumulate_plain(x, shift, tally, bank, mins)``: the same without any extra, for strategies
-    that only need count, sums, min and max.
+    that only need count, sums, min and max. With ``welford`` (float input, no extras) the thread's
+    ``tally[c]``/``bank[c]``/``bank[C + c]`` come back as its Welford ``(n, mean, M2)`` of d (module
+    docstring).
     """
     C = channels
     C2 = 2 * C
@@ -203,13 +231,15 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
     RUN = run_length(dtype_tag, run)
     CP = layout == "CP"
     done = image_done if PER_IMAGE else _no_image_done
-    init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, bool(histogram), CROSS, PER_IMAGE)
+    init, visit, flush, as_mins = make_thread_ops(dtype_tag, layout, C, bool(histogram), CROSS, PER_IMAGE,
+                                                  bool(welford))
 
     @device_function
     def accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out):
         hi = cuda.local.array(C, RT)
         lo = cuda.local.array(C, RT)
         run = cuda.local.array(C2, RT)
+        run_n = cuda.local.array(C, int64)
         extreme = cuda.local.array(C2, MT)
         current = cuda.local.array(C, RT)
         current_ok = cuda.local.array(C, int32)
@@ -217,7 +247,7 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
         img_tally = cuda.local.array(C, int64)
         img_run = cuda.local.array(C2, RT)
         img_bank = cuda.local.array(C2, BT)
-        init(shift, hi, lo, tally, run, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank)
+        init(shift, hi, lo, tally, run, run_n, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank)
 
         images = x.shape[0]
         pixels = x.shape[2] if CP else x.shape[1]
@@ -227,14 +257,14 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
             while n < images:
                 l = cuda.threadIdx.x
                 while l < pixels:
-                    visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run,
+                    visit(x, n, l, hi, lo, tally, run, run_n, extreme, current, current_ok, cross_run,
                           img_tally, img_run, hist_shared)
                     since_flush += 1
                     if since_flush == RUN:
-                        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+                        flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
                         since_flush = 0
                     l += cuda.blockDim.x
-                flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+                flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
                 since_flush = 0
                 done(n, img_tally, img_bank, image_out)
                 for c in range(C):
@@ -246,15 +276,15 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
             p, stride, n, l, step_n, step_l = grid_start(pixels)
             total = images * pixels
             while p < total:
-                visit(x, n, l, hi, lo, tally, run, extreme, current, current_ok, cross_run,
+                visit(x, n, l, hi, lo, tally, run, run_n, extreme, current, current_ok, cross_run,
                       img_tally, img_run, hist_shared)
                 since_flush += 1
                 if since_flush == RUN:
-                    flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+                    flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
                     since_flush = 0
                 p += stride
                 n, l = grid_next(n, l, step_n, step_l, pixels)
-        flush(run, bank, cross_run, cross_bank, img_run, img_bank)
+        flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
         as_mins(extreme, mins)
 
     @device_function

@@ -1,15 +1,22 @@
-"""Strategy ``welford``: per-thread Welford (n, mean, M2), merged with Chan's formula.
+"""Strategy ``welford``: per-thread Welford ``(n, mean, M2)``, merged with Chan's formula all the way.
 
 Float input: each thread runs Welford's update on ``d = x - shift[c]`` in the run type over at
-most ``RUN_LENGTH`` pixels, then Chan-merges the run into float64 (n, mean, M2) registers (the
-accumulator rule in ``_common``). Blocks Chan-merge their threads with a fixed shared-memory
-tree and store per-block partials; a one-thread-per-channel kernel Chan-merges the blocks in
-block order and finally converts into the accumulators' shifted sums::
+most ``RUN_LENGTH`` pixels, then Chan-merges the run into its float64 ``(n, mean, M2)`` (the
+shared thread loop of ``_thread`` with ``welford=True``). Blocks Chan-merge their threads with
+the shared fixed-shape block tree (``_common.make_block_tree``) and store per-block partials;
+a one-thread-per-channel kernel Chan-merges the blocks in block order and then into a running
+device summary, :func:`moments_of` ``(n, mean of d, M2)`` per channel. M2 is never a difference
+of large sums, so this strategy is a numerically independent check of the sum-based ones: the
+CUDA backend builds its state from this summary (``gpustats.numerics.moments_from_shifted_mean``)
+and Chan-merges it with everything else (``gpustats.numerics.chan_merge``).
 
-    fsum += n * mean            (mean is already the mean of x - shift)
-    fsumsq += M2 + n * mean**2
-
-Like ``tree`` the result is bitwise reproducible for a fixed launch configuration.
+The running summary lives beside the :class:`~gpustats.kernels.Accumulators` (its work arrays,
+``acc.scratch``; a fresh ``Accumulators`` starts it empty, ``reset()`` does not clear it). So that
+every strategy keeps the accumulators' documented contract (``count``, ``fsum``/``fsumsq`` of
+``d``, ``nonfinite``, ``vmin``/``vmax``, which generic readers such as the benchmarks use), a
+third tiny kernel also adds each launch's summary there in sum form (``n``, ``n*mean``,
+``M2 + n*mean**2``); nothing in gpustats reads welford's results from those sums. Like ``tree``
+the result is bitwise reproducible for a fixed launch configuration.
 
 Integer input is summed exactly instead (Welford's divisions would spoil exactness); it runs
 the ``tree`` kernels, so all strategies agree to the bit on uint8/uint16.
@@ -18,171 +25,96 @@ the ``tree`` kernels, so all strategies agree to the bit on uint8/uint16.
 from __future__ import annotations
 
 import functools
-import math
 
 from numba import cuda, float64, int64
 
 from . import tree
 from ._common import (
-    device_function,
     SHARED_SLOTS,
-    grid_next,
-    grid_start,
-    group_size,
+    chan,
+    device_function,
     is_integer,
     make_block_ops,
-    make_decode,
-    make_load,
+    make_block_tree,
     prepare_pixels,
     refuse_extras,
 )
-from ._thread import make_thread_ops, run_length, types_for
+from ._thread import make_accumulate
+from .accumulators import _synchronize
 
 NAME = "welford"
 SUPPORTS_SIMULATOR = True
 SUPPORTS = frozenset()
 
 
-@device_function
-def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Chan et al.: merge two (n, mean, M2) summaries (float64), either may be empty."""
-    if n_b == 0:
-        return n_a, mean_a, m2_a
-    if n_a == 0:
-        return n_b, mean_b, m2_b
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    weight_b = float64(n_b) / float64(n)
-    mean = mean_a + delta * weight_b
-    m2 = m2_a + m2_b + delta * delta * float64(n_a) * weight_b
-    return n, mean, m2
+@functools.lru_cache(maxsize=None)
+def _make_block_chan(threads: int, channels: int):
+    """``block_chan((sh_n, sh_bad, sh_mean, sh_m2), tid, (tally, bank), C)``: the block's Welford summaries.
+
+    Chan-merges every thread's ``(tally[c], bank[c], bank[C + c])`` and adds its non-finite counts
+    ``tally[C + c]``; thread 0 gets the block's values.
+    """
+    C = channels
+
+    @device_function
+    def put(bufs, slot, vals, c):
+        sh_n, sh_bad, sh_mean, sh_m2 = bufs
+        tally, bank = vals
+        sh_n[slot] = tally[c]
+        sh_bad[slot] = tally[C + c]
+        sh_mean[slot] = bank[c]
+        sh_m2[slot] = bank[C + c]
+
+    @device_function
+    def merge(bufs, a, b):
+        sh_n, sh_bad, sh_mean, sh_m2 = bufs
+        sh_n[a], sh_mean[a], sh_m2[a] = chan(sh_n[a], sh_mean[a], sh_m2[a], sh_n[b], sh_mean[b], sh_m2[b])
+        sh_bad[a] += sh_bad[b]
+
+    @device_function
+    def take(bufs, slot, vals, c):
+        sh_n, sh_bad, sh_mean, sh_m2 = bufs
+        tally, bank = vals
+        tally[c] = sh_n[slot]
+        tally[C + c] = sh_bad[slot]
+        bank[c] = sh_mean[slot]
+        bank[C + c] = sh_m2[slot]
+
+    return make_block_tree(threads, put, merge, take)
 
 
 @functools.lru_cache(maxsize=None)
 def _build(dtype_tag, layout, channels, threads, run=None):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
-    TPB = threads
-    GROUP = group_size(threads)
     SLOTS = SHARED_SLOTS
-    RT, _, MT = types_for(dtype_tag)
-    CP = layout == "CP"
-    RUN = run_length(dtype_tag, run)
-    decode = make_decode(dtype_tag)
-    load = make_load(layout)
-    block_sum, block_min = make_block_ops(TPB)[:2]
-    as_mins = make_thread_ops(dtype_tag, layout, C, False, False, False)[3]
-
-    @device_function
-    def flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2):
-        for c in range(C):
-            w_n[c], w_mean[c], w_m2[c] = _chan(w_n[c], w_mean[c], w_m2[c], r_n[c], float64(r_mean[c]), float64(r_m2[c]))
-            r_n[c] = 0
-            r_mean[c] = 0
-            r_m2[c] = 0
-
-    @device_function
-    def block_chan(sh_n, sh_mean, sh_m2, tid, w_n, w_mean, w_m2):
-        base = 0
-        while base < C:
-            m = min(GROUP, C - base)
-            for q in range(m):
-                sh_n[q * TPB + tid] = w_n[base + q]
-                sh_mean[q * TPB + tid] = w_mean[base + q]
-                sh_m2[q * TPB + tid] = w_m2[base + q]
-            cuda.syncthreads()
-            step = TPB // 2
-            while step > 0:
-                if tid < step:
-                    for q in range(m):
-                        a = q * TPB + tid
-                        b = a + step
-                        sh_n[a], sh_mean[a], sh_m2[a] = _chan(
-                            sh_n[a], sh_mean[a], sh_m2[a], sh_n[b], sh_mean[b], sh_m2[b]
-                        )
-                cuda.syncthreads()
-                step //= 2
-            if tid == 0:
-                for q in range(m):
-                    w_n[base + q] = sh_n[q * TPB]
-                    w_mean[base + q] = sh_mean[q * TPB]
-                    w_m2[base + q] = sh_m2[q * TPB]
-            cuda.syncthreads()
-            base += GROUP
+    accumulate_welford = make_accumulate(dtype_tag, layout, C, run=run, welford=True)[1]
+    block_min = make_block_ops(threads)[1]
+    block_chan = _make_block_chan(threads, C)
 
     @cuda.jit
     def partial_kernel(x, shift, part_n, part_moments, part_min):
         tid = cuda.threadIdx.x
         sh_n = cuda.shared.array(SLOTS, int64)
+        sh_bad = cuda.shared.array(SLOTS, int64)
         sh_mean = cuda.shared.array(SLOTS, float64)
         sh_m2 = cuda.shared.array(SLOTS, float64)
-        hi = cuda.local.array(C, RT)
-        lo = cuda.local.array(C, RT)
-        r_n = cuda.local.array(C, int64)
-        r_mean = cuda.local.array(C, RT)
-        r_m2 = cuda.local.array(C, RT)
-        w_n = cuda.local.array(C, int64)
-        w_mean = cuda.local.array(C, float64)
-        w_m2 = cuda.local.array(C, float64)
-        bad = cuda.local.array(C, int64)
-        extreme = cuda.local.array(C2, MT)
+        tally = cuda.local.array(C2, int64)
+        bank = cuda.local.array(C2, float64)
         mins = cuda.local.array(C2, float64)
-        for c in range(C):
-            h = RT(shift[c])
-            hi[c] = h
-            lo[c] = RT(shift[c] - float64(h))
-            r_n[c] = 0
-            r_mean[c] = 0
-            r_m2[c] = 0
-            w_n[c] = 0
-            w_mean[c] = 0
-            w_m2[c] = 0
-            bad[c] = 0
-            extreme[c] = math.inf
-            extreme[C + c] = -math.inf
-
-        images = x.shape[0]
-        pixels = x.shape[2] if CP else x.shape[1]
-        total = images * pixels
-        since_flush = 0
-        p, stride, n, l, step_n, step_l = grid_start(pixels)
-        while p < total:
-            for c in range(C):
-                v = decode(load(x, n, c, l))
-                if math.isfinite(v):
-                    d = (v - hi[c]) - lo[c]
-                    r_n[c] += 1
-                    delta = d - r_mean[c]
-                    r_mean[c] += delta / RT(r_n[c])
-                    r_m2[c] += delta * (d - r_mean[c])
-                    extreme[c] = min(extreme[c], v)
-                    extreme[C + c] = max(extreme[C + c], v)
-                else:
-                    bad[c] += 1
-            since_flush += 1
-            if since_flush == RUN:
-                flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2)
-                since_flush = 0
-            p += stride
-            n, l = grid_next(n, l, step_n, step_l, pixels)
-        flush(r_n, r_mean, r_m2, w_n, w_mean, w_m2)
-
-        as_mins(extreme, mins)
-        block_chan(sh_n, sh_mean, sh_m2, tid, w_n, w_mean, w_m2)
-        block_sum(sh_n, tid, bad, C)
-        block_min(sh_mean, tid, mins, 2 * C)
-        if tid == 0:
+        accumulate_welford(x, shift, tally, bank, mins)
+        block_chan((sh_n, sh_bad, sh_mean, sh_m2), tid, (tally, bank), C)
+        block_min(sh_mean, tid, mins, C2)
+        if tid == 0:  # row b: n and non-finite counts, mean and M2 of d, min and -max
             b = cuda.blockIdx.x
-            for c in range(C):
-                part_n[b, c] = w_n[c]
-                part_n[b, C + c] = bad[c]
-                part_moments[b, c] = w_mean[c]
-                part_moments[b, C + c] = w_m2[c]
-                part_min[b, c] = mins[c]
-                part_min[b, C + c] = mins[C + c]
+            for k in range(C2):
+                part_n[b, k] = tally[k]
+                part_moments[b, k] = bank[k]
+                part_min[b, k] = mins[k]
 
     @cuda.jit
-    def merge_kernel(blocks, part_n, part_moments, part_min, count, nonfinite, fsum, fsumsq, vmin, vmax):
+    def merge_kernel(blocks, part_n, part_moments, part_min, run_count, nonfinite, run_mean, run_m2, vmin, vmax):
+        """Blocks in order, then into the running summary ``(run_count, run_mean, run_m2)``."""
         c = cuda.grid(1)
         if c < C:
             t_n = int64(0)
@@ -194,17 +126,55 @@ def _build(dtype_tag, layout, channels, threads, run=None):
             for b in range(blocks):
                 t_bad += part_n[b, C + c]
                 if part_n[b, c] > 0:
-                    t_n, t_mean, t_m2 = _chan(t_n, t_mean, t_m2, part_n[b, c], part_moments[b, c], part_moments[b, C + c])
+                    t_n, t_mean, t_m2 = chan(t_n, t_mean, t_m2, part_n[b, c], part_moments[b, c], part_moments[b, C + c])
                     t_min = min(t_min, part_min[b, c])
                     t_max = max(t_max, -part_min[b, C + c])
-            count[c] += t_n
+            run_count[c], run_mean[c], run_m2[c] = chan(run_count[c], run_mean[c], run_m2[c], t_n, t_mean, t_m2)
             nonfinite[c] += t_bad
-            fsum[c] += float64(t_n) * t_mean
-            fsumsq[c] += t_m2 + float64(t_n) * t_mean * t_mean
             vmin[c] = t_min
             vmax[c] = t_max
+            part_n[0, c] = t_n  # this launch's summary, for export_kernel (row 0 was read above)
+            part_moments[0, c] = t_mean
+            part_moments[0, C + c] = t_m2
 
     return partial_kernel, merge_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _build_export(channels):
+    C = channels
+
+    @cuda.jit
+    def export_kernel(part_n, part_moments, count, fsum, fsumsq):
+        """A launch's summary (row 0 after ``merge_kernel``) added to the accumulators in their sum form."""
+        c = cuda.grid(1)
+        if c < C:
+            n = part_n[0, c]
+            mean = part_moments[0, c]
+            count[c] += n
+            fsum[c] += float64(n) * mean
+            fsumsq[c] += part_moments[0, C + c] + float64(n) * mean * mean
+
+    return export_kernel
+
+
+def _summary(acc):
+    """The running device summary of ``acc``: ``(count int64[C], moments float64[2, C])`` (mean of d, M2)."""
+    return (acc.scratch("welford_count", (acc.channels,), "int64"),
+            acc.scratch("welford_summary", (2, acc.channels), "float64"))
+
+
+def moments_of(acc) -> dict:
+    """Synchronize and return the Welford summary of everything this strategy added into ``acc``.
+
+    ``{"count": int64[C], "mean": float64[C], "m2": float64[C]}`` where ``mean`` is the mean of
+    ``x - acc.shift`` (add the shift back on the host: ``numerics.moments_from_shifted_mean``); the empty
+    summary (all zeros) when the strategy never reduced float input into ``acc``.
+    """
+    count, moments = _summary(acc)
+    _synchronize(acc.stream)
+    summary = moments.copy_to_host()
+    return {"count": count.copy_to_host(), "mean": summary[0], "m2": summary[1]}
 
 
 def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
@@ -222,7 +192,9 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
     part_n = acc.scratch("welford_n", (blocks, 2 * channels), "int64")
     part_moments = acc.scratch("welford_moments", (blocks, 2 * channels), "float64")
     part_min = acc.scratch("welford_min", (blocks, 2 * channels), "float64")
+    run_count, summary = _summary(acc)
     partial_kernel[blocks, threads, stream](x, acc.shift, part_n, part_moments, part_min)
     merge_kernel[1, channels, stream](
-        blocks, part_n, part_moments, part_min, acc.count, acc.nonfinite, acc.fsum, acc.fsumsq, acc.vmin, acc.vmax
+        blocks, part_n, part_moments, part_min, run_count, acc.nonfinite, summary[0], summary[1], acc.vmin, acc.vmax
     )
+    _build_export(channels)[1, channels, stream](part_n, part_moments, acc.count, acc.fsum, acc.fsumsq)

@@ -118,6 +118,46 @@ def test_float_covariance_and_per_image_match_cpu():
             np.testing.assert_allclose(gpu.images.m2, cpu.images.m2, rtol=1e-4, atol=1e-9)
 
 
+def test_welford_summaries_are_chan_merged_across_flushes(spy):
+    """The welford strategy's device (n, mean, M2) is Chan-merged on the host at every flush
+    (``state()`` mid-stream): float64 at a 1e4 offset matches the CPU backend to ~1e-12."""
+    g = torch.Generator().manual_seed(21)
+    batches = [1e4 + 1e-2 * torch.randn(n, 3, 4, 5, generator=g, dtype=torch.float64) for n in (2, 1, 3)]
+    acc = Accumulator(device="cuda", strategy="welford")
+    acc.update(batches[0])
+    first = acc.state()
+    for b in batches[1:]:
+        acc.update(b)
+    gpu = acc.result()
+    cpu = compute_stats(batches, device="cpu")
+    assert first.count.tolist() == [40] * 3 and spy.get("welford") == len(batches)
+    np.testing.assert_allclose(gpu.mean, cpu.mean, rtol=1e-15)
+    np.testing.assert_allclose(gpu.std, cpu.std, rtol=1e-10)
+    assert gpu.count.tolist() == cpu.count.tolist() == [120] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_per_image_counts_each_channel_and_matches_cpu(dtype):
+    """Per-image figures per channel (an all-NaN channel of an image leaves the other channels
+    alone); uint8 per-image states are bitwise equal to the CPU backend's for any batch split."""
+    g = torch.Generator().manual_seed(22)
+    if dtype == torch.uint8:
+        x = torch.randint(0, 256, (5, 3, 3, 5), generator=g, dtype=torch.uint8)
+        splits = ([x], [x[:2], x[2:]], [x[i:i + 1] for i in range(5)])
+        states = [_state(b, "cuda", per_image=True)[1] for b in splits]
+        assert all(s == states[0] for s in states) and states[0] == _state([x], "cpu", per_image=True)[1]
+        return
+    x = torch.randn(5, 3, 3, 5, generator=g)
+    x[1, 0] = float("nan")
+    x[3, 2, 0, 0] = float("nan")
+    gpu = compute_stats([x[:2], x[2:]], device="cuda", per_image=True, nan_policy="omit").per_image
+    cpu = compute_stats([x[:2], x[2:]], device="cpu", per_image=True, nan_policy="omit").per_image
+    assert gpu["images_per_channel"].tolist() == cpu["images_per_channel"].tolist() == [4, 5, 5]
+    for key in ("mean_of_means", "mean_of_stds", "mean_of_stds_ddof1"):
+        assert np.isfinite(gpu[key]).all()
+        np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-6, err_msg=key)
+
+
 def test_nan_policy_raise_leaves_state_unchanged_and_omit_counts():
     good = torch.ones(1, 3, 2, 2)
     bad = good.clone()

@@ -109,6 +109,24 @@ def shift_for(values: np.ndarray) -> np.ndarray:
     return np.asarray(guess)
 
 
+def host_of(strategy, acc) -> dict:
+    """``acc.to_host()`` plus, for float input, ``mean_d`` and ``m2``: the mean and M2 of d = x - shift
+    from the strategy's own state: the shifted sums (``fsum``/``fsumsq``), or for welford its running
+    (n, mean, M2) summary (``summary_count`` its n), which is what the CUDA backend reads."""
+    host = acc.to_host()
+    if acc.integer:
+        return host
+    if strategy == "welford":
+        summary = K.get_strategy("welford").moments_of(acc)
+        host["summary_count"], host["mean_d"], host["m2"] = summary["count"], summary["mean"], summary["m2"]
+        return host
+    n = host["count"].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        host["mean_d"] = np.where(n > 0, host["fsum"] / n, 0.0)
+    host["m2"] = host["fsumsq"] - n * host["mean_d"] ** 2
+    return host
+
+
 def run(strategy, stored, layout, dtype, values, *, launch=None, acc=None, **kwargs):
     channels = stored.shape[1]
     if acc is None:
@@ -118,7 +136,7 @@ def run(strategy, stored, layout, dtype, values, *, launch=None, acc=None, **kwa
         if not acc.integer:
             acc.set_shift(shift_for(values))
     K.get_strategy(strategy).reduce(to_layout(stored, layout), layout, dtype, acc, launch=launch, **kwargs)
-    return acc.to_host()
+    return host_of(strategy, acc)
 
 
 def check(host: dict, ref: dict, dtype: str) -> None:
@@ -132,9 +150,8 @@ def check(host: dict, ref: dict, dtype: str) -> None:
         return
     mean_rtol, std_rtol = TOLERANCE[dtype]
     n = host["count"].astype(np.float64)
-    dmean = host["fsum"] / n
-    mean = host["shift"] + dmean
-    std = np.sqrt(np.maximum(host["fsumsq"] / n - dmean**2, 0.0))
+    mean = host["shift"] + host["mean_d"]
+    std = np.sqrt(np.maximum(host["m2"] / n, 0.0))
     np.testing.assert_allclose(mean, ref["mean"], rtol=mean_rtol, atol=1e-12, err_msg="mean")
     # E[d^2] - E[d]^2 in the run type: the variance can be off by ~eps * (mean - shift)^2, which
     # only shows when the shift is a poor guess and the spread is ~0 (e.g. a single element)
@@ -210,11 +227,9 @@ def test_huge_offset_small_spread(strategy, dtype):
     stored, values = make_data(dtype, (1, 1, 1500), rng, loc=1e4, scale=1e-2)
     host = run(strategy, stored, "CP", dtype, values)
     ref = reference(values)
-    n = host["count"][0]
-    dmean = host["fsum"][0] / n
-    std = np.sqrt(host["fsumsq"][0] / n - dmean**2)
+    std = np.sqrt(host["m2"][0] / host["count"][0])
     assert abs(std / ref["std"][0] - 1) < 1e-5
-    assert abs(host["shift"][0] + dmean - ref["mean"][0]) < 1e-7 * 1e4
+    assert abs(host["shift"][0] + host["mean_d"][0] - ref["mean"][0]) < 1e-7 * 1e4
 
 
 def test_all_nonfinite_channel_counts_nothing():
@@ -223,10 +238,10 @@ def test_all_nonfinite_channel_counts_nothing():
     for strategy in STRATEGIES:
         acc = K.Accumulators.zeros(2, integer=False)
         K.get_strategy(strategy).reduce(stored, "CP", "float32", acc)
-        host = acc.to_host()
+        host = host_of(strategy, acc)
         assert host["count"].tolist() == [0, 9] and host["nonfinite"].tolist() == [9, 0]
         assert host["vmin"][0] == np.inf and host["vmax"][0] == -np.inf
-        assert host["fsum"][0] == 0.0 and host["vmin"][1] == host["vmax"][1] == 2.5
+        assert host["mean_d"][0] == 0.0 and host["m2"][0] == 0.0 and host["vmin"][1] == host["vmax"][1] == 2.5
 
 
 def test_uint16_sums_exact_at_the_top_of_the_range():
@@ -244,8 +259,54 @@ def test_deterministic_strategies_are_bitwise_reproducible(strategy):
     stored, values = make_data("float32", (2, 3, 45), rng, loc=1.0, scale=3.0)
     first = run(strategy, stored, "PC", "float32", values)
     second = run(strategy, stored, "PC", "float32", values)
-    for key in ("fsum", "fsumsq", "vmin", "vmax", "count"):
+    for key in ("mean_d", "m2", "vmin", "vmax", "count"):
         assert first[key].tobytes() == second[key].tobytes(), key
+
+
+def test_welford_keeps_n_mean_m2_and_mirrors_it_in_the_accumulators():
+    """The welford strategy's state is a (n, mean, M2) summary; the accumulators' count and sums
+    (their documented contract, read by generic code such as the benchmarks) mirror it."""
+    rng = np.random.default_rng(8)
+    stored, values = make_data("float32", (3, 2, 23), rng, nonfinite=True, loc=2.0, scale=0.5)
+    host = run("welford", stored, "CP", "float32", values, launch=(3, 4))
+    ref = reference(values)
+    np.testing.assert_array_equal(host["summary_count"], ref["count"])
+    np.testing.assert_array_equal(host["count"], ref["count"])
+    good = [row[np.isfinite(row)] for row in values.transpose(1, 0, 2).reshape(2, -1)]
+    np.testing.assert_allclose(host["m2"], [((g - g.mean()) ** 2).sum() for g in good], rtol=1e-5)
+    np.testing.assert_allclose(host["shift"] + host["mean_d"], ref["mean"], rtol=1e-6)
+    n = host["count"].astype(np.float64)
+    np.testing.assert_allclose(host["fsum"], n * host["mean_d"], rtol=1e-12)
+    np.testing.assert_allclose(host["fsumsq"], host["m2"] + n * host["mean_d"] ** 2, rtol=1e-12)
+
+
+def test_welford_needs_no_good_shift():
+    """float64 at an offset of 1e4 with a spread of 1e-2 and no shift: Welford's M2 is never a
+    difference of large sums, so it keeps ~1e-9 relative where the sums lose ~1e-5 (an
+    independent numerical path, not the sum strategies in disguise)."""
+    rng = np.random.default_rng(12)
+    stored, values = make_data("float64", (2, 1, 300), rng, loc=1e4, scale=1e-2)
+    ref_std = reference(values)["std"][0]
+    errors = {}
+    for strategy in ("welford", "tree"):
+        acc = K.Accumulators.zeros(1, integer=False)  # shift stays 0
+        K.get_strategy(strategy).reduce(stored, "CP", "float64", acc)
+        host = host_of(strategy, acc)
+        errors[strategy] = abs(np.sqrt(host["m2"][0] / host["count"][0]) / ref_std - 1)
+    assert errors["welford"] < 1e-9
+    assert errors["tree"] > 100 * errors["welford"]
+
+
+def test_welford_summary_accumulates_over_launches_in_order():
+    """Launches Chan-merge into the running device summary: equal to one launch over everything."""
+    rng = np.random.default_rng(13)
+    parts = [make_data("float32", (n, 3, 11), rng, loc=-1.0, scale=2.0) for n in (2, 1, 3)]
+    values = np.concatenate([v for _, v in parts])
+    acc = K.Accumulators.zeros(3, integer=False)
+    acc.set_shift(shift_for(parts[0][1]))
+    for stored, _ in parts:
+        K.get_strategy("welford").reduce(stored, "CP", "float32", acc, launch=(2, 8))
+    check(host_of("welford", acc), reference(values), "float32")
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -258,7 +319,7 @@ def test_batches_accumulate_on_the_device(strategy):
     acc.set_shift(shift_for(batches[0][1]))
     for stored, _ in batches:
         K.get_strategy(strategy).reduce(stored, "CP", "float32", acc)
-    check(acc.to_host(), reference(values), "float32")
+    check(host_of(strategy, acc), reference(values), "float32")
 
 
 def test_strided_device_views():
@@ -271,7 +332,7 @@ def test_strided_device_views():
     for strategy in STRATEGIES:
         acc = K.Accumulators.zeros(2, integer=False)
         K.get_strategy(strategy).reduce(view, "CP", "float32", acc)
-        check(acc.to_host(), ref, "float32")
+        check(host_of(strategy, acc), ref, "float32")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -429,7 +490,7 @@ def test_per_image_against_numpy(dtype, layout):
     images = acc.per_image(5)
     K.get_strategy("atomic").reduce(to_layout(stored, layout), layout, dtype, acc, per_image=images)
     got = images.to_host()
-    check(acc.to_host(), reference(values), dtype)
+    check(host_of("atomic", acc), reference(values), dtype)
     for n in range(5):
         ref = reference(values[n : n + 1])
         np.testing.assert_array_equal(got["img_count"][n], ref["count"])
@@ -524,6 +585,7 @@ def test_empty_input_changes_nothing():
         K.get_strategy(strategy).reduce(np.zeros((2, 3, 0), np.float32), "CP", "float32", acc)
     host = acc.to_host()
     assert host["count"].tolist() == [0, 0, 0] and np.all(host["vmin"] == np.inf)
+    assert K.get_strategy("welford").moments_of(acc)["count"].tolist() == [0, 0, 0]
 
 
 def test_flush_limits_and_reset():
@@ -564,7 +626,9 @@ def test_gpu_2_pow_25_ones_have_mean_exactly_one(strategy):
     x = cuda.to_device(np.ones((1, 1, 2**25), dtype=dtype))
     acc = K.Accumulators.zeros(1, integer=K.is_integer(dtype), histogram=strategy == "hist8")
     K.get_strategy(strategy).reduce(x, "CP", dtype, acc)
-    host = acc.to_host()
+    host = host_of(strategy, acc)
     assert host["count"][0] == 2**25
-    total = host["isum"][0] if acc.integer else host["fsum"][0]
-    assert total == 2**25
+    if acc.integer:
+        assert host["isum"][0] == 2**25
+    else:
+        assert host["mean_d"][0] == 1.0 and host["m2"][0] == 0.0

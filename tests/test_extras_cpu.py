@@ -154,3 +154,145 @@ def test_integer_covariance_every_channel_count_and_layout(channels, layout):
     np.testing.assert_allclose(r.cov, np.atleast_2d(np.cov(px, rowvar=False, ddof=0)), rtol=1e-12)
     for c in range(channels):
         np.testing.assert_array_equal(r.histogram[c], np.bincount((px[:, c] * 255).round().astype(int), minlength=256))
+
+
+# ---------------------------------------------------------------------- issue 17: numeric defects
+def _numpy_percentiles(x: np.ndarray, qs) -> np.ndarray:
+    return np.percentile(x.astype(np.float64), qs)
+
+
+@pytest.mark.parametrize("dtype, bins, lo, hi", [("int16", 20, -1000, 1000), ("uint16", 256, 0, 65536),
+                                                 ("int8", 10, -128, 128)])
+def test_percentiles_interpolate_within_bins_wider_than_one_value(dtype, bins, lo, hi):
+    """Bins of many values were read at their lower edge (int16 median -100 vs numpy -13.5); now
+    within one bin width always, exact at 0 and 100, and close for smooth data."""
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    x = np.clip(rng.integers(max(lo, info.min), min(hi, info.max) + 1, size=(6, 1, 40, 50)), info.min, info.max).astype(dtype)
+    r = compute_stats([x], device="cpu", histogram=True, hist_bins=bins, hist_range=(lo, hi), layout="NCHW", scale=1.0)
+    qs = [0, 1, 13.7, 50, 75, 99, 100]
+    ours = r.percentile(qs)[:, 0]
+    ref = _numpy_percentiles(x.reshape(-1), qs)
+    width = (hi - lo) / bins
+    assert ours[0] == x.min() and ours[-1] == x.max()
+    # uniform data: values are spread evenly within bins, so the estimate is far inside the bound
+    np.testing.assert_allclose(ours, ref, atol=0.1 * width)
+    assert r.percentile_error_bound() <= width
+    assert np.all(np.abs(ours - ref) <= r.percentile_error_bound())
+    # half-value-wide bins: each holds at most one integer (the last bin is closed, so with one bin
+    # per integer it would hold two, hi and hi + 1, and the bound would honestly be 1)
+    one_value_bins = compute_stats([x], device="cpu", histogram=True, hist_bins=2 * (hi - lo), hist_range=(lo, hi),
+                                   layout="NCHW", scale=1.0)
+    assert one_value_bins.percentile_error_bound() == 0.0
+    np.testing.assert_array_equal(one_value_bins.percentile(qs)[:, 0], ref)  # exact where bins are one value
+
+
+def test_saturation_counts_only_values_at_the_range_ends():
+    """It counted the first/last bins (e.g. every int16 value in [-1000, -900)), not the ends."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(-1000, 1001, size=(3, 2, 30, 30)).astype(np.int16)
+    x[0, 0, 0, :7] = -1000
+    x[1, 1, 0, :5] = 1000
+    r = compute_stats([x[:1], x[1:]], device="cpu", histogram=True, hist_bins=20, hist_range=(-1000, 1000),
+                      layout="NCHW", scale=1.0)
+    px = pixels([x], "NCHW")
+    sat = r.saturation()
+    np.testing.assert_array_equal(sat["low"], (px == -1000).mean(axis=0))
+    np.testing.assert_array_equal(sat["high"], (px == 1000).mean(axis=0))
+    assert r.range_ends() == (-1000.0, 1000.0)
+    # clip=True: values beyond the range are clipped to its ends and count there
+    f = rng.normal(size=(2, 1, 20, 20))
+    rc = compute_stats([f], device="cpu", histogram=True, hist_bins=8, hist_range=(-1, 1), clip=True)
+    fx = np.clip(pixels([f], "NCHW"), -1, 1)
+    np.testing.assert_array_equal(rc.saturation()["low"], (fx == -1).mean(axis=0))
+    np.testing.assert_array_equal(rc.saturation()["high"], (fx == 1).mean(axis=0))
+    d = r.to_dict()["histogram"]
+    assert d["saturated_low"] == sat["low"].tolist() and d["percentile_error_bound"] == 100.0
+
+
+def test_per_image_omit_counts_each_image_in_the_channels_it_has():
+    """An all-NaN channel of one image made that channel's mean_of_stds NaN, or dropped the image
+    from every channel; now each channel counts the images with finite values there."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(0.5, 0.2, size=(4, 3, 5, 6))
+    x[1, 0] = np.nan  # image 1 has no channel-0 values
+    x[2, 2] = np.nan  # image 2 has no channel-2 values
+    x[3, 1, 0, :3] = np.nan  # image 3 has some channel-1 NaNs
+    pi = compute_stats([x[:2], x[2:]], device="cpu", per_image=True, nan_policy="omit", layout="NCHW").per_image
+    assert pi["images"] == 4 and pi["images_per_channel"].tolist() == [3, 4, 3]
+    for c in range(3):
+        rows = [im[c][np.isfinite(im[c])] for im in x if np.isfinite(im[c]).any()]
+        means = np.array([r.mean() for r in rows])
+        np.testing.assert_allclose(pi["mean_of_means"][c], means.mean(), rtol=1e-13)
+        np.testing.assert_allclose(pi["mean_of_means_spread"][c], means.std(), rtol=1e-10)
+        np.testing.assert_allclose(pi["mean_of_stds"][c], np.mean([r.std() for r in rows]), rtol=1e-13)
+        np.testing.assert_allclose(pi["mean_of_stds_ddof1"][c], np.mean([r.std(ddof=1) for r in rows]), rtol=1e-13)
+
+
+def test_per_image_integer_aggregates_are_exact_for_any_batch_split():
+    """They differed by 1-2 ulp between batch splits; now rounded once from exact sums."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 256, size=(37, 3, 5, 7), dtype=np.uint8)
+    splits = [[x], [x[:5], x[5:20], x[20:]], [x[i:i + 1] for i in range(37)], [x[:36], x[36:]]]
+    results = [compute_stats(b, device="cpu", per_image=True) for b in splits]
+    dicts = [r.to_dict()["per_image"] for r in results]
+    assert all(d == dicts[0] for d in dicts[1:])
+    assert all(r.state == results[0].state for r in results[1:])
+    # reference: each image's mean as the exactly rounded s/n, averaged in exact rational arithmetic
+    img = x.reshape(37, 3, -1).astype(object)
+    for c in range(3):
+        means = [float(Fraction(int(im[c].sum()), im[c].size)) for im in img]
+        want = float(sum(Fraction(m) for m in means) / (37 * Fraction(255)))
+        assert results[0].per_image["mean_of_means"][c] == want
+
+
+def test_float64_offset_split_into_images_or_batches_costs_no_precision():
+    """1e8 +- 0.01 over 16 images: std relative error was 7e-10 (one batch) and 1.3e-9 (16 batches)
+    against 1e-15 for one image; the spread of image means was off by ~1e-5."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(9)
+    x = 1e8 + 0.01 * rng.standard_normal((16, 1, 1, 1000))
+    exact = [Fraction(v) for v in x.reshape(-1)]
+    mean = sum(exact) / len(exact)
+    ref_std = float(sum((v - mean) ** 2 for v in exact) / len(exact)) ** 0.5
+    img_means = [sum(exact[i * 1000:(i + 1) * 1000]) / 1000 for i in range(16)]
+    grand = sum(img_means) / 16
+    ref_spread = float(sum((m - grand) ** 2 for m in img_means) / 16) ** 0.5
+    for batches in ([x], [x[i:i + 1] for i in range(16)], [x[:3], x[3:]]):
+        r = compute_stats(batches, device="cpu", layout="NCHW", per_image=True)
+        assert abs(r.std[0] / ref_std - 1) < 1e-12
+        assert abs(r.mean[0] - float(mean)) <= 1.5e-8  # half an ulp of 1e8
+        assert abs(r.per_image["mean_of_means_spread"][0] / ref_spread - 1) < 1e-9
+
+
+def test_undefined_covariance_is_nan_and_whitening_says_why():
+    """A single pixel with ddof=1 raised numpy's LinAlgError in pca/whitening/corr."""
+    x = np.array([[[[10]], [[20]], [[30]]]], dtype=np.uint8)
+    r = compute_stats([x], device="cpu", covariance=True, ddof=1, layout="NCHW")
+    assert np.isnan(r.cov).all() and np.isnan(r.corr).all()
+    values, vectors = r.pca()
+    assert np.isnan(values).all() and np.isnan(vectors).all()
+    with pytest.raises(StatsError, match="covariance is undefined.*1 pixels with ddof=1"):
+        r.whitening()
+    assert np.isnan(r.to_dict()["covariance"]["eigenvalues"]).all()
+    ok = compute_stats([x], device="cpu", covariance=True, ddof=0, layout="NCHW")
+    assert ok.cov.tolist() == [[0.0] * 3] * 3 and np.isfinite(ok.pca()[0]).all()
+
+
+def test_saturation_without_exact_end_counts_says_so():
+    """A state saved before end counts were kept (bins wider than one value) cannot answer exactly."""
+    from gpustats import ChannelStats
+
+    x = np.random.default_rng(11).integers(-1000, 1001, size=(2, 1, 10, 10)).astype(np.int16)
+    r = compute_stats([x], device="cpu", histogram=True, hist_bins=20, hist_range=(-1000, 1000), layout="NCHW")
+    d = r.state.to_dict()
+    del d["hist_ends"]
+    old = ChannelStats.from_dict(d).finalize()
+    assert r.saturation_available and not old.saturation_available
+    with pytest.raises(StatsError, match="exact counts at the histogram range's ends"):
+        old.saturation()
+    assert "saturated_low" not in old.to_dict()["histogram"]
+    assert old.state.merge(r.state).hist_ends is None  # unknown on one side: unknown

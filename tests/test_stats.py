@@ -184,3 +184,37 @@ def test_known_answer_by_hand():
     assert r.min.tolist() == [0.0, 0.2] and r.max.tolist() == [1.0, 0.2]
     assert r.count.tolist() == [4, 4]
     assert math.isclose(compute_stats([x], device="cpu", layout="NCHW", ddof=1).var[0], 1 / 3, rel_tol=1e-15)
+
+
+# ---------------------------------------------------------------------- issue 17: clear errors
+def test_percentile_of_nan_is_a_clear_error():
+    r = compute_stats([np.arange(12, dtype=np.uint8).reshape(1, 3, 2, 2)], device="cpu", histogram=True, layout="NCHW")
+    for bad in (float("nan"), [50, float("nan")], float("inf"), -1):
+        with pytest.raises(StatsError, match=r"numbers in \[0, 100\]"):
+            r.percentile(bad)
+
+
+@pytest.mark.parametrize("text", ["[]", "3", "null", '"state"', '{"format": "gpustats.ChannelStats/1"}',
+                                  '{"format": "gpustats.ChannelStats/1", "dtype": "uint8", "count": [1]}',
+                                  '{"format": "gpustats.ChannelStats/1", "dtype": "complex64"}'])
+def test_from_json_of_anything_else_is_a_clear_error(text):
+    with pytest.raises(StatsError, match="gpustats state|ChannelStats.to_json"):
+        ChannelStats.from_json(text)
+    with pytest.raises(StatsError):
+        ChannelStats.from_json(None)
+
+
+def test_states_saved_before_per_channel_image_counts_still_load():
+    """Older per-image states (no counts, no exact sums) load; merging one into an exact integer
+    state is refused with a message saying what to do, not silently inexact."""
+    x = np.random.default_rng(10).integers(0, 256, size=(4, 3, 5, 5), dtype=np.uint8)
+    new = compute_stats([x], device="cpu", per_image=True).state
+    d = new.to_dict()
+    d["images"] = {"images": 4, "mean": [float(v).hex() for v in new.images.mean.reshape(-1)],
+                   "m2": [float(v).hex() for v in new.images.m2.reshape(-1)]}
+    old = ChannelStats.from_dict(d)
+    assert old.images.counts.tolist() == [4, 4, 4] and not old.images.exact
+    np.testing.assert_allclose(old.finalize().per_image["mean_of_means"], new.finalize().per_image["mean_of_means"],
+                               rtol=1e-15)
+    with pytest.raises(StatsError, match="older gpustats.*recompute"):
+        old.merge(new)

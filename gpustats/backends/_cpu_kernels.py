@@ -13,6 +13,9 @@ torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mea
 
 Every kernel takes a 3-D array ``x`` and a flag ``cp``: ``x`` is ``[N, C, L]`` when ``cp`` else
 ``[N, L, C]``.
+
+Compiled code is cached on disk where numba finds a writable place (next to this file, or the
+user-wide cache); a read-only install without a writable home compiles without a cache (:func:`_jit`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,33 @@ from numba import njit, prange
 _BLOCK = 1 << 16  # pixels per work item of hist_u8 (a work item is one (row, pixel-block))
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
+def _jit(**options):
+    """``numba.njit(cache=True, **options)``, or without the on-disk cache where numba has nowhere to
+    write one (it raises "no locator available" when this file's folder and the user-wide cache
+    folder are both read-only): the kernels then compile once per process, silently."""
+
+    def compile_with(func):
+        try:
+            return njit(cache=True, **options)(func)
+        except RuntimeError as exc:
+            if "no locator available" not in str(exc):
+                raise
+            return njit(**options)(func)
+
+    return compile_with
+
+
+@njit(inline="always", nogil=True)
+def _dims(x, cp):  # pragma: no cover - compiled
+    """``(rows, channels, length)`` of ``x`` in either layout."""
     if cp:
-        n_rows, channels, length = x.shape
-    else:
-        n_rows, length, channels = x.shape
+        return x.shape[0], x.shape[1], x.shape[2]
+    return x.shape[0], x.shape[2], x.shape[1]
+
+
+@_jit(nogil=True, parallel=True)
+def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
+    n_rows, channels, length = _dims(x, cp)
     nblocks = (length + _BLOCK - 1) // _BLOCK
     items = n_rows * nblocks
     nthreads = max(min(nthreads, items), 1)
@@ -107,7 +131,7 @@ def _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, to
                 cross[n, b, a] = q
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@_jit(nogil=True, parallel=True)
 def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
     """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64.
 
@@ -115,29 +139,22 @@ def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, c
     loop as the sums. Per-channel scalar accumulators keep this loop in registers: a fused
     all-channels-per-pixel loop with array accumulators measured 2.5x slower.
     """
-    if cp:
-        n_rows, channels, length = x.shape
-    else:
-        n_rows, length, channels = x.shape
+    n_rows, channels, length = _dims(x, cp)
     for n in prange(n_rows):
         _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
 
 
-@njit(cache=True, nogil=True)
-def int_rows_serial(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """int_rows in this thread: for few rows a parallel region costs more than it saves."""
-    if cp:
-        n_rows, channels, length = x.shape
-    else:
-        n_rows, length, channels = x.shape
-    for n in range(n_rows):
-        _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
-
+@_jit(nogil=True)
+def int_first_row(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
+    """:func:`int_rows` of row 0 only, in this thread: for one image a parallel region costs more than it saves."""
+    channels, length = _dims(x, cp)[1:]
+    _int_row(x, 0, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
 
 
 @njit(inline="always", nogil=True)
-def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover - compiled
-    """One row (image) ``n`` of :func:`float_rows`."""
+def _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
+               comoment):  # pragma: no cover - compiled
+    """One row (image) ``n`` of :func:`float_rows`; the mean as ``mean + mean_lo`` (a double-double)."""
     for c in range(channels):
         k = 0
         s = 0.0
@@ -168,12 +185,19 @@ def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vm
                 d = v - mu
                 d2 += d * d
                 corr += d
-        # corrected two-pass (Chan, Golub & LeVeque 1983): removes the rounding of mu
+        # corrected two-pass (Chan, Golub & LeVeque 1983): removes the rounding of mu; the corrected
+        # mean is kept as mu + lo exactly (TwoSum), so an offset of 1e8 costs the merges nothing
+        lo_part = 0.0
         if k > 0:
-            mu += corr / k
+            fix = corr / k
+            total = mu + fix
+            back = total - mu
+            lo_part = (mu - (total - back)) + (fix - back)
+            mu = total
             d2 -= corr * corr / k
         count[n, c] = k
         mean[n, c] = mu
+        mean_lo[n, c] = lo_part
         m2[n, c] = max(d2, 0.0)
         vmin[n, c] = lo
         vmax[n, c] = hi
@@ -196,39 +220,34 @@ def _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vm
                 comoment[n, b, a] = q
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def float_rows(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
-    """Per-row float64 (count, mean, M2) by two passes; non-finite values counted and skipped.
+@_jit(nogil=True, parallel=True)
+def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+    """Per-row float64 (count, mean + mean_lo, M2) by two passes; non-finite values counted and skipped.
 
     ``comoment`` ([N, C, C]) is filled only when ``want_cross`` and the row is all finite.
     """
-    if cp:
-        n_rows, channels, length = x.shape
-    else:
-        n_rows, length, channels = x.shape
+    n_rows, channels, length = _dims(x, cp)
     for n in prange(n_rows):
-        _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment)
+        _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
+                   comoment)
 
 
-@njit(cache=True, nogil=True)
-def float_rows_serial(x, cp, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
-    """float_rows in this thread: for few rows a parallel region costs more than it saves."""
-    if cp:
-        n_rows, channels, length = x.shape
-    else:
-        n_rows, length, channels = x.shape
-    for n in range(n_rows):
-        _float_row(x, n, cp, channels, length, want_cross, count, mean, m2, vmin, vmax, nan, posinf, neginf, comoment)
+@_jit(nogil=True)
+def float_first_row(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+    """:func:`float_rows` of row 0 only, in this thread: for one image a parallel region costs more than it saves."""
+    channels, length = _dims(x, cp)[1:]
+    _float_row(x, 0, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
+               comoment)
 
 
+@_jit(nogil=True)
+def hist_float(x, cp, lo, hi, bins, clip, hist, low_end, high_end, ends):  # pragma: no cover
+    """Histogram over [lo, hi] (last bin closed, like numpy); returns (#below, #above) outside.
 
-@njit(cache=True, nogil=True)
-def hist_float(x, cp, lo, hi, bins, clip, hist):  # pragma: no cover
-    """Histogram over [lo, hi] (last bin closed, like numpy); returns (#below, #above) outside."""
-    if cp:
-        n_rows, channels, length = x.shape
-    else:
-        n_rows, length, channels = x.shape
+    ``ends[c]`` ([C, 2]) counts the values at or below ``low_end`` and at or above ``high_end``
+    (the range's lowest and highest value, ``numerics.range_ends``; outside values only with ``clip``).
+    """
+    n_rows, channels, length = _dims(x, cp)
     width = bins / (hi - lo)
     below = 0
     above = 0
@@ -253,4 +272,8 @@ def hist_float(x, cp, lo, hi, bins, clip, hist):  # pragma: no cover
                     if b >= bins:
                         b = bins - 1
                 hist[c, b] += 1
+                if v <= low_end:
+                    ends[c, 0] += 1
+                if v >= high_end:
+                    ends[c, 1] += 1
     return below, above

@@ -3,8 +3,9 @@
 Each batch becomes a ``ChannelStats`` that the reducer merges (see ``MergingReducer``); nothing
 is kept on failure. uint8 moments come from per-channel histograms (:func:`hist_u8`), which are
 exact and read every byte once; other integers and per-image/covariance requests use exact
-per-image integer totals; floats use per-image corrected two-pass float64 moments merged with
-Chan's formula (DESIGN.md, "The state and its numerics").
+per-image integer totals; floats use per-image corrected two-pass float64 moments (the mean as a
+double-double) merged with the compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`;
+DESIGN.md, "The state and its numerics").
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..stats import INTEGER_DTYPES, ChannelStats, ImageMoments, exact_row_moments
+from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
+from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
 
 __all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments", "merge_rows"]
@@ -53,18 +55,13 @@ def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index
     )
 
 
-def merge_rows(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, comoment: np.ndarray | None = None):
-    """Chan's formula over many groups at once: rows [R, C] -> totals [C] (and [C, C])."""
-    total = count.sum(axis=0)
-    w = count.astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        grand = np.where(total > 0, (w * mean).sum(axis=0) / np.where(total > 0, total, 1), 0.0)
-    dev = np.where(count > 0, mean - grand, 0.0)
-    m2_total = m2.sum(axis=0) + (w * dev**2).sum(axis=0)
-    com_total = None
-    if comoment is not None:
-        com_total = comoment.sum(axis=0) + np.einsum("r,ri,rj->ij", w[:, 0] if w.size else w, dev, dev)
-    return total, grand, m2_total, com_total
+def merge_rows(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, comoment: np.ndarray | None = None,
+               mean_lo: np.ndarray | float = 0.0):
+    """Rows [R, C] -> totals ``(count, mean, M2, comoment)`` [C] (old name of
+    :func:`gpustats.numerics.chan_merge_rows`, which also returns the mean's ``mean_lo``)."""
+    count = np.asarray(count)
+    merged = chan_merge_rows(Moments(count, mean, m2, np.broadcast_to(mean_lo, count.shape), comoment))
+    return merged.count, merged.mean, merged.m2, merged.comoment
 
 
 #: parts smaller than this (values) are joined into one strip: a numba call costs ~0.1-2 ms
@@ -111,7 +108,7 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        rows_fn = k.int_rows if n > 1 else k.int_rows_serial  # one image: no parallel region to pay for
+        rows_fn = k.int_rows if n > 1 else k.int_first_row  # one image: no parallel region to pay for
         rows_fn(a, cp, cross, hist is not None, *out, products, hist_rows)
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
@@ -121,15 +118,15 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
 
 
 def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool) -> dict:
-    """Per-image float64 rows [K, C]: count, mean, m2, vmin, vmax, nan, posinf, neginf (+ comoment)."""
-    names = ("count", "mean", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
+    """Per-image float64 rows [K, C]: count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf (+ comoment)."""
+    names = ("count", "mean", "mean_lo", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
     rows = {name: [] for name in (*names, "comoment")}
     for a in arrays:
         n = a.shape[0]
         out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
                for name in names]
         com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
-        rows_fn = k.float_rows if n > 1 else k.float_rows_serial
+        rows_fn = k.float_rows if n > 1 else k.float_first_row
         rows_fn(a, cp, cross, *out, com)
         for name, arr in zip(rows, [*out, com]):
             rows[name].append(arr)
@@ -140,7 +137,7 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """Per-image ``(count, mean, M2, nonfinite)``, each [K, C], raw units, for every image of ``chunk``.
 
     The CPU backend's own per-image rule: exact integer totals rounded once
-    (:func:`~gpustats.stats.exact_row_moments`) for integer data, corrected two-pass float64 for
+    (:func:`~gpustats.numerics.exact_moments`) for integer data, corrected two-pass float64 for
     floats (non-finite values left out and counted in ``nonfinite``). Used by sampling.
     """
     from . import _cpu_kernels as k
@@ -148,8 +145,8 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     cp = chunk.layout == "CP"
     if chunk.dtype in INTEGER_DTYPES:
         r = _int_rows(k, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
-        mean, m2 = exact_row_moments(r["count"], r["total"], r["total_sq"])
-        return r["count"], mean, m2, np.zeros_like(r["count"])
+        mean, m2 = exact_moments(r["count"], r["total"], r["total_sq"])
+        return r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"])
     r = _float_rows(k, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
     return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"]
 
@@ -174,21 +171,27 @@ class CpuReducer(MergingReducer):
             return self._reduce_int(chunk, scale, batch_index)
         return self._reduce_float(chunk, scale, batch_index)
 
-    def _histogram(self, chunk: Chunk, arrays: list[np.ndarray], batch_index: int) -> tuple[np.ndarray, tuple]:
-        """Per-channel histogram and its raw range: 256 exact bins for uint8, else the user's bins."""
+    def _histogram(self, chunk: Chunk, arrays: list[np.ndarray], batch_index: int) -> tuple[np.ndarray, tuple, np.ndarray | None]:
+        """Per-channel histogram, its raw range and the exact counts at the range's ends ([C, 2]).
+
+        uint8: 256 exact one-value bins (the end counts are its first and last bins: None);
+        other data: the user's bins, and the end counts tracked apart (bins may hold several values).
+        """
         cp = chunk.layout == "CP"
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
             for a in arrays:
                 self._k.hist_u8(a, cp, hist, self._threads)
-            return hist, (0.0, 256.0)
+            return hist, (0.0, 256.0), None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
+        low_end, high_end = range_ends(lo, hi, chunk.dtype)
         hist = np.zeros((chunk.channels, bins), np.int64)
+        ends = np.zeros((chunk.channels, 2), np.int64)
         for a in arrays:
-            below, above = self._k.hist_float(a, cp, lo, hi, bins, self.options.clip, hist)
+            below, above = self._k.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end, ends)
             if (below or above) and not self.options.clip:
                 raise out_of_range_error(below, above, lo, hi, batch_index)
-        return hist, (lo, hi)
+        return hist, (lo, hi), ends
 
     # ----------------------------------------------------------------- integers
     def _reduce_int(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
@@ -198,7 +201,7 @@ class CpuReducer(MergingReducer):
         rows_needed = opts.per_image or opts.covariance
         if chunk.dtype == "uint8" and not rows_needed:
             # the histogram alone gives exact count, sums, min and max: one fast pass
-            hist, hist_range = self._histogram(chunk, arrays, batch_index)
+            hist, hist_range, _ = self._histogram(chunk, arrays, batch_index)
             count = [int(h.sum()) for h in hist]
             total = [int(h @ _VALUES) for h in hist]
             total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
@@ -209,9 +212,9 @@ class CpuReducer(MergingReducer):
                                                   hist=hist if opts.histogram else None,
                                                   hist_range=hist_range if opts.histogram else None)
         fused_hist = opts.histogram and chunk.dtype == "uint8"  # built in the same pass as the rows
-        hist, hist_range = (None, None)
+        hist, hist_range, ends = (None, None, None)
         if opts.histogram and not fused_hist:
-            hist, hist_range = self._histogram(chunk, arrays, batch_index)
+            hist, hist_range, ends = self._histogram(chunk, arrays, batch_index)
         if fused_hist:
             hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
         r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None)
@@ -223,10 +226,11 @@ class CpuReducer(MergingReducer):
             cross = [[sum(int(v) for v in r["cross"][:, i, j]) for j in range(C)] for i in range(C)]
         images = None
         if opts.per_image:
-            images = ImageMoments.from_images(r["count"], *exact_row_moments(r["count"], r["total"], r["total_sq"]))
+            images = ImageMoments.from_integer_rows(r["count"], r["total"], r["total_sq"])
         return ChannelStats.from_integer_sums(
             count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
             dtype=chunk.dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images,
+            hist_ends=ends,
         )
 
     # ----------------------------------------------------------------- floats
@@ -239,24 +243,26 @@ class CpuReducer(MergingReducer):
         bad = nan + pos + neg
         if opts.nan_policy == "raise":
             check_nonfinite(bad, batch_index)
-        hist, hist_range = self._histogram(chunk, arrays, batch_index) if opts.histogram else (None, None)
-        count, mean, m2, comoment = merge_rows(r["count"], r["mean"], r["m2"], r["comoment"] if opts.covariance else None)
+        hist, hist_range, ends = self._histogram(chunk, arrays, batch_index) if opts.histogram else (None, None, None)
+        merged = chan_merge_rows(Moments(r["count"], r["mean"], r["m2"], r["mean_lo"],
+                                         r["comoment"] if opts.covariance else None))
+        count, mean, m2, mean_lo, comoment = merged
         vmin = r["vmin"].min(axis=0)
         vmax = r["vmax"].max(axis=0)
         images = None
-        if opts.per_image:
-            keep = r["count"][:, 0] > 0
-            images = ImageMoments.from_images(r["count"][keep], r["mean"][keep], r["m2"][keep])
+        if opts.per_image:  # every image, counted per channel where it has finite values
+            images = ImageMoments.from_images(r["count"], r["mean"], r["m2"], r["mean_lo"])
         if opts.nan_policy == "propagate" and bad.sum() > 0:
             count = count + bad
             inf_mean = np.where(pos > 0, np.inf, -np.inf)
             mean = np.where(bad > 0, np.where((nan > 0) | ((pos > 0) & (neg > 0)), np.nan, inf_mean), mean)
             m2 = np.where(bad > 0, np.nan, m2)
+            mean_lo = np.where(bad > 0, 0.0, mean_lo)
             vmin = np.where(nan > 0, np.nan, np.where(neg > 0, -np.inf, vmin))
             vmax = np.where(nan > 0, np.nan, np.where(pos > 0, np.inf, vmax))
             if comoment is not None:
                 comoment = np.full_like(comoment, np.nan)
         return ChannelStats.from_moments(
             count, mean, m2, vmin, vmax, dtype=chunk.dtype, scale=scale, nonfinite=bad, hist=hist,
-            hist_range=hist_range, comoment=comoment, images=images,
+            hist_range=hist_range, comoment=comoment, images=images, mean_lo=mean_lo, hist_ends=ends,
         )

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..stats import ChannelStats, ImageMoments, exact_row_moments
+from ..numerics import moments_from_shifted_mean, moments_from_shifted_sums
+from ..stats import ChannelStats, ImageMoments
 from . import BackendUnavailable, Options, Reducer
 
 __all__ = ["CudaReducer"]
@@ -319,7 +320,15 @@ class CudaReducer(Reducer):
         return np.where(np.isfinite(mean), mean, 0.0)
 
     def _flush(self) -> None:
-        """Move the device totals into the host state (syncs) and start fresh accumulators."""
+        """Move the device totals into the host state (syncs) and start fresh accumulators.
+
+        Every numeric rule is :mod:`gpustats.numerics`': integer totals are exact
+        (``ChannelStats.from_integer_sums``); float sums of ``x - shift`` become a summary with
+        :func:`~gpustats.numerics.moments_from_shifted_sums`, except under the ``welford`` strategy,
+        whose device ``(n, mean, M2)`` is taken as it is (an accumulator of a reducer with an explicit
+        strategy is only ever fed by that strategy); the batch state is then Chan-merged into the
+        host state (:func:`~gpustats.numerics.chan_merge`, inside ``ChannelStats.merge``).
+        """
         if self._acc is None:
             return
         acc, key, pending = self._acc, self._key, self._pending_images
@@ -338,48 +347,35 @@ class CudaReducer(Reducer):
                 hist_range=(0.0, 256.0) if histogram else None, cross=cross, images=images,
             )
         else:
-            n = host["count"].astype(np.float64)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                dmean = np.where(n > 0, host["fsum"] / np.where(n > 0, n, 1.0), 0.0)
-            mean = np.where(n > 0, host["shift"] + dmean, 0.0)
-            m2 = np.maximum(host["fsumsq"] - n * dmean * dmean, 0.0)
-            comoment = None
-            if covariance:
-                comoment = host["cross"] - np.outer(host["fsum"], dmean)
+            if self._requested == "welford":  # its own (n, mean, M2); the accumulators' sums only mirror it
+                w = self._k.get_strategy("welford").moments_of(acc)
+                moments = moments_from_shifted_mean(w["count"], host["shift"], w["mean"], w["m2"])
+            else:
+                moments = moments_from_shifted_sums(host["count"], host["shift"], host["fsum"], host["fsumsq"],
+                                                    host["cross"] if covariance else None)
             batch_state = ChannelStats.from_moments(
-                count, mean, m2, host["vmin"], host["vmax"], dtype=dtype, scale=scale, nonfinite=host["nonfinite"],
-                comoment=comoment, images=images,
+                moments.count, moments.mean, moments.m2, host["vmin"], host["vmax"], dtype=dtype, scale=scale,
+                nonfinite=host["nonfinite"], comoment=moments.comoment, images=images, mean_lo=moments.mean_lo,
             )
         self._state = self._state.merge(batch_state)
 
     def _images(self, pending, dtype: str, channels: int) -> ImageMoments:
-        """Per-image moments folded batch by batch (the CPU backend's order, so uint8 is bitwise equal)."""
-        result = None
-        batch_nos = sorted({entry[0] for entry in pending})
-        for batch_no in batch_nos:
-            counts, means, m2s = [], [], []
-            for _, images, shift in (e for e in pending if e[0] == batch_no):
-                c, mean, m2 = self._image_rows(images, shift)
-                counts.append(c)
-                means.append(mean)
-                m2s.append(m2)
-            batch = ImageMoments.from_images(np.concatenate(counts), np.concatenate(means), np.concatenate(m2s))
-            result = batch if result is None else result.merge(batch)
-        if result is None:
-            empty = np.zeros((0, channels))
-            return ImageMoments.from_images(empty, empty, empty)
-        return result
+        """Per-image aggregates of the pending launches' per-image sums (the CPU backend's rules:
+        exact integer rows for uint8/uint16, so the state is bitwise equal to the CPU's)."""
+        integer = dtype in ("uint8", "uint16")
+        rows = [self._image_rows(images, shift) for _, images, shift in pending]
+        if not rows:
+            return ImageMoments.empty(channels, exact=integer)
+        columns = [np.concatenate(parts) for parts in zip(*rows)]
+        return ImageMoments.from_integer_rows(*columns) if integer else ImageMoments.from_images(*columns)
 
     @staticmethod
     def _image_rows(images, shift):
+        """One launch's rows [K, C]: ``(count, total, total_sq)`` for integers (float64 sums, exact
+        below 2**53), ``(count, mean, M2, mean_lo)`` for floats (sums of ``x - shift``)."""
         got = images.to_host()
         c, s, q = got["img_count"], got["img_sum"], got["img_sumsq"]
-        if shift is None:  # integer: exact sums (below 2**53) -> exact per-image moments
-            return (c, *exact_row_moments(c, s.astype(np.int64), q.astype(np.int64)))
-        n = c.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            d = np.where(n > 0, s / np.where(n > 0, n, 1.0), 0.0)
-        mean = shift[None, :] + d
-        m2 = np.maximum(q - n * d * d, 0.0)
-        keep = c[:, 0] > 0
-        return c[keep], mean[keep], m2[keep]
+        if shift is None:
+            return c, s.astype(np.int64), q.astype(np.int64)
+        rows = moments_from_shifted_sums(c, shift[None, :], s, q)
+        return rows.count, rows.mean, rows.m2, rows.mean_lo

@@ -1,0 +1,201 @@
+"""Per-image statistics (``per_image=True``): aggregates over images of each image's mean and std.
+
+Each image contributes, per channel where it has at least one finite value, three values: its
+mean, its std with ddof=0 and its std with ddof=1 (an image with one value there: std 0, see
+:func:`gpustats.numerics.image_values_exact`). :class:`ImageMoments` keeps, per channel, the
+image-weighted mean and sum of squared deviations (M2) of those values. An image counts in a
+channel's figures only when it has finite values in that channel (``counts``), so under
+``nan_policy="omit"`` an all-NaN channel of one image neither drops the image from the other
+channels nor turns that channel's figures into NaN.
+
+Two families, like :class:`~gpustats.stats.ChannelStats`:
+
+* **Integer data**: every per-image value is computed from the image's exact integer totals and
+  rounded once; the state keeps the *exact* sums of those values and of their squares (Python
+  ints, :func:`~gpustats.numerics.exact_value_sums`), so the aggregates are rounded once and are
+  bitwise identical for any split of the images into batches, any merge order and any backend.
+* **Float data**: per-image values are merged with the compensated Chan formula
+  (:func:`~gpustats.numerics.chan_merge_rows`), so an offset of 1e8 costs no precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Sequence
+
+import numpy as np
+
+from .numerics import (
+    SUM_BITS,
+    Moments,
+    StatsError,
+    chan_merge,
+    chan_merge_rows,
+    exact_moments,
+    exact_value_sums,
+    image_values,
+    image_values_exact,
+)
+
+__all__ = ["ImageMoments"]
+
+ROWS = ("mean", "std", "std_ddof1")
+
+
+def _frozen(arr: Any, dtype: Any = np.float64) -> np.ndarray:
+    out = np.array(arr, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def _hex(arr: np.ndarray) -> list[str]:
+    return [float(v).hex() for v in np.asarray(arr, dtype=np.float64).reshape(-1)]
+
+
+def _dyadic_out(value: int) -> str:
+    """An exact sum as text: ``"<odd hex>p<shift>"`` (``m << shift``), short where the int has many trailing zeros."""
+    if value == 0:
+        return "0p0"
+    shift = (value & -value).bit_length() - 1
+    return f"{value >> shift:x}p{shift}"
+
+
+def _dyadic_in(text: str) -> int:
+    mantissa, shift = text.split("p")
+    return int(mantissa, 16) << int(shift)
+
+
+def _unhex(values: Sequence[str], channels: int) -> np.ndarray:
+    return np.array([float.fromhex(v) for v in values], dtype=np.float64).reshape(3, channels)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageMoments:
+    """Aggregates of per-image values; rows (axis 0) are mean, std (ddof 0), std (ddof 1).
+
+    Attributes:
+        images: images reduced.
+        counts: int64 [C], images with at least one finite value in each channel.
+        mean, m2: float64 [3, C], image-weighted mean and M2 of the per-image values (raw units).
+        mean_lo: float64 [3, C], rounding error of ``mean`` (float data; zeros for integer data).
+        sums, sumsqs: integer data only, exact sums of the values (units ``2**-SUM_BITS``) and of
+            their squares (units ``2**-2*SUM_BITS``) as nested tuples [3][C] of Python ints.
+    """
+
+    images: int
+    counts: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    mean_lo: np.ndarray
+    sums: tuple[tuple[int, ...], ...] | None = None
+    sumsqs: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def exact(self) -> bool:
+        """True for integer data (exact sums of the per-image values)."""
+        return self.sums is not None
+
+    @property
+    def channels(self) -> int:
+        return int(self.counts.shape[0])
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def empty(channels: int, exact: bool) -> "ImageMoments":
+        zeros = np.zeros((3, channels))
+        ints = tuple((0,) * channels for _ in range(3)) if exact else None
+        return ImageMoments(0, _frozen(np.zeros(channels), np.int64), _frozen(zeros), _frozen(zeros), _frozen(zeros),
+                            ints, ints)
+
+    @staticmethod
+    def from_exact_sums(images: int, counts: Any, sums: Any, sumsqs: Any) -> "ImageMoments":
+        """Integer-data state from exact sums ([3][C] Python ints); mean and M2 rounded once."""
+        sums = tuple(tuple(int(v) for v in row) for row in sums)
+        sumsqs = tuple(tuple(int(v) for v in row) for row in sumsqs)
+        k = np.broadcast_to(np.asarray(counts, dtype=object), (3, len(counts)))
+        mean, m2 = exact_moments(k, sums, sumsqs, scale=Fraction(2**SUM_BITS))
+        mean = np.where(np.isnan(mean), 0.0, mean)
+        return ImageMoments(int(images), _frozen(counts, np.int64), _frozen(mean), _frozen(m2),
+                            _frozen(np.zeros_like(mean)), sums, sumsqs)
+
+    @staticmethod
+    def from_integer_rows(count: Any, total: Any, total_sq: Any) -> "ImageMoments":
+        """Integer-data state of K images from their exact totals (int arrays [K, C])."""
+        count = np.asarray(count)
+        values = image_values_exact(count, total, total_sq)  # [3, K, C], NaN where not counted
+        counts, sums, sumsqs = exact_value_sums(values.transpose(1, 0, 2))  # over images
+        return ImageMoments.from_exact_sums(count.shape[0], counts[0], sums, sumsqs)
+
+    @staticmethod
+    def from_images(img_count: Any, img_mean: Any, img_m2: Any, img_mean_lo: Any = 0.0) -> "ImageMoments":
+        """Float-data state of K images from their ``(count, mean, M2)`` rows [K, C] (raw units)."""
+        count = np.asarray(img_count)
+        rows = Moments(count, np.asarray(img_mean, np.float64), np.asarray(img_m2, np.float64),
+                       np.broadcast_to(np.asarray(img_mean_lo, np.float64), count.shape))
+        values, lo = image_values(rows)  # [3, K, C]
+        valid = ~np.isnan(values)
+        merged = chan_merge_rows(Moments(valid.astype(np.int64).transpose(1, 0, 2), np.nan_to_num(values).transpose(1, 0, 2),
+                                         np.zeros(values.transpose(1, 0, 2).shape), lo.transpose(1, 0, 2)))
+        return ImageMoments(int(count.shape[0]), _frozen((count > 0).sum(axis=0), np.int64), _frozen(merged.mean),
+                            _frozen(merged.m2), _frozen(merged.mean_lo))
+
+    # ------------------------------------------------------------------ merge
+    def merge(self, other: "ImageMoments") -> "ImageMoments":
+        """Both sets of images together (exact sums added, or the compensated Chan merge)."""
+        if other.images == 0 and not other.counts.any():
+            return self
+        if self.images == 0 and not self.counts.any():
+            return other
+        if self.exact != other.exact:
+            raise StatsError("cannot merge per-image statistics of integer data with ones saved by an older gpustats "
+                             "(without exact per-image sums); recompute the older state with per_image=True")
+        counts = self.counts + other.counts
+        if self.exact:
+            add = lambda a, b: [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]  # noqa: E731
+            return ImageMoments.from_exact_sums(self.images + other.images, counts, add(self.sums, other.sums),
+                                                add(self.sumsqs, other.sumsqs))
+        k_old = np.broadcast_to(self.counts, self.mean.shape)
+        k_new = np.broadcast_to(other.counts, other.mean.shape)
+        updated = chan_merge(Moments(k_old, self.mean, self.m2, self.mean_lo),
+                             Moments(k_new, other.mean, other.m2, other.mean_lo))
+        return ImageMoments(self.images + other.images, _frozen(counts, np.int64), _frozen(updated.mean),
+                            _frozen(updated.m2), _frozen(updated.mean_lo))
+
+    # ------------------------------------------------------------------ results
+    def summary(self, scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean, spread)`` [3, C] on the reported scale: image-weighted mean of each per-image value and its
+        population std across images; NaN for a channel no image has values in. Integer data: rounded once
+        from the exact sums."""
+        if self.exact:
+            k = np.broadcast_to(np.asarray(self.counts, dtype=object), (3, self.channels))
+            mean, var = exact_moments(k, self.sums, self.sumsqs, ddof=0, scale=Fraction(2**SUM_BITS) * Fraction(scale))
+            return mean, np.sqrt(np.maximum(var, 0.0))
+        k = self.counts.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(k > 0, self.mean / scale, np.nan)
+            spread = np.where(k > 0, np.sqrt(np.maximum(self.m2 / k, 0.0)) / scale, np.nan)
+        return mean, spread
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"images": self.images, "counts": [int(v) for v in self.counts]}
+        if self.exact:
+            d["sums"] = [[_dyadic_out(v) for v in row] for row in self.sums]
+            d["sumsqs"] = [[_dyadic_out(v) for v in row] for row in self.sumsqs]
+        else:
+            d.update(mean=_hex(self.mean), m2=_hex(self.m2), mean_lo=_hex(self.mean_lo))
+        return d
+
+    @staticmethod
+    def from_dict(d: dict) -> "ImageMoments":
+        if "sums" in d:
+            return ImageMoments.from_exact_sums(int(d["images"]), d["counts"],
+                                                [[_dyadic_in(v) for v in row] for row in d["sums"]],
+                                                [[_dyadic_in(v) for v in row] for row in d["sumsqs"]])
+        channels = len(d["mean"]) // 3
+        # states saved before per-channel counts: every image counted in every channel
+        counts = d.get("counts", [int(d["images"])] * channels)
+        mean_lo = _unhex(d["mean_lo"], channels) if "mean_lo" in d else np.zeros((3, channels))
+        return ImageMoments(int(d["images"]), _frozen(counts, np.int64), _frozen(_unhex(d["mean"], channels)),
+                            _frozen(_unhex(d["m2"], channels)), _frozen(mean_lo))
