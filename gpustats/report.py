@@ -103,13 +103,17 @@ def _stats_rows(s: Any, names: Sequence[str]) -> list[str]:
     lines = [f"  {'':<18}" + "".join(f"{n:>10}" for n in names)]
     lines += [_row("mean", s.mean), _row(f"std (ddof={s.ddof})", s.std), _row("min", s.min), _row("max", s.max)]
     if s.histogram is not None:
-        lines.append("  percentiles (exact, from the 256-bin histogram; --format json has 0.5 to 99.5)")
+        bound = s.percentile_error_bound()
+        how = "exact" if bound == 0 else f"within {bound:.3g}, interpolated in bins"
+        lines.append(f"  percentiles ({how}, from the {s.histogram.shape[1]}-bin histogram; --format json has "
+                     "0.5 to 99.5)")
         for q in PERCENTILES:
             lines.append(_row(f"  p{q}", s.percentile(q)))
-        if s.state.family == "int":
+        if s.saturation_available:
+            low_end, high_end = (v * s.scale for v in s.range_ends())
             sat = s.saturation()
-            lines.append(_row("  saturated at 0", sat["low"]))
-            lines.append(_row("  saturated at 255", sat["high"]))
+            lines.append(_row(f"  saturated at {low_end:g}", sat["low"]))
+            lines.append(_row(f"  saturated at {high_end:g}", sat["high"]))
     if s.state.comoment is not None:
         lines.append(f"  covariance (ddof={s.ddof})")
         lines += [_row(f"  {name}", row, digits=7) for name, row in zip(names, s.cov)]

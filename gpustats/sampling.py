@@ -119,39 +119,29 @@ def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int,
                  scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``.
 
-    CPU tensors use the CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`:
-    exact for integers, corrected two-pass float64 for floats); CUDA tensors are reduced on their
-    device in float64, two passes. Non-finite values are an error (sampling needs finite pixels).
+    The CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`: exact for
+    integers, corrected two-pass float64 for floats), the one rule there is; a sampled CUDA image
+    is copied to the host first. Non-finite values are an error (sampling needs finite pixels).
     """
-    pix_axis = 2 if layout == "CP" else 1
-    if part.device.type == "cpu":
-        from .backends.cpu import image_moments
+    from .backends.cpu import image_moments
 
-        count, mean, m2, bad = image_moments(Chunk((part,), layout, dtype, channels))
-        if bad.any():
-            raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
-                             "(use compute_stats with nan_policy='omit' for exact statistics)")
-        n = count.astype(np.float64)
-        return n[:, 0], n * mean / scale, m2 / (scale * scale)
-    x = part.to(torch.float64)
-    length = int(part.shape[pix_axis])
-    st = x.sum(dim=pix_axis)
-    x -= (st / length).unsqueeze(pix_axis)
-    total = st.cpu().numpy()
-    m2 = (x * x).sum(dim=pix_axis).cpu().numpy()
-    return np.full(int(part.shape[0]), float(length)), total / scale, m2 / (scale * scale)
+    count, mean, m2, bad = image_moments(Chunk((part.cpu(),), layout, dtype, channels))
+    if bad.any():
+        raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
+                         "(use compute_stats with nan_policy='omit' for exact statistics)")
+    n = count.astype(np.float64)
+    return n[:, 0], n * mean / scale, m2 / (scale * scale)
 
 
 def _combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Merge several images' (count, sum, M2) into one unit (Chan's formula in sum form)."""
-    n = float(count.sum())
-    if n == 0:
-        return 0.0, np.zeros(total.shape[1]), np.zeros(total.shape[1])
-    s = total.sum(axis=0)
-    mean = s / n
-    keep = count > 0
-    means = total[keep] / count[keep][:, None]
-    return n, s, m2.sum(axis=0) + (count[keep][:, None] * (means - mean) ** 2).sum(axis=0)
+    """Merge several images' (count, sum, M2) into one unit (:func:`gpustats.numerics.chan_merge_rows`)."""
+    from .numerics import Moments, chan_merge_rows
+
+    n = np.broadcast_to(count[:, None], total.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.where(n > 0, n, 1.0), 0.0)
+    merged = chan_merge_rows(Moments(n.astype(np.int64), mean, m2, np.zeros_like(mean)))
+    return float(merged.count[0]), merged.mean * merged.count, merged.m2
 
 
 # ============================================================================ the sources

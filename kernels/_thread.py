@@ -17,7 +17,7 @@ State arrays (C channels; RT = run type, BT = bank type, MT = min/max type, see 
 
 With ``welford=True`` (float input only) the run and bank hold Welford summaries instead of sums:
 ``run`` is the run's (mean, M2) of d in the run type (``run[c]``, ``run[C + c]``, count ``run_n[c]``),
-and a flush Chan-merges it (``_common.chan``) into the thread's float64 summary
+and a flush Chan-merges it (``_blocks.chan``) into the thread's float64 summary
 (n = ``tally[c]``, mean = ``bank[c]``, M2 = ``bank[C + c]``).
 
 :func:`make_accumulate` builds the whole per-thread pass on top of these (state arrays, grid-stride
@@ -31,10 +31,10 @@ import math
 
 from numba import cuda, float64, int32, int64
 
+from ._blocks import chan
 from ._common import (
     HIST_BINS,
     RUN_LENGTH,
-    chan,
     device_function,
     grid_next,
     grid_start,

@@ -102,8 +102,8 @@ class Accumulators:
 
     def reset(self) -> None:
         """Zero every total (keeping ``shift``); used after flushing integer sums to the host."""
-        for name in ("itotals", "hist", "cross"):
-            arr = getattr(self, name)
+        for arr in (self.itotals, self.hist, self.cross, *self._scratch_arrays.values()):
+            # scratch too: some strategies keep a running summary there (welford), or a ticket (vec)
             arr.copy_to_device(np.zeros(arr.shape, dtype=arr.dtype), stream=self.stream)
         ftotals = np.zeros((4, self.channels), np.float64)
         ftotals[2], ftotals[3] = np.inf, -np.inf

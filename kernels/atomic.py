@@ -19,16 +19,14 @@ import functools
 
 from numba import cuda, float64, int32, int64
 
+from ._blocks import SHARED_SLOTS, make_block_ops, make_hist_ops
 from ._common import (
-    device_function,
     HIST_BINS,
-    SHARED_SLOTS,
     as_device_array,
     check_input,
+    device_function,
     is_integer,
     launch_config,
-    make_block_ops,
-    make_hist_ops,
     pixels_per_image,
 )
 from ._thread import make_accumulate, make_add_totals, types_for

@@ -14,12 +14,12 @@ import functools
 
 from numba import cuda, float64, int32, int64
 
+from ._blocks import make_hist_ops
 from ._common import (
     HIST_BINS,
     grid_next,
     grid_start,
     make_decode,
-    make_hist_ops,
     make_load,
     prepare_pixels,
     refuse_extras,

@@ -16,10 +16,9 @@ import functools
 
 from numba import cuda, float64, int64
 
+from ._blocks import SHARED_SLOTS, make_block_ops
 from ._common import (
-    SHARED_SLOTS,
     is_integer,
-    make_block_ops,
     prepare_pixels,
     refuse_extras,
 )

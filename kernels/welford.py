@@ -3,7 +3,7 @@
 Float input: each thread runs Welford's update on ``d = x - shift[c]`` in the run type over at
 most ``RUN_LENGTH`` pixels, then Chan-merges the run into its float64 ``(n, mean, M2)`` (the
 shared thread loop of ``_thread`` with ``welford=True``). Blocks Chan-merge their threads with
-the shared fixed-shape block tree (``_common.make_block_tree``) and store per-block partials;
+the shared fixed-shape block tree (``_blocks.make_block_tree``) and store per-block partials;
 a one-thread-per-channel kernel Chan-merges the blocks in block order and then into a running
 device summary, :func:`moments_of` ``(n, mean of d, M2)`` per channel. M2 is never a difference
 of large sums, so this strategy is a numerically independent check of the sum-based ones: the
@@ -11,10 +11,10 @@ CUDA backend builds its state from this summary (``gpustats.numerics.moments_fro
 and Chan-merges it with everything else (``gpustats.numerics.chan_merge``).
 
 The running summary lives beside the :class:`~gpustats.kernels.Accumulators` (its work arrays,
-``acc.scratch``; a fresh ``Accumulators`` starts it empty, ``reset()`` does not clear it). So that
+``acc.scratch``; a fresh ``Accumulators`` starts it empty and ``reset()`` empties it). So that
 every strategy keeps the accumulators' documented contract (``count``, ``fsum``/``fsumsq`` of
-``d``, ``nonfinite``, ``vmin``/``vmax``, which generic readers such as the benchmarks use), a
-third tiny kernel also adds each launch's summary there in sum form (``n``, ``n*mean``,
+``d``, ``nonfinite``, ``vmin``/``vmax``, which generic readers such as the benchmarks use), the
+merge kernel also adds each launch's summary there in sum form (``n``, ``n*mean``,
 ``M2 + n*mean**2``); nothing in gpustats reads welford's results from those sums. Like ``tree``
 the result is bitwise reproducible for a fixed launch configuration.
 
@@ -29,13 +29,10 @@ import functools
 from numba import cuda, float64, int64
 
 from . import tree
+from ._blocks import SHARED_SLOTS, chan, make_block_ops, make_block_tree
 from ._common import (
-    SHARED_SLOTS,
-    chan,
     device_function,
     is_integer,
-    make_block_ops,
-    make_block_tree,
     prepare_pixels,
     refuse_extras,
 )
@@ -113,8 +110,11 @@ def _build(dtype_tag, layout, channels, threads, run=None):
                 part_min[b, k] = mins[k]
 
     @cuda.jit
-    def merge_kernel(blocks, part_n, part_moments, part_min, run_count, nonfinite, run_mean, run_m2, vmin, vmax):
-        """Blocks in order, then into the running summary ``(run_count, run_mean, run_m2)``."""
+    def merge_kernel(blocks, part_n, part_moments, part_min, run_count, nonfinite, run_mean, run_m2, vmin, vmax,
+                     count, fsum, fsumsq):
+        """Blocks in order, then into the running summary ``(run_count, run_mean, run_m2)``; the
+        launch's summary is also added to the accumulators in their sum form (``count``, ``fsum``,
+        ``fsumsq``), the contract every strategy keeps."""
         c = cuda.grid(1)
         if c < C:
             t_n = int64(0)
@@ -133,29 +133,11 @@ def _build(dtype_tag, layout, channels, threads, run=None):
             nonfinite[c] += t_bad
             vmin[c] = t_min
             vmax[c] = t_max
-            part_n[0, c] = t_n  # this launch's summary, for export_kernel (row 0 was read above)
-            part_moments[0, c] = t_mean
-            part_moments[0, C + c] = t_m2
+            count[c] += t_n
+            fsum[c] += float64(t_n) * t_mean
+            fsumsq[c] += t_m2 + float64(t_n) * t_mean * t_mean
 
     return partial_kernel, merge_kernel
-
-
-@functools.lru_cache(maxsize=None)
-def _build_export(channels):
-    C = channels
-
-    @cuda.jit
-    def export_kernel(part_n, part_moments, count, fsum, fsumsq):
-        """A launch's summary (row 0 after ``merge_kernel``) added to the accumulators in their sum form."""
-        c = cuda.grid(1)
-        if c < C:
-            n = part_n[0, c]
-            mean = part_moments[0, c]
-            count[c] += n
-            fsum[c] += float64(n) * mean
-            fsumsq[c] += part_moments[0, C + c] + float64(n) * mean * mean
-
-    return export_kernel
 
 
 def _summary(acc):
@@ -195,6 +177,6 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
     run_count, summary = _summary(acc)
     partial_kernel[blocks, threads, stream](x, acc.shift, part_n, part_moments, part_min)
     merge_kernel[1, channels, stream](
-        blocks, part_n, part_moments, part_min, run_count, acc.nonfinite, summary[0], summary[1], acc.vmin, acc.vmax
+        blocks, part_n, part_moments, part_min, run_count, acc.nonfinite, summary[0], summary[1], acc.vmin, acc.vmax,
+        acc.count, acc.fsum, acc.fsumsq
     )
-    _build_export(channels)[1, channels, stream](part_n, part_moments, acc.count, acc.fsum, acc.fsumsq)

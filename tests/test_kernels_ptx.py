@@ -85,7 +85,7 @@ def kernels(strategy: str, dtype: str, layout: str, channels: int):
     if strategy == "welford":
         part, merge = welford._build(dtype, layout, channels, THREADS)
         return [(tag + "-partial", part, (x, F1, I2, F2, F2)),
-                (tag + "-merge", merge, (types.int64, I2, F2, F2, I1, I1, F1, F1, F1, F1))]
+                (tag + "-merge", merge, (types.int64, I2, F2, F2, I1, I1, F1, F1, F1, F1, I1, F1, F1))]
     if strategy == "vec":
         address, count = types.int64, types.int64  # on a GPU the kernels load through the input's address
         head = (address, address, count, count, count, count, count)
