@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import _dist_worker as worker
-from gpustats import ChannelStats, StatsError, compute_stats
+from gpustats import ChannelStats, compute_stats
 from gpustats import distributed as gdist
 
 HERE = Path(__file__).resolve().parent

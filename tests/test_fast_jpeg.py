@@ -8,7 +8,6 @@ libjpeg-turbo is meant for really went through it (a decoder that never ran prov
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 import pytest

@@ -391,6 +391,7 @@ def test_synthetic_generators_are_deterministic(tmp_path):
     assert other[0].read_bytes() != first[0].read_bytes()
     info1 = synthetic.make_demo_folder(tmp_path / "d1")
     info2 = synthetic.make_demo_folder(tmp_path / "d2")
+    assert info2["listed"] == info1["listed"]
     for name in info1["listed"]:
         assert (tmp_path / "d1" / name).read_bytes() == (tmp_path / "d2" / name).read_bytes()
 
