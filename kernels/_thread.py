@@ -235,6 +235,18 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
                                                   bool(welford))
 
     @device_function
+    def step(x, n, l, since_flush, hi, lo, tally, run, run_n, bank, extreme, current, current_ok, cross_run,
+             cross_bank, img_tally, img_run, img_bank, hist_shared):
+        """Visit pixel (n, l); flush the runs every ``RUN`` pixels. Returns the pixels since the last flush."""
+        visit(x, n, l, hi, lo, tally, run, run_n, extreme, current, current_ok, cross_run, img_tally, img_run,
+              hist_shared)
+        since_flush += 1
+        if since_flush == RUN:
+            flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
+            since_flush = 0
+        return since_flush
+
+    @device_function
     def accumulate(x, shift, tally, bank, mins, cross_bank, hist_shared, image_out):
         hi = cuda.local.array(C, RT)
         lo = cuda.local.array(C, RT)
@@ -257,12 +269,8 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
             while n < images:
                 l = cuda.threadIdx.x
                 while l < pixels:
-                    visit(x, n, l, hi, lo, tally, run, run_n, extreme, current, current_ok, cross_run,
-                          img_tally, img_run, hist_shared)
-                    since_flush += 1
-                    if since_flush == RUN:
-                        flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
-                        since_flush = 0
+                    since_flush = step(x, n, l, since_flush, hi, lo, tally, run, run_n, bank, extreme, current,
+                                       current_ok, cross_run, cross_bank, img_tally, img_run, img_bank, hist_shared)
                     l += cuda.blockDim.x
                 flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
                 since_flush = 0
@@ -276,12 +284,8 @@ def make_accumulate(dtype_tag: str, layout: str, channels: int, histogram=False,
             p, stride, n, l, step_n, step_l = grid_start(pixels)
             total = images * pixels
             while p < total:
-                visit(x, n, l, hi, lo, tally, run, run_n, extreme, current, current_ok, cross_run,
-                      img_tally, img_run, hist_shared)
-                since_flush += 1
-                if since_flush == RUN:
-                    flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)
-                    since_flush = 0
+                since_flush = step(x, n, l, since_flush, hi, lo, tally, run, run_n, bank, extreme, current,
+                                   current_ok, cross_run, cross_bank, img_tally, img_run, img_bank, hist_shared)
                 p += stride
                 n, l = grid_next(n, l, step_n, step_l, pixels)
         flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank)

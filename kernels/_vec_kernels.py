@@ -75,6 +75,8 @@ def _make_finish(channels, threads, integer):
     C = channels
     C2 = 2 * C
     INTEGER = bool(integer)
+    BT = int64 if INTEGER else float64
+    SLOTS = SHARED_SLOTS
     block_totals = make_block_ops(threads)[2]
 
     @device_function
@@ -100,7 +102,11 @@ def _make_finish(channels, threads, integer):
                 mins[k] = min(mins[k], m)
 
     @device_function
-    def finish(tid, tally, bank, mins, sh_count, sh_sum, sh_ext, flag, part, counter, itotals, ftotals):
+    def finish(tid, tally, bank, mins, part, counter, itotals, ftotals):
+        sh_count = cuda.shared.array(SLOTS, int64)  # the block's combine buffers (both combines below)
+        sh_sum = cuda.shared.array(SLOTS, BT)
+        sh_ext = cuda.shared.array(SLOTS, float64)
+        flag = cuda.shared.array(1, int32)
         block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
         rows = cuda.gridDim.x * cuda.gridDim.y
         if tid == 0:
@@ -146,7 +152,6 @@ def _build_u8(mode, channels, threads):
     K = 1 if mode == "CP" else C  # channel groups in a thread's accumulators
     KM = 4 * K
     LIMIT = U8_FLUSH_VECTORS - 4
-    SLOTS = SHARED_SLOTS
     finish = _make_finish(C, threads, True)
 
     @device_function
@@ -187,10 +192,6 @@ def _build_u8(mode, channels, threads):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
         t, n, j, step_n, step_j = _walk_start(per_row)
-        sh_count = cuda.shared.array(SLOTS, int64)
-        sh_sum = cuda.shared.array(SLOTS, int64)
-        sh_ext = cuda.shared.array(SLOTS, float64)
-        flag = cuda.shared.array(1, int32)
         s = cuda.local.array(K, uint32)
         sq = cuda.local.array(K, uint32)
         bank_s = cuda.local.array(K, int64)
@@ -272,7 +273,7 @@ def _build_u8(mode, channels, threads):
                 mins[ch] = min(mins[ch], float64(v))
                 mins[C + ch] = min(mins[C + ch], -float64(v))
 
-        finish(tid, tally, bank, mins, sh_count, sh_sum, sh_ext, flag, part, counter, itotals, ftotals)
+        finish(tid, tally, bank, mins, part, counter, itotals, ftotals)
 
     return kernel
 
@@ -290,7 +291,6 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
     RT, BT, MT = types_for(dtype_tag)
     RUN = run
     PER_ROW_MODE = mode == "CP"
-    SLOTS = SHARED_SLOTS
     finish = _make_finish(C, threads, not FLOAT)
     big = math.inf if FLOAT else 2**62
     if dtype_tag == "float16":
@@ -390,10 +390,6 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
         t, n, j, step_n, step_j = _walk_start(per_row)
-        sh_count = cuda.shared.array(SLOTS, int64)
-        sh_sum = cuda.shared.array(SLOTS, BT)
-        sh_ext = cuda.shared.array(SLOTS, float64)
-        flag = cuda.shared.array(1, int32)
         chan = cuda.local.array(V, int32)
         hi = cuda.local.array(V, RT)
         lo = cuda.local.array(V, RT)
@@ -464,6 +460,6 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
                     mins[ch] = min(mins[ch], float64(v))
                     mins[C + ch] = min(mins[C + ch], -float64(v))
 
-        finish(tid, tally, bank, mins, sh_count, sh_sum, sh_ext, flag, part, counter, itotals, ftotals)
+        finish(tid, tally, bank, mins, part, counter, itotals, ftotals)
 
     return kernel

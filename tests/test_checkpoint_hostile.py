@@ -116,8 +116,13 @@ DOCTORED = [  # (base, keys, new value, words the message must contain)
     ("uint8", ("state", "hist", 1), [0] * 255, "state.hist[1] has 255 entries"),
     ("uint8", ("state", "icross", 0, 1), "0", "state.icross[0][1]"),
     ("uint8", ("state", "images", "images"), 3, "per-image state holds 3 images"),
-    ("uint8", ("state", "images", "m2", 0), _hex(-1.0), "state.images of channel 0 do not fit"),
-    ("uint8", ("state", "images", "mean", 0), _hex(254.0), "state.images of channel 0 do not fit"),
+    # integer per-image aggregates are exact sums of the per-image values ("<hex>p<shift>", [3][C])
+    ("uint8", ("state", "images", "sums", 0, 0), "ffp1074", "state.images of channel 0 do not fit"),
+    ("uint8", ("state", "images", "sums", 0, 0), "12x", "state.images.sums[0][0]"),
+    ("uint8", ("state", "images", "sumsqs", 2), ["0p0"], "state.images.sumsqs[2] has 1 entries"),
+    ("uint8", ("state", "images", "counts", 0), 7, "state.images.counts[0]"),
+    ("float32", ("state", "images", "m2", 0), _hex(-1.0), "state.images of channel 0 do not fit"),
+    ("float32", ("state", "images", "mean", 0), _hex(254.0), "state.images of channel 0 do not fit"),
     ("uint8", ("state", "dtype"), None, "the state is empty but 2 images"),
     ("uint8", ("state", "dtype"), "int32", "state.dtype is a str 'int32'"),
     ("float32", ("state", "mean", 0), _hex(2.0), "do not fit min"),  # mean above max
