@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from benchlib import HW, HostTimer, needs_gpu, rounds, run_timed, sizes, timing_info
-from gpustats.benchmark import MIB, bench_id, image_batches
+from gpustats.benchmark import MIB, bench_id, image_batches, reduce_all
 
 pytestmark = needs_gpu
 
@@ -41,12 +41,7 @@ def test_options(benchmark, measured, options, size):
     nbytes = sum(b.numel() for b in batches)
     acc = Accumulator(device="cuda", **OPTIONS[options])
 
-    def work():
-        acc.reset()
-        for b in batches:
-            acc.update(b)
-        acc.state()
-
+    work = reduce_all(acc, batches)
     timing = run_timed(benchmark, HostTimer(work, sync=torch.cuda.synchronize), warmup=1, rounds_=rounds(10))
     info = timing_info(timing, nbytes)
     info.update(options=options, strategy=acc.strategy, batches=len(batches), **OPTIONS[options])

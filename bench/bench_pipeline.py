@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from benchlib import HW, HostTimer, needs_gpu, rounds, run_timed, sizes, timing_info
-from gpustats.benchmark import GIB, MIB, bench_id, image_batches
+from gpustats.benchmark import GIB, MIB, bench_id, copy_all, image_batches, reduce_all
 
 pytestmark = needs_gpu
 
@@ -50,19 +50,10 @@ def test_pipeline(benchmark, measured, memory, mode, size):
     batches = _batches(memory, size)
     nbytes = sum(b.numel() for b in batches)
     if mode == "copy":
-        dst = torch.empty_like(batches[0], device="cuda")
-
-        def work():
-            for b in batches:
-                dst[: b.shape[0]].copy_(b, non_blocking=memory == "pinned")
+        work = copy_all(batches, non_blocking=memory == "pinned")
     else:
         acc = Accumulator(device="cuda")
-
-        def work():
-            acc.reset()
-            for b in batches:
-                acc.update(b)
-            acc.state()
+        work = reduce_all(acc, batches)
 
     timing = run_timed(benchmark, HostTimer(work, sync=torch.cuda.synchronize), warmup=1, rounds_=rounds(5))
     info = timing_info(timing, nbytes)

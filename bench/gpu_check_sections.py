@@ -31,9 +31,11 @@ from gpustats.benchmark import (
     MIB,
     Timing,
     bench_id,
+    copy_all,
     forum_recipe,
     image_batches,
     machine_info,
+    reduce_all,
     size_label,
     time_host,
     torch_moments,
@@ -327,19 +329,9 @@ def pipeline(ctx) -> dict:
                 ctx.skip(f"pipeline: {memory}", "the pipeline's time budget ran out")
                 continue
             host = [b.pin_memory() for b in batches] if memory == "pinned" else batches
-            dst = torch.empty_like(host[0], device="cuda")
-
-            def copy():
-                for b in host:
-                    dst[: b.shape[0]].copy_(b, non_blocking=memory == "pinned")
-
+            copy = copy_all(host, non_blocking=memory == "pinned")
             acc = Accumulator(device="cuda")
-
-            def reduce():
-                acc.reset()
-                for b in host:
-                    acc.update(b)
-                acc.state()
+            reduce = reduce_all(acc, host)
 
             copy_t = time_host(copy, warmup=1, repeats=5, sync=sync)
             acc_t = time_host(reduce, warmup=1, repeats=5, sync=sync)
@@ -349,7 +341,7 @@ def pipeline(ctx) -> dict:
                                    "accumulator_gbps": acc_gbps, "fraction_of_copy": acc_gbps / copy_gbps,
                                    "strategy": acc.strategy, "copy": copy_t.to_dict(), "accumulator": acc_t.to_dict()})
             ctx.save(result)
-            host = dst = None
+            host = copy = reduce = acc = None  # free the pinned batches and the device buffer
     # extras (histogram + covariance + per_image) against moments only, same device uint8 batch
     (x,) = image_batches("uint8", "NCHW", nbytes // 2, batch_images=max(1, nbytes // 2 // (3 * hw * hw)), hw=hw,
                          device="cpu" if ctx.dry else "cuda")
@@ -360,13 +352,7 @@ def pipeline(ctx) -> dict:
             ctx.skip(f"pipeline: extras {name}", "the pipeline's time budget ran out")
             continue
         acc = Accumulator(device="cuda", **options)
-
-        def run_once():
-            acc.reset()
-            acc.update(x)
-            acc.state()
-
-        timing = time_host(run_once, warmup=1, repeats=2 if ctx.dry else 5, sync=sync)
+        timing = time_host(reduce_all(acc, [x]), warmup=1, repeats=2 if ctx.dry else 5, sync=sync)
         result["extras"].append({"options": name, "bytes": x.numel(), "strategy": acc.strategy,
                                  "gbps": x.numel() / timing.median / 1e9, **timing.to_dict()})
         ctx.save(result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -144,9 +145,9 @@ def test_merge_refuses_mismatched_states():
 
 def test_state_is_immutable():
     s = float_state(np.ones((3, 2)))
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="read-only"):
         s.mean[0] = 5.0
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.count = None
 
 

@@ -25,13 +25,13 @@ package re-exports their public names.
 
 from .suites import add_arguments, cpu_methods, format_table, main, run, run_cpu, run_cuda, summary
 from .timing import GIB, MIB, CudaEventTimer, Timing, bench_id, parse_sizes, size_label, time_cuda, time_host, time_interleaved
-from .workloads import (BATCH_IMAGES, DTYPES, IMAGE_HW, KERNEL_SIZES, LAYOUTS, cuda_roofline, forum_recipe,
+from .workloads import (BATCH_IMAGES, DTYPES, IMAGE_HW, KERNEL_SIZES, LAYOUTS, copy_all, cuda_roofline, forum_recipe,
                         image_batches, kernel_call, kernel_strategies, kernel_view, machine_info, numpy_two_pass,
-                        torch_moments)
+                        reduce_all, torch_moments)
 
 __all__ = [
     "DTYPES", "LAYOUTS", "KERNEL_SIZES", "BATCH_IMAGES", "IMAGE_HW", "MIB", "GIB", "Timing", "CudaEventTimer",
-    "add_arguments", "bench_id", "cpu_methods", "cuda_roofline", "forum_recipe", "format_table", "image_batches", "kernel_call",
+    "add_arguments", "bench_id", "copy_all", "reduce_all", "cpu_methods", "cuda_roofline", "forum_recipe", "format_table", "image_batches", "kernel_call",
     "kernel_strategies", "kernel_view", "machine_info", "main", "numpy_two_pass", "parse_sizes", "run", "run_cpu",
     "run_cuda", "size_label", "summary", "time_cuda", "time_host", "time_interleaved", "torch_moments",
 ]

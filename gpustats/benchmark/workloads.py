@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,29 @@ KERNEL_SIZES = tuple(s * MIB for s in (1, 16, 256, 1024))
 BATCH_IMAGES = 64
 IMAGE_HW = 224
 _SCHEMA = "gpustats-bench/1"
+
+
+def reduce_all(acc, batches: Sequence[torch.Tensor]) -> Callable[[], Any]:
+    """The host pipeline's unit of work: reset ``acc``, feed it every batch, read its state."""
+
+    def work():
+        acc.reset()
+        for b in batches:
+            acc.update(b)
+        return acc.state()
+
+    return work
+
+
+def copy_all(batches: Sequence[torch.Tensor], *, non_blocking: bool) -> Callable[[], None]:
+    """The pipeline's copy baseline: every batch into one device buffer (the H2D copy alone)."""
+    dst = torch.empty_like(batches[0], device="cuda")
+
+    def work():
+        for b in batches:
+            dst[: b.shape[0]].copy_(b, non_blocking=non_blocking)
+
+    return work
 
 
 def _photo_pool(images: int, hw: int, seed: int = 0) -> torch.Tensor:
