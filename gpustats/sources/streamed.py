@@ -40,6 +40,8 @@ from .units import StreamUnit
 __all__ = ["StreamPool", "iter_stream", "iter_stream_results"]
 
 Member = tuple  # (name, bytes | None, reason | None)
+#: bytes read after a compressed tar's end-of-archive blocks, to reach the stream's own checksum
+_DRAIN_LIMIT = 1 << 20
 
 
 class _Window:
@@ -115,6 +117,10 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -
                     yield name, None, f"truncated archive: {len(data)} of the member's {entry.size} bytes are there"
                     return
                 yield name, data, None
+        if compression is not None:  # read to the end of the compressed stream: its checksum is checked there
+            left = _DRAIN_LIMIT
+            while left > 0 and (chunk := reader.read(min(left, 1 << 16))):
+                left -= len(chunk)
     except TarError as exc:
         yield label, None, f"{exc}; the rest of this archive is not read"
     except (OSError, EOFError, zlib.error, lzma.LZMAError, ValueError) as exc:

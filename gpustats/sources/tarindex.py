@@ -249,6 +249,8 @@ def iter_entries(reader: SeqReader | PreadReader) -> Iterator[Entry]:
         if typeflag in _NO_DATA:
             size = 0  # links, folders, devices and FIFOs hold no data (as tarfile reads them)
         start = reader.pos
+        if start + size > getattr(reader, "size", start + size):  # known length: fail before the member is used
+            raise TarError(f"truncated: member {name!r} needs {size} bytes from byte {start}, past the end")
         yield Entry(name, start, size, kind)
         if not reader.skip_to(start + size):
             raise TarError(f"truncated: member {name!r} needs {size} bytes from byte {start}, past the end")

@@ -83,17 +83,20 @@ def list_zip(path: str) -> list[ZipMember]:
 
 
 def _overlapping(infos: list[zipfile.ZipInfo], file_size: int) -> dict[int, str]:
-    """Members whose data cannot fit between their header and the next member's header."""
+    """Members whose smallest possible byte range (local header, name, data) meets another's or runs past
+    the end of the file."""
     order = sorted(range(len(infos)), key=lambda n: infos[n].header_offset)
     found = {}
+    reason = ("its data overlaps another member or runs past the end of the archive (a zip bomb's trick, or a "
+              "damaged zip); refused")
     for k, n in enumerate(order):
         info = infos[n]
         name_bytes = len(info.filename.encode("utf-8")) if info.flag_bits & 0x800 else len(info.orig_filename)
         smallest_end = info.header_offset + _LOCAL.size + name_bytes + info.compress_size
-        limit = infos[order[k + 1]].header_offset if k + 1 < len(order) else file_size
-        if smallest_end > limit:
-            found[n] = ("its data overlaps another member or runs past the end of the archive (a zip bomb's "
-                        "trick, or a damaged zip); refused")
+        if smallest_end > file_size:
+            found[n] = reason
+        if k + 1 < len(order) and smallest_end > infos[order[k + 1]].header_offset:
+            found[n] = found[order[k + 1]] = reason
     return found
 
 
