@@ -386,3 +386,12 @@ def test_byte_batches_feed_the_gpu_decoder_the_same_items(corpus):
             good += sum(r.tensor is not None for r in decoded)
             bad += [r.bad_reason for r in decoded if r.tensor is None]
         assert good == 13 and bad == [b["reason"] for b in corpus["reference"].bad_files]
+
+
+def test_a_folder_of_archives_says_to_name_them(capsys, tmp_path, corpus):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "shard-000000.tar").write_bytes((corpus["base"] / "shard-000000.tar").read_bytes())
+    assert main(["stats", str(shards), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "archives inside a folder are not opened: name them" in err and "shard-000000.tar" in err

@@ -99,7 +99,8 @@ class Plan:
         for seg in (s for s in self.segments if isinstance(s, Segment)):
             for pos in range(len(seg)):
                 name = seg.name(pos)
-                out[os.path.realpath(name) if isinstance(seg.units[seg.locate(pos)[0]], str) else name] = seg.order(pos)
+                is_file = isinstance(seg.units[seg.locate(pos)[0]], (str, os.PathLike))
+                out[os.path.realpath(name) if is_file else name] = seg.order(pos)
         return out
 
     # -------------------------------------------------------------------------------- iteration

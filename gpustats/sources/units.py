@@ -215,8 +215,22 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
         raise NoImagesFoundError(
             f"no images found under {where}; accepted extensions (any case, also for archive members): "
-            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped")
+            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
+            + _archives_in_folders(roots))
     return units
+
+
+def _archives_in_folders(roots: list[Path]) -> str:
+    """A hint when a folder given holds archives, which walking a folder does not open."""
+    for root in roots:
+        try:
+            names = sorted(e.name for e in os.scandir(root) if is_archive_name(e.name)) if root.is_dir() else []
+        except OSError:
+            continue
+        if names:
+            return (f"; archives inside a folder are not opened: name them, e.g. {os.fspath(root / names[0])!r} or a "
+                    "brace pattern such as 'shard-{000000..000099}.tar'")
+    return ""
 
 
 def _zip_unit(path: Path) -> MemberUnit:
