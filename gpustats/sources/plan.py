@@ -44,18 +44,15 @@ class Plan:
         self.rank, self.world = rank, world
         self.units = list(units[rank::world])
         self.segments: list[Any] = []  # Segment | (order, StreamUnit)
-        run: list[tuple[int, Unit]] = []
-        for k, unit in enumerate(self.units):
-            order = rank + k * world
-            if isinstance(unit, StreamUnit):
-                if run:
-                    self.segments.append(Segment([u for _, u in run], [o for o, _ in run]))
-                    run = []
-                self.segments.append((order, unit))
-            else:
-                run.append((order, unit))
-        if run:
-            self.segments.append(Segment([u for _, u in run], [o for o, _ in run]))
+        first = 0  # the rank's unit k is unit rank + k * world of the run: its order
+        for k, unit in enumerate(self.units + [None]):
+            if unit is None or isinstance(unit, StreamUnit):
+                if k > first:
+                    self.segments.append(Segment(self.units[first:k], range(rank + first * world, rank + k * world,
+                                                                            world)))
+                if unit is not None:
+                    self.segments.append((rank + k * world, unit))
+                first = k + 1
         self.streamed: dict[int, int] = {}  # segment number -> items of a compressed tar counted so far
         self.done: set[int] = set()  # segments read to their end
         self.known = sum(len(s) for s in self.segments if isinstance(s, Segment))

@@ -22,7 +22,9 @@ So a resumed run cuts exactly the tasks the uninterrupted run would have cut aft
 
 from __future__ import annotations
 
+import array
 import bisect
+import itertools
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -45,12 +47,14 @@ class Segment:
     units of the run (every rank's), which orders bad items across ranks as one process lists them."""
 
     def __init__(self, units: Sequence[Unit], orders: Sequence[int], offset: int = 0):
-        self.units, self.orders, self.offset = list(units), list(orders), offset
-        self.starts, total = [], 0
-        for unit in self.units:
-            self.starts.append(total)
-            total += unit_count(unit)
-        self.total = total
+        self.units, self.orders, self.offset = list(units), orders, offset
+        counts = [unit_count(unit) for unit in self.units]
+        self.has_rowgroups = any(isinstance(unit, RowGroupUnit) for unit in self.units)
+        if all(n == 1 for n in counts):  # files: unit k is item k (a folder of a million files stays small)
+            self.starts: Sequence[int] = range(len(counts))
+        else:
+            self.starts = array.array("q", itertools.accumulate([0] + counts[:-1]))
+        self.total = sum(counts)
 
     @classmethod
     def of_files(cls, files: Sequence[str | os.PathLike[str]], offset: int = 0) -> "Segment":
@@ -115,7 +119,7 @@ class Segment:
                 pos = end
                 continue
             end = min(stop, pos + batch_size)
-            if rowgroups:  # an item run ends where a row group begins
+            if rowgroups and self.has_rowgroups:  # an item run ends where a row group begins
                 while k + 1 < len(self.units) and self.starts[k + 1] < end:
                     k += 1
                     if isinstance(self.units[k], RowGroupUnit):

@@ -169,9 +169,11 @@ def _number(field: bytes, what: str, where: int) -> int:
 
 def _checksum_ok(block: bytes, where: int) -> bool:
     stored = _number(block[148:156], "checksum", where)
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
-    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
-    return stored in (unsigned, signed)
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
+    if stored == unsigned:
+        return True
+    high = sum(1 for b in block[:148] + block[156:] if b > 127)  # old tars summed signed chars
+    return stored == unsigned - 256 * high
 
 
 def _pax(payload: bytes, where: int) -> dict[str, str]:
