@@ -179,33 +179,6 @@ def test_several_paths_keep_their_order(corpus):
         os.fspath(corpus["plain.tar.gz"])] * 3
 
 
-# ---------------------------------------------------------------------------------- workers
-def test_decode_workers_give_the_same_state(corpus, tmp_path):
-    """DataLoader workers reading members by byte range, row groups, and the pool a compressed tar
-    feeds: the same exact state. In a fresh process, so that the workers fork (this process has run
-    numba's OpenMP threads, which would make them spawn: slow)."""
-    script = tmp_path / "workers.py"
-    script.write_text(
-        "import json, sys\nfrom gpustats.sources.engine import run_folder\n"
-        "out = {}\n"
-        "for src in sys.argv[1:]:\n"
-        "    run = run_folder([src], device='cpu', workers=2, batch_size=4, histogram=True, covariance=True,\n"
-        "                     per_image=True)\n"
-        "    out[src] = [run.stats.state.to_dict(), run.bad_files, run.workers]\n"
-        "print(json.dumps(out))\n")
-    sources = [os.fspath(corpus[k]) for k in ("mixed.tar", "plain.tar.gz", "data.parquet")]
-    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE")}
-    done = subprocess.run([sys.executable, str(script), *sources], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout)
-    ref = json.loads(json.dumps(corpus["reference"].stats.state.to_dict()))
-    for src in sources:
-        state, bad, workers = got[src]
-        assert workers == 2 and state == ref, src
-        assert [b["reason"] for b in bad] == [b["reason"] for b in corpus["reference"].bad_files]
-
-
 # ---------------------------------------------------------------------------------- bad members, strict
 def test_strict_stops_at_the_first_bad_member_naming_it(corpus):
     with pytest.raises(StrictBadFile, match=r"bad file .*nested\.tar:c1\.tar:c1/g_truncated\.png: truncated"):
@@ -325,24 +298,32 @@ def test_ranks_share_units_and_orders_rebuild_the_listing_order(corpus):
     assert orders[:2] == [[0, 0], [0, 1]] and len(orders) == len({tuple(o) for o in orders}) == 48
 
 
-def test_torchrun_over_archives_matches_one_process(tmp_path, corpus):
-    from test_distributed import Launch, _env
+def test_two_ranks_with_decode_workers_match_one_process(capsys, tmp_path, corpus):
+    """Two ranks (gloo), each with 2 decode workers: DataLoader workers reading members by byte range and
+    Parquet row groups, and the pool a compressed tar (inside mixed.tar) feeds. The merged result equals
+    one process decoding everything itself, bit for bit. Rank processes are fresh, so their workers fork."""
+    from test_distributed import LAUNCH_TIMEOUT_S, _env
 
-    cmd = ["-m", "gpustats", "stats", corpus["pattern"], str(corpus["mixed.tar"]), str(corpus["data.parquet"]),
-           "--format", "json", "--device", "cpu", "--workers", "0", "--histogram", "--covariance"]
-    env = _env()
-    single = subprocess.run([sys.executable, *cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert single.returncode == 0, single.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", env["MASTER_PORT"], *cmd]
-    launch = Launch([subprocess.Popen(torchrun, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True)], "torchrun --nproc-per-node 2")
-    ((rc, out, err),) = launch.wait()
-    one, two = json.loads(single.stdout), json.loads(out)
-    assert two["state"] == one["state"] and two["stats"] == one["stats"]
+    args = ["stats", corpus["pattern"], str(corpus["mixed.tar"]), str(corpus["data.parquet"]), "--format", "json",
+            "--device", "cpu", "--histogram", "--covariance", "--batch-size", "4", "-q"]
+    assert main([*args, "--workers", "0"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    env = _env({"WORLD_SIZE": "2"})
+    cmd = [sys.executable, "-m", "gpustats", *args, "--workers", "2"]
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outs
+    two = json.loads(outs[0][0])  # only rank 0 prints
+    assert two["workers"] == 2 and two["state"] == one["state"] and two["stats"] == one["stats"]
     for key in ("images", "pixels", "files", "bytes", "bad_files"):
         assert two[key] == one[key], key
-    assert one["images"] == 39 and one["files"] == 48
+    assert one["images"] == 39 and one["files"] == 48 and len(one["bad_files"]) == 9
 
 
 # ---------------------------------------------------------------------------------- sampling
@@ -395,3 +376,13 @@ def test_a_folder_of_archives_says_to_name_them(capsys, tmp_path, corpus):
     assert main(["stats", str(shards), "-q"]) == 1
     err = capsys.readouterr().err
     assert "archives inside a folder are not opened: name them" in err and "shard-000000.tar" in err
+
+
+def test_compute_stats_takes_archives_patterns_and_column(corpus):
+    from gpustats import compute_stats
+
+    opts = {k: v for k, v in OPTS.items() if k != "device"}
+    ref = corpus["reference"].stats
+    for source in (corpus["pattern"], corpus["nested.tar"], [corpus["data.parquet"]]):
+        got = compute_stats(source, device="cpu", column="image" if isinstance(source, list) else None, **opts)
+        assert got.state.to_dict() == ref.state.to_dict() and got.images == 13 and len(got.bad_files) == 3

@@ -297,7 +297,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     raise StrictBadFile(f"bad file {first['path']}: {first['reason']} (strict; recorded by the "
                                         f"checkpoint {ck_path})")
                 note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
-                                                  f"resuming at item {start} of {plan.total or 'the items'}"))
+                                                  f"resuming at item {start}" + (f" of {plan.total}" if plan.total is not None else "")))
 
         def save(next_index: int, done: bool) -> None:
             if ck_path:
