@@ -24,7 +24,7 @@ from PIL import Image
 
 from gpustats.cli import main
 from gpustats.sources import SourceError
-from gpustats.sources.engine import RunError, StrictBadFile, run_folder
+from gpustats.sources.engine import StrictBadFile, run_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTS = dict(device="cpu", workers=0, batch_size=4, histogram=True, covariance=True, per_image=True)
@@ -119,7 +119,8 @@ def corpus(tmp_path_factory) -> dict:
         (base / f"shard-{k:06d}.tar").write_bytes(_tar_bytes(_with_sidecars(files[4 * k: 4 * k + 4])))
     out["pattern"] = str(base / "shard-{000000..000003}.tar")
     out["data.parquet"] = base / "data.parquet"
-    image = pa.array([{"bytes": d, "path": n} for n, d in files], pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    image = pa.array([{"bytes": d, "path": n} for n, d in files], struct)
     pq.write_table(pa.table({"label": list(range(len(files))), "image": image}), out["data.parquet"], row_group_size=4)
     out["reference"] = run_folder([folder], **OPTS)
     return out
@@ -232,7 +233,8 @@ def test_parquet_rows_without_bytes_are_bad_with_the_reason(tmp_path, corpus):
     run = run_folder([path], **OPTS)
     assert run.images == 1
     assert [b["reason"] for b in run.bad_files] == [
-        "no image bytes in the row (only the path 'remote/b.jpg', which is not read)", "no image bytes in the row (null)"]
+        "no image bytes in the row (only the path 'remote/b.jpg', which is not read)",
+        "no image bytes in the row (null)"]
 
 
 def test_without_pyarrow_parquet_says_how_to_install(monkeypatch, corpus):

@@ -155,8 +155,9 @@ def iter_decoded(
     Batches hold ``batch_size`` records (the last may hold fewer); ``record.index`` is the
     position in ``files``, so a checkpoint can store the next index and resume with
     ``start=``. ``files`` may be a ``Segment`` of archive items, decoded at ``positions``
-    (``record.index`` is then the index in ``positions``). ``workers=0`` decodes in this process; ``workers>0`` uses that many
-    DataLoader worker processes (not persistent), whose results arrive in order.
+    (``record.index`` is then the index in ``positions``). ``workers=0`` decodes in this
+    process; ``workers>0`` uses that many DataLoader worker processes (not persistent), whose
+    results arrive in order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")

@@ -72,7 +72,8 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size", "center_crop_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size",
+           "center_crop_array"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
 #: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.

@@ -296,8 +296,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     first = bad_files[0]  # a strict rerun stops where a lenient run went on
                     raise StrictBadFile(f"bad file {first['path']}: {first['reason']} (strict; recorded by the "
                                         f"checkpoint {ck_path})")
+                of_total = "" if plan.total is None else f" of {plan.total}"
                 note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
-                                                  f"resuming at item {start}" + (f" of {plan.total}" if plan.total is not None else "")))
+                                                  f"resuming at item {start}{of_total}"))
 
         def save(next_index: int, done: bool) -> None:
             if ck_path:

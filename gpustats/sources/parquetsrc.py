@@ -26,6 +26,7 @@ reason; a row group that pyarrow cannot read makes each of its rows bad with pya
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Iterator, NamedTuple
 
 from .errors import SourceError
@@ -99,10 +100,21 @@ def inspect(path: str, column: str | None = None) -> ParquetLayout:
                       "(column= in Python)")
 
 
-@functools.lru_cache(maxsize=8)
 def _open(path: str) -> Any:
-    """One ``ParquetFile`` per file and process (decode workers keep theirs)."""
+    """One ``ParquetFile`` per file and process (decode workers keep theirs; a forked one opens its own)."""
+    return _open_in(path, os.getpid())
+
+
+@functools.lru_cache(maxsize=8)
+def _open_in(path: str, pid: int) -> Any:
     return require_pyarrow().ParquetFile(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _group_column(path: str, column: str, group: int, pid: int) -> Any:
+    """One row group's image column (random access reads rows of the same group one after another)."""
+    table_column = _open(path).read_row_group(group, columns=[column], use_threads=False).column(0)
+    return table_column.combine_chunks() if hasattr(table_column, "combine_chunks") else table_column
 
 
 def _values(table_column: Any, struct: bool) -> list[Value]:
@@ -149,10 +161,9 @@ def iter_values(path: str, layout: ParquetLayout, group: int, *, batch_rows: int
 
 
 def read_rows(path: str, layout: ParquetLayout, group: int, rows: list[int]) -> list[Value]:
-    """The values of some rows of one row group (random access: the group's column is read once)."""
+    """The values of some rows of one row group (random access: the last two groups' columns are kept)."""
     try:
-        column = _open(path).read_row_group(group, columns=[layout.column], use_threads=False).column(0)
-        column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+        column = _group_column(path, layout.column, group, os.getpid())
         return _checked(_values(column.take(rows), layout.struct))
     except Exception as exc:
         return [(None, f"unreadable Parquet row group {group} ({type(exc).__name__}: {str(exc)[:200]})")] * len(rows)

@@ -36,7 +36,8 @@ import os
 from typing import BinaryIO, Iterator, NamedTuple
 
 __all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader",
-           "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name", "refusal"]
+           "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name",
+           "refusal"]
 
 BLOCK = 512
 #: largest pax extended header or GNU long name read (a name or a size never needs more)
