@@ -78,12 +78,13 @@ def _tar_bytes(members: list[tuple[str, bytes]], mode: str = "w") -> bytes:
 
 
 def _with_sidecars(members: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
-    """WebDataset style: each image followed by its key's .cls and .json (ignored: not images)."""
-    out = []
+    """WebDataset style: each image followed by its key's .cls and .json (ignored: not images), and hidden
+    members a folder walk would skip too (a macOS resource fork, a hidden folder)."""
+    out = [("__MACOSX/._a.png", b"resource fork")]
     for name, data in members:
         key = name.rsplit(".", 1)[0]
         out += [(name, data)] + [(key + ext, side) for ext, side in SIDECARS.items()]
-    return out
+    return out + [(".cache/x.png", b"hidden")]
 
 
 @pytest.fixture(scope="module")

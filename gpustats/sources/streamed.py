@@ -33,8 +33,8 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 from .listing import is_image_name
 from .mapside import BatchResult, _one_thread, _start_method, reduce_records
-from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_of, is_tar_name, iter_entries,
-                       open_decompressed, refusal)
+from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_of, is_hidden, is_tar_name,
+                       iter_entries, open_decompressed, refusal)
 from .units import StreamUnit
 
 __all__ = ["StreamPool", "iter_stream", "iter_stream_results"]
@@ -97,6 +97,8 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -
         reader = SeqReader(open_decompressed(fileobj, compression))
         for entry in iter_entries(reader):
             name = f"{label}:{entry.name}"
+            if is_hidden(entry.name):
+                continue
             if is_tar_name(entry.name) and entry.kind == "file":
                 reason = refusal(entry.name, entry.kind, 0)
                 if reason is None and depth >= MAX_DEPTH:

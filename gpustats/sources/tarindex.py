@@ -35,7 +35,7 @@ import lzma
 import os
 from typing import BinaryIO, Iterator, NamedTuple
 
-__all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader",
+__all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader", "is_hidden",
            "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name",
            "refusal"]
 
@@ -73,6 +73,16 @@ class Entry(NamedTuple):
 def is_tar_name(name: str) -> bool:
     """True for the names read as tar archives (:data:`TAR_SUFFIXES`, any case)."""
     return name.lower().endswith(TAR_SUFFIXES)
+
+
+def is_hidden(name: str) -> bool:
+    """True when a component of the member name starts with ``.`` (``./`` and ``..`` aside): skipped like
+    hidden files in folders (``__MACOSX/._x.jpg``, ``.cache/x.png``).
+
+    >>> is_hidden("./train/a.jpg"), is_hidden("__MACOSX/._a.jpg"), is_hidden("../a.jpg")
+    (False, True, False)
+    """
+    return any(part.startswith(".") and part not in (".", "..") for part in name.replace("\\", "/").split("/"))
 
 
 def refusal(name: str, kind: str, size: int) -> str | None:

@@ -14,7 +14,8 @@ expansion order); folders as ``list_images`` walks them (archives in a folder ar
 name them); tar members in archive order, a nested tar's members in its place; zip members in
 central-directory order; Parquet rows by row group, then row. Archive members and rows are
 picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`); other
-members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored. An item's name,
+members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored, and so are hidden
+ones (a name component starting with ``.``, e.g. ``__MACOSX/._a.jpg``), as in folders. An item's name,
 used for bad files and checkpoints, is ``archive.tar:member/path`` (``outer.tar:inner.tar:x.JPEG``
 when nested, ``data.parquet:ROW`` for Parquet rows); a problem with an archive itself (a corrupt
 header, a truncated file) is an item named after the archive, with the reason.
@@ -46,7 +47,8 @@ from typing import Any, Sequence
 from .braces import expand_braces, has_braces
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
 from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
-from .tarindex import MAX_DEPTH, PreadReader, TarError, compression_of, is_tar_name, iter_entries, refusal
+from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
+                       refusal)
 
 __all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit", "expand_paths", "list_units",
            "read_item", "unit_count", "unit_fingerprint", "is_archive_name"]
@@ -244,7 +246,7 @@ def _zip_unit(path: Path) -> MemberUnit:
         unit.add("", refused=str(exc))
         return unit
     for member in members:
-        if is_image_name(member.name):
+        if is_image_name(member.name) and not is_hidden(member.name):
             unit.add(member.name, member.header_offset, member.compressed, member.refused, member)
     return unit
 
@@ -287,7 +289,7 @@ def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: 
     run = MemberUnit(container, label, "tar")
     try:
         for entry in iter_entries(PreadReader(fd, base, size)):
-            if is_tar_name(entry.name) and entry.kind == "file":
+            if is_tar_name(entry.name) and entry.kind == "file" and not is_hidden(entry.name):
                 reason = refusal(entry.name, entry.kind, 0)
                 if reason is None and depth >= MAX_DEPTH:
                     reason = f"archive nested more than {MAX_DEPTH} levels deep; refused"
@@ -303,7 +305,7 @@ def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: 
                     out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1))
                 else:
                     _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out)
-            elif is_image_name(entry.name):
+            elif is_image_name(entry.name) and not is_hidden(entry.name):
                 run.add(entry.name, base + entry.offset, entry.size, refusal(entry.name, entry.kind, entry.size))
     except TarError as exc:
         run.add("", refused=f"{exc}; the rest of this archive is not read")
