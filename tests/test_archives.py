@@ -389,3 +389,13 @@ def test_compute_stats_takes_archives_patterns_and_column(corpus):
     for source in (corpus["pattern"], corpus["nested.tar"], [corpus["data.parquet"]]):
         got = compute_stats(source, device="cpu", column="image" if isinstance(source, list) else None, **opts)
         assert got.state.to_dict() == ref.state.to_dict() and got.images == 13 and len(got.bad_files) == 3
+
+
+def test_without_pread_members_are_read_by_seek_and_read(monkeypatch, corpus):
+    """Windows has no os.pread: the same bytes come from a seek and a read."""
+    from gpustats.sources import units
+
+    monkeypatch.delattr(os, "pread")
+    monkeypatch.setattr(units, "_fds", {})
+    for kind in ("nested.tar", "data.zip"):
+        assert run_folder([corpus[kind]], **OPTS).stats.state.to_dict() == corpus["reference"].stats.state.to_dict()

@@ -35,7 +35,7 @@ import lzma
 import os
 from typing import BinaryIO, Iterator, NamedTuple
 
-__all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader", "is_hidden",
+__all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader", "is_hidden", "pread",
            "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name",
            "refusal"]
 
@@ -129,6 +129,19 @@ class SeqReader:
         return True
 
 
+def pread(fd: int, n: int, offset: int) -> bytes:
+    """``n`` bytes at ``offset`` of ``fd`` (fewer at the end) without moving a shared position where the
+    platform has ``os.pread``; elsewhere (Windows) a seek and a read, fine for one thread per process."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while n > 0 and (chunk := os.read(fd, n)):
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
 class PreadReader:
     """Reads of ``size`` bytes from ``base`` in an open file descriptor (a window: a tar inside a tar)."""
 
@@ -137,7 +150,7 @@ class PreadReader:
 
     def read(self, n: int) -> bytes:
         n = max(0, min(n, self.size - self.pos))
-        data = os.pread(self.fd, n, self.base + self.pos) if n else b""
+        data = pread(self.fd, n, self.base + self.pos) if n else b""
         self.pos += len(data)
         return data
 

@@ -48,7 +48,7 @@ from .braces import expand_braces, has_braces
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
 from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
 from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
-                       refusal)
+                       pread, refusal)
 
 __all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit", "expand_paths", "list_units",
            "read_item", "unit_count", "unit_fingerprint", "is_archive_name"]
@@ -267,14 +267,14 @@ def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
 def _tar_units(path: Path) -> list[Unit]:
     label = os.fspath(path)
     try:
-        fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         unit = MemberUnit(label, label, "tar")
         unit.add("", refused=f"unreadable archive: {exc.strerror or exc}")
         return [unit]
     try:
         size = os.fstat(fd).st_size
-        compression = compression_of(os.pread(fd, 8, 0))
+        compression = compression_of(pread(fd, 8, 0))
         if compression is not None:
             return [StreamUnit(label, label, 0, size, compression, 1)]
         units: list[Unit] = []
@@ -300,7 +300,7 @@ def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: 
                     out.append(run)
                     run = MemberUnit(container, label, "tar")
                 inner = f"{label}:{entry.name}"
-                compression = compression_of(os.pread(fd, 8, base + entry.offset))
+                compression = compression_of(pread(fd, 8, base + entry.offset))
                 if compression is not None:
                     out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1))
                 else:
@@ -325,7 +325,7 @@ def _fd(path: str) -> int:
     if fd is None:
         if len(_fds) >= _MAX_OPEN:
             os.close(_fds.pop(next(iter(_fds))))
-        fd = _fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = _fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
     return fd
 
 
@@ -341,7 +341,7 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
 
             return read_member(fd, unit.zip_members[i])
         size = unit.sizes[i]
-        data = os.pread(fd, size, unit.offsets[i])
+        data = pread(fd, size, unit.offsets[i])
     except OSError as exc:
         raise BadImage(f"unreadable archive: {exc.strerror or exc}") from None
     if len(data) < size:

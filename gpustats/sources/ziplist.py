@@ -32,7 +32,7 @@ import zlib
 from typing import NamedTuple
 
 from .errors import BadImage
-from .tarindex import refusal
+from .tarindex import pread, refusal
 
 __all__ = ["ZipMember", "ZipListError", "list_zip", "read_member"]
 
@@ -104,13 +104,13 @@ def read_member(fd: int, member: ZipMember) -> bytes:
     """The uncompressed bytes of ``member`` from the zip open as ``fd``; :class:`BadImage` when they cannot be."""
     if member.refused:
         raise BadImage(member.refused)
-    header = os.pread(fd, _LOCAL.size, member.header_offset)
+    header = pread(fd, _LOCAL.size, member.header_offset)
     if len(header) < _LOCAL.size:
         raise BadImage("truncated zip member (no local header)")
     signature, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(header)
     if signature != b"PK\x03\x04":
         raise BadImage("corrupt zip member (bad local header signature)")
-    data = os.pread(fd, member.compressed, member.header_offset + _LOCAL.size + name_len + extra_len)
+    data = pread(fd, member.compressed, member.header_offset + _LOCAL.size + name_len + extra_len)
     if len(data) < member.compressed:
         raise BadImage("truncated zip member (data ends early)")
     if member.method == _STORED:
