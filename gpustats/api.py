@@ -61,10 +61,13 @@ def compute_stats(
     ``clip`` for non-uint8 data), ``covariance`` and ``per_image`` add exact histograms and
     percentiles, covariance/PCA and per-image statistics in the same pass.
 
-    ``loader`` may also be a folder or image file (``str`` or ``os.PathLike``) or a list of them:
-    the folder engine then runs, exactly as ``gpustats stats`` does (same numbers, bit for bit),
+    ``loader`` may also be a folder or image file (``str`` or ``os.PathLike``) or a list of them,
+    an archive read in place (``.tar`` with tars inside it as ILSVRC2012 ships, ``.tar.gz``,
+    ``.zip``, ``.parquet``) or a brace pattern of shards (``"train-{000000..001023}.tar"``): the
+    folder engine then runs, exactly as ``gpustats stats`` does (same numbers, bit for bit),
     with its options as keywords: ``workers``, ``batch_size``, ``decode``, ``mode``, ``resize``,
-    ``center_crop``, ``max_pixels``, ``strict``, ``checkpoint``, ``checkpoint_every``, besides
+    ``center_crop``, ``max_pixels``, ``strict``, ``checkpoint``, ``checkpoint_every``, ``column``
+    (the image column of Parquet files; found when not given), besides
     ``strategy``, ``histogram``, ``covariance`` and ``per_image`` (see
     :func:`gpustats.sources.engine.run_folder`). The result is then a ``FolderStats``: the Stats
     plus ``images``, ``files``, ``bad_files`` and ``warnings``.

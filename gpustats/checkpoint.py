@@ -276,12 +276,14 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint | None:
         raise broken(str(exc)) from None
 
 
-def check_compatible(path: str, checkpoint: Checkpoint, *, fingerprint: str, files_total: int,
+def check_compatible(path: str, checkpoint: Checkpoint, *, fingerprint: str, files_total: int | None,
                      options: dict[str, Any]) -> None:
     """Raise :class:`CheckpointError` unless ``checkpoint`` was made by this very run.
 
     ``options["paths"]`` and the file list are compared resolved (absolute, symlinks followed),
     so ``corpus`` and ``/abs/path/corpus`` are the same run; see :func:`file_list_fingerprint`.
+    ``files_total=None``: the number of items is not known before the run (compressed tars are
+    counted as they are read); the fingerprint alone then says whether the items are the same.
     """
     fix = f"delete {path!r} to start over, or rerun with the same paths and options"
     if _resolved_paths(checkpoint.options) != _resolved_paths(options):
@@ -290,10 +292,11 @@ def check_compatible(path: str, checkpoint: Checkpoint, *, fingerprint: str, fil
                  for old, new in [(checkpoint.options.get(key, "<unset>"), options.get(key, "<unset>"))]
                  if _resolved_paths({key: old}) != _resolved_paths({key: new})]
         raise CheckpointError(f"checkpoint {path!r} was made with other options ({'; '.join(diffs)}); {fix}")
-    if checkpoint.files_total != files_total or not _same_file_list(checkpoint.fingerprint, fingerprint):
+    if (files_total is not None and checkpoint.files_total != files_total) or not _same_file_list(
+            checkpoint.fingerprint, fingerprint):
         raise CheckpointError(
             f"checkpoint {path!r} was made for another file list ({checkpoint.files_total} files then, "
             f"{files_total} now, or names/sizes changed); {fix}")
-    if not 0 <= checkpoint.next_index <= files_total:
+    if files_total is not None and not 0 <= checkpoint.next_index <= files_total:
         raise CheckpointError(f"checkpoint {path!r} is damaged (next_index {checkpoint.next_index} of "
                               f"{files_total} files); delete it to start over")

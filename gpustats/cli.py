@@ -74,7 +74,9 @@ def _device(text: str) -> str:
 
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image folders and/or files")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="image folders and files; archives read in place (.tar incl. tars inside it, .tar.gz, "
+                             ".zip, .parquet); brace patterns such as 'train-{000000..001023}.tar'")
     dev = parser.add_argument_group("device and decoding")
     dev.add_argument("--device", type=_device, default="auto",
                      help="auto (a usable GPU, else the CPU with the reason shown), cpu, cuda or cuda:N")
@@ -94,6 +96,9 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
                      help="then a centre N x N crop (zero padded if smaller), like CenterCrop(N)")
     img.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
                      help="files with more pixels are reported bad, before decoding (default: Pillow's limit)")
+    img.add_argument("--column", default=None, metavar="NAME",
+                     help="Parquet: the column holding the encoded images (default: found; binary, or a struct "
+                          "with a 'bytes' field)")
     img.add_argument("--histogram", action="store_true", help="exact 256-bin histograms, percentiles, saturation")
     img.add_argument("--covariance", action="store_true", help="channel covariance, correlation and PCA")
     img.add_argument("--per-image", action="store_true",
@@ -133,7 +138,7 @@ def build_parser(bench_arguments: bool = False) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gpustats {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    stats = sub.add_parser("stats", help="statistics of image folders/files",
+    stats = sub.add_parser("stats", help="statistics of image folders, files and archives",
                            description="Per-channel statistics of the images under PATH... "
                                        "(exit 0 success, 1 failure, 2 usage error; see docs/cli.md)")
     add_stats_arguments(stats)
@@ -192,7 +197,7 @@ def _note(quiet: bool):
 
 # ============================================================================ commands
 _ENGINE_ARGS = ("device", "strategy", "workers", "batch_size", "decode", "mode", "resize", "center_crop",
-                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every")
+                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -243,7 +248,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         workers=min(8, os.cpu_count() or 1) if args.workers is None else args.workers,
         progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
-        center_crop=args.center_crop)
+        center_crop=args.center_crop, column=args.column)
     if args.strict and result.bad_files:
         path, reason = result.bad_files[0]
         raise StrictBadFile(f"bad file {path}: {reason} (strict)")

@@ -137,7 +137,7 @@ def _stats_rows(s: Any, names: Sequence[str]) -> list[str]:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
+    return f"{n:,} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
 
 
 def _printable(text: str) -> str:

@@ -31,6 +31,9 @@ Where the data comes from
   :func:`gpustats.sources.list_images`, visited in a seeded random order and decoded with
   :func:`gpustats.sources.decode_image` (``**decode_opts``: ``mode``, ``max_pixels``, ``resize``,
   ``center_crop``; ``workers`` processes decode in parallel). Bad files are skipped and listed.
+  Archives read in place (zip, uncompressed tar incl. nested tars, Parquet with ``column=``;
+  :mod:`gpustats.sources.units`) are sampled by member or row the same way; a compressed tar has
+  no random access and is refused with what to do.
 * A map-style dataset (``len()`` and ``__getitem__``, e.g. a list of arrays or a torchvision
   dataset): a seeded random permutation of its indices. Items may be anything
   :mod:`gpustats.batches` accepts (an image, an ``(image, label)`` pair, a dict); an item that
@@ -186,21 +189,36 @@ def _is_map_style(x: Any) -> bool:
     return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (dict, str, bytes))
 
 
-def _list_files(source: Any) -> list[str] | None:
-    """The file list when ``source`` names files/folders, else None."""
-    from .sources import list_images
+def _list_files(source: Any, column: str | None = None) -> Any:
+    """The file list when ``source`` names files/folders (a ``Segment`` when it names archives), else None."""
+    from .sources.segment import Segment
+    from .sources.units import StreamUnit, list_units
 
     if _is_pathlike(source):
-        return [os.fspath(p) for p in list_images([source])]
-    if isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source):
-        return [os.fspath(p) for p in list_images(list(source))]
-    return None
+        source = [source]
+    elif not (isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source)):
+        return None
+    units = list_units(list(source), column=column)
+    if all(_is_pathlike(u) for u in units):
+        return [os.fspath(u) for u in units]
+    streams = [u.label for u in units if isinstance(u, StreamUnit)]
+    if streams:
+        raise InputError(f"sampling needs random access to the images, and {streams[0]} is a compressed tar (read "
+                         "only from start to end); decompress it to a .tar (e.g. gunzip), which is indexed, or drop "
+                         "the sampling for the exact pass")
+    return Segment(units, range(len(units)))
 
 
-def _file_units(files: list[str], order: np.ndarray, stop: int, batch_size: int, workers: int,
+def _file_units(files: Any, order: np.ndarray, stop: int, batch_size: int, workers: int,
                 decode_opts: dict) -> Iterator[list[_Unit]]:
     from .sources import iter_decoded
 
+    if not isinstance(files, list):  # archive members and Parquet rows: read at random positions
+        picked = [int(i) for i in order[:stop]]
+        for records in iter_decoded(files, positions=picked, workers=workers, batch_size=batch_size, **decode_opts):
+            yield [("bad", files.name(picked[r.index]), r.bad_reason) if r.array is None else ("item", r.array)
+                   for r in records]
+        return
     permuted = [files[i] for i in order[:stop]]
     for records in iter_decoded(permuted, workers=workers, batch_size=batch_size, **decode_opts):
         yield [("bad", permuted[r.index], r.bad_reason) if r.array is None else ("item", r.array)
@@ -309,6 +327,7 @@ def estimate_stats(
     channels: int | None = None,
     key: str | None = None,
     progress: bool = False,
+    column: str | None = None,
     **decode_opts: Any,
 ) -> SampledStats:
     """Estimate per-channel mean and std from a seeded random subset of images, with intervals.
@@ -343,9 +362,11 @@ def estimate_stats(
     source = dataset_or_files
     loader_workers = workers
 
-    files = _list_files(source)
+    files = _list_files(source, column)
     if files is not None and layout is None:
         layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
+    if files is None and column is not None:
+        raise TypeError("column= names the image column of Parquet files; this source is not a path")
     if files is None and decode_opts:
         raise TypeError(f"decode options ({', '.join(sorted(decode_opts))}) apply to image files and folders only")
     if files is None and isinstance(source, torch.utils.data.DataLoader) and not assume_shuffled:

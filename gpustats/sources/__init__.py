@@ -3,8 +3,10 @@
 Public surface::
 
     list_images(paths) -> list[Path]
+    list_units(paths, *, column=None) -> units     # folders, files, archives, brace patterns (units.py)
     decode_image(path, *, mode="RGB", max_pixels=DEFAULT_MAX_PIXELS, resize=None,
                  center_crop=None) -> np.ndarray  # (H, W, C) uint8, or raises BadImage
+    decode_bytes(data, ...) -> (array, decoder)   # the same for an image held in memory
     ImageFileDataset(files, **decode_opts)        # ds[i] -> DecodedImage, never raises
     iter_decoded(files, *, workers, batch_size, start=0, stop=None, **decode_opts)
     gpu.gpu_decode_available() / gpu.decode_files_gpu(...)   # import gpustats.sources.gpu
@@ -14,9 +16,10 @@ Public surface::
 """
 
 from .dataset import DecodedImage, ImageFileDataset, iter_decoded
-from .decode import DEFAULT_MAX_PIXELS, decode_image
+from .decode import DEFAULT_MAX_PIXELS, decode_bytes, decode_image
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
 from .listing import IMAGE_EXTENSIONS, list_images
+from .units import list_units
 
 __all__ = [
     "BadImage",
@@ -27,7 +30,9 @@ __all__ = [
     "NoImagesFoundError",
     "SourceError",
     "SourceNotFoundError",
+    "decode_bytes",
     "decode_image",
     "iter_decoded",
     "list_images",
+    "list_units",
 ]

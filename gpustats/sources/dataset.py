@@ -45,11 +45,22 @@ class DecodedImage(NamedTuple):
 
 
 class ImageFileDataset(torch.utils.data.Dataset):
-    """Map-style dataset: ``ds[i]`` decodes ``files[i]`` with ``decode_image(**decode_opts)``."""
+    """Map-style dataset: ``ds[i]`` decodes ``files[i]`` with ``decode_image(**decode_opts)``.
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]], **decode_opts: Any):
-        # Plain strings pickle cheaply to worker processes.
-        self.files = [os.fspath(f) for f in files]
+    ``files`` may also be a :class:`~gpustats.sources.segment.Segment` (archive members, Parquet
+    rows: random access), with ``positions``: ``ds[i]`` decodes its item ``positions[i]``.
+    """
+
+    def __init__(self, files: Sequence[str | os.PathLike[str]] | Any, *, positions: Sequence[int] | None = None,
+                 **decode_opts: Any):
+        from .segment import Segment
+
+        self.segment = files if isinstance(files, Segment) else None
+        if self.segment is not None:
+            self.positions = list(range(len(files)) if positions is None else (int(p) for p in positions))
+            self.files = self.positions
+        else:  # plain strings pickle cheaply to worker processes
+            self.files = [os.fspath(f) for f in files]
         self.decode_opts = decode_opts
         # Fail on invalid options now, in the caller, not once per file in a worker.
         from .decode import _check_options
@@ -65,6 +76,8 @@ class ImageFileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> DecodedImage:
         index = int(index)
+        if self.segment is not None:
+            return self._item(index)
         path = self.files[index]
         try:
             nbytes = os.stat(path).st_size
@@ -78,6 +91,24 @@ class ImageFileDataset(torch.utils.data.Dataset):
             return DecodedImage(index, None, f"unexpected error: {type(exc).__name__}: {exc}",
                                 nbytes)
         return DecodedImage(index, array, None, nbytes)
+
+    def _item(self, index: int) -> DecodedImage:
+        from .decode import decode_bytes
+
+        source = self.segment.source(self.positions[index])
+        if isinstance(source, BadImage):
+            return DecodedImage(index, None, source.reason, 0)
+        if isinstance(source, str):
+            try:
+                return DecodedImage(index, decode_image(source, **self.decode_opts), None, os.stat(source).st_size)
+            except BadImage as exc:
+                return DecodedImage(index, None, exc.reason, 0)
+        try:
+            return DecodedImage(index, decode_bytes(source, **self.decode_opts)[0], None, len(source))
+        except BadImage as exc:
+            return DecodedImage(index, None, exc.reason, len(source))
+        except Exception as exc:  # never let one item end the run
+            return DecodedImage(index, None, f"unexpected error: {type(exc).__name__}: {exc}", len(source))
 
 
 def _keep_list(records: list[DecodedImage]) -> list[DecodedImage]:
@@ -110,26 +141,29 @@ def _from_shared(packed: tuple[torch.Tensor, list[tuple]]) -> list[DecodedImage]
 
 
 def iter_decoded(
-    files: Sequence[str | os.PathLike[str]],
+    files: Sequence[str | os.PathLike[str]] | Any,
     *,
     workers: int,
     batch_size: int,
     start: int = 0,
     stop: int | None = None,
+    positions: Sequence[int] | None = None,
     **decode_opts: Any,
 ) -> Iterator[list[DecodedImage]]:
     """Yield lists of :class:`DecodedImage` for ``files[start:stop]``, in file order.
 
     Batches hold ``batch_size`` records (the last may hold fewer); ``record.index`` is the
     position in ``files``, so a checkpoint can store the next index and resume with
-    ``start=``. ``workers=0`` decodes in this process; ``workers>0`` uses that many
-    DataLoader worker processes (not persistent), whose results arrive in order.
+    ``start=``. ``files`` may be a ``Segment`` of archive items, decoded at ``positions``
+    (``record.index`` is then the index in ``positions``). ``workers=0`` decodes in this
+    process; ``workers>0`` uses that many DataLoader worker processes (not persistent), whose
+    results arrive in order.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers!r}")
-    dataset = ImageFileDataset(files, **decode_opts)
+    dataset = ImageFileDataset(files, positions=positions, **decode_opts)
     stop = len(dataset) if stop is None else min(int(stop), len(dataset))
     start = int(start)
     if not 0 <= start <= len(dataset):

@@ -32,6 +32,8 @@ Bad files never crash and are never partially counted:
   fill; gpustats warns once when it sees that).
 
 The file format is sniffed from content, so a PNG named ``.jpg`` decodes fine.
+:func:`decode_bytes` decodes an image held in memory (an archive member, a Parquet value) by the
+same core, with the same rules, reasons and decoders.
 
 With ``simplejpeg`` installed (``pip install 'gpustats[fast]'``), JPEGs that libjpeg-turbo decodes
 to Pillow's exact pixels are decoded by it directly (about 1.4x faster); every other file, and
@@ -60,16 +62,18 @@ image (applied after colour conversion, in that order):
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
-from typing import Sequence
+from typing import BinaryIO, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_image", "decode_with_info", "resized_size", "center_crop_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size",
+           "center_crop_array"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
 #: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.
@@ -200,25 +204,67 @@ def decode_with_info(
 ) -> tuple[np.ndarray, str]:
     """:func:`decode_image` and the decoder that ran: ``"pillow"`` or ``"libjpeg-turbo"`` (simplejpeg)."""
     _check_options(mode, resize, center_crop)
-    global _warned_truncated
-    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
-        _warned_truncated = True
-        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled by the calling program: "
-                      "truncated images will be decoded with filler pixels and counted",
-                      stacklevel=2)
+    _warn_if_truncated_allowed()
     try:
         if os.stat(path).st_size == 0:
             raise BadImage("zero-byte file", path)
     except OSError as exc:
         raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
+    return _decode(lambda: open(path, "rb"), path, mode, max_pixels, resize, center_crop)
 
+
+def decode_bytes(
+    data: bytes,
+    *,
+    name: str | None = None,
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    resize: int | None = None,
+    center_crop: int | Sequence[int] | None = None,
+) -> tuple[np.ndarray, str]:
+    """:func:`decode_with_info` of an image held in memory (an archive member, a Parquet value).
+
+    The same rules, reasons and decoders as for a file; ``name`` only labels :class:`BadImage`.
+
+    >>> import io
+    >>> from PIL import Image
+    >>> buf = io.BytesIO()
+    >>> Image.new("L", (2, 1), 9).save(buf, format="PNG")
+    >>> array, decoder = decode_bytes(buf.getvalue())
+    >>> array.shape, int(array[0, 1, 0]), decoder
+    ((1, 2, 3), 9, 'pillow')
+    >>> decode_bytes(b"")
+    Traceback (most recent call last):
+    ...
+    gpustats.sources.errors.BadImage: zero-byte file
+    """
+    _check_options(mode, resize, center_crop)
+    _warn_if_truncated_allowed()
+    if len(data) == 0:
+        raise BadImage("zero-byte file", name)
+    return _decode(lambda: io.BytesIO(data), name, mode, max_pixels, resize, center_crop)
+
+
+def _warn_if_truncated_allowed() -> None:
+    global _warned_truncated
+    if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
+        _warned_truncated = True
+        warnings.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled by the calling program: "
+                      "truncated images will be decoded with filler pixels and counted",
+                      stacklevel=3)
+
+
+def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None, mode: str,
+            max_pixels: int | None, resize: int | None,
+            center_crop: int | Sequence[int] | None) -> tuple[np.ndarray, str]:
+    """The one decoding core of files and bytes: sniff, check the size, decode, convert, resize, crop."""
     pillow_limit = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         if max_pixels is not None:
             Image.MAX_IMAGE_PIXELS = None  # max_pixels decides (checked below from the header)
         try:
-            with open(path, "rb") as fh:
+            with opener() as fh:
                 try:
                     img = Image.open(fh)
                 except UnidentifiedImageError:

@@ -24,7 +24,6 @@ import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from ..stats import Stats
@@ -39,7 +38,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "device": "auto", "strategy": "auto", "workers": None, "batch_size": 64, "decode": "auto", "mode": "RGB",
     "resize": None, "center_crop": None, "max_pixels": None, "histogram": False, "covariance": False,
     "per_image": False, "ddof": 0, "strict": False, "checkpoint": None, "checkpoint_every": 30.0,
-    "progress": False,
+    "progress": False, "column": None,
 }
 
 
@@ -144,17 +143,18 @@ def _choose_decode(opts: dict, acc: Any) -> tuple[str, str | None]:
     return ("gpu", None) if ok else ("cpu", why)
 
 
-def _gpu_batches(files: Sequence[Path], start: int, opts: dict, device: str, decode_opts: dict) -> Iterator:
-    """nvJPEG batches: ``(first, stop, good CHW tensors on the device, bad [(index, reason)], nbytes)``."""
-    from .gpu import decode_files_gpu
+def _gpu_batches(plan: Any, start: int, opts: dict, device: str, decode_opts: dict) -> Iterator:
+    """nvJPEG batches: ``(first, stop, good CHW tensors on the device, bad [BadItem], nbytes)``."""
+    from .gpu import decode_sources_gpu
+    from .mapside import BadItem
 
-    for first in range(start, len(files), opts["batch_size"]):
-        indices = list(range(first, min(len(files), first + opts["batch_size"])))
-        records = decode_files_gpu([files[i] for i in indices], indices=indices, device=device,
-                                   mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
+    for first, stop, items in plan.byte_batches(start, opts["batch_size"]):
+        records = decode_sources_gpu([item[3] for item in items], indices=[item[0] for item in items], device=device,
+                                     mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
         good = [r.tensor for r in records if r.tensor is not None]
-        bad = [(r.index, str(r.bad_reason)) for r in records if r.tensor is None]
-        yield first, indices[-1] + 1, good, bad, sum(r.nbytes for r in records)
+        bad = [BadItem(r.index, str(r.bad_reason), item[1], item[2]) for r, item in zip(records, items)
+               if r.tensor is None]
+        yield first, stop, good, bad, sum(r.nbytes for r in records)
 
 
 def _gpu_strip(images: list) -> Any:
@@ -203,16 +203,18 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     ``batch_size`` (files per batch), ``decode`` ("auto", "cpu", "gpu": nvJPEG), ``mode`` ("RGB",
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
-    ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal). ``note`` receives one-line
+    ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
+    of Parquet files; found when None). ``paths`` may name archives and brace patterns
+    (:mod:`.units`). ``note`` receives one-line
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
     from ..accumulator import Accumulator
     from ..backends import resolve_device
-    from ..checkpoint import (Checkpoint, check_compatible, file_list_fingerprint, rank_path, read_checkpoint,
-                              write_checkpoint)
+    from ..checkpoint import Checkpoint, check_compatible, rank_path, read_checkpoint, write_checkpoint
     from ..distributed import agree_on_failure, gather_run_totals, init_from_env
     from .decode import DEFAULT_MAX_PIXELS
-    from .listing import list_images
+    from .plan import Plan
+    from .units import list_units
 
     note = note or (lambda s: None)
     opts = _options(options)
@@ -222,8 +224,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
-    all_files = list_images(paths, unreadable=unreadable)
-    files = all_files[rank::world] if world > 1 else all_files
+    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"]), rank, world)
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
     # where the statistics would run, without building a reducer yet: the CPU path reduces in the
@@ -236,7 +237,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     decode_opts = {"mode": opts["mode"], "max_pixels": max_pixels, "resize": opts["resize"],
                    "center_crop": opts["center_crop"]}
     workers = _default_workers() if opts["workers"] is None else opts["workers"]
-    if opts["workers"] is None and len(files) < 64:
+    if opts["workers"] is None and plan.total is not None and plan.total < 64:
         workers = 0  # starting worker processes costs more than decoding a few files
 
     # Options that change the result: a checkpoint made with others is refused.
@@ -248,6 +249,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
         "batch_size": opts["batch_size"] if opts["per_image"] else None,
         "rank": rank, "world": world,
     }
+    if opts["column"] is not None:  # only when given: checkpoints of runs without it stay valid
+        result_options["column"] = opts["column"]
     report_options = dict(result_options, ddof=opts["ddof"], batch_size=opts["batch_size"], workers=workers,
                           workers_asked=opts["workers"], device=opts["device"], strategy=opts["strategy"],
                           strict=opts["strict"])
@@ -257,10 +260,11 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     state = ChannelStats.empty()  # CPU decode: the workers' states, merged here in file order
     images, nbytes, start = 0, 0, 0
     bad_files: list[dict[str, str]] = []
-    bad_order: list[int] = []
+    bad_order: list[list[int]] = []  # each bad item's order among all ranks' items
     seen_warnings: dict[str, int] = {}
     decoders: dict[str, int] = {}  # images per CPU decoder (this run's part, not a resumed one)
     prior_elapsed = 0.0
+    previous = None
     resumed_from = None
     complete = False
     failure: BaseException | None = None  # a rank's expected failure, shared with the others below
@@ -270,11 +274,11 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
 
     try:
         ck_path = None if opts["checkpoint"] is None else rank_path(opts["checkpoint"], rank, world)
-        fingerprint = file_list_fingerprint(files) if ck_path else ""
+        fingerprint = plan.fingerprint() if ck_path else ""
         if ck_path:
             previous = read_checkpoint(ck_path)
             if previous is not None:
-                check_compatible(ck_path, previous, fingerprint=fingerprint, files_total=len(files),
+                check_compatible(ck_path, previous, fingerprint=fingerprint, files_total=plan.total,
                                  options=result_options)
                 if decode == "gpu":
                     acc.load(previous.state)
@@ -282,8 +286,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     state = previous.state
                 images, nbytes, start = previous.images, previous.bytes, previous.next_index
                 bad_files = list(previous.bad_files)
-                position = {os.path.realpath(p): rank + i * world for i, p in enumerate(files)}
-                bad_order = [position.get(os.path.realpath(b["path"]), -1) for b in bad_files]
+                position = plan.orders_by_name() if world > 1 and bad_files else {}
+                bad_order = [position.get(os.path.realpath(b["path"]), position.get(b["path"], [-1, 0]))
+                             for b in bad_files]
                 prior_elapsed = previous.elapsed_s
                 complete = previous.complete
                 resumed_from = start
@@ -291,13 +296,15 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     first = bad_files[0]  # a strict rerun stops where a lenient run went on
                     raise StrictBadFile(f"bad file {first['path']}: {first['reason']} (strict; recorded by the "
                                         f"checkpoint {ck_path})")
+                of_total = "" if plan.total is None else f" of {plan.total}"
                 note(f"checkpoint {ck_path}: " + ("the run is complete; reporting it" if complete else
-                                                  f"resuming at file {start} of {len(files)}"))
+                                                  f"resuming at item {start}{of_total}"))
 
         def save(next_index: int, done: bool) -> None:
             if ck_path:
                 write_checkpoint(ck_path, Checkpoint(
-                    state=current_state(), next_index=next_index, files_total=len(files), fingerprint=fingerprint,
+                    state=current_state(), next_index=next_index, fingerprint=fingerprint,
+                    files_total=plan.total if plan.total is not None else plan.items_so_far,
                     options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
                     elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
 
@@ -306,28 +313,25 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 if opts["strict"]:
                     raise StrictBadFile(f"{folder}: {reason} (strict)")
                 bad_files.append({"path": folder, "reason": reason})
-                bad_order.append(-1)  # before every file
+                bad_order.append([-1, 0])  # before every file
         next_index = start
         if not complete:
-            bar = _progress(len(files), start, opts["progress"])
+            bar = _progress(plan.total, start, opts["progress"])
             last_save = time.monotonic()
             run_bytes = 0
             if decode == "gpu":
-                batches = _gpu_batches(files, start, opts, acc.device, decode_opts)
+                batches = _gpu_batches(plan, start, opts, acc.device, decode_opts)
             else:
-                from .mapside import iter_reduced
-
                 batches = ((r.start, r.stop, r, r.bad, r.nbytes) for r in
-                           iter_reduced(files, workers=workers, batch_size=opts["batch_size"], start=start,
-                                        **extras, **decode_opts))
+                           plan.cpu_results(start, workers=workers, batch_size=opts["batch_size"], extras=extras,
+                                            decode_opts=decode_opts))
             try:
                 for first, stop, good, bad, batch_bytes in batches:
                     batch_bad = []  # kept apart until the batch counts: an interrupt must not list them twice
-                    for index, reason in bad:
-                        path = os.fspath(files[index])
+                    for item in bad:
                         if opts["strict"]:
-                            raise StrictBadFile(f"bad file {path}: {reason} (strict)")
-                        batch_bad.append(({"path": path, "reason": reason}, rank + index * world))
+                            raise StrictBadFile(f"bad file {item.name}: {item.reason} (strict)")
+                        batch_bad.append(({"path": item.name, "reason": item.reason}, item.order))
                     if decode == "gpu":
                         if good:  # the whole batch counts, or (on error) none of it
                             acc.update(good if opts["per_image"] else _gpu_strip(good))
@@ -359,7 +363,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
                 raise
             except RuntimeError as exc:
-                if "DataLoader worker" not in str(exc):
+                from concurrent.futures.process import BrokenProcessPool
+
+                if "DataLoader worker" not in str(exc) and not isinstance(exc, BrokenProcessPool):
                     raise
                 bar.close()  # a decode worker died (the OOM killer, a signal): one line, progress kept
                 saved = ""
@@ -370,7 +376,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                                f"memory?){saved}; try fewer --workers or a smaller --batch-size") from None
             bar.close()
             if ck_path:
-                save(len(files), True)
+                save(next_index, True)
     except _expected_errors() as exc:
         if world == 1:
             raise
@@ -385,7 +391,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
 
         final = all_reduce_stats(final)
         images, nbytes, bad_files, elapsed = gather_run_totals(images, nbytes, list(zip(bad_order, bad_files)), elapsed)
-    files_total = len(all_files)
+    files_total = _files_total(plan, previous_total=previous.files_total if resumed_from is not None else None,
+                               complete=complete)
     if final.is_empty:
         if bad_files:
             first = bad_files[0]
@@ -409,6 +416,18 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
                     from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders)
+
+
+def _files_total(plan: Any, previous_total: int | None, complete: bool) -> int:
+    """Items listed on every rank (good and bad); compressed tars count once read (a collective then)."""
+    if not plan.has_streams:
+        return plan.all_known
+    mine = previous_total if complete else plan.total if plan.total is not None else plan.items_so_far
+    if plan.world > 1:
+        from ..distributed import all_gather_json
+
+        return sum(all_gather_json(mine))
+    return mine
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

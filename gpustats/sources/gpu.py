@@ -30,10 +30,10 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from PIL import Image
 
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_image
+from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes
 from .errors import BadImage
 
-__all__ = ["GpuDecoded", "gpu_decode_available", "decode_files_gpu", "is_complete_jpeg"]
+__all__ = ["GpuDecoded", "gpu_decode_available", "decode_files_gpu", "decode_sources_gpu", "is_complete_jpeg"]
 
 #: ``decoder(list_of_uint8_cpu_tensors, mode, device) -> list of CHW uint8 tensors``.
 JpegBatchDecoder = Callable[[list[torch.Tensor], str, str], list[torch.Tensor]]
@@ -108,6 +108,21 @@ def decode_files_gpu(
     ``decoder`` replaces torchvision's nvJPEG call (tests inject a fake one); without it,
     :func:`gpu_decode_available` must be true or ``RuntimeError`` says why.
     """
+    return decode_sources_gpu([os.fspath(f) for f in files], indices=indices, device=device, mode=mode,
+                              max_pixels=max_pixels, decoder=decoder)
+
+
+def decode_sources_gpu(
+    sources: Sequence[str | bytes | BadImage],
+    *,
+    indices: Sequence[int] | None = None,
+    device: str | torch.device = "cuda",
+    mode: str = "RGB",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    decoder: JpegBatchDecoder | None = None,
+) -> list[GpuDecoded]:
+    """:func:`decode_files_gpu` of a batch whose items are file paths (``str``), encoded images held in
+    memory (``bytes``: archive members, Parquet values) or :class:`BadImage` (could not be read)."""
     _check_options(mode, None, None)
     device = str(device)
     if decoder is None:
@@ -116,28 +131,30 @@ def decode_files_gpu(
             raise RuntimeError(f"GPU JPEG decoding is unavailable: {why}")
         decoder = _torchvision_decoder
     if indices is None:
-        indices = range(len(files))
-    if len(indices) != len(files):
-        raise ValueError(f"{len(indices)} indices for {len(files)} files")
+        indices = range(len(sources))
+    if len(indices) != len(sources):
+        raise ValueError(f"{len(indices)} indices for {len(sources)} files")
 
-    paths = [os.fspath(f) for f in files]
-    results: list[GpuDecoded | None] = [None] * len(paths)
-    nbytes = [0] * len(paths)
+    results: list[GpuDecoded | None] = [None] * len(sources)
+    datas: list[bytes] = [b""] * len(sources)
     gpu_slots: list[int] = []
     gpu_datas: list[torch.Tensor] = []
     cpu_slots: list[int] = []
-    for slot, path in enumerate(paths):
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            results[slot] = GpuDecoded(int(indices[slot]), None,
-                                       f"unreadable: {exc.strerror or exc}", 0, "cpu")
+    for slot, source in enumerate(sources):
+        if isinstance(source, BadImage):
+            results[slot] = GpuDecoded(int(indices[slot]), None, source.reason, 0, "cpu")
             continue
-        nbytes[slot] = len(data)
-        if _gpu_eligible(data, max_pixels):
+        if isinstance(source, str):
+            try:
+                with open(source, "rb") as fh:
+                    source = fh.read()
+            except OSError as exc:
+                results[slot] = GpuDecoded(int(indices[slot]), None, f"unreadable: {exc.strerror or exc}", 0, "cpu")
+                continue
+        datas[slot] = source
+        if _gpu_eligible(source, max_pixels):
             gpu_slots.append(slot)
-            gpu_datas.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            gpu_datas.append(torch.frombuffer(bytearray(source), dtype=torch.uint8))
         else:
             cpu_slots.append(slot)
 
@@ -157,14 +174,14 @@ def decode_files_gpu(
             if tensor is None:
                 cpu_slots.append(slot)
             else:
-                results[slot] = GpuDecoded(int(indices[slot]), tensor, None, nbytes[slot], "gpu")
+                results[slot] = GpuDecoded(int(indices[slot]), tensor, None, len(datas[slot]), "gpu")
 
     for slot in sorted(cpu_slots):
         try:
-            array = decode_image(paths[slot], mode=mode, max_pixels=max_pixels)
+            array = decode_bytes(datas[slot], mode=mode, max_pixels=max_pixels)[0]
         except BadImage as exc:
-            results[slot] = GpuDecoded(int(indices[slot]), None, exc.reason, nbytes[slot], "cpu")
+            results[slot] = GpuDecoded(int(indices[slot]), None, exc.reason, len(datas[slot]), "cpu")
             continue
         tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous().to(device)
-        results[slot] = GpuDecoded(int(indices[slot]), tensor, None, nbytes[slot], "cpu")
+        results[slot] = GpuDecoded(int(indices[slot]), tensor, None, len(datas[slot]), "cpu")
     return results  # type: ignore[return-value]

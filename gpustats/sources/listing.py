@@ -37,7 +37,7 @@ from typing import Sequence
 
 from .errors import NoImagesFoundError, SourceNotFoundError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "is_image_name"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "is_image_name", "walk_root"]
 
 #: Extensions (lower case, with the dot) picked up when walking folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -106,17 +106,7 @@ def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
     seen_files: set[str] = set()
     result: list[Path] = []
     for root in roots:
-        if os.path.isdir(root):
-            candidates = [p for _, p in sorted(_walk_folder(root, visited_dirs, unreadable),
-                                               key=lambda item: item[0])]
-        else:
-            candidates = [root]
-        for path in candidates:
-            real = os.path.realpath(path)
-            if real in seen_files:
-                continue
-            seen_files.add(real)
-            result.append(path)
+        result.extend(walk_root(root, visited_dirs, seen_files, unreadable))
 
     if not result:
         where = ", ".join(repr(str(r)) for r in roots) or "(no paths given)"
@@ -124,4 +114,22 @@ def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
             f"no images found under {where}; accepted extensions (any case): "
             f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
         )
+    return result
+
+
+def walk_root(root: Path, visited_dirs: set[str], seen_files: set[str], unreadable: list | None) -> list[Path]:
+    """The files of one root (a folder walked and sorted, or a file), minus those in ``seen_files``
+    (realpaths, updated): :func:`list_images`' rules, one root at a time (``sources.units`` lists
+    archives between roots)."""
+    if os.path.isdir(root):
+        candidates = [p for _, p in sorted(_walk_folder(root, visited_dirs, unreadable), key=lambda item: item[0])]
+    else:
+        candidates = [root]
+    result = []
+    for path in candidates:
+        real = os.path.realpath(path)
+        if real in seen_files:
+            continue
+        seen_files.add(real)
+        result.append(path)
     return result

@@ -1,14 +1,16 @@
 """Map-side reduction: the decode workers reduce what they decode and send back small states.
 
 Pixels never leave the process that decoded them. Item ``b`` of :class:`ReducedBatches` decodes
-the ``b``-th batch of files (``batch_size`` files from ``start``), reduces the good images while
+the ``b``-th task of items (``batch_size`` files or archive members from ``start``, or a Parquet
+row group: :mod:`.segment`), reduces the good images while
 they are hot in cache into the exact ``ChannelStats`` the CPU backend makes (uint8: histogram-
 exact totals; co-moments and per-image rows when asked), and returns a :class:`BatchResult`: that
-state as its exact JSON dict, counts, bad files and the warnings decoding raised. A run merges the
-results in file order (:func:`iter_reduced` yields them in order whatever the worker count), so
+state as its exact JSON dict, counts, bad items and the warnings decoding raised. Workers read
+what they decode themselves (files, members by byte range, row groups); :func:`reduce_records`
+is the same reduction for bytes read elsewhere (a compressed tar's stream, :mod:`.streamed`). A
+run merges the results in item order (:func:`iter_reduced` yields them in order whatever the worker count), so
 its state is bitwise the one a single process reducing the same batches makes: independent of
-worker count and resume point (uint8 totals are exact for any batch size; per-image aggregates
-follow the batch boundaries, which ``batch_size`` fixes).
+worker count, batch size and resume point (uint8 totals and per-image sums are exact integers).
 
 Without per-image statistics a batch's images are joined into one strip (statistics do not care
 where a pixel sits) and reduced in one call; with them, each image stays its own row.
@@ -27,52 +29,144 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch.utils.data
 
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_with_info
+from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_with_info
 from .errors import BadImage
+from .segment import Segment
 
-__all__ = ["BatchResult", "ReducedBatches", "iter_reduced"]
+__all__ = ["BadItem", "BatchResult", "ReducedBatches", "iter_reduced", "reduce_records"]
 
 #: what ToTensor divides uint8 by: the scale of every folder run
 _UINT8_SCALE = 255.0
 
 
+class BadItem(NamedTuple):
+    """An item skipped: its index in the rank's order, the reason, its name (a path or
+    ``archive.tar:member``) and its order among all ranks' items (``[unit, position in unit]``)."""
+
+    index: int
+    reason: str
+    name: str
+    order: list
+
+
 class BatchResult(NamedTuple):
-    """One batch of files, reduced. ``state`` is ``ChannelStats.to_dict()`` of its good images
-    (``None`` when it has none); ``bad`` lists ``(file index, reason)``; ``warnings`` maps each
-    warning text decoding raised to the number of files that raised it."""
+    """One batch of items, reduced. ``state`` is ``ChannelStats.to_dict()`` of its good images
+    (``None`` when it has none); ``bad`` lists :class:`BadItem`; ``warnings`` maps each warning
+    text decoding raised to the number of items that raised it."""
 
     start: int
     stop: int
     state: dict | None
     images: int
     nbytes: int
-    bad: list[tuple[int, str]]
+    bad: list[BadItem]
     warnings: dict[str, int]
     decoders: dict[str, int] = {}
 
 
-class ReducedBatches(torch.utils.data.Dataset):
-    """Map-style dataset over batches of files: ``ds[b]`` decodes and reduces batch ``b``.
+class _Decoded:
+    """What decoding one batch gave: the good arrays and everything the report needs."""
 
-    ``decode_opts``: :func:`~gpustats.sources.decode_image`'s options (mode, max_pixels, resize,
-    center_crop); ``histogram``/``covariance``/``per_image``: what the state holds.
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self.bad: list[BadItem] = []
+        self.nbytes = 0
+        self.warnings: dict[str, int] = {}
+        self.decoders: dict[str, int] = {}
+
+
+def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded) -> _Decoded:
+    """Decode ``(index, name, order, source)`` records into ``out``; ``source`` is a file path (``str``),
+    the item's ``bytes`` or a :class:`BadImage` (it could not be read). Never raises for an item."""
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        for index, name, order, source in records:
+            before = len(log)
+            try:
+                if isinstance(source, BadImage):
+                    raise source
+                if isinstance(source, str):
+                    try:
+                        out.nbytes += os.stat(source).st_size
+                    except OSError:
+                        pass
+                    array, decoder = decode_with_info(source, **decode_opts)
+                else:
+                    out.nbytes += len(source)
+                    array, decoder = decode_bytes(source, name=name, **decode_opts)
+                out.arrays.append(array)
+                out.decoders[decoder] = out.decoders.get(decoder, 0) + 1
+            except BadImage as exc:
+                out.bad.append(BadItem(index, exc.reason, name, order))
+            except Exception as exc:  # never let one item end the run
+                out.bad.append(BadItem(index, f"unexpected error: {type(exc).__name__}: {exc}", name, order))
+            for text in {str(w.message) for w in log[before:]}:
+                out.warnings[text] = out.warnings.get(text, 0) + 1
+    return out
+
+
+class _Reduce:
+    """Reduces decoded arrays into the exact state dict (one per process; numba state does not travel)."""
+
+    _cache: dict = {}
+
+    @classmethod
+    def get(cls, extras: dict) -> "_Reduce":
+        key = tuple(sorted(extras.items()))
+        if key not in cls._cache:
+            cls._cache[key] = cls(extras)
+        return cls._cache[key]
+
+    def __init__(self, extras: dict):
+        from ..backends import Options
+        from ..backends.cpu import CpuReducer
+        from ..batches import BatchAdapter
+
+        self.per_image = extras["per_image"]
+        self.reducer = CpuReducer(torch.device("cpu"), Options(**extras))
+        self.adapter = BatchAdapter("HWC")
+
+    def __call__(self, arrays: list[np.ndarray], b: int) -> Any:
+        if self.per_image or len(arrays) == 1:
+            batch: Any = arrays
+        else:  # one strip of pixels: one reduction call for the whole batch
+            batch = np.concatenate([a.reshape(-1, a.shape[2]) for a in arrays])[None]
+        chunk = self.adapter.adapt(batch, b)
+        return self.reducer.reduce_chunk(chunk, _UINT8_SCALE, b)
+
+
+def reduce_records(first: int, stop: int, records: Iterable[tuple], extras: dict, decode_opts: dict,
+                   b: int = 0) -> BatchResult:
+    """Decode and reduce one batch of ``(index, name, order, source)`` records (see :func:`_decode_records`)."""
+    done = _decode_records(records, decode_opts, _Decoded())
+    state = _Reduce.get(extras)(done.arrays, b).to_dict() if done.arrays else None
+    return BatchResult(first, stop, state, len(done.arrays), done.nbytes, done.bad, done.warnings, done.decoders)
+
+
+class ReducedBatches(torch.utils.data.Dataset):
+    """Map-style dataset over tasks: ``ds[b]`` decodes and reduces task ``b`` (a batch of items, or a
+    Parquet row group read ``batch_size`` rows at a time; see :mod:`.segment`).
+
+    ``files``: image paths or a :class:`~gpustats.sources.segment.Segment`; ``start``/``stop``:
+    positions in it (results carry ``segment.offset + position``). ``decode_opts``:
+    :func:`~gpustats.sources.decode_image`'s options (mode, max_pixels, resize, center_crop);
+    ``histogram``/``covariance``/``per_image``: what the state holds.
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike[str]], *, batch_size: int, start: int = 0,
+    def __init__(self, files: Sequence[str | os.PathLike[str]] | Segment, *, batch_size: int, start: int = 0,
                  stop: int | None = None, histogram: bool = False, covariance: bool = False,
                  per_image: bool = False, **decode_opts: Any):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
-        self.files = [os.fspath(f) for f in files]  # plain strings pickle cheaply to workers
-        self.stop = len(self.files) if stop is None else min(int(stop), len(self.files))
+        self.segment = files if isinstance(files, Segment) else Segment.of_files(files)
         self.start = int(start)
-        if not 0 <= self.start <= len(self.files):
-            raise ValueError(f"start={start} is outside 0..{len(self.files)} (number of files)")
+        if not 0 <= self.start <= len(self.segment):
+            raise ValueError(f"start={start} is outside 0..{len(self.segment)} (number of items)")
         self.batch_size = int(batch_size)
         unknown = set(decode_opts) - {"mode", "max_pixels", "resize", "center_crop"}
         if unknown:
@@ -81,61 +175,64 @@ class ReducedBatches(torch.utils.data.Dataset):
         _check_options(decode_opts.get("mode", "RGB"), decode_opts.get("resize"), decode_opts.get("center_crop"))
         self.decode_opts = decode_opts
         self.extras = {"histogram": bool(histogram), "covariance": bool(covariance), "per_image": bool(per_image)}
-        self._reducer = None  # made in the process that reduces (numba state does not travel)
+        self.tasks = self.segment.tasks(self.start, stop, self.batch_size)
 
     def __len__(self) -> int:
-        return max(0, -(-(self.stop - self.start) // self.batch_size))
+        return len(self.tasks)
 
     def __getitem__(self, b: int) -> BatchResult:
-        first = self.start + int(b) * self.batch_size
-        last = min(self.stop, first + self.batch_size)
-        arrays, bad, nbytes, seen, decoders = [], [], 0, {}, {}
-        with warnings.catch_warnings(record=True) as log:
-            warnings.simplefilter("always")
-            for index in range(first, last):
-                before = len(log)
-                path = self.files[index]
-                try:
-                    nbytes += os.stat(path).st_size
-                except OSError:
-                    pass
-                try:
-                    array, decoder = decode_with_info(path, **self.decode_opts)
-                    arrays.append(array)
-                    decoders[decoder] = decoders.get(decoder, 0) + 1
-                except BadImage as exc:
-                    bad.append((index, exc.reason))
-                except Exception as exc:  # never let one file end the run
-                    bad.append((index, f"unexpected error: {type(exc).__name__}: {exc}"))
-                for text in {str(w.message) for w in log[before:]}:
-                    seen[text] = seen.get(text, 0) + 1
-        state = self._reduce(arrays, b) if arrays else None
-        return BatchResult(first, last, state, len(arrays), nbytes, bad, seen, decoders)
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_reducer"] = None  # numba state does not travel (spawned workers build their own)
-        state.pop("_adapter", None)
-        return state
+        first, stop, rowgroup = self.tasks[int(b)]
+        seg, offset = self.segment, self.segment.offset
+        if rowgroup:
+            return self._rowgroup(first, stop, int(b))
+        records = ((offset + p, seg.name(p), seg.order(p), seg.source(p)) for p in range(first, stop))
+        return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b))
 
     def warm_up(self) -> None:
-        """Build the reducer and run it once on a tiny image (compiles or loads numba's code)."""
-        self._reduce([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
+        """Build this process's reducer and run it once on a tiny image (compiles or loads numba's code);
+        forked workers inherit it ready to run."""
+        _Reduce.get(self.extras)([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
 
-    def _reduce(self, arrays: list[np.ndarray], b: int) -> dict:
-        if self._reducer is None:
-            from ..backends import Options
-            from ..backends.cpu import CpuReducer
-            from ..batches import BatchAdapter
+    def _rowgroup(self, first: int, stop: int, b: int) -> BatchResult:
+        """A Parquet row group (from ``first``): its column read once, decoded and reduced ``batch_size`` rows
+        at a time, the states merged here in row order."""
+        from ..stats import ChannelStats
+        from .parquetsrc import iter_values
 
-            self._reducer = CpuReducer(torch.device("cpu"), Options(**self.extras))
-            self._adapter = BatchAdapter("HWC")
-        if self.extras["per_image"] or len(arrays) == 1:
-            batch: Any = arrays
-        else:  # one strip of pixels: one reduction call for the whole batch
-            batch = np.concatenate([a.reshape(-1, a.shape[2]) for a in arrays])[None]
-        chunk = self._adapter.adapt(batch, b)
-        return self._reducer.reduce_chunk(chunk, _UINT8_SCALE, b).to_dict()
+        seg, offset = self.segment, self.segment.offset
+        unit, local = seg.rowgroup(first)
+        done, state, pos = _Decoded(), ChannelStats.empty(), first
+        for values in _rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size),
+                               local, stop - first, self.batch_size):
+            records = [(offset + pos + i, seg.name(pos + i), seg.order(pos + i), BadImage(reason) if data is None
+                        else data) for i, (data, reason) in enumerate(values)]
+            pos += len(values)
+            done.arrays = []
+            _decode_records(records, self.decode_opts, done)
+            if done.arrays:
+                state = state.merge(_Reduce.get(self.extras)(done.arrays, b))
+        images = sum(done.decoders.values())
+        return BatchResult(offset + first, offset + stop, None if state.is_empty else state.to_dict(), images,
+                           done.nbytes, done.bad, done.warnings, done.decoders)
+
+
+def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int) -> Iterator[list]:
+    """Lists of exactly ``size`` values (the last may be shorter) after dropping ``skip`` and keeping ``take``."""
+    pending: list = []
+    for chunk in chunks:
+        if skip:
+            cut = min(skip, len(chunk))
+            chunk, skip = chunk[cut:], skip - cut
+        chunk = chunk[:take]
+        take -= len(chunk)
+        pending.extend(chunk)
+        while len(pending) >= size:
+            yield pending[:size]
+            pending = pending[size:]
+        if take <= 0:
+            break
+    if pending:
+        yield pending
 
 
 def _one_thread(worker_id: int) -> None:
@@ -182,7 +279,8 @@ def _start_method() -> str | None:
 
 def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch_size: int, start: int = 0,
                  stop: int | None = None, **options: Any) -> Iterator[BatchResult]:
-    """Yield the :class:`BatchResult` of every batch of ``files[start:stop]``, in file order.
+    """Yield the :class:`BatchResult` of every task of ``files[start:stop]`` (paths or a
+    :class:`~gpustats.sources.segment.Segment`), in item order.
 
     ``workers=0`` decodes and reduces in this process; ``workers>0`` in that many DataLoader worker
     processes (not persistent). ``options``: :class:`ReducedBatches`' keyword arguments.

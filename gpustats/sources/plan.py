@@ -1,0 +1,162 @@
+"""One rank's share of a run over :mod:`.units`: what the engine iterates, names and checkpoints.
+
+``torchrun`` ranks share units (``units[rank::world]``: files, archives and the tars inside them,
+Parquet row groups, compressed tars). A rank's items are numbered in order (the index a checkpoint
+stores); runs of units with known items form :class:`~.segment.Segment`\\ s (decoded by
+DataLoader workers that read what they decode: :mod:`.mapside`), and each compressed tar is read
+by this process and decoded by a pool (:mod:`.streamed`). Both give
+:class:`~.mapside.BatchResult`\\ s in item order; :meth:`Plan.byte_batches` gives the items'
+bytes for the GPU decoder instead.
+
+A run of files only keeps the identity a folder run always had (``file_list_fingerprint``), so
+checkpoints of earlier versions still resume.
+
+>>> import tempfile
+>>> from gpustats.sources.synthetic import make_tiny_folder
+>>> from gpustats.sources.units import list_units
+>>> root = tempfile.mkdtemp()
+>>> _ = make_tiny_folder(root, 3)
+>>> plan = Plan(list_units([root]))
+>>> plan.total, plan.files_only, [(r.start, r.stop, r.images) for r in plan.cpu_results(
+...     0, workers=0, batch_size=2, extras={"histogram": False, "covariance": False, "per_image": False},
+...     decode_opts={"mode": "RGB"})]
+(3, True, [(0, 2, 2), (2, 3, 1)])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Iterator, Sequence
+
+from .errors import BadImage
+from .mapside import BatchResult, iter_reduced
+from .segment import Segment
+from .units import StreamUnit, Unit, unit_count, unit_fingerprint
+
+__all__ = ["Plan"]
+
+
+class Plan:
+    """The units of rank ``rank`` of ``world`` (all of them for one process), cut into segments."""
+
+    def __init__(self, units: Sequence[Unit], rank: int = 0, world: int = 1):
+        self.rank, self.world = rank, world
+        self.units = list(units[rank::world])
+        self.segments: list[Any] = []  # Segment | (order, StreamUnit)
+        first = 0  # the rank's unit k is unit rank + k * world of the run: its order
+        for k, unit in enumerate(self.units + [None]):
+            if unit is None or isinstance(unit, StreamUnit):
+                if k > first:
+                    self.segments.append(Segment(self.units[first:k], range(rank + first * world, rank + k * world,
+                                                                            world)))
+                if unit is not None:
+                    self.segments.append((rank + k * world, unit))
+                first = k + 1
+        self.streamed: dict[int, int] = {}  # segment number -> items of a compressed tar counted so far
+        self.done: set[int] = set()  # segments read to their end
+        self.known = sum(len(s) for s in self.segments if isinstance(s, Segment))
+        self.all_known = sum(unit_count(u) or 0 for u in units)
+        self.has_streams = any(isinstance(u, StreamUnit) for u in units)
+
+    @property
+    def files_only(self) -> bool:
+        """Only image files (a folder run, as before archives were read)."""
+        return all(isinstance(u, (str, os.PathLike)) for u in self.units)
+
+    @property
+    def files(self) -> list[str]:
+        return [os.fspath(u) for u in self.units if isinstance(u, (str, os.PathLike))]
+
+    @property
+    def total(self) -> int | None:
+        """This rank's items, or None while a compressed tar has not been read to its end."""
+        streams = [k for k, s in enumerate(self.segments) if not isinstance(s, Segment)]
+        return None if any(k not in self.done for k in streams) else self.known + sum(self.streamed.values())
+
+    @property
+    def items_so_far(self) -> int:
+        """Items known so far (every known item plus those of compressed tars met so far)."""
+        return self.known + sum(self.streamed.values())
+
+    def fingerprint(self) -> str:
+        """Identity of this rank's items for checkpoints (resolved archives, sizes, member names)."""
+        if self.files_only:
+            from ..checkpoint import file_list_fingerprint
+
+            return file_list_fingerprint(self.files)
+        digest = hashlib.sha256()
+        for unit in self.units:
+            unit_fingerprint(unit, digest)
+        return "a1:" + digest.hexdigest()
+
+    def orders_by_name(self) -> dict[str, list[int]]:
+        """Name (files: realpath) -> order, for the bad items a checkpoint recorded (known items only)."""
+        out: dict[str, list[int]] = {}
+        for seg in (s for s in self.segments if isinstance(s, Segment)):
+            for pos in range(len(seg)):
+                name = seg.name(pos)
+                is_file = isinstance(seg.units[seg.locate(pos)[0]], (str, os.PathLike))
+                out[os.path.realpath(name) if is_file else name] = seg.order(pos)
+        return out
+
+    # -------------------------------------------------------------------------------- iteration
+    def _walk(self, start: int) -> Iterator[tuple[int, Any, int]]:
+        """``(segment number, segment, its first index)`` from the segment holding ``start`` on."""
+        self.done: set[int] = set()
+        pos = 0
+        for k, seg in enumerate(self.segments):
+            if isinstance(seg, Segment):
+                seg.offset = pos
+                if start < pos + len(seg):
+                    yield k, seg, pos
+                pos += len(seg)
+            else:
+                yield k, seg, pos  # a stream is read (and counted) even when start lies beyond it
+                pos += self.streamed.get(k, 0)
+            self.done.add(k)
+
+    def cpu_results(self, start: int, *, workers: int, batch_size: int, extras: dict,
+                    decode_opts: dict) -> Iterator[BatchResult]:
+        """The :class:`BatchResult` of every task from item ``start`` on, in item order (CPU decoding)."""
+        from .streamed import StreamPool, iter_stream_results
+
+        pool = StreamPool(workers) if self.has_streams else None
+        try:
+            for k, seg, first in self._walk(start):
+                if isinstance(seg, Segment):
+                    yield from iter_reduced(seg, workers=workers, batch_size=batch_size, start=max(0, start - first),
+                                            **extras, **decode_opts)
+                    continue
+                order, unit = seg
+                yield from iter_stream_results(unit, first=first, skip=max(0, start - first), order=order, pool=pool,
+                                               batch_size=batch_size, extras=extras, decode_opts=decode_opts,
+                                               counted=lambda n, k=k: self.streamed.__setitem__(k, n))
+        finally:
+            if pool is not None:
+                pool.close()
+
+    def byte_batches(self, start: int, batch_size: int) -> Iterator[tuple[int, int, list[tuple]]]:
+        """``(first, stop, records)`` of ``batch_size`` items from ``start`` on, read in this process;
+        a record is ``(index, name, order, source)`` with ``source`` a file path, the bytes or a BadImage."""
+        from .streamed import iter_stream
+
+        for k, seg, first in self._walk(start):
+            if isinstance(seg, Segment):
+                for task in seg.tasks(max(0, start - first), None, batch_size, rowgroups=False):
+                    records = [(first + p, seg.name(p), seg.order(p), seg.source(p)) for p in range(*task[:2])]
+                    yield first + task.first, first + task.stop, records
+                continue
+            order, unit = seg
+            batch, n = [], 0
+            for n, (name, data, reason) in enumerate(iter_stream(unit), 1):
+                self.streamed[k] = n
+                if first + n - 1 < start:
+                    continue
+                batch.append((first + n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)))
+                if len(batch) == batch_size:
+                    yield batch[0][0], batch[-1][0] + 1, batch
+                    batch = []
+            self.streamed[k] = n
+            if batch:
+                yield batch[0][0], batch[-1][0] + 1, batch

@@ -1,0 +1,375 @@
+"""What a run reads: the *units* listed from the paths given, and how one item's bytes are read.
+
+A unit is what ``torchrun`` ranks share (``units[rank::world]``) and holds the *items* (images):
+
+* an image file: a ``Path`` (a unit of one item), exactly as :func:`~gpustats.sources.list_images` lists it;
+* :class:`MemberUnit`: members of an archive read in place -- a run of a tar's own members
+  between the tars it holds, each tar inside it (the ILSVRC layout: one unit per class tar), a zip;
+* :class:`RowGroupUnit`: one row group of a Parquet file (one image per row);
+* :class:`StreamUnit`: a compressed tar (``.tar.gz`` ...), whose members are known only by reading
+  it from start to end (no random access: items are counted as they stream, see :mod:`.streamed`).
+
+The order is deterministic and documented: paths in the order given (a brace pattern in its
+expansion order); folders as ``list_images`` walks them (archives in a folder are not opened:
+name them); tar members in archive order, a nested tar's members in its place; zip members in
+central-directory order; Parquet rows by row group, then row. Archive members and rows are
+picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`); other
+members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored, and so are hidden
+ones (a name component starting with ``.``, e.g. ``__MACOSX/._a.jpg``), as in folders. An item's name,
+used for bad files and checkpoints, is ``archive.tar:member/path`` (``outer.tar:inner.tar:x.JPEG``
+when nested, ``data.parquet:ROW`` for Parquet rows); a problem with an archive itself (a corrupt
+header, a truncated file) is an item named after the archive, with the reason.
+
+>>> import io, os, tarfile, tempfile
+>>> from PIL import Image
+>>> folder = tempfile.mkdtemp()
+>>> with tarfile.open(os.path.join(folder, "shard.tar"), "w") as tar:
+...     for name in ["a.png", "a.cls", "../b.png"]:
+...         buf = io.BytesIO(); Image.new("RGB", (2, 2)).save(buf, format="PNG")
+...         info = tarfile.TarInfo(name); info.size = buf.tell(); _ = buf.seek(0); tar.addfile(info, buf)
+>>> (unit,) = list_units([os.path.join(folder, "shard.tar")])
+>>> [unit.item_name(i)[len(folder) + 1:] for i in range(unit.count)]
+['shard.tar:a.png', 'shard.tar:../b.png']
+>>> unit.refused.get(1)
+"unsafe member name (a '..' component); refused"
+>>> read_item(unit, 0)[:4]
+b'\\x89PNG'
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .braces import expand_braces, has_braces
+from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
+from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
+from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
+                       pread, refusal)
+
+__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit", "expand_paths", "list_units",
+           "read_item", "unit_count", "unit_fingerprint", "is_archive_name"]
+
+#: names opened as archives (any case); everything else given explicitly is an image file
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".zip", ".parquet")
+_MAX_OPEN = 256  # file descriptors a process keeps open for reading members
+
+
+def is_archive_name(name: str) -> bool:
+    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case)."""
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+class MemberUnit:
+    """Members of one archive read in place. ``container``: the file on disk; ``label``: the name
+    members are reported under; per item a name, a data offset and size (tar) or a
+    :class:`~gpustats.sources.ziplist.ZipMember` (zip); ``refused``: item -> reason (not read)."""
+
+    __slots__ = ("container", "label", "kind", "names", "offsets", "sizes", "zip_members", "refused")
+
+    def __init__(self, container: str, label: str, kind: str):
+        self.container, self.label, self.kind = container, label, kind
+        self.names: list[str] = []
+        self.offsets, self.sizes = array.array("q"), array.array("q")
+        self.zip_members: list = []
+        self.refused: dict[int, str] = {}
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    @property
+    def count(self) -> int:
+        return len(self.names)
+
+    def add(self, name: str, offset: int = 0, size: int = 0, refused: str | None = None, member: Any = None) -> None:
+        if refused is not None:
+            self.refused[len(self.names)] = refused
+        self.names.append(name)
+        self.offsets.append(offset)
+        self.sizes.append(size)
+        if member is not None:
+            self.zip_members.append(member)
+
+    def item_name(self, i: int) -> str:
+        return f"{self.label}:{self.names[i]}" if self.names[i] else self.label
+
+    def __repr__(self) -> str:
+        return f"MemberUnit({self.label!r}, {self.kind}, {self.count} items)"
+
+
+class RowGroupUnit:
+    """One row group of a Parquet file: rows ``first_row .. first_row + count - 1`` of ``path``."""
+
+    __slots__ = ("container", "label", "layout", "group", "first_row", "count")
+
+    def __init__(self, container: str, label: str, layout: Any, group: int, first_row: int):
+        self.container, self.label, self.layout, self.group = container, label, layout, group
+        self.first_row, self.count = first_row, layout.row_groups[group]
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def item_name(self, i: int) -> str:
+        return f"{self.label}:{self.first_row + i}"
+
+    def __repr__(self) -> str:
+        return f"RowGroupUnit({self.label!r}, group {self.group}, {self.count} rows)"
+
+
+class StreamUnit:
+    """A compressed tar: ``size`` bytes from ``base`` of ``container`` (a window when nested), read in order."""
+
+    __slots__ = ("container", "label", "base", "size", "compression", "depth")
+
+    def __init__(self, container: str, label: str, base: int, size: int, compression: str, depth: int):
+        self.container, self.label, self.base, self.size = container, label, base, size
+        self.compression, self.depth = compression, depth
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        return f"StreamUnit({self.label!r}, {self.compression})"
+
+
+Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit
+
+
+def unit_count(unit: Unit) -> int | None:
+    """Items of ``unit`` (None for a stream: unknown until read)."""
+    if isinstance(unit, StreamUnit):
+        return None
+    return 1 if isinstance(unit, (str, os.PathLike)) else unit.count
+
+
+# ------------------------------------------------------------------------------------------ listing
+def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The paths given, each brace pattern that names no existing path expanded; every result must exist."""
+    out = []
+    for path in paths:
+        text = os.fspath(path)
+        if not os.path.exists(text) and has_braces(text):
+            names = expand_braces(text)
+            missing = [n for n in names if not os.path.exists(n)]
+            if missing:
+                raise SourceNotFoundError(missing[0]) if len(names) == 1 else SourceError(
+                    f"{len(missing)} of the {len(names)} paths of the pattern {text!r} do not exist (first: "
+                    f"{missing[0]!r})")
+            out.extend(Path(n) for n in names)
+        elif not os.path.exists(text):
+            raise SourceNotFoundError(text)
+        else:
+            out.append(Path(text))
+    return out
+
+
+def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, unreadable: list | None = None,
+               column: str | None = None) -> list[Unit]:
+    """The units under ``paths`` (folders, image files, archives, brace patterns), in order (module docstring).
+
+    ``unreadable`` receives ``(folder, reason)`` of unreadable folders (as in ``list_images``);
+    ``column`` names the image column of Parquet files (else it is found). Raises
+    :class:`SourceNotFoundError`, :class:`NoImagesFoundError` and :class:`SourceError`.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    roots = expand_paths(paths)
+    visited_dirs: set[str] = set()
+    seen: set[str] = set()
+    units: list[Unit] = []
+    parquet_seen = False
+    for root in roots:
+        if os.path.isdir(root) or not is_archive_name(root.name):
+            units.extend(walk_root(root, visited_dirs, seen, unreadable))
+            continue
+        real = os.path.realpath(root)
+        if real in seen:
+            continue
+        seen.add(real)
+        name = root.name.lower()
+        if name.endswith(".zip"):
+            units.append(_zip_unit(root))
+        elif name.endswith(".parquet"):
+            parquet_seen = True
+            units.extend(_parquet_units(root, column))
+        else:
+            units.extend(_tar_units(root))
+    if column is not None and not parquet_seen:
+        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files, and no .parquet "
+                          "file was given; drop it")
+    units = [u for u in units if unit_count(u) != 0]  # an archive without images adds nothing
+    if not units:
+        where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
+        raise NoImagesFoundError(
+            f"no images found under {where}; accepted extensions (any case, also for archive members): "
+            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
+            + _archives_in_folders(roots))
+    return units
+
+
+def _archives_in_folders(roots: list[Path]) -> str:
+    """A hint when a folder given holds archives, which walking a folder does not open."""
+    for root in roots:
+        try:
+            names = sorted(e.name for e in os.scandir(root) if is_archive_name(e.name)) if root.is_dir() else []
+        except OSError:
+            continue
+        if names:
+            return (f"; archives inside a folder are not opened: name them, e.g. {os.fspath(root / names[0])!r} or a "
+                    "brace pattern such as 'shard-{000000..000099}.tar'")
+    return ""
+
+
+def _zip_unit(path: Path) -> MemberUnit:
+    from .ziplist import ZipListError, list_zip
+
+    label = os.fspath(path)
+    unit = MemberUnit(label, label, "zip")
+    try:
+        members = list_zip(label)
+    except ZipListError as exc:
+        unit.add("", refused=str(exc))
+        return unit
+    for member in members:
+        if is_image_name(member.name) and not is_hidden(member.name):
+            unit.add(member.name, member.header_offset, member.compressed, member.refused, member)
+    return unit
+
+
+def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
+    from .parquetsrc import inspect
+
+    label = os.fspath(path)
+    layout = inspect(label, column)
+    units, first = [], 0
+    for group, rows in enumerate(layout.row_groups):
+        if rows:
+            units.append(RowGroupUnit(label, label, layout, group, first))
+        first += rows
+    return units
+
+
+def _tar_units(path: Path) -> list[Unit]:
+    label = os.fspath(path)
+    try:
+        fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        unit = MemberUnit(label, label, "tar")
+        unit.add("", refused=f"unreadable archive: {exc.strerror or exc}")
+        return [unit]
+    try:
+        size = os.fstat(fd).st_size
+        compression = compression_of(pread(fd, 8, 0))
+        if compression is not None:
+            return [StreamUnit(label, label, 0, size, compression, 1)]
+        units: list[Unit] = []
+        _walk_tar(fd, label, 0, size, label, 1, units)
+        return units
+    finally:
+        os.close(fd)
+
+
+def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit]) -> None:
+    """Units of the uncompressed tar at ``base``: runs of its own image members, split by the tars it holds."""
+    run = MemberUnit(container, label, "tar")
+    try:
+        for entry in iter_entries(PreadReader(fd, base, size)):
+            if is_tar_name(entry.name) and entry.kind == "file" and not is_hidden(entry.name):
+                reason = refusal(entry.name, entry.kind, 0)
+                if reason is None and depth >= MAX_DEPTH:
+                    reason = f"archive nested more than {MAX_DEPTH} levels deep; refused"
+                if reason is not None:
+                    run.add(entry.name, refused=reason)
+                    continue
+                if run.count:
+                    out.append(run)
+                    run = MemberUnit(container, label, "tar")
+                inner = f"{label}:{entry.name}"
+                compression = compression_of(pread(fd, 8, base + entry.offset))
+                if compression is not None:
+                    out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1))
+                else:
+                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out)
+            elif is_image_name(entry.name) and not is_hidden(entry.name):
+                run.add(entry.name, base + entry.offset, entry.size, refusal(entry.name, entry.kind, entry.size))
+    except TarError as exc:
+        run.add("", refused=f"{exc}; the rest of this archive is not read")
+    except OSError as exc:
+        run.add("", refused=f"unreadable archive: {exc.strerror or exc}; the rest of it is not read")
+    if run.count:
+        out.append(run)
+
+
+# ------------------------------------------------------------------------------------------ reading
+_fds: dict[str, int] = {}
+
+
+def _fd(path: str) -> int:
+    """An open descriptor of ``path``, kept per process (``pread`` needs no position: safe after fork)."""
+    fd = _fds.get(path)
+    if fd is None:
+        if len(_fds) >= _MAX_OPEN:
+            os.close(_fds.pop(next(iter(_fds))))
+        fd = _fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    return fd
+
+
+def read_item(unit: MemberUnit, i: int) -> bytes:
+    """The bytes of item ``i`` of an archive unit; :class:`BadImage` (with the reason) when it cannot be read."""
+    reason = unit.refused.get(i)
+    if reason is not None:
+        raise BadImage(reason)
+    try:
+        fd = _fd(unit.container)
+        if unit.kind == "zip":
+            from .ziplist import read_member
+
+            return read_member(fd, unit.zip_members[i])
+        size = unit.sizes[i]
+        data = pread(fd, size, unit.offsets[i])
+    except OSError as exc:
+        raise BadImage(f"unreadable archive: {exc.strerror or exc}") from None
+    if len(data) < size:
+        raise BadImage(f"truncated archive: {len(data)} of the member's {size} bytes are there")
+    return data
+
+
+# ------------------------------------------------------------------------------------------ identity
+def unit_fingerprint(unit: Unit, digest: Any) -> None:
+    """Feed ``unit``'s identity into ``digest`` (hashlib): the archive resolved, its size, each item's name
+    and size, so that a checkpoint resumes only the same items. Files: resolved path and size."""
+    def size_of(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return -1
+
+    if isinstance(unit, (str, os.PathLike)):
+        text = os.path.realpath(unit)
+        digest.update(f"f\0{text}\0{size_of(text)}\n".encode("utf-8", "surrogateescape"))
+        return
+    real = os.path.realpath(unit.container)
+    head = f"{type(unit).__name__}\0{real}\0{size_of(real)}\0{unit.label[len(unit.container):]}\0"
+    if isinstance(unit, MemberUnit):
+        names = "\0".join(unit.names).encode("utf-8", "surrogateescape")
+        digest.update(head.encode("utf-8", "surrogateescape") + hashlib.sha256(names).digest()
+                      + unit.sizes.tobytes() + repr(sorted(unit.refused)).encode() + b"\n")
+    elif isinstance(unit, RowGroupUnit):
+        digest.update(f"{head}{unit.layout.column}\0{unit.group}\0{unit.count}\n".encode("utf-8", "surrogateescape"))
+    else:
+        digest.update(f"{head}{unit.base}\0{unit.size}\n".encode("utf-8", "surrogateescape"))
