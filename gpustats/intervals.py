@@ -56,7 +56,7 @@ import numpy as np
 
 from .batches import InputError
 
-__all__ = ["SampledStats", "ratio_intervals", "STOP_REASONS"]
+__all__ = ["SampledStats", "UnitSums", "ratio_intervals", "STOP_REASONS"]
 
 #: Values of :attr:`SampledStats.stopped_because`.
 STOP_REASONS = ("tolerance", "max_images", "exhausted")
@@ -221,3 +221,42 @@ class SampledStats:
         return (f"SampledStats({self.describe()}\n"
                 f"  mean={fmt(self.mean, self.half_widths['mean'])},\n"
                 f"  std={fmt(self.std, self.half_widths['std'])})")
+
+
+class UnitSums:
+    """The sampling units' sufficient statistics: growing per-unit arrays (count [k], total [k, C], m2 [k, C]); amortized O(1) appends."""
+
+    def __init__(self) -> None:
+        self.k = 0
+        self._count = np.zeros(0)
+        self._total: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+
+    def append(self, count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> None:
+        rows = count.shape[0]
+        if self._total is None:
+            cap = max(64, rows)
+            self._count = np.zeros(cap)
+            self._total = np.zeros((cap, total.shape[1]))
+            self._m2 = np.zeros((cap, total.shape[1]))
+        need = self.k + rows
+        if need > self._count.shape[0]:
+            cap = max(need, 2 * self._count.shape[0])
+            self._count = np.resize(self._count, cap)
+            self._total = np.resize(self._total, (cap, self._total.shape[1]))
+            self._m2 = np.resize(self._m2, (cap, self._m2.shape[1]))
+        self._count[self.k:need] = count
+        self._total[self.k:need] = total
+        self._m2[self.k:need] = m2
+        self.k = need
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._count[:self.k], self._total[:self.k], self._m2[:self.k]
+
+    @property
+    def images(self) -> int:
+        return int(np.count_nonzero(self._count[:self.k]))
+
+    @property
+    def channels(self) -> int:
+        return 0 if self._total is None else int(self._total.shape[1])

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from .batches import BatchAdapter, Chunk, InputError
-from .intervals import STOP_REASONS, SampledStats, _frozen, ratio_intervals
+from .intervals import STOP_REASONS, SampledStats, UnitSums, _frozen, ratio_intervals
 from .stats import INTEGER_DTYPES
 
 __all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
@@ -77,45 +77,6 @@ DEFAULT_MIN_IMAGES = 30
 
 
 # ============================================================================ per-unit sums
-
-
-class _UnitSums:
-    """Growing per-unit arrays (count [k], total [k, C], m2 [k, C]); amortized O(1) appends."""
-
-    def __init__(self) -> None:
-        self.k = 0
-        self._count = np.zeros(0)
-        self._total: np.ndarray | None = None
-        self._m2: np.ndarray | None = None
-
-    def append(self, count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> None:
-        rows = count.shape[0]
-        if self._total is None:
-            cap = max(64, rows)
-            self._count = np.zeros(cap)
-            self._total = np.zeros((cap, total.shape[1]))
-            self._m2 = np.zeros((cap, total.shape[1]))
-        need = self.k + rows
-        if need > self._count.shape[0]:
-            cap = max(need, 2 * self._count.shape[0])
-            self._count = np.resize(self._count, cap)
-            self._total = np.resize(self._total, (cap, self._total.shape[1]))
-            self._m2 = np.resize(self._m2, (cap, self._m2.shape[1]))
-        self._count[self.k:need] = count
-        self._total[self.k:need] = total
-        self._m2[self.k:need] = m2
-        self.k = need
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self._count[:self.k], self._total[:self.k], self._m2[:self.k]
-
-    @property
-    def images(self) -> int:
-        return int(np.count_nonzero(self._count[:self.k]))
-
-    @property
-    def channels(self) -> int:
-        return 0 if self._total is None else int(self._total.shape[1])
 
 
 def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int,
@@ -401,7 +362,7 @@ def estimate_stats(
                          "a map-style dataset or (with assume_shuffled=True) an iterable of batches")
 
     reducer = _Reducer(device, layout, channels, key, scale)
-    sums = _UnitSums()
+    sums = UnitSums()
     bad: list[tuple[str, str]] = []
     pending_bad = 0  # bad units seen before the channel count is known
     stopped = "exhausted"
