@@ -123,11 +123,13 @@ def corpus(tmp_path_factory) -> dict:
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     image = pa.array([{"bytes": d, "path": n} for n, d in files], struct)
     pq.write_table(pa.table({"label": list(range(len(files))), "image": image}), out["data.parquet"], row_group_size=4)
+    out["odd.parquet"] = base / "odd.parquet"  # row groups of 3 against batches of 4: per-image sums stay exact
+    pq.write_table(pa.table({"image": image}), out["odd.parquet"], row_group_size=3)
     out["reference"] = run_folder([folder], **OPTS)
     return out
 
 
-KINDS = ["plain.tar", "nested.tar", "plain.tar.gz", "mixed.tar", "data.zip", "pattern", "data.parquet"]
+KINDS = ["plain.tar", "nested.tar", "plain.tar.gz", "mixed.tar", "data.zip", "pattern", "data.parquet", "odd.parquet"]
 
 
 # ---------------------------------------------------------------------------------- exact state
