@@ -52,6 +52,49 @@ def _dims(x, cp):  # pragma: no cover - compiled
     return x.shape[0], x.shape[2], x.shape[1]
 
 
+@njit(nogil=True)
+def _hist_block(x, n, cp, start, stop, channels, p):  # pragma: no cover - compiled
+    """Add pixels ``start:stop`` of row ``n`` into ``p`` ([C, 256] uint32).
+
+    The loops run over slices from 0: numba then knows the index is not negative and emits no
+    wrap-around check (``range(start, stop)`` on ``x`` itself ran at half the speed)."""
+    if cp:
+        for c in range(channels):
+            row = x[n, c, start:stop]
+            pc = p[c]
+            for i in range(row.shape[0]):
+                pc[row[i]] += 1
+    elif channels == 3:
+        seg = x[n, start:stop]
+        for i in range(seg.shape[0]):
+            p[0, seg[i, 0]] += 1
+            p[1, seg[i, 1]] += 1
+            p[2, seg[i, 2]] += 1
+    else:
+        seg = x[n, start:stop]
+        for i in range(seg.shape[0]):
+            for c in range(channels):
+                p[c, seg[i, c]] += 1
+
+
+@njit(nogil=True)
+def _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # pragma: no cover - compiled
+    """Thread ``t``'s share of :func:`hist_u8`'s work items into ``out`` ([C, 256] int64), counted in
+    uint32 bins (fast, small) that are flushed every 16 blocks, long before they could overflow."""
+    p = np.zeros((channels, 256), np.uint32)
+    k = 0
+    for item in range(t, items, nthreads):
+        start = (item % nblocks) * _BLOCK
+        _hist_block(x, item // nblocks, cp, start, min(start + _BLOCK, length), channels, p)
+        k += 1
+        if k == 16 or item + nthreads >= items:
+            k = 0
+            for c in range(channels):
+                for b in range(256):
+                    out[c, b] += p[c, b]
+                    p[c, b] = 0
+
+
 @_jit(nogil=True, parallel=True)
 def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
     n_rows, channels, length = _dims(x, cp)
@@ -60,25 +103,20 @@ def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
     nthreads = max(min(nthreads, items), 1)
     private = np.zeros((nthreads, channels, 256), np.int64)
     for t in prange(nthreads):
-        p = private[t]
-        for item in range(t, items, nthreads):
-            n = item // nblocks
-            start = (item % nblocks) * _BLOCK
-            stop = min(start + _BLOCK, length)
-            if cp:
-                for c in range(channels):
-                    row = x[n, c]
-                    pc = p[c]
-                    for i in range(start, stop):
-                        pc[row[i]] += 1
-            else:
-                for i in range(start, stop):
-                    for c in range(channels):
-                        p[c, x[n, i, c]] += 1
+        _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, private[t])
     for t in range(nthreads):
         for c in range(channels):
             for b in range(256):
                 hist[c, b] += private[t, c, b]
+
+
+@_jit(nogil=True)
+def hist_u8_here(x, cp, hist):  # pragma: no cover - compiled
+    """:func:`hist_u8` in this thread: no parallel region (one costs ~5 us with OpenMP threads and
+    ~0.2 ms with numba's fork-safe workqueue, which decode workers run)."""
+    n_rows, channels, length = _dims(x, cp)
+    nblocks = (length + _BLOCK - 1) // _BLOCK
+    _hist_thread(x, cp, 0, 1, n_rows * nblocks, nblocks, length, channels, hist)
 
 
 @njit(inline="always", nogil=True)
@@ -145,10 +183,11 @@ def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, c
 
 
 @_jit(nogil=True)
-def int_first_row(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """:func:`int_rows` of row 0 only, in this thread: for one image a parallel region costs more than it saves."""
-    channels, length = _dims(x, cp)[1:]
-    _int_row(x, 0, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
+def int_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
+    """:func:`int_rows` in this thread (one image, or one numba thread: a parallel region costs more than it saves)."""
+    n_rows, channels, length = _dims(x, cp)
+    for n in range(n_rows):
+        _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
 
 
 @njit(inline="always", nogil=True)
@@ -233,11 +272,12 @@ def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, pos
 
 
 @_jit(nogil=True)
-def float_first_row(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
-    """:func:`float_rows` of row 0 only, in this thread: for one image a parallel region costs more than it saves."""
-    channels, length = _dims(x, cp)[1:]
-    _float_row(x, 0, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
-               comoment)
+def float_rows_here(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+    """:func:`float_rows` in this thread (one image, or one numba thread)."""
+    n_rows, channels, length = _dims(x, cp)
+    for n in range(n_rows):
+        _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
+                   comoment)
 
 
 @_jit(nogil=True)

@@ -97,7 +97,15 @@ def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarra
     return parts
 
 
-def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, hist: np.ndarray | None) -> dict:
+def _threads(threads: int | None) -> int:
+    """``threads``, or numba's thread count now (decode workers set theirs to 1 after fork)."""
+    import numba
+
+    return numba.get_num_threads() if threads is None else threads
+
+
+def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, hist: np.ndarray | None,
+              threads: int | None = None) -> dict:
     """Exact per-image int64 rows [K, C] of count, total, total_sq, vmin, vmax (and cross [K, C, C]).
 
     ``hist`` ([C, 256], uint8 input): the images' histograms are added to it in the same pass.
@@ -108,7 +116,7 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        rows_fn = k.int_rows if n > 1 else k.int_first_row  # one image: no parallel region to pay for
+        rows_fn = k.int_rows if n > 1 and _threads(threads) > 1 else k.int_rows_here  # no parallel region to pay for
         rows_fn(a, cp, cross, hist is not None, *out, products, hist_rows)
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
@@ -117,7 +125,7 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
     return {name: np.concatenate(v) for name, v in rows.items()}
 
 
-def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool) -> dict:
+def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, threads: int | None = None) -> dict:
     """Per-image float64 rows [K, C]: count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf (+ comoment)."""
     names = ("count", "mean", "mean_lo", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
     rows = {name: [] for name in (*names, "comoment")}
@@ -126,7 +134,7 @@ def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: boo
         out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
                for name in names]
         com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
-        rows_fn = k.float_rows if n > 1 else k.float_first_row
+        rows_fn = k.float_rows if n > 1 and _threads(threads) > 1 else k.float_rows_here
         rows_fn(a, cp, cross, *out, com)
         for name, arr in zip(rows, [*out, com]):
             rows[name].append(arr)
@@ -157,14 +165,14 @@ class CpuReducer(MergingReducer):
     name = "cpu"
     strategy = "numba"
 
-    def __init__(self, device: torch.device, options: Options):
+    def __init__(self, device: torch.device, options: Options, threads: int | None = None):
+        """``threads``: numba threads per call (``None``: numba's count at each call; 1: never open a
+        parallel region, as decode workers do, which are the parallelism themselves)."""
         super().__init__(device, options)
-        import numba
-
         from . import _cpu_kernels  # numba loads here, not at import gpustats
 
         self._k = _cpu_kernels
-        self._threads = numba.get_num_threads()
+        self.threads = threads
 
     def reduce_chunk(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
         if chunk.dtype in INTEGER_DTYPES:
@@ -180,8 +188,12 @@ class CpuReducer(MergingReducer):
         cp = chunk.layout == "CP"
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
+            threads = _threads(self.threads)
             for a in arrays:
-                self._k.hist_u8(a, cp, hist, self._threads)
+                if threads > 1 and a.size >= 2 * self._k._BLOCK * chunk.channels:
+                    self._k.hist_u8(a, cp, hist, threads)
+                else:
+                    self._k.hist_u8_here(a, cp, hist)
             return hist, (0.0, 256.0), None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
         low_end, high_end = range_ends(lo, hi, chunk.dtype)
@@ -217,7 +229,7 @@ class CpuReducer(MergingReducer):
             hist, hist_range, ends = self._histogram(chunk, arrays, batch_index)
         if fused_hist:
             hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
-        r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None)
+        r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
         count = [int(v) for v in r["count"].sum(axis=0)]
         total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
         total_sq = [sum(int(v) for v in r["total_sq"][:, c]) for c in range(C)]
@@ -238,7 +250,7 @@ class CpuReducer(MergingReducer):
         opts, k, C = self.options, self._k, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=True, keep_images=opts.per_image)
-        r = _float_rows(k, arrays, cp, C, opts.covariance)
+        r = _float_rows(k, arrays, cp, C, opts.covariance, self.threads)
         nan, pos, neg = (r[n].sum(axis=0) for n in ("nan", "posinf", "neginf"))
         bad = nan + pos + neg
         if opts.nan_policy == "raise":

@@ -62,10 +62,11 @@ image (applied after colour conversion, in that order):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import warnings
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -204,13 +205,27 @@ def decode_with_info(
 ) -> tuple[np.ndarray, str]:
     """:func:`decode_image` and the decoder that ran: ``"pillow"`` or ``"libjpeg-turbo"`` (simplejpeg)."""
     _check_options(mode, resize, center_crop)
+    return decode_file(path, mode, max_pixels, resize, center_crop)[:2]
+
+
+def decode_file(path: str | os.PathLike[str], mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                resize: int | None = None, center_crop: int | Sequence[int] | None = None,
+                writable: bool = True) -> tuple[np.ndarray, str, int]:
+    """:func:`decode_with_info` for callers that checked the options, plus the file's size in bytes
+    (one ``open`` and one ``fstat``); ``writable=False`` may return a read-only array (one copy fewer)."""
     _warn_if_truncated_allowed()
     try:
-        if os.stat(path).st_size == 0:
-            raise BadImage("zero-byte file", path)
+        fh = open(path, "rb")
     except OSError as exc:
         raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
-    return _decode(lambda: open(path, "rb"), path, mode, max_pixels, resize, center_crop)
+    with fh:
+        try:
+            size = os.fstat(fh.fileno()).st_size
+        except OSError as exc:
+            raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
+        if size == 0:
+            raise BadImage("zero-byte file", path)
+        return (*_decode(lambda: fh, path, mode, max_pixels, resize, center_crop, writable), size)
 
 
 def decode_bytes(
@@ -245,6 +260,13 @@ def decode_bytes(
     return _decode(lambda: io.BytesIO(data), name, mode, max_pixels, resize, center_crop)
 
 
+@contextlib.contextmanager
+def _no_bomb_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def _warn_if_truncated_allowed() -> None:
     global _warned_truncated
     if ImageFile.LOAD_TRUNCATED_IMAGES and not _warned_truncated:
@@ -256,11 +278,12 @@ def _warn_if_truncated_allowed() -> None:
 
 def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None, mode: str,
             max_pixels: int | None, resize: int | None,
-            center_crop: int | Sequence[int] | None) -> tuple[np.ndarray, str]:
+            center_crop: int | Sequence[int] | None, writable: bool = True) -> tuple[np.ndarray, str]:
     """The one decoding core of files and bytes: sniff, check the size, decode, convert, resize, crop."""
     pillow_limit = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # max_pixels decides alone when set (Pillow's limit is lifted: no bomb warning can come); Pillow's
+    # own limit applies without it, and its warning is dropped (the error above twice the limit stays)
+    with _no_bomb_warning() if max_pixels is None else contextlib.nullcontext():
         if max_pixels is not None:
             Image.MAX_IMAGE_PIXELS = None  # max_pixels decides (checked below from the header)
         try:
@@ -307,8 +330,10 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
             converted = converted.resize(new_size, Image.BILINEAR)
     if isinstance(converted, np.ndarray):
         array = converted  # simplejpeg's own writable array
-    else:
+    elif writable:
         array = np.array(converted, dtype=np.uint8)  # a writable copy (np.asarray is read-only)
+    else:
+        array = np.asarray(converted, dtype=np.uint8)  # read-only, over Pillow's bytes
     if array.ndim == 2:
         array = array[:, :, None]
     if center_crop is not None:

@@ -50,9 +50,12 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_folder(root: Path, visited_dirs: set[str], unreadable: list | None) -> list[tuple[str, Path]]:
-    """(relative POSIX path, path) of the image files under ``root``, unsorted."""
-    found: list[tuple[str, Path]] = []
+def _walk_folder(root: Path, visited_dirs: set[str], unreadable: list | None) -> list[tuple[str, Path, str]]:
+    """(relative POSIX path, path, realpath) of the image files under ``root``, unsorted.
+
+    A file's realpath is its folder's (resolved once per folder) joined with its name, unless the
+    entry is a symlink: ``os.path.realpath`` per file costs an ``lstat`` per path component."""
+    found: list[tuple[str, Path, str]] = []
     # Explicit stack of (folder path, relative prefix); entries sorted so that the choice of
     # which alias of a doubly reachable folder gets walked is deterministic.
     stack: list[tuple[Path, str]] = [(root, "")]
@@ -80,7 +83,8 @@ def _walk_folder(root: Path, visited_dirs: set[str], unreadable: list | None) ->
                 if entry.is_dir():  # follows symlinks
                     subdirs.append((Path(entry.path), rel + "/"))
                 elif entry.is_file() and is_image_name(entry.name):
-                    found.append((rel, Path(entry.path)))
+                    file_real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
+                    found.append((rel, Path(entry.path), file_real))
             except OSError:
                 continue  # vanished or unreadable entry: not listed
         stack.extend(reversed(subdirs))  # depth-first in name order
@@ -122,12 +126,12 @@ def walk_root(root: Path, visited_dirs: set[str], seen_files: set[str], unreadab
     (realpaths, updated): :func:`list_images`' rules, one root at a time (``sources.units`` lists
     archives between roots)."""
     if os.path.isdir(root):
-        candidates = [p for _, p in sorted(_walk_folder(root, visited_dirs, unreadable), key=lambda item: item[0])]
+        candidates = [(p, real) for _, p, real in sorted(_walk_folder(root, visited_dirs, unreadable),
+                                                          key=lambda item: item[0])]
     else:
-        candidates = [root]
+        candidates = [(root, os.path.realpath(root))]
     result = []
-    for path in candidates:
-        real = os.path.realpath(path)
+    for path, real in candidates:
         if real in seen_files:
             continue
         seen_files.add(real)
