@@ -144,7 +144,8 @@ def test_to_dict_has_every_section(natural):
     assert d["histogram"]["percentiles"]["50"] == r.median().tolist()
 
 
-@pytest.mark.parametrize("channels, layout", [(1, "NCHW"), (2, "NCHW"), (3, "NHWC"), (4, "NHWC"), (4, "NCHW")])
+@pytest.mark.parametrize("channels, layout", [(1, "NCHW"), (2, "NCHW"), (3, "NHWC"), (3, "NCHW"), (4, "NHWC"),
+                                              (4, "NCHW")])
 def test_integer_covariance_every_channel_count_and_layout(channels, layout):
     rng = np.random.default_rng(channels)
     shape = (5, channels, 6, 7) if layout == "NCHW" else (5, 6, 7, channels)
@@ -154,6 +155,32 @@ def test_integer_covariance_every_channel_count_and_layout(channels, layout):
     np.testing.assert_allclose(r.cov, np.atleast_2d(np.cov(px, rowvar=False, ddof=0)), rtol=1e-12)
     for c in range(channels):
         np.testing.assert_array_equal(r.histogram[c], np.bincount((px[:, c] * 255).round().astype(int), minlength=256))
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_uint8_rows_across_the_kernels_pixel_blocks(layout):
+    # 300x300 = 90,000 pixels: more than one 65,536-pixel block of the uint8 loops (uint32 partial sums
+    # and bins flushed per block); photo-like runs of equal values, and a saturated corner
+    rng = np.random.default_rng(7)
+    base = np.cumsum(rng.integers(-2, 3, size=(2, 300, 300, 3)), axis=2) + 128
+    x = np.clip(base, 0, 255).astype(np.uint8)
+    x[0, :40, :40] = 255
+    x = x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    r = compute_stats([x], device="cpu", covariance=True, per_image=True, histogram=True, layout=layout)
+    px = pixels([x], layout).astype(np.int64)
+    np.testing.assert_array_equal(r.count, [px.shape[0]] * 3)
+    np.testing.assert_allclose(r.mean, px.mean(0) / 255, rtol=1e-15)
+    products = px.T @ px  # exact integer cross products
+    n, s = px.shape[0], px.sum(0)
+    cov = (products - np.outer(s, s) / n) / n / 255**2
+    np.testing.assert_allclose(r.cov, cov, rtol=1e-12)
+    images = px.reshape(2, -1, 3)
+    np.testing.assert_allclose(r.per_image["mean_of_means"], images.mean(1).mean(0) / 255, rtol=1e-15)
+    np.testing.assert_allclose(r.per_image["mean_of_stds"], images.std(1).mean(0) / 255, rtol=1e-12)
+    for c in range(3):
+        np.testing.assert_array_equal(r.histogram[c], np.bincount(px[:, c], minlength=256))
+    np.testing.assert_array_equal(r.min, px.min(0) / 255)
+    np.testing.assert_array_equal(r.max, px.max(0) / 255)
 
 
 # ---------------------------------------------------------------------- issue 17: numeric defects

@@ -6,13 +6,18 @@ torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mea
 * :func:`hist_u8` builds per-channel 256-bin histograms with per-thread private bins; count, exact
   sums of x and x*x, min and max follow from the histogram.
 * :func:`int_rows` gives exact int64 per-image (row) totals for any integer dtype, plus the exact
-  cross products for covariance.
+  cross products for covariance; :func:`u8_rows` is the same for uint8 from each row's histogram
+  (one pass; RGB cross products ride along in uint32 partial sums).
 * :func:`float_rows` gives per-image float64 ``(count, mean, M2)`` by two passes over each row (a
   row is one image and stays in cache), plus co-moments; rows are merged with Chan's formula by
   the caller. Non-finite values are counted and left out.
 
 Every kernel takes a 3-D array ``x`` and a flag ``cp``: ``x`` is ``[N, C, L]`` when ``cp`` else
-``[N, L, C]``.
+``[N, L, C]``. The parallel kernels have a ``*_here`` twin that runs in the calling thread: a
+parallel region costs ~5 us with OpenMP threads and ~0.2 ms under numba's fork-safe workqueue
+(what decode workers run), so one image, or one thread, never opens one. Inner loops index
+slices from 0: numba then proves the index non-negative and drops its wrap-around check (loops
+over ``range(start, stop)`` on ``x`` itself ran at half the speed).
 
 Compiled code is cached on disk where numba finds a writable place (next to this file, or the
 user-wide cache); a read-only install without a writable home compiles without a cache (:func:`_jit`).
@@ -188,6 +193,132 @@ def int_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vm
     n_rows, channels, length = _dims(x, cp)
     for n in range(n_rows):
         _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
+
+
+@njit(nogil=True)
+def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
+    """One uint8 row of :func:`u8_rows`: its histogram (the fast loop of :func:`hist_u8`) gives count,
+    sums, min and max exactly; covariance adds one pass for the products of different channels."""
+    out = hist[n] if want_hist else np.zeros((channels, 256), np.int64)
+    fused = want_cross and channels == 3 and not cp
+    if fused:
+        q01, q02, q12 = _u8_hist_products3(x[n], out)
+    else:
+        nblocks = (length + _BLOCK - 1) // _BLOCK
+        _hist_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, out)
+    for c in range(channels):
+        s = 0
+        q = 0
+        lo = 1 << 40
+        hi = -(1 << 40)
+        for b in range(256):
+            k = out[c, b]
+            if k:
+                lo = min(lo, b)
+                hi = b
+                s += k * b
+                q += k * b * b
+        count[n, c] = length
+        total[n, c] = s
+        total_sq[n, c] = q
+        vmin[n, c] = lo
+        vmax[n, c] = hi
+    if want_cross and channels == 3:  # RGB: the three products in one pass
+        if not fused:
+            q01, q02, q12 = _u8_products3(x[n, 0], x[n, 1], x[n, 2])
+        cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = total_sq[n, 0], total_sq[n, 1], total_sq[n, 2]
+        cross[n, 0, 1] = cross[n, 1, 0] = q01
+        cross[n, 0, 2] = cross[n, 2, 0] = q02
+        cross[n, 1, 2] = cross[n, 2, 1] = q12
+    elif want_cross:
+        for a in range(channels):
+            cross[n, a, a] = total_sq[n, a]
+            for b in range(a + 1, channels):
+                q = _u8_products(x[n, a] if cp else x[n, :, a], x[n, b] if cp else x[n, :, b])
+                cross[n, a, b] = q
+                cross[n, b, a] = q
+
+
+@njit(nogil=True)
+def _u8_products(u, v):  # pragma: no cover - compiled
+    """Exact sum of ``u * v`` over two uint8 vectors: uint32 partial sums per 65536 values (at most
+    65536 * 255**2 < 2**32), which the compiler vectorizes, added into an int64."""
+    total = 0
+    for start in range(0, u.shape[0], _BLOCK):
+        a = u[start:start + _BLOCK]
+        b = v[start:start + _BLOCK]
+        part = np.uint32(0)
+        for i in range(a.shape[0]):
+            part += np.uint32(a[i]) * np.uint32(b[i])
+        total += np.int64(part)
+    return total
+
+
+@njit(nogil=True)
+def _u8_products3(r, g, b):  # pragma: no cover - compiled
+    """:func:`_u8_products` of ``(r, g)``, ``(r, b)`` and ``(g, b)`` in one pass."""
+    q01 = q02 = q12 = 0
+    for start in range(0, r.shape[0], _BLOCK):
+        rr = r[start:start + _BLOCK]
+        gg = g[start:start + _BLOCK]
+        bb = b[start:start + _BLOCK]
+        p01 = p02 = p12 = np.uint32(0)
+        for i in range(rr.shape[0]):
+            vr = np.uint32(rr[i])
+            vg = np.uint32(gg[i])
+            vb = np.uint32(bb[i])
+            p01 += vr * vg
+            p02 += vr * vb
+            p12 += vg * vb
+        q01 += np.int64(p01)
+        q02 += np.int64(p02)
+        q12 += np.int64(p12)
+    return q01, q02, q12
+
+
+@njit(nogil=True)
+def _u8_hist_products3(seg, out):  # pragma: no cover - compiled
+    """Histogram ([3, 256] int64 ``out``) and the products of :func:`_u8_products3` of an [L, 3] image,
+    in one pass (the products ride along the histogram's increments)."""
+    q01 = q02 = q12 = 0
+    p = np.zeros((3, 256), np.uint32)
+    for start in range(0, seg.shape[0], _BLOCK):
+        blk = seg[start:start + _BLOCK]
+        p01 = p02 = p12 = np.uint32(0)
+        for i in range(blk.shape[0]):
+            vr = blk[i, 0]
+            vg = blk[i, 1]
+            vb = blk[i, 2]
+            p[0, vr] += 1
+            p[1, vg] += 1
+            p[2, vb] += 1
+            p01 += np.uint32(vr) * np.uint32(vg)
+            p02 += np.uint32(vr) * np.uint32(vb)
+            p12 += np.uint32(vg) * np.uint32(vb)
+        q01 += np.int64(p01)
+        q02 += np.int64(p02)
+        q12 += np.int64(p12)
+        for c in range(3):  # flushed every block: bins stay far below 2**32
+            for v in range(256):
+                out[c, v] += p[c, v]
+                p[c, v] = 0
+    return q01, q02, q12
+
+
+@_jit(nogil=True, parallel=True)
+def u8_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
+    """:func:`int_rows` for uint8, from per-row histograms (``hist``: [N, C, 256], filled when ``want_hist``)."""
+    n_rows, channels, length = _dims(x, cp)
+    for n in prange(n_rows):
+        _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
+
+
+@_jit(nogil=True)
+def u8_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
+    """:func:`u8_rows` in this thread."""
+    n_rows, channels, length = _dims(x, cp)
+    for n in range(n_rows):
+        _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
 
 
 @njit(inline="always", nogil=True)
