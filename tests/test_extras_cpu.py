@@ -158,7 +158,8 @@ def test_integer_covariance_every_channel_count_and_layout(channels, layout):
 
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-def test_uint8_rows_across_the_kernels_pixel_blocks(layout):
+@pytest.mark.parametrize("extras", [{}, {"per_image": True}, {"covariance": True, "per_image": True, "histogram": True}])
+def test_uint8_rows_across_the_kernels_pixel_blocks(layout, extras):
     # 300x300 = 90,000 pixels: more than one 65,536-pixel block of the uint8 loops (uint32 partial sums
     # and bins flushed per block); photo-like runs of equal values, and a saturated corner
     rng = np.random.default_rng(7)
@@ -166,21 +167,29 @@ def test_uint8_rows_across_the_kernels_pixel_blocks(layout):
     x = np.clip(base, 0, 255).astype(np.uint8)
     x[0, :40, :40] = 255
     x = x if layout == "NHWC" else np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    r = compute_stats([x], device="cpu", covariance=True, per_image=True, histogram=True, layout=layout)
-    px = pixels([x], layout).astype(np.int64)
+    r = compute_stats([x, x[:1, ..., :7] if layout == "NCHW" else x[:1, :, :7]], device="cpu", layout=layout,
+                      **extras)  # the second batch: not contiguous, 2,100 pixels (not a multiple of 16)
+    second = x[:1, ..., :7] if layout == "NCHW" else x[:1, :, :7]
+    px = np.concatenate([pixels([x], layout), pixels([second], layout)]).astype(np.int64)
     np.testing.assert_array_equal(r.count, [px.shape[0]] * 3)
     np.testing.assert_allclose(r.mean, px.mean(0) / 255, rtol=1e-15)
-    products = px.T @ px  # exact integer cross products
-    n, s = px.shape[0], px.sum(0)
-    cov = (products - np.outer(s, s) / n) / n / 255**2
-    np.testing.assert_allclose(r.cov, cov, rtol=1e-12)
-    images = px.reshape(2, -1, 3)
-    np.testing.assert_allclose(r.per_image["mean_of_means"], images.mean(1).mean(0) / 255, rtol=1e-15)
-    np.testing.assert_allclose(r.per_image["mean_of_stds"], images.std(1).mean(0) / 255, rtol=1e-12)
-    for c in range(3):
-        np.testing.assert_array_equal(r.histogram[c], np.bincount(px[:, c], minlength=256))
+    n, total, total_sq = px.shape[0], px.sum(0), (px * px).sum(0)  # exact integers
+    exact_var = [(int(q) * n - int(t) ** 2) / n**2 / 255**2 for t, q in zip(total, total_sq)]  # one rounding
+    np.testing.assert_allclose(r.std, np.sqrt(exact_var), rtol=1e-15)
     np.testing.assert_array_equal(r.min, px.min(0) / 255)
     np.testing.assert_array_equal(r.max, px.max(0) / 255)
+    if not extras:
+        return
+    if "covariance" in extras:
+        cov = (px.T @ px - np.outer(total, total) / n) / n / 255**2  # exact integer cross products
+        np.testing.assert_allclose(r.cov, cov, rtol=1e-12)
+        for c in range(3):
+            np.testing.assert_array_equal(r.histogram[c], np.bincount(px[:, c], minlength=256))
+    images = [px[:90000].T, px[90000:180000].T, px[180000:].T]  # channel rows: numpy's pairwise sums
+    np.testing.assert_allclose(r.per_image["mean_of_means"], np.mean([i.mean(1) for i in images], 0) / 255,
+                               rtol=1e-15)
+    np.testing.assert_allclose(r.per_image["mean_of_stds"], np.mean([i.std(1) for i in images], 0) / 255,
+                               rtol=1e-13)
 
 
 # ---------------------------------------------------------------------- issue 17: numeric defects

@@ -3,8 +3,9 @@
 torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mean``/``std`` moves
 4x the bytes and runs at ~0.2 GB/s on two cores), so these loops read each byte once:
 
-* :func:`hist_u8` builds per-channel 256-bin histograms with per-thread private bins; count, exact
-  sums of x and x*x, min and max follow from the histogram.
+* the uint8 loops (:mod:`._cpu_u8`, re-exported here): :func:`hist_u8` (per-channel 256-bin
+  histograms), :func:`u8_sums` (vectorized exact count, sums of x and x*x, min and max) and
+  :func:`u8_rows` (per-image rows).
 * :func:`int_rows` gives exact int64 per-image (row) totals for any integer dtype, plus the exact
   cross products for covariance; :func:`u8_rows` is the same for uint8 from each row's histogram
   (one pass; RGB cross products ride along in uint32 partial sums).
@@ -30,98 +31,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-_BLOCK = 1 << 16  # pixels per work item of hist_u8 (a work item is one (row, pixel-block))
-
-
-def _jit(**options):
-    """``numba.njit(cache=True, **options)``, or without the on-disk cache where numba has nowhere to
-    write one (it raises "no locator available" when this file's folder and the user-wide cache
-    folder are both read-only): the kernels then compile once per process, silently."""
-
-    def compile_with(func):
-        try:
-            return njit(cache=True, **options)(func)
-        except RuntimeError as exc:
-            if "no locator available" not in str(exc):
-                raise
-            return njit(**options)(func)
-
-    return compile_with
-
-
-@njit(inline="always", nogil=True)
-def _dims(x, cp):  # pragma: no cover - compiled
-    """``(rows, channels, length)`` of ``x`` in either layout."""
-    if cp:
-        return x.shape[0], x.shape[1], x.shape[2]
-    return x.shape[0], x.shape[2], x.shape[1]
-
-
-@njit(nogil=True)
-def _hist_block(x, n, cp, start, stop, channels, p):  # pragma: no cover - compiled
-    """Add pixels ``start:stop`` of row ``n`` into ``p`` ([C, 256] uint32).
-
-    The loops run over slices from 0: numba then knows the index is not negative and emits no
-    wrap-around check (``range(start, stop)`` on ``x`` itself ran at half the speed)."""
-    if cp:
-        for c in range(channels):
-            row = x[n, c, start:stop]
-            pc = p[c]
-            for i in range(row.shape[0]):
-                pc[row[i]] += 1
-    elif channels == 3:
-        seg = x[n, start:stop]
-        for i in range(seg.shape[0]):
-            p[0, seg[i, 0]] += 1
-            p[1, seg[i, 1]] += 1
-            p[2, seg[i, 2]] += 1
-    else:
-        seg = x[n, start:stop]
-        for i in range(seg.shape[0]):
-            for c in range(channels):
-                p[c, seg[i, c]] += 1
-
-
-@njit(nogil=True)
-def _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # pragma: no cover - compiled
-    """Thread ``t``'s share of :func:`hist_u8`'s work items into ``out`` ([C, 256] int64), counted in
-    uint32 bins (fast, small) that are flushed every 16 blocks, long before they could overflow."""
-    p = np.zeros((channels, 256), np.uint32)
-    k = 0
-    for item in range(t, items, nthreads):
-        start = (item % nblocks) * _BLOCK
-        _hist_block(x, item // nblocks, cp, start, min(start + _BLOCK, length), channels, p)
-        k += 1
-        if k == 16 or item + nthreads >= items:
-            k = 0
-            for c in range(channels):
-                for b in range(256):
-                    out[c, b] += p[c, b]
-                    p[c, b] = 0
-
-
-@_jit(nogil=True, parallel=True)
-def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
-    items = n_rows * nblocks
-    nthreads = max(min(nthreads, items), 1)
-    private = np.zeros((nthreads, channels, 256), np.int64)
-    for t in prange(nthreads):
-        _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, private[t])
-    for t in range(nthreads):
-        for c in range(channels):
-            for b in range(256):
-                hist[c, b] += private[t, c, b]
-
-
-@_jit(nogil=True)
-def hist_u8_here(x, cp, hist):  # pragma: no cover - compiled
-    """:func:`hist_u8` in this thread: no parallel region (one costs ~5 us with OpenMP threads and
-    ~0.2 ms with numba's fork-safe workqueue, which decode workers run)."""
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
-    _hist_thread(x, cp, 0, 1, n_rows * nblocks, nblocks, length, channels, hist)
+from ._cpu_jit import _BLOCK, _dims, _jit  # noqa: F401 (_BLOCK: read by the backend)
+from ._cpu_u8 import hist_u8, hist_u8_here, u8_rows, u8_rows_here, u8_sums, u8_sums_here  # noqa: F401
 
 
 @njit(inline="always", nogil=True)
@@ -193,132 +104,6 @@ def int_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vm
     n_rows, channels, length = _dims(x, cp)
     for n in range(n_rows):
         _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
-
-
-@njit(nogil=True)
-def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
-    """One uint8 row of :func:`u8_rows`: its histogram (the fast loop of :func:`hist_u8`) gives count,
-    sums, min and max exactly; covariance adds one pass for the products of different channels."""
-    out = hist[n] if want_hist else np.zeros((channels, 256), np.int64)
-    fused = want_cross and channels == 3 and not cp
-    if fused:
-        q01, q02, q12 = _u8_hist_products3(x[n], out)
-    else:
-        nblocks = (length + _BLOCK - 1) // _BLOCK
-        _hist_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, out)
-    for c in range(channels):
-        s = 0
-        q = 0
-        lo = 1 << 40
-        hi = -(1 << 40)
-        for b in range(256):
-            k = out[c, b]
-            if k:
-                lo = min(lo, b)
-                hi = b
-                s += k * b
-                q += k * b * b
-        count[n, c] = length
-        total[n, c] = s
-        total_sq[n, c] = q
-        vmin[n, c] = lo
-        vmax[n, c] = hi
-    if want_cross and channels == 3:  # RGB: the three products in one pass
-        if not fused:
-            q01, q02, q12 = _u8_products3(x[n, 0], x[n, 1], x[n, 2])
-        cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = total_sq[n, 0], total_sq[n, 1], total_sq[n, 2]
-        cross[n, 0, 1] = cross[n, 1, 0] = q01
-        cross[n, 0, 2] = cross[n, 2, 0] = q02
-        cross[n, 1, 2] = cross[n, 2, 1] = q12
-    elif want_cross:
-        for a in range(channels):
-            cross[n, a, a] = total_sq[n, a]
-            for b in range(a + 1, channels):
-                q = _u8_products(x[n, a] if cp else x[n, :, a], x[n, b] if cp else x[n, :, b])
-                cross[n, a, b] = q
-                cross[n, b, a] = q
-
-
-@njit(nogil=True)
-def _u8_products(u, v):  # pragma: no cover - compiled
-    """Exact sum of ``u * v`` over two uint8 vectors: uint32 partial sums per 65536 values (at most
-    65536 * 255**2 < 2**32), which the compiler vectorizes, added into an int64."""
-    total = 0
-    for start in range(0, u.shape[0], _BLOCK):
-        a = u[start:start + _BLOCK]
-        b = v[start:start + _BLOCK]
-        part = np.uint32(0)
-        for i in range(a.shape[0]):
-            part += np.uint32(a[i]) * np.uint32(b[i])
-        total += np.int64(part)
-    return total
-
-
-@njit(nogil=True)
-def _u8_products3(r, g, b):  # pragma: no cover - compiled
-    """:func:`_u8_products` of ``(r, g)``, ``(r, b)`` and ``(g, b)`` in one pass."""
-    q01 = q02 = q12 = 0
-    for start in range(0, r.shape[0], _BLOCK):
-        rr = r[start:start + _BLOCK]
-        gg = g[start:start + _BLOCK]
-        bb = b[start:start + _BLOCK]
-        p01 = p02 = p12 = np.uint32(0)
-        for i in range(rr.shape[0]):
-            vr = np.uint32(rr[i])
-            vg = np.uint32(gg[i])
-            vb = np.uint32(bb[i])
-            p01 += vr * vg
-            p02 += vr * vb
-            p12 += vg * vb
-        q01 += np.int64(p01)
-        q02 += np.int64(p02)
-        q12 += np.int64(p12)
-    return q01, q02, q12
-
-
-@njit(nogil=True)
-def _u8_hist_products3(seg, out):  # pragma: no cover - compiled
-    """Histogram ([3, 256] int64 ``out``) and the products of :func:`_u8_products3` of an [L, 3] image,
-    in one pass (the products ride along the histogram's increments)."""
-    q01 = q02 = q12 = 0
-    p = np.zeros((3, 256), np.uint32)
-    for start in range(0, seg.shape[0], _BLOCK):
-        blk = seg[start:start + _BLOCK]
-        p01 = p02 = p12 = np.uint32(0)
-        for i in range(blk.shape[0]):
-            vr = blk[i, 0]
-            vg = blk[i, 1]
-            vb = blk[i, 2]
-            p[0, vr] += 1
-            p[1, vg] += 1
-            p[2, vb] += 1
-            p01 += np.uint32(vr) * np.uint32(vg)
-            p02 += np.uint32(vr) * np.uint32(vb)
-            p12 += np.uint32(vg) * np.uint32(vb)
-        q01 += np.int64(p01)
-        q02 += np.int64(p02)
-        q12 += np.int64(p12)
-        for c in range(3):  # flushed every block: bins stay far below 2**32
-            for v in range(256):
-                out[c, v] += p[c, v]
-                p[c, v] = 0
-    return q01, q02, q12
-
-
-@_jit(nogil=True, parallel=True)
-def u8_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """:func:`int_rows` for uint8, from per-row histograms (``hist``: [N, C, 256], filled when ``want_hist``)."""
-    n_rows, channels, length = _dims(x, cp)
-    for n in prange(n_rows):
-        _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
-
-
-@_jit(nogil=True)
-def u8_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """:func:`u8_rows` in this thread."""
-    n_rows, channels, length = _dims(x, cp)
-    for n in range(n_rows):
-        _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
 
 
 @njit(inline="always", nogil=True)

@@ -215,6 +215,21 @@ class CpuReducer(MergingReducer):
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=False, keep_images=opts.per_image)
         rows_needed = opts.per_image or opts.covariance
+        if chunk.dtype == "uint8" and not rows_needed and not opts.histogram \
+                and all(a.flags.c_contiguous for a in arrays):
+            sums = np.zeros((5, C), np.int64)
+            sums[3] = 255
+            threads = _threads(self.threads)
+            for a in arrays:  # vectorized exact sums: twice the histogram's speed
+                if threads > 1 and a.size >= 2 * k._BLOCK * C:
+                    k.u8_sums(a, cp, sums, threads)
+                else:
+                    k.u8_sums_here(a, cp, sums)
+            count, total, total_sq = ([int(v) for v in row] for row in sums[:3])
+            empty = sums[0] == 0
+            return ChannelStats.from_integer_sums(count, total, total_sq, np.where(empty, np.inf, sums[3]),
+                                                  np.where(empty, -np.inf, sums[4]), dtype=chunk.dtype,
+                                                  scale=scale)
         if chunk.dtype == "uint8" and not rows_needed:
             # the histogram alone gives exact count, sums, min and max: one fast pass
             hist, hist_range, _ = self._histogram(chunk, arrays, batch_index)
