@@ -133,6 +133,21 @@ def test_mixed_sizes_and_grayscale_conversion(capsys, mixed):
         assert doc["images"] == 6
 
 
+def test_per_image_of_equal_sizes_one_block_equals_one_image_per_batch(capsys, tmp_path):
+    # CIFAR-like: small images of one size are reduced as one [N, H, W, C] block per batch
+    rng = np.random.default_rng(11)
+    images = [rng.integers(0, 256, (6, 5, 3), dtype=np.uint8) for _ in range(7)]
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"e{i}.png")
+    block = run_json(capsys, str(tmp_path), "--device", "cpu", "--workers", "0", "--batch-size", "4", "--per-image")
+    single = run_json(capsys, str(tmp_path), "--device", "cpu", "--workers", "0", "--batch-size", "1", "--per-image")
+    assert block["state"] == single["state"]
+    rows = [im.reshape(-1, 3).T.astype(np.float64) / 255 for im in images]
+    per = block["stats"]["per_image"]
+    np.testing.assert_allclose(per["mean_of_means"], np.mean([r.mean(1) for r in rows], 0), rtol=1e-15)
+    np.testing.assert_allclose(per["mean_of_stds"], np.mean([r.std(1) for r in rows], 0), rtol=1e-14)
+
+
 def test_mode_L(capsys, mixed):
     doc = run_json(capsys, str(mixed), "--device", "cpu", "--workers", "0", "--mode", "L")
     pixels = reference_pixels(list_images([mixed]), mode="L").astype(np.float64) / 255.0
