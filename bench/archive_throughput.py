@@ -20,7 +20,6 @@ Target (issue 18): tar and Parquet each within 0.9 of the folder.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -30,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from folder_throughput import corpus, gpustats_run  # noqa: E402  (same folder)
+from folder_throughput import corpus, gpustats_run, write_results  # noqa: E402  (same folder)
 
 SOURCES = ("folder", "tar", "parquet", "tar.gz", "zip")
 
@@ -101,11 +100,7 @@ def main(argv=None) -> int:
         print(f"{name:8s} {medians[name]:7.1f} images/s: {row['vs_folder'][name]:.2f} of the folder (medians), "
               f"{paired[name]:.2f} (median of same-round ratios); {1000 * cpu[name]:.2f} CPU ms/image "
               f"({row['folder_cpu_over_source_cpu'][name]:.2f} of the folder's efficiency)")
-    if args.json:
-        from gpustats.benchmark import machine_info
-
-        doc = {"schema": "gpustats-archive-bench/1", "machine": machine_info("cpu"), "row": row}
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    write_results(args.json, "gpustats-archive-bench/1", row=row)
     return 0
 
 

@@ -181,8 +181,6 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    from gpustats.benchmark import machine_info
-
     rows = []
     for kind in args.corpora.split(","):
         for n in counts:
@@ -192,10 +190,17 @@ def main(argv=None) -> int:
               f"gpustats {row['gpustats_vs_pillow']:.2f} (process {row['gpustats_process_vs_pillow']:.2f})"
               + (f", fast {row['gpustats-fast_vs_pillow']:.2f}" if "gpustats-fast_vs_pillow" in row else "")
               + f"; extras/moments {row['extras_vs_moments']:.2f}")
-    if args.json:
-        doc = {"schema": "gpustats-folder-bench/1", "machine": machine_info("cpu"), "rows": rows}
-        Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+    write_results(args.json, "gpustats-folder-bench/1", rows=rows)
     return 0
+
+
+def write_results(path: str | None, schema: str, **content) -> None:
+    """Write ``{"schema", "machine", **content}`` as JSON to ``path`` (nothing when ``path`` is None)."""
+    from gpustats.benchmark import machine_info
+
+    if path:
+        doc = {"schema": schema, "machine": machine_info("cpu"), **content}
+        Path(path).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 import zipfile
@@ -307,7 +306,7 @@ def test_two_ranks_with_decode_workers_match_one_process(capsys, tmp_path, corpu
     """Two ranks (gloo), each with 2 decode workers: DataLoader workers reading members by byte range and
     Parquet row groups, and the pool a compressed tar (inside mixed.tar) feeds. The merged result equals
     one process decoding everything itself, bit for bit. Rank processes are fresh, so their workers fork."""
-    from test_distributed import LAUNCH_TIMEOUT_S, _env
+    from test_distributed import _env, run_ranks
 
     args = ["stats", corpus["pattern"], str(corpus["mixed.tar"]), str(corpus["data.parquet"]), "--format", "json",
             "--device", "cpu", "--histogram", "--covariance", "--batch-size", "4", "-q"]
@@ -315,16 +314,9 @@ def test_two_ranks_with_decode_workers_match_one_process(capsys, tmp_path, corpu
     one = json.loads(capsys.readouterr().out)
     env = _env({"WORLD_SIZE": "2"})
     cmd = [sys.executable, "-m", "gpustats", *args, "--workers", "2"]
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outs
-    two = json.loads(outs[0][0])  # only rank 0 prints
+    outs = run_ranks(cmd, env, tmp_path)
+    assert [rc for rc, _, _ in outs] == [0, 0], outs
+    two = json.loads(outs[0][1])  # only rank 0 prints
     assert two["workers"] == 2 and two["state"] == one["state"] and two["stats"] == one["stats"]
     for key in ("images", "pixels", "files", "bytes", "bad_files"):
         assert two[key] == one[key], key

@@ -123,6 +123,18 @@ def test_batch_split_and_workers_do_not_change_the_state(capsys, demo):
     assert one["state"] == two["state"] and one["bad_files"] == two["bad_files"]
 
 
+def test_compute_stats_of_a_folder_equals_the_command_bit_for_bit(capsys, demo):
+    from gpustats import compute_stats
+
+    flags = ["--histogram", "--covariance", "--per-image", "--batch-size", "3"]
+    doc = run_json(capsys, str(demo["root"]), "--device", "cpu", "--workers", "2", *flags)
+    got = compute_stats(str(demo["root"]), device="cpu", workers=0, batch_size=5, histogram=True, covariance=True,
+                        per_image=True, progress=False)
+    assert json.loads(json.dumps(got.state.to_dict())) == doc["state"]
+    assert [b["path"] for b in got.bad_files] == [b["path"] for b in doc["bad_files"]]
+    assert got.images == doc["images"] and got.to_dict()["mean"] == doc["stats"]["mean"]
+
+
 def test_mixed_sizes_and_grayscale_conversion(capsys, mixed):
     files = list_images([mixed])
     for extra in ([], ["--per-image"]):  # one strip per batch, and the list of images

@@ -75,6 +75,20 @@ class Launch:
         return outs
 
 
+def run_ranks(cmd: list[str], env: dict[str, str], cwd: Path, world: int = 2) -> list[tuple[int, str, str]]:
+    """Run ``cmd`` once per rank (``RANK``/``LOCAL_RANK`` set) and return each ``(returncode, stdout, stderr)``;
+    every process is killed if one outlives the launch timeout."""
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(world)]
+    try:
+        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
 def start_workers(world: int, out_dir: Path, scenarios: list[str], backend: str = "gloo") -> Launch:
     env = _env({"WORLD_SIZE": str(world), "GPUSTATS_TEST_BACKEND": backend})
     procs = []
@@ -261,17 +275,10 @@ def test_cli_rank_failure_reaches_every_rank_instead_of_a_hang(tmp_path):
     (data / "b.png").write_bytes(b"not an image")
     env = _env({"WORLD_SIZE": "2"})
     cmd = [sys.executable, "-m", "gpustats", "stats", str(data), "--device", "cpu", "--strict", "--quiet"]
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [1, 1], outs
-    assert "rank 1 failed: bad file" in outs[0][1] and "b.png" in outs[0][1]
-    assert "bad file" in outs[1][1] and "b.png" in outs[1][1]
+    outs = run_ranks(cmd, env, tmp_path)
+    assert [rc for rc, _, _ in outs] == [1, 1], outs
+    assert "rank 1 failed: bad file" in outs[0][2] and "b.png" in outs[0][2]
+    assert "bad file" in outs[1][2] and "b.png" in outs[1][2]
 
 
 # ---------------------------------------------------------------------------------- in-process units

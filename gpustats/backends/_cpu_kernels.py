@@ -3,12 +3,11 @@
 torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mean``/``std`` moves
 4x the bytes and runs at ~0.2 GB/s on two cores), so these loops read each byte once:
 
-* the uint8 loops (:mod:`._cpu_u8`, re-exported here): :func:`hist_u8` (per-channel 256-bin
-  histograms), :func:`u8_sums` (vectorized exact count, sums of x and x*x, min and max) and
-  :func:`u8_rows` (per-image rows).
-* :func:`int_rows` gives exact int64 per-image (row) totals for any integer dtype, plus the exact
-  cross products for covariance; :func:`u8_rows` is the same for uint8 from each row's histogram
-  (one pass; RGB cross products ride along in uint32 partial sums).
+* the integer loops (:mod:`._cpu_int`, re-exported here): :func:`hist_u8` (per-channel 256-bin
+  histograms), :func:`u8_sums` (vectorized exact count, sums of x and x*x, min and max), and
+  :func:`int_rows`, which gives exact int64 per-image (row) totals for any integer dtype, plus the exact
+  cross products for covariance; uint8 rows come from each row's histogram or vectorized sums (one
+  pass; RGB cross products ride along in uint32 partial sums), chosen by dtype at compile time.
 * :func:`float_rows` gives per-image float64 ``(count, mean, M2)`` by two passes over each row (a
   row is one image and stays in cache), plus co-moments; rows are merged with Chan's formula by
   the caller. Non-finite values are counted and left out.
@@ -32,78 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._cpu_jit import _BLOCK, _dims, _jit  # noqa: F401 (_BLOCK: read by the backend)
-from ._cpu_u8 import hist_u8, hist_u8_here, u8_rows, u8_rows_here, u8_sums, u8_sums_here  # noqa: F401
-
-
-@njit(inline="always", nogil=True)
-def _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
-    """One row (image) ``n`` of :func:`int_rows`."""
-    for c in range(channels):
-        s = 0
-        q = 0
-        lo = 1 << 40
-        hi = -(1 << 40)
-        for i in range(length):
-            v = np.int64(x[n, c, i] if cp else x[n, i, c])
-            s += v
-            q += v * v
-            lo = min(lo, v)
-            hi = max(hi, v)
-            if want_hist:
-                hist[n, c, v] += 1
-        count[n, c] = length
-        total[n, c] = s
-        total_sq[n, c] = q
-        vmin[n, c] = lo
-        vmax[n, c] = hi
-    if want_cross and channels == 3:  # RGB: all six products in one pass, in registers
-        q00 = q01 = q02 = q11 = q12 = q22 = 0
-        for i in range(length):
-            r = np.int64(x[n, 0, i] if cp else x[n, i, 0])
-            g = np.int64(x[n, 1, i] if cp else x[n, i, 1])
-            b = np.int64(x[n, 2, i] if cp else x[n, i, 2])
-            q00 += r * r
-            q01 += r * g
-            q02 += r * b
-            q11 += g * g
-            q12 += g * b
-            q22 += b * b
-        cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = q00, q11, q22
-        cross[n, 0, 1] = cross[n, 1, 0] = q01
-        cross[n, 0, 2] = cross[n, 2, 0] = q02
-        cross[n, 1, 2] = cross[n, 2, 1] = q12
-    elif want_cross:
-        for a in range(channels):
-            for b in range(a, channels):
-                q = 0
-                for i in range(length):
-                    if cp:
-                        q += np.int64(x[n, a, i]) * np.int64(x[n, b, i])
-                    else:
-                        q += np.int64(x[n, i, a]) * np.int64(x[n, i, b])
-                cross[n, a, b] = q
-                cross[n, b, a] = q
-
-
-@_jit(nogil=True, parallel=True)
-def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64.
-
-    With ``want_hist`` (uint8 input) the 256-bin histograms ([N, C, 256]) are built in the same
-    loop as the sums. Per-channel scalar accumulators keep this loop in registers: a fused
-    all-channels-per-pixel loop with array accumulators measured 2.5x slower.
-    """
-    n_rows, channels, length = _dims(x, cp)
-    for n in prange(n_rows):
-        _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
-
-
-@_jit(nogil=True)
-def int_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """:func:`int_rows` in this thread (one image, or one numba thread: a parallel region costs more than it saves)."""
-    n_rows, channels, length = _dims(x, cp)
-    for n in range(n_rows):
-        _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
+from ._cpu_int import hist_u8, hist_u8_here, int_rows, int_rows_here, u8_sums, u8_sums_here  # noqa: F401
 
 
 @njit(inline="always", nogil=True)

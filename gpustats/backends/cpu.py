@@ -116,11 +116,7 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        parallel = n > 1 and _threads(threads) > 1  # else no parallel region to pay for
-        if a.dtype == np.uint8:
-            rows_fn = k.u8_rows if parallel else k.u8_rows_here
-        else:
-            rows_fn = k.int_rows if parallel else k.int_rows_here
+        rows_fn = k.int_rows if n > 1 and _threads(threads) > 1 else k.int_rows_here  # no parallel region to pay for
         rows_fn(a, cp, cross, hist is not None, *out, products, hist_rows)
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
