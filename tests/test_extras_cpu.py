@@ -157,6 +157,18 @@ def test_integer_covariance_every_channel_count_and_layout(channels, layout):
         np.testing.assert_array_equal(r.histogram[c], np.bincount((px[:, c] * 255).round().astype(int), minlength=256))
 
 
+@pytest.mark.parametrize("dtype, high", [(np.int8, 127), (np.int16, 3000), (np.uint16, 60000)])
+@pytest.mark.parametrize("channels, layout", [(2, "NCHW"), (2, "NHWC"), (4, "NCHW"), (4, "NHWC")])
+def test_wider_integer_covariance_against_exact_products(dtype, high, channels, layout):
+    rng = np.random.default_rng(channels)
+    shape = (3, channels, 5, 7) if layout == "NCHW" else (3, 5, 7, channels)
+    x = rng.integers(-high if np.issubdtype(dtype, np.signedinteger) else 0, high, size=shape).astype(dtype)
+    r = compute_stats([x[:1], x[1:]], device="cpu", covariance=True, layout=layout, scale=1.0)
+    px = pixels([x], layout).astype(np.int64)
+    n, total = px.shape[0], px.sum(0)
+    np.testing.assert_allclose(r.cov, (px.T @ px - np.outer(total, total) / n) / n, rtol=1e-12)
+
+
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("extras", [{}, {"per_image": True}, {"covariance": True, "per_image": True, "histogram": True}])
 def test_uint8_rows_across_the_kernels_pixel_blocks(layout, extras):

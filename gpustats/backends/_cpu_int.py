@@ -340,14 +340,18 @@ def _int_row(x, n, cp, channels, length, want_cross, want_hist, count, total, to
     elif want_cross:
         for a in range(channels):
             for b in range(a, channels):
-                q = 0
-                for i in range(length):
-                    if cp:
-                        q += np.int64(x[n, a, i]) * np.int64(x[n, b, i])
-                    else:
-                        q += np.int64(x[n, i, a]) * np.int64(x[n, i, b])
+                q = _int_products(x[n, a] if cp else x[n, :, a], x[n, b] if cp else x[n, :, b])
                 cross[n, a, b] = q
                 cross[n, b, a] = q
+
+
+@njit(nogil=True)
+def _int_products(u, v):  # pragma: no cover - compiled
+    """Exact sum of ``u * v`` over two integer vectors, in int64."""
+    q = 0
+    for i in range(u.shape[0]):
+        q += np.int64(u[i]) * np.int64(v[i])
+    return q
 
 
 def _row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):

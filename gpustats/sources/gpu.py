@@ -93,8 +93,8 @@ def _gpu_eligible(data: bytes, max_pixels: int | None) -> bool:
         return False  # the CPU path will name the problem
 
 
-def decode_files_gpu(
-    files: Sequence[str | os.PathLike[str]],
+def decode_sources_gpu(
+    sources: Sequence[str | os.PathLike[str] | bytes | BadImage],
     *,
     indices: Sequence[int] | None = None,
     device: str | torch.device = "cuda",
@@ -102,27 +102,14 @@ def decode_files_gpu(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     decoder: JpegBatchDecoder | None = None,
 ) -> list[GpuDecoded]:
-    """Decode ``files`` (one batch) to CHW uint8 tensors on ``device``; never raises per file.
+    """Decode one batch to CHW uint8 tensors on ``device``; never raises per item. Items are file paths
+    (``str`` or ``os.PathLike``), encoded images held in memory (``bytes``: archive members, Parquet
+    values) or :class:`BadImage` (could not be read). Also named :func:`decode_files_gpu`.
 
     ``indices`` (default ``0..len-1``) become the records' ``index`` (pass global file indices).
     ``decoder`` replaces torchvision's nvJPEG call (tests inject a fake one); without it,
     :func:`gpu_decode_available` must be true or ``RuntimeError`` says why.
     """
-    return decode_sources_gpu([os.fspath(f) for f in files], indices=indices, device=device, mode=mode,
-                              max_pixels=max_pixels, decoder=decoder)
-
-
-def decode_sources_gpu(
-    sources: Sequence[str | bytes | BadImage],
-    *,
-    indices: Sequence[int] | None = None,
-    device: str | torch.device = "cuda",
-    mode: str = "RGB",
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    decoder: JpegBatchDecoder | None = None,
-) -> list[GpuDecoded]:
-    """:func:`decode_files_gpu` of a batch whose items are file paths (``str``), encoded images held in
-    memory (``bytes``: archive members, Parquet values) or :class:`BadImage` (could not be read)."""
     _check_options(mode, None, None)
     device = str(device)
     if decoder is None:
@@ -144,7 +131,7 @@ def decode_sources_gpu(
         if isinstance(source, BadImage):
             results[slot] = GpuDecoded(int(indices[slot]), None, source.reason, 0, "cpu")
             continue
-        if isinstance(source, str):
+        if isinstance(source, (str, os.PathLike)):
             try:
                 with open(source, "rb") as fh:
                     source = fh.read()
@@ -185,3 +172,7 @@ def decode_sources_gpu(
         tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous().to(device)
         results[slot] = GpuDecoded(int(indices[slot]), tensor, None, len(datas[slot]), "cpu")
     return results  # type: ignore[return-value]
+
+
+#: the same function, under the name it had when only files were decoded
+decode_files_gpu = decode_sources_gpu

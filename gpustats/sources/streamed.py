@@ -29,7 +29,7 @@ import multiprocessing
 import signal
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from .listing import is_image_name
 from .mapside import BatchResult, _one_thread, _start_method, prefer_forksafe_threads, reduce_records
@@ -42,22 +42,6 @@ __all__ = ["StreamPool", "iter_stream", "iter_stream_results"]
 Member = tuple  # (name, bytes | None, reason | None)
 #: bytes read after a compressed tar's end-of-archive blocks, to reach the stream's own checksum
 _DRAIN_LIMIT = 1 << 20
-
-
-class _Window:
-    """``size`` bytes of an open file from its current position, as a read-only file object."""
-
-    def __init__(self, fh: BinaryIO, size: int):
-        self.fh, self.left = fh, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n is None or n < 0 else min(n, self.left)
-        data = self.fh.read(n) if n else b""
-        self.left -= len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
 
 
 class _Prepended:
@@ -89,7 +73,7 @@ def iter_stream(unit: StreamUnit) -> Iterator[Member]:
         return
     with fh:
         fh.seek(unit.base)
-        yield from _stream_tar(_Window(fh, unit.size), unit.compression, unit.label, unit.depth)
+        yield from _stream_tar(LimitedFile(fh, unit.size), unit.compression, unit.label, unit.depth)
 
 
 def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -> Iterator[Member]:

@@ -33,7 +33,7 @@ import bz2
 import gzip
 import lzma
 import os
-from typing import BinaryIO, Iterator, NamedTuple
+from typing import Any, BinaryIO, Iterator, NamedTuple
 
 __all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader", "is_hidden", "pread",
            "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name",
@@ -160,9 +160,10 @@ class PreadReader:
 
 
 class LimitedFile:
-    """The next ``size`` bytes of a reader, as a read-only file object (a member's data, streamed)."""
+    """The next ``size`` bytes of a reader (anything with ``read(n)``: a :class:`SeqReader`, a
+    :class:`PreadReader`, an open file), as a read-only file object (a member's data, streamed)."""
 
-    def __init__(self, reader: SeqReader | PreadReader, size: int):
+    def __init__(self, reader: Any, size: int):
         self.reader, self.left = reader, size
 
     def read(self, n: int = -1) -> bytes:
