@@ -1,9 +1,9 @@
 """The CPU backend: numba loops over the canonical chunk, exact for integers, float64 for floats.
 
 Each batch becomes a ``ChannelStats`` that the reducer merges (see ``MergingReducer``); nothing
-is kept on failure. uint8 moments come from per-channel histograms (:func:`hist_u8`), which are
-exact and read every byte once; other integers and per-image/covariance requests use exact
-per-image integer totals; floats use per-image corrected two-pass float64 moments (the mean as a
+is kept on failure. uint8 moments come from vectorized exact sums (``u8_sums``), or from per-channel
+histograms (``hist_u8``) when a histogram is asked for; both read every byte once. Other integers
+and per-image/covariance requests use exact per-image integer totals (``int_rows``); floats use per-image corrected two-pass float64 moments (the mean as a
 double-double) merged with the compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`;
 DESIGN.md, "The state and its numerics").
 """
