@@ -135,6 +135,28 @@ def test_compute_stats_of_a_folder_equals_the_command_bit_for_bit(capsys, demo):
     assert got.images == doc["images"] and got.to_dict()["mean"] == doc["stats"]["mean"]
 
 
+@pytest.mark.parametrize("extra", [[], ["--histogram"], ["--per-image"], ["--covariance"],
+                                   ["--histogram", "--covariance", "--per-image"]])
+def test_large_images_reduced_as_decoded_equal_the_in_memory_reduction(capsys, tmp_path, extra):
+    # images of 90,000+ values are reduced one by one as they are decoded, small ones per batch
+    rng = np.random.default_rng(12)
+    images = [rng.integers(0, 256, size, dtype=np.uint8) for size in
+              [(150, 200, 3), (9, 7, 3), (160, 190, 3), (5, 5, 3), (151, 200, 3), (149, 201, 3)]]
+    images[2][:20] = 255  # a saturated band
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / f"i{i}.png")
+    docs = [run_json(capsys, str(tmp_path), "--device", "cpu", "--workers", w, "--batch-size", b, *extra)
+            for w, b in (("0", "4"), ("2", "2"), ("0", "1"))]
+    from gpustats import compute_stats
+
+    memory = compute_stats([images], device="cpu", layout="HWC", histogram="--histogram" in extra,
+                           covariance="--covariance" in extra, per_image="--per-image" in extra)
+    assert docs[0]["state"] == docs[1]["state"] == docs[2]["state"] == json.loads(json.dumps(memory.state.to_dict()))
+    px = np.concatenate([im.reshape(-1, 3) for im in images]).astype(np.int64)
+    exact_mean = [int(t) / (len(px) * 255) for t in px.sum(0)]  # int / int: correctly rounded
+    np.testing.assert_allclose(docs[0]["stats"]["mean"], exact_mean, rtol=1e-15)
+
+
 def test_mixed_sizes_and_grayscale_conversion(capsys, mixed):
     files = list_images([mixed])
     for extra in ([], ["--per-image"]):  # one strip per batch, and the list of images

@@ -159,6 +159,44 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"]
 
 
+def u8_state_from_sums(sums: np.ndarray, scale: float) -> ChannelStats:
+    """The state of uint8 data from ``u8_sums``' exact totals ([5, C]: count, sum, sum of squares, min, max)."""
+    count, total, total_sq = ([int(v) for v in row] for row in sums[:3])
+    empty = sums[0] == 0
+    return ChannelStats.from_integer_sums(count, total, total_sq, np.where(empty, np.inf, sums[3]),
+                                          np.where(empty, -np.inf, sums[4]), dtype="uint8", scale=scale)
+
+
+def u8_state_from_hist(hist: np.ndarray, scale: float, keep: bool) -> ChannelStats:
+    """The state of uint8 data from its exact per-channel histograms ([C, 256]); ``keep``: the state holds them."""
+    count = [int(h.sum()) for h in hist]
+    total = [int(h @ _VALUES) for h in hist]
+    total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
+    nz = [np.flatnonzero(h) for h in hist]
+    vmin = [float(z[0]) if z.size else np.inf for z in nz]
+    vmax = [float(z[-1]) if z.size else -np.inf for z in nz]
+    return ChannelStats.from_integer_sums(count, total, total_sq, vmin, vmax, dtype="uint8", scale=scale,
+                                          hist=hist if keep else None, hist_range=(0.0, 256.0) if keep else None)
+
+
+def int_state_from_rows(r: dict, *, dtype: str, scale: float, covariance: bool, per_image: bool,
+                        hist: np.ndarray | None = None, hist_range: tuple | None = None,
+                        hist_ends: np.ndarray | None = None) -> ChannelStats:
+    """The state of integer data from :func:`_int_rows`' exact per-image rows (and its histogram)."""
+    C = r["count"].shape[1]
+    count = [int(v) for v in r["count"].sum(axis=0)]
+    total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
+    total_sq = [sum(int(v) for v in r["total_sq"][:, c]) for c in range(C)]
+    cross = None
+    if covariance:
+        cross = [[sum(int(v) for v in r["cross"][:, i, j]) for j in range(C)] for i in range(C)]
+    images = ImageMoments.from_integer_rows(r["count"], r["total"], r["total_sq"]) if per_image else None
+    return ChannelStats.from_integer_sums(
+        count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
+        dtype=dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images, hist_ends=hist_ends,
+    )
+
+
 class CpuReducer(MergingReducer):
     """Reduce batches on the CPU with numba loops (the strategy is always "numba")."""
 
@@ -221,23 +259,11 @@ class CpuReducer(MergingReducer):
                     k.u8_sums(a, cp, sums, threads)
                 else:
                     k.u8_sums_here(a, cp, sums)
-            count, total, total_sq = ([int(v) for v in row] for row in sums[:3])
-            empty = sums[0] == 0
-            return ChannelStats.from_integer_sums(count, total, total_sq, np.where(empty, np.inf, sums[3]),
-                                                  np.where(empty, -np.inf, sums[4]), dtype=chunk.dtype,
-                                                  scale=scale)
+            return u8_state_from_sums(sums, scale)
         if chunk.dtype == "uint8" and not rows_needed:
             # the histogram alone gives exact count, sums, min and max: one fast pass
-            hist, hist_range, _ = self._histogram(chunk, arrays, batch_index)
-            count = [int(h.sum()) for h in hist]
-            total = [int(h @ _VALUES) for h in hist]
-            total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
-            nz = [np.flatnonzero(h) for h in hist]
-            vmin = [float(z[0]) if z.size else np.inf for z in nz]
-            vmax = [float(z[-1]) if z.size else -np.inf for z in nz]
-            return ChannelStats.from_integer_sums(count, total, total_sq, vmin, vmax, dtype=chunk.dtype, scale=scale,
-                                                  hist=hist if opts.histogram else None,
-                                                  hist_range=hist_range if opts.histogram else None)
+            hist, _, _ = self._histogram(chunk, arrays, batch_index)
+            return u8_state_from_hist(hist, scale, keep=opts.histogram)
         fused_hist = opts.histogram and chunk.dtype == "uint8"  # built in the same pass as the rows
         hist, hist_range, ends = (None, None, None)
         if opts.histogram and not fused_hist:
@@ -245,20 +271,8 @@ class CpuReducer(MergingReducer):
         if fused_hist:
             hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
         r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
-        count = [int(v) for v in r["count"].sum(axis=0)]
-        total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
-        total_sq = [sum(int(v) for v in r["total_sq"][:, c]) for c in range(C)]
-        cross = None
-        if opts.covariance:
-            cross = [[sum(int(v) for v in r["cross"][:, i, j]) for j in range(C)] for i in range(C)]
-        images = None
-        if opts.per_image:
-            images = ImageMoments.from_integer_rows(r["count"], r["total"], r["total_sq"])
-        return ChannelStats.from_integer_sums(
-            count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
-            dtype=chunk.dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images,
-            hist_ends=ends,
-        )
+        return int_state_from_rows(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance,
+                                   per_image=opts.per_image, hist=hist, hist_range=hist_range, hist_ends=ends)
 
     # ----------------------------------------------------------------- floats
     def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
