@@ -3,9 +3,10 @@
 Each batch becomes a ``ChannelStats`` that the reducer merges (see ``MergingReducer``); nothing
 is kept on failure. uint8 moments come from vectorized exact sums (``u8_sums``), or from per-channel
 histograms (``hist_u8``) when a histogram is asked for; both read every byte once. Other integers
-and per-image/covariance requests use exact per-image integer totals (``int_rows``); floats use per-image corrected two-pass float64 moments (the mean as a
-double-double) merged with the compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`;
-DESIGN.md, "The state and its numerics").
+and per-image/covariance requests use exact per-image integer totals (``int_rows``); floats use
+per-image corrected two-pass float64 moments (the mean as a double-double) merged with the
+compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`; DESIGN.md, "The state and its
+numerics").
 """
 
 from __future__ import annotations
@@ -212,6 +213,12 @@ class CpuReducer(MergingReducer):
         self._k = _cpu_kernels
         self.threads = threads
 
+    def _parallel(self, a: np.ndarray, channels: int) -> int:
+        """Threads for one uint8 loop over ``a``, or 0 to run it in this thread (one thread, or fewer
+        than two pixel blocks: a parallel region would cost more than it saves)."""
+        threads = _threads(self.threads)
+        return threads if threads > 1 and a.size >= 2 * self._k._BLOCK * channels else 0
+
     def reduce_chunk(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
         if chunk.dtype in INTEGER_DTYPES:
             return self._reduce_int(chunk, scale, batch_index)
@@ -226,9 +233,9 @@ class CpuReducer(MergingReducer):
         cp = chunk.layout == "CP"
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
-            threads = _threads(self.threads)
             for a in arrays:
-                if threads > 1 and a.size >= 2 * self._k._BLOCK * chunk.channels:
+                threads = self._parallel(a, chunk.channels)
+                if threads:
                     self._k.hist_u8(a, cp, hist, threads)
                 else:
                     self._k.hist_u8_here(a, cp, hist)
@@ -253,9 +260,9 @@ class CpuReducer(MergingReducer):
                 and all(a.flags.c_contiguous for a in arrays):
             sums = np.zeros((5, C), np.int64)
             sums[3] = 255
-            threads = _threads(self.threads)
             for a in arrays:  # vectorized exact sums: twice the histogram's speed
-                if threads > 1 and a.size >= 2 * k._BLOCK * C:
+                threads = self._parallel(a, C)
+                if threads:
                     k.u8_sums(a, cp, sums, threads)
                 else:
                     k.u8_sums_here(a, cp, sums)

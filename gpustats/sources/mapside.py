@@ -35,6 +35,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch.utils.data
 
+from ..backends.cpu import _SMALL_PART
 from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file
 from .errors import BadImage
 from .segment import Segment
@@ -43,9 +44,6 @@ __all__ = ["BadItem", "BatchResult", "ReducedBatches", "iter_reduced", "reduce_r
 
 #: what ToTensor divides uint8 by: the scale of every folder run
 _UINT8_SCALE = 255.0
-#: images with fewer values are joined into one strip before reducing (a call costs a few us; joining
-#: a photo costs more than reducing it in place: a fresh strip's pages fault in)
-_SMALL_IMAGE = 1 << 16
 
 
 class BadItem(NamedTuple):
@@ -137,10 +135,12 @@ class _Reduce:
 
     def __call__(self, arrays: list[np.ndarray], b: int) -> Any:
         batch: Any = arrays
-        small = [a for a in arrays if a.size < _SMALL_IMAGE]
-        if not self.per_image and len(small) > 1:  # small images: one strip, one reduction call
+        small = [a for a in arrays if a.size < _SMALL_PART]
+        # small images: one strip, one reduction call (joined here, as backends.cpu would join them,
+        # so that the adapter converts one array instead of one per image)
+        if not self.per_image and len(small) > 1:
             strip = np.concatenate([a.reshape(-1, a.shape[2]) for a in small])[None]
-            batch = [a for a in arrays if a.size >= _SMALL_IMAGE] + [strip]
+            batch = [a for a in arrays if a.size >= _SMALL_PART] + [strip]
         elif self.per_image and len(small) == len(arrays) > 1 and all(a.shape == arrays[0].shape for a in arrays):
             # small images of one size (CIFAR-like): one [N, H, W, C] block, each image still its own row
             return self.reducer.reduce_chunk(self.stacked.adapt(np.stack(arrays), b), _UINT8_SCALE, b)
