@@ -50,15 +50,18 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _walk_folder(root: Path, visited_dirs: set[str], unreadable: list | None) -> list[tuple[str, Path, str]]:
-    """(relative POSIX path, path, realpath) of the image files under ``root``, unsorted.
+def _walk_folder(root: str | os.PathLike[str], visited_dirs: set[str],
+                 unreadable: list | None) -> list[tuple[str, str, str]]:
+    """(relative POSIX path, path, realpath) of the image files under ``root``, unsorted; plain strings
+    (a ``Path`` per file would cost more than the walk itself: ~10 us each).
 
     A file's realpath is its folder's (resolved once per folder) joined with its name, unless the
     entry is a symlink: ``os.path.realpath`` per file costs an ``lstat`` per path component."""
-    found: list[tuple[str, Path, str]] = []
+    found: list[tuple[str, str, str]] = []
+    extensions = frozenset(IMAGE_EXTENSIONS)
     # Explicit stack of (folder path, relative prefix); entries sorted so that the choice of
     # which alias of a doubly reachable folder gets walked is deterministic.
-    stack: list[tuple[Path, str]] = [(root, "")]
+    stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
         folder, prefix = stack.pop()
         real = os.path.realpath(folder)
@@ -70,21 +73,22 @@ def _walk_folder(root: Path, visited_dirs: set[str], unreadable: list | None) ->
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             if unreadable is None:
-                warnings.warn(f"gpustats: skipping unreadable folder {str(folder)!r}: {exc}", stacklevel=3)
+                warnings.warn(f"gpustats: skipping unreadable folder {folder!r}: {exc}", stacklevel=3)
             else:
-                unreadable.append((str(folder), f"unreadable folder: {exc.strerror or exc}"))
+                unreadable.append((folder, f"unreadable folder: {exc.strerror or exc}"))
             continue
-        subdirs: list[tuple[Path, str]] = []
+        subdirs: list[tuple[str, str]] = []
+        real_dir = real + os.sep if real != os.sep else real
         for entry in entries:
-            if entry.name.startswith("."):
+            name = entry.name
+            if name[0] == ".":
                 continue
-            rel = prefix + entry.name
             try:
                 if entry.is_dir():  # follows symlinks
-                    subdirs.append((Path(entry.path), rel + "/"))
-                elif entry.is_file() and is_image_name(entry.name):
-                    file_real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real, entry.name)
-                    found.append((rel, Path(entry.path), file_real))
+                    subdirs.append((entry.path, prefix + name + "/"))
+                elif os.path.splitext(name)[1].lower() in extensions and entry.is_file():
+                    file_real = os.path.realpath(entry.path) if entry.is_symlink() else real_dir + name
+                    found.append((prefix + name, entry.path, file_real))
             except OSError:
                 continue  # vanished or unreadable entry: not listed
         stack.extend(reversed(subdirs))  # depth-first in name order
@@ -110,7 +114,7 @@ def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
     seen_files: set[str] = set()
     result: list[Path] = []
     for root in roots:
-        result.extend(walk_root(root, visited_dirs, seen_files, unreadable))
+        result.extend(Path(p) for p in walk_root(root, visited_dirs, seen_files, unreadable))
 
     if not result:
         where = ", ".join(repr(str(r)) for r in roots) or "(no paths given)"
@@ -121,15 +125,15 @@ def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
     return result
 
 
-def walk_root(root: Path, visited_dirs: set[str], seen_files: set[str], unreadable: list | None) -> list[Path]:
+def walk_root(root: Path, visited_dirs: set[str], seen_files: set[str], unreadable: list | None) -> list[str]:
     """The files of one root (a folder walked and sorted, or a file), minus those in ``seen_files``
-    (realpaths, updated): :func:`list_images`' rules, one root at a time (``sources.units`` lists
-    archives between roots)."""
+    (realpaths, updated), as strings: :func:`list_images`' rules, one root at a time (``sources.units``
+    lists archives between roots)."""
     if os.path.isdir(root):
         candidates = [(p, real) for _, p, real in sorted(_walk_folder(root, visited_dirs, unreadable),
                                                           key=lambda item: item[0])]
     else:
-        candidates = [(root, os.path.realpath(root))]
+        candidates = [(os.fspath(root), os.path.realpath(root))]
     result = []
     for path, real in candidates:
         if real in seen_files:
