@@ -158,20 +158,61 @@ def exact_moments(count: Any, total: Any, total_sq: Any, *, other_total: Any = N
     """
     scale = Fraction(scale)
     num, den = scale.numerator, scale.denominator
-    arrays = np.broadcast_arrays(*(np.asarray(a, dtype=object) for a in
-                                   (count, total, total_sq, total if other_total is None else other_total)))
-    mean = np.full(arrays[0].shape, np.nan)
-    second = np.full(arrays[0].shape, np.nan if ddof is not None else 0.0)
-    for idx in np.ndindex(*arrays[0].shape):
-        n, s, q, t = (int(a[idx]) for a in arrays)
-        if n > 0:
-            mean[idx] = (s * den) / (n * num)  # int / int: correctly rounded, like float(Fraction)
-        centred = (n * q - s * t) * den * den
-        if ddof is None and n > 0:
-            second[idx] = centred / (n * num * num)
-        elif ddof is not None and n > ddof:
-            second[idx] = centred / (n * (n - ddof) * num * num)
+    ints = [np.asarray(a) for a in (count, total, total_sq, total if other_total is None else other_total)]
+    if all(a.dtype.kind == "i" or (a.dtype.kind == "u" and a.dtype.itemsize < 8) for a in ints) \
+            and num < _SMALL and den < _SMALL:
+        ints = np.broadcast_arrays(*(a.astype(np.int64) for a in ints))
+        mean, second, rest = _exact_moments_int64(*ints, ddof, num, den)
+    else:
+        shape = np.broadcast_shapes(*(a.shape for a in ints))
+        mean = np.full(shape, np.nan)
+        second = np.full(shape, np.nan if ddof is not None else 0.0)
+        rest = np.ones(shape, bool)
+    if rest.any():  # what int64 and float64 division cannot give exactly: rational arithmetic on Python ints
+        arrays = np.broadcast_arrays(*(np.asarray(a, dtype=object) for a in
+                                       (count, total, total_sq, total if other_total is None else other_total)))
+        for idx in zip(*np.nonzero(rest)):
+            n, s, q, t = (int(a[idx]) for a in arrays)
+            if n > 0:
+                mean[idx] = (s * den) / (n * num)  # int / int: correctly rounded, like float(Fraction)
+            centred = (n * q - s * t) * den * den
+            if ddof is None and n > 0:
+                second[idx] = centred / (n * num * num)
+            elif ddof is not None and n > ddof:
+                second[idx] = centred / (n * (n - ddof) * num * num)
     return mean, second
+
+
+#: below this, integers and their float64 images are equal, and the quotient of two of them in
+#: float64 is the correctly rounded rational (IEEE division), as Python's ``int / int`` is
+_EXACT = float(2**53)
+_SMALL = 1 << 20  # a scale's numerator and denominator small enough for the int64 path
+
+
+def _exact_moments_int64(n: np.ndarray, s: np.ndarray, q: np.ndarray, t: np.ndarray, ddof: int | None,
+                         num: int, den: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`exact_moments` element-wise in int64 and float64 where that is exact, and the mask of
+    the elements left for rational arithmetic: where an int64 product could overflow, or a numerator
+    or denominator reaches 2**53 (its float64 image would be rounded before dividing).
+
+    Each bound is tested in float64 before the int64 product it guards; a product of float64 values
+    that are exact integers rounds to at least 2**53 exactly when the true product is at least 2**53."""
+    nf, sf, qf, tf = (a.astype(np.float64) for a in (n, s, q, t))
+    lower = 0 if ddof is None else ddof
+    exact = (nf >= 0) & (np.abs(nf * qf) < 2.0**62) & (np.abs(sf * tf) < 2.0**62)  # int64 holds n*q - s*t
+    exact &= (np.abs(sf) * den < _EXACT) & (nf * num < _EXACT)  # the mean's numerator and denominator
+    exact &= nf * np.maximum(nf - lower, 0) * num * num < _EXACT  # the second's denominator
+    n0, s0, q0, t0 = (np.where(exact, a, 0) for a in (n, s, q, t))
+    raw = n0 * q0 - s0 * t0
+    exact &= np.abs(raw.astype(np.float64)) * (den * den) < _EXACT  # the second's numerator
+    raw = np.where(exact, raw, 0)
+    wanted = exact & (n0 > lower)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(exact & (n0 > 0), (s0 * den).astype(np.float64) / (n0 * num).astype(np.float64), np.nan)
+        below = (n0 if ddof is None else n0 * np.maximum(n0 - ddof, 0)) * (num * num)
+        second = np.where(wanted, (raw * (den * den)).astype(np.float64) / np.where(wanted, below, 1).astype(np.float64),
+                          0.0 if ddof is None else np.nan)
+    return mean, second, ~exact
 
 
 # ====================================================================== shifted sums
@@ -239,23 +280,46 @@ def exact_value_sums(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     x = np.asarray(values, dtype=np.float64)
     flat = x.reshape(x.shape[0], -1)
-    counts = np.zeros(flat.shape[1], np.int64)
+    valid = ~np.isnan(flat)
+    if not np.isfinite(flat[valid]).all():
+        raise StatsError("per-image values must be finite to be summed exactly; an image's mean or std overflowed")
+    counts = valid.sum(axis=0).astype(np.int64)
     sums = np.zeros(flat.shape[1], dtype=object)
     sumsqs = np.zeros(flat.shape[1], dtype=object)
-    for j in range(flat.shape[1]):
-        col = flat[:, j]
-        col = col[~np.isnan(col)]
-        if not np.all(np.isfinite(col)):
-            raise StatsError("per-image values must be finite to be summed exactly; an image's mean or std overflowed")
-        s = q = 0
-        for v in col.tolist():
-            num, den = v.as_integer_ratio()
-            shift = SUM_BITS - (den.bit_length() - 1)
-            s += num << shift
-            q += (num * num) << (2 * shift)
-        counts[j], sums[j], sumsqs[j] = col.size, s, q
+    for start in range(0, flat.shape[0], _ROWS):  # int64 partial sums hold _ROWS values
+        part, ok = flat[start:start + _ROWS], valid[start:start + _ROWS]
+        column = np.broadcast_to(np.arange(flat.shape[1]), part.shape)[ok]
+        for j, shift, total, square in _grouped_sums(part[ok], column):
+            sums[j] += total << shift if shift >= 0 else total >> -shift
+            sumsqs[j] += square << (2 * shift) if shift >= 0 else square >> (-2 * shift)
     shape = x.shape[1:]
     return counts.reshape(shape), sums.reshape(shape), sumsqs.reshape(shape)
+
+
+_ROWS = 256  # values summed per int64 partial sum (each below 2**54): 256 * 2**54 < 2**63
+
+
+def _grouped_sums(v: np.ndarray, column: np.ndarray):
+    """``(column, shift, sum of m, sum of m*m)`` per column and binary exponent of the finite values ``v``,
+    written ``v = m * 2**(shift - SUM_BITS)`` with ``m`` an integer of at most 53 bits: values of one
+    exponent share ``shift``, so their ``m`` are added in int64 (``m*m`` as three 27-bit-split parts),
+    and only one Python-int shift per group remains. Zeros add nothing and are left out."""
+    frac, exp = np.frexp(v)
+    m = np.ldexp(frac, 53).astype(np.int64)  # exact: frac has at most 53 significant bits
+    keep = m != 0
+    m, exp, column = m[keep], exp[keep], column[keep]
+    shift = exp.astype(np.int64) - 53 + SUM_BITS  # may be negative for subnormals (m then ends in zeros)
+    key = column * 4096 + (shift + 2048)
+    order = np.argsort(key, kind="stable")
+    key, m = key[order], m[order]
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else key
+    a = np.abs(m)
+    hi, lo = a >> 27, a & ((1 << 27) - 1)  # m*m = hi*hi << 54 + 2*hi*lo << 27 + lo*lo, each sum in int64
+    if not key.size:
+        return
+    parts = [np.add.reduceat(x, starts).tolist() for x in (m, hi * hi, 2 * hi * lo, lo * lo)]
+    for k, total, hh, hl, ll in zip(key[starts].tolist(), *parts):
+        yield k // 4096, k % 4096 - 2048, total, (hh << 54) + (hl << 27) + ll
 
 
 # ====================================================================== histograms

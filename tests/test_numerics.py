@@ -212,6 +212,41 @@ def test_exact_value_sums_are_exact_and_split_invariant(values, cuts):
     assert with_nan[0][0] == len(x) and with_nan[1][0] == s[0]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=False) | st.sampled_from([0.0, -0.0, 5e-324, -2.5e-320, 2.2e-308]),
+                min_size=1, max_size=700), st.integers(1, 3))
+def test_exact_value_sums_columns_subnormals_and_long_columns(values, columns):
+    """Every float64 (subnormals, zeros, huge, NaN left out), several columns, more rows than one
+    int64 partial sum holds: the sums are the rationals' sums (Fraction, an independent reference)."""
+    x = np.array(values + [1.0] * (-len(values) % columns), dtype=np.float64).reshape(-1, columns)
+    count, s, q = N.exact_value_sums(x)
+    for j in range(columns):
+        col = [float(v) for v in x[:, j] if not math.isnan(v)]
+        assert count[j] == len(col)
+        assert Fraction(s[j], 2**N.SUM_BITS) == sum((Fraction(v) for v in col), Fraction(0))
+        assert Fraction(q[j], 2 ** (2 * N.SUM_BITS)) == sum((Fraction(v) ** 2 for v in col), Fraction(0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**40), st.integers(-2**62, 2**62), st.integers(0, 2**62),
+                          st.integers(-2**62, 2**62)) | st.tuples(st.integers(0, 5000), st.integers(-10**6, 10**6),
+                                                                  st.integers(0, 10**9), st.integers(-10**6, 10**6)),
+                min_size=1, max_size=30), st.sampled_from([None, 0, 1, 3]), st.sampled_from([1, 255, Fraction(2, 3)]))
+def test_exact_moments_arrays_int64_path_equals_rationals(rows, ddof, scale):
+    """int64 arrays take the vectorized path where it is exact and rational arithmetic elsewhere (values
+    near the int64 limit mixed with small ones): each element is the rational rounded once."""
+    n, s, q, t = (np.array(col, dtype=np.int64) for col in zip(*rows))
+    mean, second = N.exact_moments(n, s, q, other_total=t, ddof=ddof, scale=scale)
+    sc = Fraction(scale)
+    for i, (ni, si, qi, ti) in enumerate(rows):
+        assert (mean[i] == float(Fraction(si, ni) / sc)) if ni > 0 else math.isnan(mean[i])
+        below = ni if ddof is None else ni * (ni - ddof)
+        if ni > (0 if ddof is None else ddof):
+            assert second[i] == float(Fraction(ni * qi - si * ti, below) / sc**2)
+        else:
+            assert second[i] == 0.0 if ddof is None else math.isnan(second[i])
+
+
 # ------------------------------------------------------------------ histograms
 def test_bin_rule_is_the_cpu_kernels_rule_and_numpys():
     from gpustats.backends import _cpu_kernels as k

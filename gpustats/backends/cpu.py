@@ -180,17 +180,22 @@ def u8_state_from_hist(hist: np.ndarray, scale: float, keep: bool) -> ChannelSta
                                           hist=hist if keep else None, hist_range=(0.0, 256.0) if keep else None)
 
 
+def _exact_column_sums(rows: np.ndarray) -> list:
+    """Sums over axis 0 of int64 ``rows`` as (nested) lists of Python ints: in int64 when no partial
+    sum can overflow it, else in Python ints."""
+    bound = float(np.abs(rows.astype(np.float64)).max(initial=0.0)) * rows.shape[0]
+    if bound < 2.0**62:
+        return rows.sum(axis=0).tolist()
+    return np.asarray(rows, dtype=object).sum(axis=0).tolist()
+
+
 def int_state_from_rows(r: dict, *, dtype: str, scale: float, covariance: bool, per_image: bool,
                         hist: np.ndarray | None = None, hist_range: tuple | None = None,
                         hist_ends: np.ndarray | None = None) -> ChannelStats:
     """The state of integer data from :func:`_int_rows`' exact per-image rows (and its histogram)."""
-    C = r["count"].shape[1]
     count = [int(v) for v in r["count"].sum(axis=0)]
-    total = [sum(int(v) for v in r["total"][:, c]) for c in range(C)]
-    total_sq = [sum(int(v) for v in r["total_sq"][:, c]) for c in range(C)]
-    cross = None
-    if covariance:
-        cross = [[sum(int(v) for v in r["cross"][:, i, j]) for j in range(C)] for i in range(C)]
+    total, total_sq = _exact_column_sums(r["total"]), _exact_column_sums(r["total_sq"])
+    cross = _exact_column_sums(r["cross"]) if covariance else None
     images = ImageMoments.from_integer_rows(r["count"], r["total"], r["total_sq"]) if per_image else None
     return ChannelStats.from_integer_sums(
         count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
