@@ -308,7 +308,10 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                             converted = Image.fromarray(fast, "RGB") if resize is not None else fast
                         else:
                             img.load()
-                            converted = img.convert(mode)
+                            if img.mode == mode and resize is None:  # no convert: it would only copy
+                                converted = np.array(img) if writable else np.asarray(img)
+                            else:
+                                converted = img.convert(mode)
                     except Image.DecompressionBombError as exc:
                         raise BadImage(f"too large: {exc}", path) from None
                     except Exception as exc:  # OSError, SyntaxError, EOFError, zlib.error, ...
@@ -329,7 +332,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
         if new_size != converted.size:
             converted = converted.resize(new_size, Image.BILINEAR)
     if isinstance(converted, np.ndarray):
-        array = converted  # simplejpeg's own writable array
+        array = converted  # simplejpeg's own writable array, or Pillow's pixels taken as they were
     elif writable:
         array = np.array(converted, dtype=np.uint8)  # a writable copy (np.asarray is read-only)
     else:

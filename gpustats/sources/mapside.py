@@ -29,6 +29,7 @@ per-image statistics, each image stays its own row.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
@@ -110,7 +111,11 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded) 
 
 
 class _Reduce:
-    """Reduces decoded arrays into the exact state dict (one per process; numba state does not travel)."""
+    """Reduces decoded arrays into the exact state (one per process; numba state does not travel).
+
+    Until this process has loaded numba (:meth:`load_numba`, or the first image too large for
+    :mod:`~gpustats.backends.cpu_small`), small uint8 images are reduced with numpy alone: same
+    integers, same state, without numba's ~0.4 s start (see :func:`_numba_pays`)."""
 
     _cache: dict = {}
 
@@ -123,17 +128,32 @@ class _Reduce:
 
     def __init__(self, extras: dict):
         from ..backends import Options
-        from ..backends.cpu import CpuReducer
         from ..batches import BatchAdapter
 
         self.per_image = extras["per_image"]
-        # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates;
-        # a parallel region under the fork-safe workqueue layer costs ~0.2 ms a call
-        self.reducer = CpuReducer(torch.device("cpu"), Options(**extras), threads=1)
+        self.options = Options(**extras)
+        self.reducer: Any = None  # the numba CpuReducer, once loaded
         self.adapter = BatchAdapter("HWC")
         self.stacked = BatchAdapter("NHWC")
 
+    def load_numba(self) -> None:
+        """Build the numba reducer (imports numba; its loops load on their first call)."""
+        if self.reducer is None:
+            import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
+
+            from ..backends.cpu import CpuReducer
+
+            prefer_forksafe_threads()
+            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates;
+            # a parallel region under the fork-safe workqueue layer costs ~0.2 ms a call
+            self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1)
+
     def __call__(self, arrays: list[np.ndarray], b: int) -> Any:
+        from ..backends.cpu_small import is_small_u8, small_u8_state
+
+        if self.reducer is None and is_small_u8(arrays):
+            return small_u8_state(arrays, self.options, _UINT8_SCALE)
+        self.load_numba()
         batch: Any = arrays
         small = [a for a in arrays if a.size < _SMALL_PART]
         # small images: one strip, one reduction call (joined here, as backends.cpu would join them,
@@ -146,6 +166,28 @@ class _Reduce:
             return self.reducer.reduce_chunk(self.stacked.adapt(np.stack(arrays), b), _UINT8_SCALE, b)
         chunk = self.adapter.adapt(batch, b)
         return self.reducer.reduce_chunk(chunk, _UINT8_SCALE, b)
+
+
+#: items from which a run loads numba even when its images are small: numpy costs ~4 us more per
+#: small image than numba's loops, numba ~0.4 s once per process
+_NUMBA_FROM_ITEMS = 100_000
+
+
+def _numba_pays(segment: Segment, start: int) -> bool:
+    """Whether this run should load numba before its workers fork: many items, or a first image too
+    large for numpy's small-image path (read from the file's header; members and rows: assumed)."""
+    if len(segment) - start >= _NUMBA_FROM_ITEMS:
+        return True
+    try:
+        source = segment.source(start)
+        if not isinstance(source, str):
+            return True
+        from PIL import Image
+
+        with Image.open(source) as im:
+            return im.size[0] * im.size[1] * len(im.getbands()) >= _SMALL_PART
+    except Exception:  # unreadable or not an image: decoding will report it; assume large
+        return True
 
 
 def reduce_records(first: int, stop: int, records: Iterable[tuple], extras: dict, decode_opts: dict,
@@ -197,8 +239,8 @@ class ReducedBatches(torch.utils.data.Dataset):
         return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b))
 
     def warm_up(self) -> None:
-        """Build this process's reducer and run it once on a tiny image (compiles or loads numba's code),
-        and decode a tiny PNG (Pillow loads its common format plugins, the optional JPEG decoder is
+        """Build this process's reducer and, when the run needs numba (:func:`_numba_pays`), run it once on
+        a tiny image (compiles or loads numba's code), and decode a tiny PNG (Pillow loads its common format plugins, the optional JPEG decoder is
         looked up): forked workers inherit all of it ready to run instead of each paying ~0.1 s."""
         import io
 
@@ -206,7 +248,10 @@ class ReducedBatches(torch.utils.data.Dataset):
 
         from .decode import _fast_jpeg
 
-        _Reduce.get(self.extras)([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
+        reduce = _Reduce.get(self.extras)
+        if _numba_pays(self.segment, self.start):
+            reduce.load_numba()
+            reduce([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
         png = io.BytesIO()
         Image.new("RGB", (2, 2)).save(png, format="PNG")
         decode_bytes(png.getvalue(), **self.decode_opts)
@@ -255,10 +300,12 @@ def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int) -> Iterato
 
 
 def _one_thread(worker_id: int) -> None:
-    """Decode workers reduce with one thread each: the workers are the parallelism."""
-    import numba
+    """Decode workers reduce with one thread each: the workers are the parallelism (their reducers
+    also ask for one thread: a worker that imports numba later needs nothing more)."""
+    if "numba" in sys.modules:
+        import numba
 
-    numba.set_num_threads(1)
+        numba.set_num_threads(1)
 
 
 def _identity(result: BatchResult) -> BatchResult:
@@ -266,7 +313,10 @@ def _identity(result: BatchResult) -> BatchResult:
 
 
 def _threads_started() -> str | None:
-    """The numba threading layer this process runs, or None when no parallel region has run yet."""
+    """The numba threading layer this process runs, or None when no parallel region has run yet
+    (nor numba been imported: then none can have run, and finding out would cost its import)."""
+    if "numba" not in sys.modules:
+        return None
     try:
         import numba
 
@@ -278,8 +328,9 @@ def _threads_started() -> str | None:
 def prefer_forksafe_threads() -> None:
     """Make numba pick a fork-safe threading layer (TBB or its workqueue; not GNU OpenMP), unless the
     user chose one (``NUMBA_THREADING_LAYER``) or threads already run. Decode workers are forked:
-    then the parent may compile and warm the reducer, and the children inherit it ready to run."""
-    if "NUMBA_THREADING_LAYER" not in os.environ and _threads_started() is None:
+    then the parent may compile and warm the reducer, and the children inherit it ready to run.
+    Nothing to do before numba is imported (:meth:`_Reduce.load_numba` calls this after importing it)."""
+    if "numba" in sys.modules and "NUMBA_THREADING_LAYER" not in os.environ and _threads_started() is None:
         import numba
 
         numba.config.THREADING_LAYER = "forksafe"
@@ -314,6 +365,8 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     if workers > 0 and context is None:
         dataset.warm_up()  # compiled here once; forked workers inherit it instead of each loading it
     if workers == 0:
+        if _numba_pays(dataset.segment, dataset.start):
+            _Reduce.get(dataset.extras).load_numba()
         for b in range(len(dataset)):
             yield dataset[b]
         return

@@ -1,0 +1,91 @@
+"""Small uint8 images reduced with numpy alone (backends.cpu_small): bitwise the numba reducer's state,
+and a folder run of small images does not load numba at all."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from gpustats.backends import Options
+from gpustats.backends.cpu import CpuReducer
+from gpustats.backends.cpu_small import is_small_u8, small_u8_state
+from gpustats.batches import BatchAdapter
+
+OPTIONS = [Options(histogram=h, covariance=c, per_image=p) for h in (False, True) for c in (False, True)
+           for p in (False, True)]
+
+
+@st.composite
+def small_images(draw):
+    channels = draw(st.sampled_from([1, 3]))
+    same = draw(st.booleans())
+    shape = (draw(st.integers(1, 40)), draw(st.integers(1, 40)))
+    count = draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    shapes = [shape if same else (int(rng.integers(1, 60)), int(rng.integers(1, 60))) for _ in range(count)]
+    images = [rng.integers(0, 256, (*s, channels), dtype=np.uint8) for s in shapes]
+    if draw(st.booleans()):
+        images[0][...] = 255  # a saturated image: min == max in it
+    return images
+
+
+@settings(max_examples=40, deadline=None)
+@given(small_images(), st.sampled_from(OPTIONS))
+def test_numpy_state_is_the_numba_reducers_bit_for_bit(images, options):
+    assert is_small_u8(images)
+    numba_state = CpuReducer(torch.device("cpu"), options, threads=1).reduce_chunk(
+        BatchAdapter("HWC").adapt(images, 0), 255.0, 0)
+    got = small_u8_state(images, options, 255.0)
+    assert got.to_dict() == numba_state.to_dict()
+    px = np.concatenate([a.reshape(-1, a.shape[2]) for a in images]).astype(np.float64)
+    s = got.finalize()
+    np.testing.assert_allclose(s.mean, px.mean(0) / 255.0, rtol=1e-15)  # float64 reference
+    np.testing.assert_allclose(s.std, px.std(0) / 255.0, rtol=1e-12, atol=1e-15)
+    assert s.min.tolist() == (px.min(0) / 255.0).tolist() and s.max.tolist() == (px.max(0) / 255.0).tolist()
+
+
+def test_only_small_uint8_images_qualify():
+    small = np.zeros((4, 4, 3), np.uint8)
+    assert not is_small_u8([])
+    assert not is_small_u8([small, np.zeros((256, 256, 3), np.uint8)])  # one large image
+    assert not is_small_u8([small, np.zeros((4, 4, 1), np.uint8)])  # channel counts differ
+    assert not is_small_u8([small.astype(np.uint16)])
+    assert not is_small_u8([np.zeros((4, 4), np.uint8)])
+
+
+_RUN = """
+import json, sys
+from gpustats.sources import mapside
+mapside._NUMBA_FROM_ITEMS = int(sys.argv[2])
+from gpustats import compute_stats
+s = compute_stats(sys.argv[1], device="cpu", workers=int(sys.argv[3]), batch_size=4, progress=False,
+                  histogram=True, covariance=True, per_image=True)
+print(json.dumps({"numba": "numba" in sys.modules, "state": s.state.to_dict()}))
+"""
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_folder_of_small_images_runs_without_numba_and_equals_the_numba_run(tmp_path, workers):
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 256, (8 + i % 3, 9, 3), dtype=np.uint8)).save(tmp_path / f"s{i}.png")
+
+    def run(numba_from):
+        out = subprocess.run([sys.executable, "-c", _RUN, str(tmp_path), str(numba_from), workers],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    plain, forced = run(100_000), run(0)
+    assert plain["numba"] is False  # numpy alone: numba's ~0.4 s start is not paid
+    assert forced["numba"] is True
+    assert plain["state"] == forced["state"]
