@@ -85,11 +85,31 @@ class ImageMoments:
 
     images: int
     counts: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
+    _mean: np.ndarray | None  # None until read: integer data rounds its exact sums on first use
+    _m2: np.ndarray | None
     mean_lo: np.ndarray
     sums: tuple[tuple[int, ...], ...] | None = None
     sumsqs: tuple[tuple[int, ...], ...] | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        if self._mean is None:
+            self._round()
+        return self._mean  # type: ignore[return-value]
+
+    @property
+    def m2(self) -> np.ndarray:
+        if self._m2 is None:
+            self._round()
+        return self._m2  # type: ignore[return-value]
+
+    def _round(self) -> None:
+        """Integer data: mean and M2 rounded once from the exact sums (on first read: a decode worker's
+        states are only added and sent, and rounding ~4,000-bit integers costs ~0.2 ms a state)."""
+        k = np.broadcast_to(np.asarray(self.counts, dtype=object), (3, self.channels))
+        mean, m2 = exact_moments(k, self.sums, self.sumsqs, scale=Fraction(2**SUM_BITS))
+        object.__setattr__(self, "_mean", _frozen(np.where(np.isnan(mean), 0.0, mean)))
+        object.__setattr__(self, "_m2", _frozen(m2))
 
     @property
     def exact(self) -> bool:
@@ -110,14 +130,11 @@ class ImageMoments:
 
     @staticmethod
     def from_exact_sums(images: int, counts: Any, sums: Any, sumsqs: Any) -> "ImageMoments":
-        """Integer-data state from exact sums ([3][C] Python ints); mean and M2 rounded once."""
+        """Integer-data state from exact sums ([3][C] Python ints); mean and M2 rounded once (when read)."""
         sums = tuple(tuple(int(v) for v in row) for row in sums)
         sumsqs = tuple(tuple(int(v) for v in row) for row in sumsqs)
-        k = np.broadcast_to(np.asarray(counts, dtype=object), (3, len(counts)))
-        mean, m2 = exact_moments(k, sums, sumsqs, scale=Fraction(2**SUM_BITS))
-        mean = np.where(np.isnan(mean), 0.0, mean)
-        return ImageMoments(int(images), _frozen(counts, np.int64), _frozen(mean), _frozen(m2),
-                            _frozen(np.zeros_like(mean)), sums, sumsqs)
+        return ImageMoments(int(images), _frozen(counts, np.int64), None, None,
+                            _frozen(np.zeros((3, len(sums[0])))), sums, sumsqs)
 
     @staticmethod
     def from_integer_rows(count: Any, total: Any, total_sq: Any) -> "ImageMoments":

@@ -231,10 +231,11 @@ def test_exact_value_sums_columns_subnormals_and_long_columns(values, columns):
 @given(st.lists(st.tuples(st.integers(0, 2**40), st.integers(-2**62, 2**62), st.integers(0, 2**62),
                           st.integers(-2**62, 2**62)) | st.tuples(st.integers(0, 5000), st.integers(-10**6, 10**6),
                                                                   st.integers(0, 10**9), st.integers(-10**6, 10**6)),
-                min_size=1, max_size=30), st.sampled_from([None, 0, 1, 3]), st.sampled_from([1, 255, Fraction(2, 3)]))
+                min_size=N._VECTOR_FROM, max_size=N._VECTOR_FROM + 30), st.sampled_from([None, 0, 1, 3]),
+       st.sampled_from([1, 255, Fraction(2, 3)]))
 def test_exact_moments_arrays_int64_path_equals_rationals(rows, ddof, scale):
-    """int64 arrays take the vectorized path where it is exact and rational arithmetic elsewhere (values
-    near the int64 limit mixed with small ones): each element is the rational rounded once."""
+    """int64 arrays (long enough for the vectorized path) take it where it is exact and rational arithmetic
+    elsewhere (values near the int64 limit mixed with small ones): each element is the rational rounded once."""
     n, s, q, t = (np.array(col, dtype=np.int64) for col in zip(*rows))
     mean, second = N.exact_moments(n, s, q, other_total=t, ddof=ddof, scale=scale)
     sc = Fraction(scale)
