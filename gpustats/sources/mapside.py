@@ -235,7 +235,7 @@ class ReducedBatches(torch.utils.data.Dataset):
         seg, offset = self.segment, self.segment.offset
         if rowgroup:
             return self._rowgroup(first, stop, int(b))
-        records = ((offset + p, seg.name(p), seg.order(p), seg.source(p)) for p in range(first, stop))
+        records = ((offset + p, *seg.record(p)) for p in range(first, stop))
         return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b))
 
     def warm_up(self) -> None:

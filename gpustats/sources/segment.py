@@ -50,7 +50,8 @@ class Segment:
         self.units, self.orders, self.offset = list(units), orders, offset
         counts = [unit_count(unit) for unit in self.units]
         self.has_rowgroups = any(isinstance(unit, RowGroupUnit) for unit in self.units)
-        if all(n == 1 for n in counts):  # files: unit k is item k (a folder of a million files stays small)
+        self.files_only = all(n == 1 for n in counts)
+        if self.files_only:  # files: unit k is item k (a folder of a million files stays small)
             self.starts: Sequence[int] = range(len(counts))
         else:
             self.starts = array.array("q", itertools.accumulate([0] + counts[:-1]))
@@ -71,6 +72,8 @@ class Segment:
 
     def locate(self, pos: int) -> tuple[int, int]:
         """(unit number, position inside the unit) of ``pos``."""
+        if self.files_only:
+            return pos, 0
         k = bisect.bisect_right(self.starts, pos) - 1
         return k, pos - self.starts[k]
 
@@ -83,6 +86,14 @@ class Segment:
     def order(self, pos: int) -> list[int]:
         k, local = self.locate(pos)
         return [self.orders[k], local]
+
+    def record(self, pos: int) -> tuple[str, list[int], Any]:
+        """``(name, order, source)`` of ``pos``: :meth:`name`, :meth:`order` and :meth:`source` in one lookup."""
+        k, local = self.locate(pos)
+        unit = self.units[k]
+        if isinstance(unit, str):
+            return unit, [self.orders[k], local], unit
+        return self.name(pos), [self.orders[k], local], self.source(pos)
 
     def source(self, pos: int) -> Any:
         """What decoding reads: a file path (``str``), the item's ``bytes``, or a :class:`BadImage`."""
