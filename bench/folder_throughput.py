@@ -163,7 +163,12 @@ def measure(kind: str, files: int, workers: int, rounds: int, log) -> dict:
         row[f"{name}_images_per_s"] = med(name)
         row[f"{name}_vs_pillow"] = med(name) / row["pillow_images_per_s"]
         row[f"{name}_process_vs_pillow"] = med(name, "images_per_s_process") / row["pillow_images_per_s"]
+        # robust to a load that drifts between rounds on a shared machine: each round against its own Pillow
+        row[f"{name}_vs_pillow_same_round"] = statistics.median(
+            g["images_per_s"] / p["images_per_s"] for g, p in zip(results[name], results["pillow"]))
     row["extras_vs_moments"] = row["gpustats-extras_images_per_s"] / row["gpustats_images_per_s"]
+    row["extras_vs_moments_same_round"] = statistics.median(
+        x["images_per_s"] / m["images_per_s"] for x, m in zip(results["gpustats-extras"], results["gpustats"]))
     return row
 
 
@@ -187,9 +192,11 @@ def main(argv=None) -> int:
             rows.append(measure(kind, args.files or CORPORA[kind][0], n, args.rounds, log))
     for row in rows:
         print(f"{row['description']:>18} x{row['files']:<6} N={row['workers']}: pillow {row['pillow_images_per_s']:8.0f}/s; "
-              f"gpustats {row['gpustats_vs_pillow']:.2f} (process {row['gpustats_process_vs_pillow']:.2f})"
-              + (f", fast {row['gpustats-fast_vs_pillow']:.2f}" if "gpustats-fast_vs_pillow" in row else "")
-              + f"; extras/moments {row['extras_vs_moments']:.2f}")
+              f"gpustats {row['gpustats_vs_pillow']:.2f} (same round {row['gpustats_vs_pillow_same_round']:.2f}, "
+              f"process {row['gpustats_process_vs_pillow']:.2f})"
+              + (f", fast {row['gpustats-fast_vs_pillow']:.2f} (same round {row['gpustats-fast_vs_pillow_same_round']:.2f})"
+                 if "gpustats-fast_vs_pillow" in row else "")
+              + f"; extras/moments {row['extras_vs_moments']:.2f} (same round {row['extras_vs_moments_same_round']:.2f})")
     write_results(args.json, "gpustats-folder-bench/1", rows=rows)
     return 0
 

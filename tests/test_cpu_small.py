@@ -89,3 +89,21 @@ def test_folder_of_small_images_runs_without_numba_and_equals_the_numba_run(tmp_
     assert plain["numba"] is False  # numpy alone: numba's ~0.4 s start is not paid
     assert forced["numba"] is True
     assert plain["state"] == forced["state"]
+
+
+def test_numba_is_loaded_up_front_only_where_it_pays(tmp_path, monkeypatch):
+    from gpustats.sources import mapside
+    from gpustats.sources.segment import Segment
+
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.new("RGB", (32, 32)).save(small)
+    Image.new("RGB", (300, 200)).save(large)
+    rgb = {"mode": "RGB"}
+    assert not mapside._numba_pays(Segment.of_files([small]), 0, rgb)
+    assert mapside._numba_pays(Segment.of_files([large]), 0, rgb)
+    assert mapside._numba_pays(Segment.of_files([small]), 0, {"mode": "RGB", "resize": 256})  # decoded large
+    assert not mapside._numba_pays(Segment.of_files([large]), 0, {"mode": "RGB", "center_crop": 32})
+    assert not mapside._numba_pays(Segment.of_files([large]), 0, {"mode": "L", "center_crop": (100, 200)})
+    assert mapside._numba_pays(Segment.of_files([small, large]), 1, rgb)  # the run's first item decides
+    monkeypatch.setattr(mapside, "_NUMBA_FROM_ITEMS", 2)
+    assert mapside._numba_pays(Segment.of_files([small, small]), 0, rgb)  # many items: numba's loops pay

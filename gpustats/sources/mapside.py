@@ -173,9 +173,10 @@ class _Reduce:
 _NUMBA_FROM_ITEMS = 100_000
 
 
-def _numba_pays(segment: Segment, start: int) -> bool:
+def _numba_pays(segment: Segment, start: int, decode_opts: dict) -> bool:
     """Whether this run should load numba before its workers fork: many items, or a first image too
-    large for numpy's small-image path (read from the file's header; members and rows: assumed)."""
+    large for numpy's small-image path once decoded (its size from the file's header, after ``resize``
+    and ``center_crop``; archive members and rows: assumed large). A wrong guess costs time only."""
     if len(segment) - start >= _NUMBA_FROM_ITEMS:
         return True
     try:
@@ -184,8 +185,16 @@ def _numba_pays(segment: Segment, start: int) -> bool:
             return True
         from PIL import Image
 
+        from .decode import _crop_hw, resized_size
+
         with Image.open(source) as im:
-            return im.size[0] * im.size[1] * len(im.getbands()) >= _SMALL_PART
+            width, height = im.size
+        if decode_opts.get("resize") is not None:
+            width, height = resized_size(width, height, int(decode_opts["resize"]))
+        if decode_opts.get("center_crop") is not None:
+            height, width = _crop_hw(decode_opts["center_crop"])
+        channels = 1 if decode_opts.get("mode") == "L" else 3
+        return width * height * channels >= _SMALL_PART
     except Exception:  # unreadable or not an image: decoding will report it; assume large
         return True
 
@@ -249,7 +258,7 @@ class ReducedBatches(torch.utils.data.Dataset):
         from .decode import _fast_jpeg
 
         reduce = _Reduce.get(self.extras)
-        if _numba_pays(self.segment, self.start):
+        if _numba_pays(self.segment, self.start, self.decode_opts):
             reduce.load_numba()
             reduce([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
         png = io.BytesIO()
@@ -365,7 +374,7 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     if workers > 0 and context is None:
         dataset.warm_up()  # compiled here once; forked workers inherit it instead of each loading it
     if workers == 0:
-        if _numba_pays(dataset.segment, dataset.start):
+        if _numba_pays(dataset.segment, dataset.start, dataset.decode_opts):
             _Reduce.get(dataset.extras).load_numba()
         for b in range(len(dataset)):
             yield dataset[b]
