@@ -84,7 +84,8 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     dev.add_argument("--workers", type=_non_negative_int, default=None,
                      help="CPU decoding processes (default min(8, cores); 0 decodes in this process; "
                           "runs of fewer than 64 files always use 0)")
-    dev.add_argument("--batch-size", type=_positive_int, default=64, help="files per batch (default 64)")
+    dev.add_argument("--batch-size", type=_positive_int, default=None,
+                     help="files per batch (default 64, and 256 when the images are small: under 64 K values)")
     dev.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                      help="auto: nvJPEG on the GPU when the statistics run there and torchvision is installed")
     img = parser.add_argument_group("what is measured")
@@ -244,7 +245,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     _check_writable(args.output, "--output")
     result = estimate_stats(
         args.paths, tolerance=args.sample_tolerance, confidence=args.confidence, max_images=args.max_images,
-        seed=args.seed, batch_size=args.batch_size, device=None if args.device == "auto" else args.device,
+        seed=args.seed, batch_size=args.batch_size or 64, device=None if args.device == "auto" else args.device,
         workers=min(8, os.cpu_count() or 1) if args.workers is None else args.workers,
         progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,

@@ -91,19 +91,39 @@ def test_folder_of_small_images_runs_without_numba_and_equals_the_numba_run(tmp_
     assert plain["state"] == forced["state"]
 
 
-def test_numba_is_loaded_up_front_only_where_it_pays(tmp_path, monkeypatch):
+def test_numba_is_loaded_up_front_only_where_it_pays_and_small_images_go_in_bigger_tasks(tmp_path, monkeypatch):
     from gpustats.sources import mapside
-    from gpustats.sources.segment import Segment
 
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     Image.new("RGB", (32, 32)).save(small)
     Image.new("RGB", (300, 200)).save(large)
-    rgb = {"mode": "RGB"}
-    assert not mapside._numba_pays(Segment.of_files([small]), 0, rgb)
-    assert mapside._numba_pays(Segment.of_files([large]), 0, rgb)
-    assert mapside._numba_pays(Segment.of_files([small]), 0, {"mode": "RGB", "resize": 256})  # decoded large
-    assert not mapside._numba_pays(Segment.of_files([large]), 0, {"mode": "RGB", "center_crop": 32})
-    assert not mapside._numba_pays(Segment.of_files([large]), 0, {"mode": "L", "center_crop": (100, 200)})
-    assert mapside._numba_pays(Segment.of_files([small, large]), 1, rgb)  # the run's first item decides
+
+    def pays(files, start=0, **opts):
+        return mapside._numba_pays(mapside.ReducedBatches(files, batch_size=4, start=start, **opts))
+
+    assert not pays([small])
+    assert pays([large])
+    assert pays([small], resize=256)  # decoded large
+    assert not pays([large], center_crop=32)
+    assert not pays([large], mode="L", center_crop=(100, 200))
+    assert pays([small, large], start=1)  # the run's first item decides
     monkeypatch.setattr(mapside, "_NUMBA_FROM_ITEMS", 2)
-    assert mapside._numba_pays(Segment.of_files([small, small]), 0, rgb)  # many items: numba's loops pay
+    assert pays([small, small])  # many items: numba's loops pay
+    files = [small] * 300
+    assert len(mapside.ReducedBatches(files, batch_size=4)) == 75  # batch_size given: kept
+    assert [(t.first, t.stop) for t in mapside.ReducedBatches(files, batch_size=4, small_tasks=True).tasks] == \
+        [(0, 256), (256, 300)]
+    assert len(mapside.ReducedBatches([large] * 9, batch_size=4, small_tasks=True)) == 3  # large: batch_size
+
+
+def test_default_tasks_of_small_images_give_the_state_of_any_batch_size(tmp_path):
+    from gpustats import compute_stats
+
+    rng = np.random.default_rng(8)
+    for i in range(300):  # more than one 256-file task; sizes vary, one file is not an image
+        Image.fromarray(rng.integers(0, 256, (4 + i % 5, 6, 3), dtype=np.uint8)).save(tmp_path / f"f{i:03d}.png")
+    (tmp_path / "f150.png").write_bytes(b"not a png")
+    kw = dict(device="cpu", workers=2, progress=False, histogram=True, covariance=True, per_image=True)
+    auto, given = compute_stats(str(tmp_path), **kw), compute_stats(str(tmp_path), batch_size=7, **kw)
+    assert auto.state.to_dict() == given.state.to_dict() and auto.images == given.images == 299
+    assert [b["path"] for b in auto.bad_files] == [b["path"] for b in given.bad_files] == [str(tmp_path / "f150.png")]

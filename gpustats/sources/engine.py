@@ -29,13 +29,15 @@ from typing import Any, Callable, Iterator, Sequence
 from ..stats import Stats
 from .errors import SourceError
 
+#: files per batch when ``batch_size`` is None (small images: at least ``mapside._SMALL_TASK``)
+DEFAULT_BATCH_SIZE = 64
 __all__ = ["FolderStats", "StatsRun", "RunError", "StrictBadFile", "run_folder", "ENGINE_OPTIONS"]
 
 _CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
 
 #: the engine's options and their defaults (``compute_stats(path, **options)``, ``gpustats stats``)
 ENGINE_OPTIONS: dict[str, Any] = {
-    "device": "auto", "strategy": "auto", "workers": None, "batch_size": 64, "decode": "auto", "mode": "RGB",
+    "device": "auto", "strategy": "auto", "workers": None, "batch_size": None, "decode": "auto", "mode": "RGB",
     "resize": None, "center_crop": None, "max_pixels": None, "histogram": False, "covariance": False,
     "per_image": False, "ddof": 0, "strict": False, "checkpoint": None, "checkpoint_every": 30.0,
     "progress": False, "column": None,
@@ -148,7 +150,7 @@ def _gpu_batches(plan: Any, start: int, opts: dict, device: str, decode_opts: di
     from .gpu import decode_sources_gpu
     from .mapside import BadItem
 
-    for first, stop, items in plan.byte_batches(start, opts["batch_size"]):
+    for first, stop, items in plan.byte_batches(start, opts["batch_size"] or DEFAULT_BATCH_SIZE):
         records = decode_sources_gpu([item[3] for item in items], indices=[item[0] for item in items], device=device,
                                      mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
         good = [r.tensor for r in records if r.tensor is not None]
@@ -183,8 +185,10 @@ def _options(overrides: dict) -> dict:
     if opts["device"] is None:
         opts["device"] = "auto"
     for name in ("batch_size",):
-        if not isinstance(opts[name], int) or isinstance(opts[name], bool) or opts[name] <= 0:
-            raise ValueError(f"{name} must be a positive int, got {opts[name]!r}")
+        if opts[name] is not None and (not isinstance(opts[name], int) or isinstance(opts[name], bool)
+                                       or opts[name] <= 0):
+            raise ValueError(f"{name} must be a positive int (or None: {DEFAULT_BATCH_SIZE} files, small images "
+                             f"more at a time), got {opts[name]!r}")
     if opts["workers"] is not None and (not isinstance(opts["workers"], int) or opts["workers"] < 0):
         raise ValueError(f"workers must be an int >= 0 (0 decodes in this process), got {opts['workers']!r}")
     if opts["decode"] not in ("auto", "cpu", "gpu"):
@@ -200,7 +204,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
 
     ``options`` (defaults in :data:`ENGINE_OPTIONS`): ``device`` ("auto", "cpu", "cuda", "cuda:N"),
     ``strategy``, ``workers`` (decode processes; None: min(8, cores), 0 for runs under 64 files),
-    ``batch_size`` (files per batch), ``decode`` ("auto", "cpu", "gpu": nvJPEG), ``mode`` ("RGB",
+    ``batch_size`` (files per batch; None: 64, and at least 256 when the images are small), ``decode`` ("auto", "cpu", "gpu": nvJPEG), ``mode`` ("RGB",
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
     ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
@@ -234,6 +238,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     decode, decode_reason = _choose_decode(opts, target)
     acc = Accumulator(target.device, layout="CHW", strategy=opts["strategy"], **extras) if decode == "gpu" else None
     max_pixels = DEFAULT_MAX_PIXELS if opts["max_pixels"] is None else opts["max_pixels"]
+    batch_size = opts["batch_size"] or DEFAULT_BATCH_SIZE  # None: small images also go 256 at a time
     decode_opts = {"mode": opts["mode"], "max_pixels": max_pixels, "resize": opts["resize"],
                    "center_crop": opts["center_crop"]}
     workers = _default_workers() if opts["workers"] is None else opts["workers"]
@@ -247,12 +252,12 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
         "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
         # per-image sums are exact for uint8, so batch_size cannot change them; it stays in the
         # fingerprint (as before) so that checkpoints written by earlier versions keep resuming
-        "batch_size": opts["batch_size"] if opts["per_image"] else None,
+        "batch_size": batch_size if opts["per_image"] else None,
         "rank": rank, "world": world,
     }
     if opts["column"] is not None:  # only when given: checkpoints of runs without it stay valid
         result_options["column"] = opts["column"]
-    report_options = dict(result_options, ddof=opts["ddof"], batch_size=opts["batch_size"], workers=workers,
+    report_options = dict(result_options, ddof=opts["ddof"], batch_size=batch_size, workers=workers,
                           workers_asked=opts["workers"], device=opts["device"], strategy=opts["strategy"],
                           strict=opts["strict"])
 
@@ -324,7 +329,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 batches = _gpu_batches(plan, start, opts, acc.device, decode_opts)
             else:
                 batches = ((r.start, r.stop, r, r.bad, r.nbytes) for r in
-                           plan.cpu_results(start, workers=workers, batch_size=opts["batch_size"], extras=extras,
+                           plan.cpu_results(start, workers=workers, batch_size=batch_size, extras=extras,
+                                            small_tasks=opts["batch_size"] is None,
                                             decode_opts=decode_opts))
             try:
                 for first, stop, good, bad, batch_bytes in batches:

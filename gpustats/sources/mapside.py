@@ -173,16 +173,18 @@ class _Reduce:
 _NUMBA_FROM_ITEMS = 100_000
 
 
-def _numba_pays(segment: Segment, start: int, decode_opts: dict) -> bool:
-    """Whether this run should load numba before its workers fork: many items, or a first image too
-    large for numpy's small-image path once decoded (its size from the file's header, after ``resize``
-    and ``center_crop``; archive members and rows: assumed large). A wrong guess costs time only."""
-    if len(segment) - start >= _NUMBA_FROM_ITEMS:
-        return True
+#: files handed to a worker at a time when the run's images are small (at most 256 x 64 K values):
+#: a task's fixed costs (IPC, the merge, numpy's per-call costs) then spread over more images
+_SMALL_TASK = 256
+
+
+def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None:
+    """Values of the run's first image once decoded (its size from the file's header, after ``resize``
+    and ``center_crop``), or None when unknown (archive members and rows, unreadable files)."""
     try:
         source = segment.source(start)
         if not isinstance(source, str):
-            return True
+            return None
         from PIL import Image
 
         from .decode import _crop_hw, resized_size
@@ -193,10 +195,15 @@ def _numba_pays(segment: Segment, start: int, decode_opts: dict) -> bool:
             width, height = resized_size(width, height, int(decode_opts["resize"]))
         if decode_opts.get("center_crop") is not None:
             height, width = _crop_hw(decode_opts["center_crop"])
-        channels = 1 if decode_opts.get("mode") == "L" else 3
-        return width * height * channels >= _SMALL_PART
-    except Exception:  # unreadable or not an image: decoding will report it; assume large
-        return True
+        return width * height * (1 if decode_opts.get("mode") == "L" else 3)
+    except Exception:  # unreadable or not an image: decoding will report it
+        return None
+
+
+def _numba_pays(dataset: "ReducedBatches") -> bool:
+    """Whether this run should load numba before its workers fork: many items, or a first image too
+    large for numpy's small-image path (unknown: assumed large). A wrong guess costs time only."""
+    return len(dataset.segment) - dataset.start >= _NUMBA_FROM_ITEMS or not dataset.small
 
 
 def reduce_records(first: int, stop: int, records: Iterable[tuple], extras: dict, decode_opts: dict,
@@ -214,12 +221,13 @@ class ReducedBatches(torch.utils.data.Dataset):
     ``files``: image paths or a :class:`~gpustats.sources.segment.Segment`; ``start``/``stop``:
     positions in it (results carry ``segment.offset + position``). ``decode_opts``:
     :func:`~gpustats.sources.decode_image`'s options (mode, max_pixels, resize, center_crop);
-    ``histogram``/``covariance``/``per_image``: what the state holds.
+    ``histogram``/``covariance``/``per_image``: what the state holds. ``small_tasks``: when the first
+    image is small, tasks of at least ``_SMALL_TASK`` files (the engine's default ``batch_size``).
     """
 
     def __init__(self, files: Sequence[str | os.PathLike[str]] | Segment, *, batch_size: int, start: int = 0,
                  stop: int | None = None, histogram: bool = False, covariance: bool = False,
-                 per_image: bool = False, **decode_opts: Any):
+                 per_image: bool = False, small_tasks: bool = False, **decode_opts: Any):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size!r}")
         self.segment = files if isinstance(files, Segment) else Segment.of_files(files)
@@ -234,7 +242,12 @@ class ReducedBatches(torch.utils.data.Dataset):
         _check_options(decode_opts.get("mode", "RGB"), decode_opts.get("resize"), decode_opts.get("center_crop"))
         self.decode_opts = decode_opts
         self.extras = {"histogram": bool(histogram), "covariance": bool(covariance), "per_image": bool(per_image)}
-        self.tasks = self.segment.tasks(self.start, stop, self.batch_size)
+        first = _first_values(self.segment, self.start, decode_opts) if self.start < len(self.segment) else None
+        self.small = first is not None and first < _SMALL_PART  # judged by the first image (speed only)
+        # small_tasks and small images: tasks of _SMALL_TASK files (results do not depend on the split)
+        grow = small_tasks and self.small and not self.segment.has_rowgroups
+        task = max(self.batch_size, _SMALL_TASK) if grow else self.batch_size
+        self.tasks = self.segment.tasks(self.start, stop, task)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -258,7 +271,7 @@ class ReducedBatches(torch.utils.data.Dataset):
         from .decode import _fast_jpeg
 
         reduce = _Reduce.get(self.extras)
-        if _numba_pays(self.segment, self.start, self.decode_opts):
+        if _numba_pays(self):
             reduce.load_numba()
             reduce([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
         png = io.BytesIO()
@@ -374,7 +387,7 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     if workers > 0 and context is None:
         dataset.warm_up()  # compiled here once; forked workers inherit it instead of each loading it
     if workers == 0:
-        if _numba_pays(dataset.segment, dataset.start, dataset.decode_opts):
+        if _numba_pays(dataset):
             _Reduce.get(dataset.extras).load_numba()
         for b in range(len(dataset)):
             yield dataset[b]

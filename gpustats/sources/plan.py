@@ -117,8 +117,9 @@ class Plan:
             self.done.add(k)
 
     def cpu_results(self, start: int, *, workers: int, batch_size: int, extras: dict,
-                    decode_opts: dict) -> Iterator[BatchResult]:
-        """The :class:`BatchResult` of every task from item ``start`` on, in item order (CPU decoding)."""
+                    decode_opts: dict, small_tasks: bool = False) -> Iterator[BatchResult]:
+        """The :class:`BatchResult` of every task from item ``start`` on, in item order (CPU decoding);
+        ``small_tasks``: folder segments of small images go at least 256 files a task (see mapside)."""
         from .streamed import StreamPool, iter_stream_results
 
         pool = StreamPool(workers) if self.has_streams else None
@@ -126,6 +127,7 @@ class Plan:
             for k, seg, first in self._walk(start):
                 if isinstance(seg, Segment):
                     yield from iter_reduced(seg, workers=workers, batch_size=batch_size, start=max(0, start - first),
+                                            small_tasks=small_tasks,
                                             **extras, **decode_opts)
                     continue
                 order, unit = seg
