@@ -38,13 +38,19 @@ def small_images(draw):
     return images
 
 
-@settings(max_examples=40, deadline=None)
-@given(small_images(), st.sampled_from(OPTIONS))
-def test_numpy_state_is_the_numba_reducers_bit_for_bit(images, options):
+@settings(max_examples=60, deadline=None)
+@given(small_images(), st.sampled_from(OPTIONS), st.sampled_from([7, 2000, 3 << 16]))
+def test_numpy_state_is_the_numba_reducers_bit_for_bit(images, options, chunk):
+    """Whatever the planes the images are cut into (``_CHUNK`` values: one image each, a few, all)."""
+    from unittest import mock
+
+    from gpustats.backends import cpu_small
+
     assert is_small_u8(images)
     numba_state = CpuReducer(torch.device("cpu"), options, threads=1).reduce_chunk(
         BatchAdapter("HWC").adapt(images, 0), 255.0, 0)
-    got = small_u8_state(images, options, 255.0)
+    with mock.patch.object(cpu_small, "_CHUNK", chunk):
+        got = small_u8_state(images, options, 255.0)
     assert got.to_dict() == numba_state.to_dict()
     px = np.concatenate([a.reshape(-1, a.shape[2]) for a in images]).astype(np.float64)
     s = got.finalize()
