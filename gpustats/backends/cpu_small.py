@@ -27,6 +27,7 @@ from .cpu import _SMALL_PART, int_state_from_rows, u8_state_from_hist, u8_state_
 
 __all__ = ["small_u8_state", "is_small_u8"]
 
+
 def is_small_u8(arrays: list[np.ndarray]) -> bool:
     """True when every array is a small ``[H, W, C]`` uint8 image (one channel count): this module's case."""
     return bool(arrays) and all(a.dtype == np.uint8 and a.ndim == 3 and a.size < _SMALL_PART
