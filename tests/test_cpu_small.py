@@ -133,3 +133,17 @@ def test_default_tasks_of_small_images_give_the_state_of_any_batch_size(tmp_path
     auto, given = compute_stats(str(tmp_path), **kw), compute_stats(str(tmp_path), batch_size=7, **kw)
     assert auto.state.to_dict() == given.state.to_dict() and auto.images == given.images == 299
     assert [b["path"] for b in auto.bad_files] == [b["path"] for b in given.bad_files] == [str(tmp_path / "f150.png")]
+
+
+def test_the_size_guess_reads_no_archive_member_or_parquet_row(monkeypatch):
+    from gpustats.sources import mapside
+    from gpustats.sources.segment import Segment
+
+    class Members:  # an archive-like unit: three items whose bytes must not be read to guess a size
+        count = 3
+
+    reads = []
+    monkeypatch.setattr(Segment, "source", lambda self, pos: reads.append(pos))
+    dataset = mapside.ReducedBatches(Segment([Members()], [0]), batch_size=2, small_tasks=True)
+    assert reads == []  # (a Parquet row would cost reading its row group's column)
+    assert not dataset.small and mapside._numba_pays(dataset) and len(dataset) == 2

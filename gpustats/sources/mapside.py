@@ -182,9 +182,10 @@ def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None
     """Values of the run's first image once decoded (its size from the file's header, after ``resize``
     and ``center_crop``), or None when unknown (archive members and rows, unreadable files)."""
     try:
-        source = segment.source(start)
-        if not isinstance(source, str):
+        unit = segment.units[segment.locate(start)[0]]
+        if not isinstance(unit, (str, os.PathLike)):  # an archive member or a row: not read for a guess
             return None
+        source = os.fspath(unit)
         from PIL import Image
 
         from .decode import _crop_hw, resized_size
