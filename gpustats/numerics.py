@@ -310,16 +310,16 @@ def _grouped_sums(v: np.ndarray, column: np.ndarray):
     frac, exp = np.frexp(v)
     m = np.ldexp(frac, 53).astype(np.int64)  # exact: frac has at most 53 significant bits
     keep = m != 0
+    if not keep.any():
+        return
     m, exp, column = m[keep], exp[keep], column[keep]
     shift = exp.astype(np.int64) - 53 + SUM_BITS  # may be negative for subnormals (m then ends in zeros)
     key = column * 4096 + (shift + 2048)
     order = np.argsort(key, kind="stable")
     key, m = key[order], m[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else key
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     a = np.abs(m)
     hi, lo = a >> 27, a & ((1 << 27) - 1)  # m*m = hi*hi << 54 + 2*hi*lo << 27 + lo*lo, each sum in int64
-    if not key.size:
-        return
     parts = [np.add.reduceat(x, starts).tolist() for x in (m, hi * hi, 2 * hi * lo, lo * lo)]
     for k, total, hh, hl, ll in zip(key[starts].tolist(), *parts):
         yield k // 4096, k % 4096 - 2048, total, (hh << 54) + (hl << 27) + ll

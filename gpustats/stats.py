@@ -421,21 +421,13 @@ def exact_row_moments(count: Any, total: Any, total_sq: Any) -> tuple[np.ndarray
     return np.where(np.isnan(mean), 0.0, mean), m2
 
 
-def _int_array(values: Any) -> np.ndarray:
-    """Nested Python ints as an int64 (or uint64) array where they fit, else an object array."""
-    out = np.array(values)
-    return out if out.dtype.kind in "iu" else np.array(values, dtype=object)
-
-
 def _comoment_from_ints(n: Sequence[int], s: Sequence[int], cross: Sequence[Sequence[int]]) -> np.ndarray:
     """Exact co-moments sum((x_i - m_i)(x_j - m_j)) = (n * cross_ij - s_i s_j) / n, rounded once."""
     channels = len(n)
     count = n[0] if channels else 0
-    # int64 arrays where the ints fit (exact_moments' vectorized path), object arrays of Python ints otherwise
-    s_i = _int_array([[v] for v in s])
-    s_j = _int_array([list(s)])
-    crossed = _int_array([list(row) for row in cross]).reshape(channels, channels)
-    out = exact_moments(count, s_i, crossed, other_total=s_j)[1]
+    s_i = np.array([[v] for v in s], dtype=object)
+    s_j = np.array([list(s)], dtype=object)
+    out = exact_moments(count, s_i, np.array(cross, dtype=object).reshape(channels, channels), other_total=s_j)[1]
     out = np.array(out, dtype=np.float64).reshape(channels, channels)
     out.setflags(write=False)
     return out

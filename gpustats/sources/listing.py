@@ -45,9 +45,12 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 )
 
 
+_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)
+
+
 def is_image_name(name: str) -> bool:
     """True when ``name`` ends with one of :data:`IMAGE_EXTENSIONS` (any case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in _EXTENSIONS
 
 
 def _walk_folder(root: str | os.PathLike[str], visited_dirs: set[str],
@@ -58,7 +61,6 @@ def _walk_folder(root: str | os.PathLike[str], visited_dirs: set[str],
     A file's realpath is its folder's (resolved once per folder) joined with its name, unless the
     entry is a symlink: ``os.path.realpath`` per file costs an ``lstat`` per path component."""
     found: list[tuple[str, str, str]] = []
-    extensions = frozenset(IMAGE_EXTENSIONS)
     # Explicit stack of (folder path, relative prefix); entries sorted so that the choice of
     # which alias of a doubly reachable folder gets walked is deterministic.
     stack: list[tuple[str, str]] = [(os.fspath(root), "")]
@@ -86,7 +88,7 @@ def _walk_folder(root: str | os.PathLike[str], visited_dirs: set[str],
             try:
                 if entry.is_dir():  # follows symlinks
                     subdirs.append((entry.path, prefix + name + "/"))
-                elif os.path.splitext(name)[1].lower() in extensions and entry.is_file():
+                elif is_image_name(name) and entry.is_file():
                     file_real = os.path.realpath(entry.path) if entry.is_symlink() else real_dir + name
                     found.append((prefix + name, entry.path, file_real))
             except OSError:

@@ -262,9 +262,10 @@ class ReducedBatches(torch.utils.data.Dataset):
         return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b))
 
     def warm_up(self) -> None:
-        """Build this process's reducer and, when the run needs numba (:func:`_numba_pays`), run it once on
-        a tiny image (compiles or loads numba's code), and decode a tiny PNG (Pillow loads its common format plugins, the optional JPEG decoder is
-        looked up): forked workers inherit all of it ready to run instead of each paying ~0.1 s."""
+        """Build this process's reducer and, when the run needs numba (:func:`_numba_pays`), run it once
+        on a tiny image (compiles or loads numba's code), and decode a tiny PNG (Pillow loads its common
+        format plugins, the optional JPEG decoder is looked up): forked workers inherit all of it ready
+        to run instead of each paying for it."""
         import io
 
         from PIL import Image
