@@ -107,12 +107,13 @@ def test_numba_is_loaded_up_front_only_where_it_pays_and_small_images_go_in_bigg
     def pays(files, start=0, **opts):
         return mapside._numba_pays(mapside.ReducedBatches(files, batch_size=4, start=start, **opts))
 
-    assert not pays([small])
-    assert pays([large])
-    assert pays([small], resize=256)  # decoded large
-    assert not pays([large], center_crop=32)
-    assert not pays([large], mode="L", center_crop=(100, 200))
-    assert pays([small, large], start=1)  # the run's first item decides
+    cov = {"covariance": True}  # co-moments need arrays; without them large images come as histograms
+    assert not pays([small]) and not pays([small], **cov)
+    assert pays([large], **cov) and not pays([large])
+    assert pays([small], resize=256, **cov)  # decoded large
+    assert not pays([large], center_crop=32, **cov)
+    assert not pays([large], mode="L", center_crop=(100, 200), **cov)
+    assert pays([small, large], start=1, **cov)  # the run's first item decides
     monkeypatch.setattr(mapside, "_NUMBA_FROM_ITEMS", 2)
     assert pays([small, small])  # many items: numba's loops pay
     files = [small] * 300
@@ -144,6 +145,6 @@ def test_the_size_guess_reads_no_archive_member_or_parquet_row(monkeypatch):
 
     reads = []
     monkeypatch.setattr(Segment, "source", lambda self, pos: reads.append(pos))
-    dataset = mapside.ReducedBatches(Segment([Members()], [0]), batch_size=2, small_tasks=True)
+    dataset = mapside.ReducedBatches(Segment([Members()], [0]), batch_size=2, small_tasks=True, covariance=True)
     assert reads == []  # (a Parquet row would cost reading its row group's column)
     assert not dataset.small and mapside._numba_pays(dataset) and len(dataset) == 2

@@ -201,7 +201,24 @@ def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, tot
     else:
         nblocks = (length + _BLOCK - 1) // _BLOCK
         _hist_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, out)
-    for c in range(channels):
+    _row_from_hist(out, n, length, count, total, total_sq, vmin, vmax)
+    if want_cross and channels == 3:  # RGB: the three products in one pass
+        if not fused:
+            q01, q02, q12 = _u8_products3(x[n, 0], x[n, 1], x[n, 2])
+        _set_cross3(cross, n, total_sq, q01, q02, q12)
+    elif want_cross:
+        for a in range(channels):
+            cross[n, a, a] = total_sq[n, a]
+            for b in range(a + 1, channels):
+                q = _u8_products(x[n, a] if cp else x[n, :, a], x[n, b] if cp else x[n, :, b])
+                cross[n, a, b] = q
+                cross[n, b, a] = q
+
+
+@njit(nogil=True)
+def _row_from_hist(out, n, length, count, total, total_sq, vmin, vmax):  # pragma: no cover - compiled
+    """Row ``n``'s exact count, sums, min and max from its histogram ``out`` ([C, 256])."""
+    for c in range(out.shape[0]):
         s = 0
         q = 0
         lo = 1 << 40
@@ -218,20 +235,25 @@ def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, tot
         total_sq[n, c] = q
         vmin[n, c] = lo
         vmax[n, c] = hi
-    if want_cross and channels == 3:  # RGB: the three products in one pass
-        if not fused:
-            q01, q02, q12 = _u8_products3(x[n, 0], x[n, 1], x[n, 2])
-        cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = total_sq[n, 0], total_sq[n, 1], total_sq[n, 2]
-        cross[n, 0, 1] = cross[n, 1, 0] = q01
-        cross[n, 0, 2] = cross[n, 2, 0] = q02
-        cross[n, 1, 2] = cross[n, 2, 1] = q12
-    elif want_cross:
-        for a in range(channels):
-            cross[n, a, a] = total_sq[n, a]
-            for b in range(a + 1, channels):
-                q = _u8_products(x[n, a] if cp else x[n, :, a], x[n, b] if cp else x[n, :, b])
-                cross[n, a, b] = q
-                cross[n, b, a] = q
+
+
+@njit(nogil=True)
+def _set_cross3(cross, n, total_sq, q01, q02, q12):  # pragma: no cover - compiled
+    cross[n, 0, 0], cross[n, 1, 1], cross[n, 2, 2] = total_sq[n, 0], total_sq[n, 1], total_sq[n, 2]
+    cross[n, 0, 1] = cross[n, 1, 0] = q01
+    cross[n, 0, 2] = cross[n, 2, 0] = q02
+    cross[n, 1, 2] = cross[n, 2, 1] = q12
+
+
+@_jit(nogil=True)
+def rgbx_rows_here(x, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
+    """:func:`int_rows_here` with co-moments for RGB images held 4 bytes a pixel (``x``: [N, L, 4] uint8, the
+    fourth byte not a channel: Pillow's own layout, read in place); the outputs have 3 channels."""
+    for n in range(x.shape[0]):
+        out = hist[n] if want_hist else np.zeros((3, 256), np.int64)
+        q01, q02, q12 = _u8_hist_products3(x[n], out)  # reads bytes 0..2 of each pixel
+        _row_from_hist(out, n, x.shape[1], count, total, total_sq, vmin, vmax)
+        _set_cross3(cross, n, total_sq, q01, q02, q12)
 
 
 @njit(nogil=True)
@@ -273,7 +295,8 @@ def _u8_products3(r, g, b):  # pragma: no cover - compiled
 
 @njit(nogil=True)
 def _u8_hist_products3(seg, out):  # pragma: no cover - compiled
-    """Histogram ([3, 256] int64 ``out``) and the products of :func:`_u8_products3` of an [L, 3] image,
+    """Histogram ([3, 256] int64 ``out``) and the products of :func:`_u8_products3` of an [L, 3] image
+    (or [L, 4]: the fourth value of each pixel is not read),
     in one pass (the products ride along the histogram's increments)."""
     q01 = q02 = q12 = 0
     p = np.zeros((3, 256), np.uint32)

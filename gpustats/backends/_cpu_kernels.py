@@ -31,7 +31,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._cpu_jit import _BLOCK, _dims, _jit  # noqa: F401 (_BLOCK: read by the backend)
-from ._cpu_int import hist_u8, hist_u8_here, int_rows, int_rows_here, u8_sums, u8_sums_here  # noqa: F401
+from ._cpu_int import (hist_u8, hist_u8_here, int_rows, int_rows_here, rgbx_rows_here, u8_sums,  # noqa: F401
+                       u8_sums_here)
 
 
 @njit(inline="always", nogil=True)

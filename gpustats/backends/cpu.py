@@ -286,6 +286,23 @@ class CpuReducer(MergingReducer):
         return int_state_from_rows(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance,
                                    per_image=opts.per_image, hist=hist, hist_range=hist_range, hist_ends=ends)
 
+    def reduce_rgbx(self, images: list[np.ndarray], scale: float) -> ChannelStats:
+        """The exact state, with co-moments, of RGB images held 4 bytes a pixel (``[H, W, 4]`` C-contiguous
+        uint8, the fourth byte not a channel: a decoder's pixels read in place, without copying them
+        into 3-byte pixels); equal to :meth:`reduce_chunk` of their RGB pixels as uint8 ``HWC``."""
+        opts, n = self.options, len(images)
+        if not opts.covariance:
+            raise ValueError("reduce_rgbx makes the co-moments' rows; without them use reduce_chunk")
+        r = {name: np.zeros((n, 3), np.int64) for name in ("count", "total", "total_sq", "vmin", "vmax")}
+        r["cross"] = np.zeros((n, 3, 3), np.int64)
+        hist_rows = np.zeros((n, 3, 256) if opts.histogram else (n, 1, 1), np.int64)
+        for i, image in enumerate(images):
+            self._k.rgbx_rows_here(image.reshape(1, -1, 4), opts.histogram, *(v[i:i + 1] for v in r.values()),
+                                   hist_rows[i:i + 1])
+        return int_state_from_rows(r, dtype="uint8", scale=scale, covariance=True, per_image=opts.per_image,
+                                   hist=hist_rows.sum(axis=0) if opts.histogram else None,
+                                   hist_range=(0.0, 256.0) if opts.histogram else None)
+
     # ----------------------------------------------------------------- floats
     def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
         opts, k, C = self.options, self._k, chunk.channels

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..stats import ChannelStats
 from . import Options
-from .cpu import _SMALL_PART, int_state_from_rows, u8_state_from_hist, u8_state_from_sums
+from .cpu import _SMALL_PART, _VALUES, int_state_from_rows, u8_state_from_hist, u8_state_from_sums
 
-__all__ = ["small_u8_state", "is_small_u8"]
+__all__ = ["small_u8_state", "is_small_u8", "hist_u8_state"]
 
 
 def is_small_u8(arrays: list[np.ndarray]) -> bool:
@@ -65,6 +65,23 @@ def small_u8_state(arrays: list[np.ndarray], options: Options, scale: float) -> 
                                per_image=options.per_image, hist=hist,
                                hist_range=(0.0, 256.0) if options.histogram else None)
 
+
+def hist_u8_state(hists: np.ndarray, options: Options, scale: float) -> ChannelStats:
+    """The exact state of uint8 images given by their histograms (``[N, C, 256]`` int64 counts, one
+    per image: what the decoder measured instead of making arrays), with the histogram and per-image
+    statistics ``options`` asks for; co-moments need the pixels. Bitwise the state of the images' pixels."""
+    if options.covariance:
+        raise ValueError("co-moments need the pixels, not their histograms")
+    total = hists.sum(axis=0)
+    if not options.per_image:
+        return u8_state_from_hist(total, scale, keep=options.histogram)
+    seen = hists > 0
+    r = {"count": hists.sum(axis=2), "total": hists @ _VALUES, "total_sq": hists @ (_VALUES * _VALUES),
+         "vmin": seen.argmax(axis=2), "vmax": 255 - seen[..., ::-1].argmax(axis=2),
+         "cross": np.zeros((len(hists), 1, 1), np.int64)}
+    return int_state_from_rows(r, dtype="uint8", scale=scale, covariance=False, per_image=True,
+                               hist=total if options.histogram else None,
+                               hist_range=(0.0, 256.0) if options.histogram else None)
 
 #: values per plane: its arrays (a few times its size) stay in a core's cache, and below the sizes
 #: that malloc hands to mmap (a fresh mapping per call: page faults); 4x larger planes ran 2x slower

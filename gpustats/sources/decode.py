@@ -135,6 +135,35 @@ def center_crop_array(array: np.ndarray, center_crop: int | Sequence[int]) -> np
     return np.ascontiguousarray(array[top:top + crop_h, left:left + crop_w])
 
 
+def _crop_box(width: int, height: int, center_crop: int | Sequence[int]) -> tuple[tuple[int, int, int, int], int]:
+    """Where :func:`center_crop_array` takes its pixels from a ``width`` x ``height`` image: the box
+    (left, upper, right, lower) in the image, and the number of zero pixels its padding adds."""
+    crop_h, crop_w = _crop_hw(center_crop)
+    # in padded coordinates (a dimension smaller than the crop is padded to the crop's size, the
+    # image then at offset (crop - size) // 2), the crop starts at round((padded - crop) / 2)
+    pad_left = (crop_w - width) // 2 if crop_w > width else 0
+    pad_top = (crop_h - height) // 2 if crop_h > height else 0
+    left = int(round((max(width, crop_w) - crop_w) / 2.0)) - pad_left
+    top = int(round((max(height, crop_h) - crop_h) / 2.0)) - pad_top
+    box = (max(left, 0), max(top, 0), min(left + crop_w, width), min(top + crop_h, height))
+    return box, crop_h * crop_w - (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _histogram(image: Image.Image, center_crop: int | Sequence[int] | None) -> np.ndarray:
+    """Exact ``[C, 256]`` int64 counts of a decoded RGB or L Pillow image after ``center_crop``: the
+    histogram of the pixels :func:`_decode` would otherwise return as an array."""
+    channels = len(image.getbands())
+    if center_crop is None:
+        return np.array(image.histogram(), np.int64).reshape(channels, 256)
+    box, zeros = _crop_box(image.width, image.height, center_crop)
+    if box == (0, 0, image.width, image.height):
+        counts = np.array(image.histogram(), np.int64).reshape(channels, 256)
+    else:
+        counts = np.array(image.crop(box).histogram(), np.int64).reshape(channels, 256)
+    counts[:, 0] += zeros
+    return counts
+
+
 def _check_options(mode: str, resize: int | None, center_crop) -> None:
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
@@ -210,9 +239,9 @@ def decode_with_info(
 
 def decode_file(path: str | os.PathLike[str], mode: str = "RGB", max_pixels: int | None = DEFAULT_MAX_PIXELS,
                 resize: int | None = None, center_crop: int | Sequence[int] | None = None,
-                writable: bool = True) -> tuple[np.ndarray, str, int]:
+                out: str = "array") -> tuple[np.ndarray, str, int]:
     """:func:`decode_with_info` for callers that checked the options, plus the file's size in bytes
-    (one ``open`` and one ``fstat``); ``writable=False`` may return a read-only array (one copy fewer)."""
+    (one ``open`` and one ``fstat``). ``out``: see :func:`_decode` ("array", "readonly", "histogram")."""
     _warn_if_truncated_allowed()
     try:
         fh = open(path, "rb")
@@ -225,7 +254,7 @@ def decode_file(path: str | os.PathLike[str], mode: str = "RGB", max_pixels: int
             raise BadImage(f"unreadable: {exc.strerror or exc}", path) from None
         if size == 0:
             raise BadImage("zero-byte file", path)
-        return (*_decode(lambda: fh, path, mode, max_pixels, resize, center_crop, writable), size)
+        return (*_decode(lambda: fh, path, mode, max_pixels, resize, center_crop, out), size)
 
 
 def decode_bytes(
@@ -236,10 +265,12 @@ def decode_bytes(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     resize: int | None = None,
     center_crop: int | Sequence[int] | None = None,
+    out: str = "array",
 ) -> tuple[np.ndarray, str]:
     """:func:`decode_with_info` of an image held in memory (an archive member, a Parquet value).
 
-    The same rules, reasons and decoders as for a file; ``name`` only labels :class:`BadImage`.
+    The same rules, reasons and decoders as for a file; ``name`` only labels :class:`BadImage`;
+    ``out``: see :func:`_decode`.
 
     >>> import io
     >>> from PIL import Image
@@ -257,7 +288,7 @@ def decode_bytes(
     _warn_if_truncated_allowed()
     if len(data) == 0:
         raise BadImage("zero-byte file", name)
-    return _decode(lambda: io.BytesIO(data), name, mode, max_pixels, resize, center_crop)
+    return _decode(lambda: io.BytesIO(data), name, mode, max_pixels, resize, center_crop, out)
 
 
 @contextlib.contextmanager
@@ -278,8 +309,15 @@ def _warn_if_truncated_allowed() -> None:
 
 def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None, mode: str,
             max_pixels: int | None, resize: int | None,
-            center_crop: int | Sequence[int] | None, writable: bool = True) -> tuple[np.ndarray, str]:
-    """The one decoding core of files and bytes: sniff, check the size, decode, convert, resize, crop."""
+            center_crop: int | Sequence[int] | None, out: str = "array") -> tuple[np.ndarray, str]:
+    """The one decoding core of files and bytes: sniff, check the size, decode, convert, resize, crop.
+
+    ``out``: "array" (a writable ``(H, W, C)`` array), "readonly" (possibly read-only: one copy
+    fewer), "view" (read-only, possibly strided over Pillow's own memory: no copy at all, see
+    :mod:`.pixelview`) or "histogram": the exact ``[C, 256]`` int64 counts of the pixels (Pillow's own
+    ``histogram()`` over the decoded image, :func:`_histogram`), without making an array at all.
+    For "view" and "histogram" Pillow decodes (simplejpeg's decode costs more than Pillow's without
+    its copy into an array, which is most of what ``np.asarray(Image.open(f))`` adds to a JPEG's decode)."""
     pillow_limit = Image.MAX_IMAGE_PIXELS
     # max_pixels decides alone when set (Pillow's limit is lifted: no bomb warning can come); Pillow's
     # own limit applies without it, and its warning is dropped (the error above twice the limit stays)
@@ -301,7 +339,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                                        path)
                     if img.mode in _CLIPPED_MODES:
                         warnings.warn(_CLIPPED_WARNING, UserWarning, stacklevel=2)
-                    fast = _libjpeg_turbo(fh, img) if mode == "RGB" else None
+                    fast = _libjpeg_turbo(fh, img) if mode == "RGB" and out in ("array", "readonly") else None
                     decoder = "pillow" if fast is None else "libjpeg-turbo"
                     try:
                         if fast is not None:
@@ -309,7 +347,9 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                         else:
                             img.load()
                             if img.mode == mode and resize is None:  # no convert: it would only copy
-                                converted = np.array(img) if writable else np.asarray(img)
+                                # (taken before the with block closes img, which frees its pixels)
+                                converted = (_histogram(img, center_crop) if out == "histogram"
+                                             else _array_of(img, out))
                             else:
                                 converted = img.convert(mode)
                     except Image.DecompressionBombError as exc:
@@ -331,14 +371,24 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
         new_size = resized_size(converted.width, converted.height, int(resize))
         if new_size != converted.size:
             converted = converted.resize(new_size, Image.BILINEAR)
-    if isinstance(converted, np.ndarray):
-        array = converted  # simplejpeg's own writable array, or Pillow's pixels taken as they were
-    elif writable:
-        array = np.array(converted, dtype=np.uint8)  # a writable copy (np.asarray is read-only)
-    else:
-        array = np.asarray(converted, dtype=np.uint8)  # read-only, over Pillow's bytes
+    if out == "histogram":
+        return (converted if isinstance(converted, np.ndarray) else _histogram(converted, center_crop)), decoder
+    # simplejpeg's own writable array, or Pillow's pixels taken as they were
+    array = converted if isinstance(converted, np.ndarray) else _array_of(converted, out)
     if array.ndim == 2:
         array = array[:, :, None]
     if center_crop is not None:
         array = center_crop_array(array, center_crop)
-    return np.ascontiguousarray(array), decoder
+    return (array if out == "view" else np.ascontiguousarray(array)), decoder
+
+
+def _array_of(image: Image.Image, out: str) -> np.ndarray:
+    """``image``'s pixels: a writable copy ("array"), or read-only over Pillow's bytes ("readonly"), or
+    over Pillow's own memory without a copy where it can ("view": :func:`.pixelview.image_view`)."""
+    if out == "view":
+        from .pixelview import image_view
+
+        view = image_view(image)
+        if view is not None:
+            return view
+    return np.array(image, dtype=np.uint8) if out == "array" else np.asarray(image, dtype=np.uint8)

@@ -77,15 +77,18 @@ class _Decoded:
 
     def __init__(self) -> None:
         self.arrays: list[np.ndarray] = []
+        self.hists: list[np.ndarray] = []  # [C, 256] counts of images decoded to their histograms
         self.bad: list[BadItem] = []
         self.nbytes = 0
         self.warnings: dict[str, int] = {}
         self.decoders: dict[str, int] = {}
 
 
-def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded) -> _Decoded:
+def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, pixels: str) -> _Decoded:
     """Decode ``(index, name, order, source)`` records into ``out``; ``source`` is a file path (``str``),
-    the item's ``bytes`` or a :class:`BadImage` (it could not be read). Never raises for an item."""
+    the item's ``bytes`` or a :class:`BadImage` (it could not be read). ``pixels``: "readonly" (arrays)
+    or "histogram" (each image's ``[C, 256]`` counts, see :func:`_pixels`). Never raises for an item."""
+    keep = out.hists if pixels == "histogram" else out.arrays
     with warnings.catch_warnings(record=True) as log:
         warnings.simplefilter("always")
         for index, name, order, source in records:
@@ -94,12 +97,12 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded) 
                 if isinstance(source, BadImage):
                     raise source
                 if isinstance(source, str):
-                    array, decoder, size = decode_file(source, writable=False, **decode_opts)
+                    array, decoder, size = decode_file(source, out=pixels, **decode_opts)
                     out.nbytes += size
                 else:
                     out.nbytes += len(source)
-                    array, decoder = decode_bytes(source, name=name, **decode_opts)
-                out.arrays.append(array)
+                    array, decoder = decode_bytes(source, name=name, out=pixels, **decode_opts)
+                keep.append(array)
                 out.decoders[decoder] = out.decoders.get(decoder, 0) + 1
             except BadImage as exc:
                 out.bad.append(BadItem(index, exc.reason, name, order))
@@ -148,8 +151,28 @@ class _Reduce:
             # a parallel region under the fork-safe workqueue layer costs ~0.2 ms a call
             self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1)
 
+    def decoded(self, done: _Decoded, b: int) -> Any:
+        """The state of a batch's decoded images (arrays and histograms), or None when it has none."""
+        from ..backends.cpu_small import hist_u8_state
+
+        state = self(done.arrays, b) if done.arrays else None
+        if done.hists:
+            counted = hist_u8_state(np.stack(done.hists), self.options, _UINT8_SCALE)
+            state = counted if state is None else state.merge(counted)
+        return state
+
     def __call__(self, arrays: list[np.ndarray], b: int) -> Any:
         from ..backends.cpu_small import is_small_u8, small_u8_state
+        from .pixelview import rgbx_base
+
+        bases = [rgbx_base(a) for a in arrays]
+        if self.options.covariance and any(base is not None for base in bases):
+            # RGB pixels read in place from the decoder (4 bytes a pixel): reduced where they lie
+            self.load_numba()
+            state = self.reducer.reduce_rgbx([base for base in bases if base is not None], _UINT8_SCALE)
+            rest = [a for a, base in zip(arrays, bases) if base is None]
+            return state.merge(self(rest, b)) if rest else state
+        arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
 
         if self.reducer is None and is_small_u8(arrays):
             return small_u8_state(arrays, self.options, _UINT8_SCALE)
@@ -201,18 +224,35 @@ def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None
         return None
 
 
+def _pixels(extras: dict, small: bool) -> str:
+    """What decoding hands the reduction (``out`` of :func:`~.decode._decode`): small images as "readonly"
+    arrays (numpy reduces them a little faster than Pillow makes histograms); larger ones as their
+    "histogram" (exact counts measured by Pillow on the decoded image: no array is made and no numba
+    is needed), or, when the run needs the pixels themselves (co-moments), as a "view" of Pillow's
+    own memory (no copy; :mod:`.pixelview`). Never does the choice change a number (tested)."""
+    if small:
+        return "readonly"
+    return "view" if extras["covariance"] else "histogram"
+
+
 def _numba_pays(dataset: "ReducedBatches") -> bool:
-    """Whether this run should load numba before its workers fork: many items, or a first image too
-    large for numpy's small-image path (unknown: assumed large). A wrong guess costs time only."""
+    """Whether this run should load numba before its workers fork: it reduces arrays, and has many items
+    or a first image too large for numpy's small-image path (unknown: assumed large). A wrong guess
+    costs time only."""
+    if dataset.pixels == "histogram":
+        return False
     return len(dataset.segment) - dataset.start >= _NUMBA_FROM_ITEMS or not dataset.small
 
 
 def reduce_records(first: int, stop: int, records: Iterable[tuple], extras: dict, decode_opts: dict,
-                   b: int = 0) -> BatchResult:
-    """Decode and reduce one batch of ``(index, name, order, source)`` records (see :func:`_decode_records`)."""
-    done = _decode_records(records, decode_opts, _Decoded())
-    state = _Reduce.get(extras)(done.arrays, b).to_dict() if done.arrays else None
-    return BatchResult(first, stop, state, len(done.arrays), done.nbytes, done.bad, done.warnings, done.decoders)
+                   b: int = 0, pixels: str | None = None) -> BatchResult:
+    """Decode and reduce one batch of ``(index, name, order, source)`` records (see :func:`_decode_records`;
+    ``pixels`` None: :func:`_pixels` for images of unknown size)."""
+    done = _decode_records(records, decode_opts, _Decoded(), pixels or _pixels(extras, small=False))
+    state = _Reduce.get(extras).decoded(done, b)
+    state = None if state is None else state.to_dict()
+    images = len(done.arrays) + len(done.hists)
+    return BatchResult(first, stop, state, images, done.nbytes, done.bad, done.warnings, done.decoders)
 
 
 class ReducedBatches(torch.utils.data.Dataset):
@@ -245,6 +285,7 @@ class ReducedBatches(torch.utils.data.Dataset):
         self.extras = {"histogram": bool(histogram), "covariance": bool(covariance), "per_image": bool(per_image)}
         first = _first_values(self.segment, self.start, decode_opts) if self.start < len(self.segment) else None
         self.small = first is not None and first < _SMALL_PART  # judged by the first image (speed only)
+        self.pixels = _pixels(self.extras, self.small)
         # small_tasks and small images: tasks of _SMALL_TASK files (results do not depend on the split)
         grow = small_tasks and self.small and not self.segment.has_rowgroups
         task = max(self.batch_size, _SMALL_TASK) if grow else self.batch_size
@@ -259,7 +300,8 @@ class ReducedBatches(torch.utils.data.Dataset):
         if rowgroup:
             return self._rowgroup(first, stop, int(b))
         records = ((offset + p, *seg.record(p)) for p in range(first, stop))
-        return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b))
+        return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b),
+                              self.pixels)
 
     def warm_up(self) -> None:
         """Build this process's reducer and, when the run needs numba (:func:`_numba_pays`), run it once
@@ -271,11 +313,14 @@ class ReducedBatches(torch.utils.data.Dataset):
         from PIL import Image
 
         from .decode import _fast_jpeg
+        from .pixelview import image_view
 
         reduce = _Reduce.get(self.extras)
         if _numba_pays(self):
             reduce.load_numba()
-            reduce([np.zeros((2, 2, 1 if self.decode_opts.get("mode") == "L" else 3), np.uint8)], 0)
+            channels = 1 if self.decode_opts.get("mode") == "L" else 3
+            tiny = image_view(Image.new("RGB", (2, 2))) if self.pixels == "view" and channels == 3 else None
+            reduce([np.zeros((2, 2, channels), np.uint8) if tiny is None else tiny], 0)  # views: their own loop
         png = io.BytesIO()
         Image.new("RGB", (2, 2)).save(png, format="PNG")
         decode_bytes(png.getvalue(), **self.decode_opts)
@@ -295,10 +340,11 @@ class ReducedBatches(torch.utils.data.Dataset):
             records = [(offset + pos + i, seg.name(pos + i), seg.order(pos + i), BadImage(reason) if data is None
                         else data) for i, (data, reason) in enumerate(values)]
             pos += len(values)
-            done.arrays = []
-            _decode_records(records, self.decode_opts, done)
-            if done.arrays:
-                state = state.merge(_Reduce.get(self.extras)(done.arrays, b))
+            done.arrays, done.hists = [], []
+            _decode_records(records, self.decode_opts, done, self.pixels)
+            counted = _Reduce.get(self.extras).decoded(done, b)
+            if counted is not None:
+                state = state.merge(counted)
         images = sum(done.decoders.values())
         return BatchResult(offset + first, offset + stop, None if state.is_empty else state.to_dict(), images,
                            done.nbytes, done.bad, done.warnings, done.decoders)
