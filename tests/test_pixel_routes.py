@@ -15,7 +15,7 @@ from PIL import Image
 
 from gpustats.sources import synthetic
 from gpustats.sources.decode import BadImage, decode_bytes, decode_file
-from gpustats.sources.mapside import _Reduce, reduce_records
+from gpustats.sources.mapside import _Decoded, _Reduce, reduce_records
 from gpustats.sources.pixelview import image_view, rgbx_base
 
 
@@ -97,6 +97,10 @@ def test_histogram_route_state_is_the_array_routes_bit_for_bit(corpus, extras, g
 @pytest.mark.parametrize("geometry", [{}, {"resize": 21, "center_crop": 25}, {"mode": "L"}], ids=["raw", "crop", "L"])
 def test_view_route_state_is_the_array_routes_bit_for_bit(corpus, extras, geometry):
     extras = dict(extras, covariance=True)
+    _views_equal_arrays(corpus, extras, geometry)
+
+
+def _views_equal_arrays(corpus, extras, geometry):
     opts = {"mode": "RGB", "max_pixels": 10**8, "resize": None, "center_crop": None, **geometry}
     records = [(i, str(p), [0, i], str(p)) for i, p in enumerate(corpus)]
     by_view = reduce_records(0, len(records), records, extras, opts, pixels="view")
@@ -115,17 +119,38 @@ def test_view_route_state_is_the_array_routes_bit_for_bit(corpus, extras, geomet
 
 
 def test_a_batch_of_views_and_arrays_reduces_like_arrays_alone():
-    """Views and ordinary arrays in one batch (an image too large for Pillow's one-block export comes as
-    an array among views): the state of the arrays alone."""
+    """Views reduced as they come and ordinary arrays in one batch (an image too large for Pillow's
+    one-block export comes as an array among views): the state of the arrays alone."""
     rng = np.random.default_rng(2)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 30), (9, 70), (33, 33))]
     views = [image_view(im) for im in images]
     assert all(rgbx_base(v) is not None for v in views)
     arrays = [np.asarray(im) for im in images]
-    reduce = _Reduce.get({"histogram": True, "covariance": True, "per_image": True})
-    assert reduce([views[0], arrays[1], views[2]], 0).to_dict() == reduce(arrays, 0).to_dict()
-    plain = _Reduce.get({"histogram": True, "covariance": False, "per_image": True})  # strided views: copied
-    assert plain(views, 0).to_dict() == plain(arrays, 0).to_dict()
+    for extras in ({"histogram": True, "covariance": True, "per_image": True},
+                   {"histogram": False, "covariance": True, "per_image": False}):
+        reduce = _Reduce.get(extras)
+        done = _Decoded(reduce.sink("view"))
+        done.sink.add(rgbx_base(views[0]))
+        done.sink.add(rgbx_base(views[2]))
+        done.arrays = [arrays[1]]
+        assert reduce.decoded(done, 0).to_dict() == reduce(arrays, 0).to_dict()
+    plain = _Reduce.get({"histogram": True, "covariance": False, "per_image": True})  # no sink: views copied
+    assert plain.sink("view") is None and plain(views, 0).to_dict() == plain(arrays, 0).to_dict()
+
+
+def test_which_pixels_a_run_asks_for(tmp_path):
+    from gpustats.sources import mapside
+
+    Image.new("RGB", (400, 300)).save(tmp_path / "large.png")  # large also as L (> 65,536 values)
+    Image.new("RGB", (30, 20)).save(tmp_path / "small.png")
+
+    def pixels(name, count=1, **extras):  # (decided from the first image; ``mode`` is a decode option)
+        return mapside.ReducedBatches([tmp_path / name] * count, batch_size=4, **extras).pixels
+
+    assert pixels("small.png") == pixels("small.png", covariance=True) == "readonly"
+    assert pixels("large.png") == pixels("large.png", histogram=True, per_image=True) == "histogram"
+    assert pixels("large.png", covariance=True) == pixels("large.png", 3, covariance=True, histogram=True) == "view"
+    assert pixels("large.png", 3, mode="L", covariance=True) == "view"  # (L views are plain arrays)
 
 
 def test_covariance_refuses_histograms():
