@@ -36,10 +36,12 @@ The file format is sniffed from content, so a PNG named ``.jpg`` decodes fine.
 same core, with the same rules, reasons and decoders.
 
 With ``simplejpeg`` installed (``pip install 'gpustats[fast]'``), JPEGs that libjpeg-turbo decodes
-to Pillow's exact pixels are decoded by it directly (about 1.4x faster); every other file, and
-any JPEG that makes libjpeg-turbo warn, goes through Pillow. ``GPUSTATS_JPEG_DECODER=pillow``
-turns it off. :func:`decode_with_info` says which decoder ran; never does the choice change a
-number.
+to Pillow's exact pixels are decoded by it directly when an array is asked for (1.1-1.4x faster
+than Pillow's decode plus its copy into an array); every other file, and any JPEG that makes
+libjpeg-turbo warn, goes through Pillow. ``GPUSTATS_JPEG_DECODER=pillow`` turns it off.
+:func:`decode_with_info` says which decoder ran; never does the choice change a number. A folder
+run's workers ask larger images for their histogram or a view of Pillow's memory instead of an
+array (:func:`_decode`'s ``out``): Pillow then decodes, as that costs less than simplejpeg's decode.
 
 Optional geometry, equal to torchvision's ``Resize(N)`` then ``CenterCrop(M)`` on the PIL
 image (applied after colour conversion, in that order):
