@@ -182,3 +182,27 @@ def test_a_folder_of_large_images_runs_without_numba_unless_it_needs_co_moments(
 
     assert run("0") == {"numba": False, "images": 70}
     assert run("1") == {"numba": True, "images": 70}
+
+
+@pytest.mark.parametrize("why", ["older Pillow", "several blocks"])
+def test_without_pillows_export_the_view_route_copies_and_gives_the_same_state(corpus, monkeypatch, why):
+    """Pillow < 11.2 has no Arrow export; an image in several of Pillow's memory blocks cannot be
+    exported ("Image rows are not contiguous"): the pixels are then copied as before."""
+    from PIL import Image as PILImage
+
+    extras = {"histogram": True, "covariance": True, "per_image": True}
+    opts = {"mode": "RGB", "max_pixels": 10**8, "resize": None, "center_crop": None}
+    records = [(i, str(p), [0, i], str(p)) for i, p in enumerate(corpus)]
+    expected = reduce_records(0, len(records), records, extras, opts, pixels="readonly")
+    if why == "older Pillow":
+        monkeypatch.delattr(PILImage.Image, "__arrow_c_array__")
+    else:
+        size = PILImage.core.get_block_size()
+        PILImage.core.set_block_size(4096)  # every image here spans several blocks
+    try:
+        assert image_view(PILImage.new("RGB", (64, 64))) is None
+        got = reduce_records(0, len(records), records, extras, opts, pixels="view")
+    finally:
+        if why == "several blocks":
+            PILImage.core.set_block_size(size)
+    assert got.state == expected.state and got.images == expected.images
