@@ -87,8 +87,9 @@ class _Decoded:
 
 def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, pixels: str) -> _Decoded:
     """Decode ``(index, name, order, source)`` records into ``out``; ``source`` is a file path (``str``),
-    the item's ``bytes`` or a :class:`BadImage` (it could not be read). ``pixels``: "readonly" (arrays)
-    or "histogram" (each image's ``[C, 256]`` counts, see :func:`_pixels`). Never raises for an item."""
+    the item's ``bytes`` or a :class:`BadImage` (it could not be read). ``pixels`` (see :func:`_pixels`):
+    "readonly" or "view" (arrays; RGB views go into ``out.sink`` when it has one) or "histogram" (each
+    image's ``[C, 256]`` counts). Never raises for an item."""
     from .pixelview import rgbx_base
 
     keep = out.hists if pixels == "histogram" else out.arrays
@@ -327,14 +328,17 @@ class ReducedBatches(torch.utils.data.Dataset):
         from PIL import Image
 
         from .decode import _fast_jpeg
-        from .pixelview import image_view
 
         reduce = _Reduce.get(self.extras)
         if _numba_pays(self):
             reduce.load_numba()
             channels = 1 if self.decode_opts.get("mode") == "L" else 3
-            tiny = image_view(Image.new("RGB", (2, 2))) if self.pixels == "view" and channels == 3 else None
-            reduce([np.zeros((2, 2, channels), np.uint8) if tiny is None else tiny], 0)  # views: their own loop
+            sink = reduce.sink(self.pixels) if channels == 3 else None
+            if sink is not None:  # RGB views: their own loop
+                sink.add(np.zeros((2, 2, 4), np.uint8))
+                sink.state(_UINT8_SCALE)
+            else:
+                reduce([np.zeros((2, 2, channels), np.uint8)], 0)
         png = io.BytesIO()
         Image.new("RGB", (2, 2)).save(png, format="PNG")
         decode_bytes(png.getvalue(), **self.decode_opts)
