@@ -155,6 +155,11 @@ def test_which_pixels_a_run_asks_for(tmp_path):
     assert pixels("large.png", 3, mode="L", covariance=True) == "view"  # (L views are plain arrays)
 
 
+def test_an_unknown_output_is_refused(corpus):
+    with pytest.raises(ValueError, match="out must be one of"):
+        decode_file(corpus[0], out="pixels")
+
+
 def test_covariance_refuses_histograms():
     from gpustats.backends import Options
     from gpustats.backends.cpu_small import hist_u8_state

@@ -83,6 +83,7 @@ def hist_u8_state(hists: np.ndarray, options: Options, scale: float) -> ChannelS
                                hist=total if options.histogram else None,
                                hist_range=(0.0, 256.0) if options.histogram else None)
 
+
 #: values per plane: its arrays (a few times its size) stay in a core's cache, and below the sizes
 #: that malloc hands to mmap (a fresh mapping per call: page faults); 4x larger planes ran 2x slower
 _CHUNK = 3 << 16

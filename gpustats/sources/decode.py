@@ -83,6 +83,7 @@ __all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_in
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _MODES = ("RGB", "L")
+_OUTS = ("array", "readonly", "view", "histogram")  # what _decode returns
 _SIMPLEJPEG = None  # simplejpeg.decode_jpeg, False when unavailable (see _fast_jpeg)
 #: Pillow modes of more than 8 bits per pixel that convert("RGB") clips to 255
 _CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -243,7 +244,7 @@ def decode_file(path: str | os.PathLike[str], mode: str = "RGB", max_pixels: int
                 resize: int | None = None, center_crop: int | Sequence[int] | None = None,
                 out: str = "array") -> tuple[np.ndarray, str, int]:
     """:func:`decode_with_info` for callers that checked the options, plus the file's size in bytes
-    (one ``open`` and one ``fstat``). ``out``: see :func:`_decode` ("array", "readonly", "histogram")."""
+    (one ``open`` and one ``fstat``). ``out``: see :func:`_decode` ("array", "readonly", "view", "histogram")."""
     _warn_if_truncated_allowed()
     try:
         fh = open(path, "rb")
@@ -320,6 +321,8 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
     ``histogram()`` over the decoded image, :func:`_histogram`), without making an array at all.
     For "view" and "histogram" Pillow decodes (simplejpeg's decode costs more than Pillow's without
     its copy into an array, which is most of what ``np.asarray(Image.open(f))`` adds to a JPEG's decode)."""
+    if out not in _OUTS:
+        raise ValueError(f"out must be one of {_OUTS}, got {out!r}")
     pillow_limit = Image.MAX_IMAGE_PIXELS
     # max_pixels decides alone when set (Pillow's limit is lifted: no bomb warning can come); Pillow's
     # own limit applies without it, and its warning is dropped (the error above twice the limit stays)
