@@ -66,58 +66,46 @@ def test_histogram_is_the_bincount_of_the_array_or_the_same_bad_reason(corpus, g
         assert rgbx_base(view) is not None or view.flags.c_contiguous, path.name  # never a strided copy
 
 
-@pytest.mark.parametrize("extras", [dict(histogram=h, per_image=p) for h in (False, True) for p in (False, True)],
-                         ids=lambda e: f"hist={e['histogram']}-per_image={e['per_image']}")
-@pytest.mark.parametrize("geometry", [{}, {"resize": 21, "center_crop": 25}, {"mode": "L"}], ids=["raw", "crop", "L"])
-def test_histogram_route_state_is_the_array_routes_bit_for_bit(corpus, extras, geometry):
-    extras = dict(extras, covariance=False)
-    opts = {"mode": "RGB", "max_pixels": 10**8, "resize": None, "center_crop": None, **geometry}
-    records = [(i, str(p), [0, i], str(p)) for i, p in enumerate(corpus)]
-    by_hist = reduce_records(0, len(records), records, extras, opts, pixels="histogram")
-    by_array = reduce_records(0, len(records), records, extras, opts, pixels="readonly")
-    assert by_hist.state == by_array.state
-    assert by_hist.images == by_array.images == len(corpus) - 3  # the demo's three bad files
-    assert by_hist.bad == by_array.bad and by_hist.warnings == by_array.warnings
-    assert by_hist.nbytes == by_array.nbytes and by_hist.decoders == {"pillow": by_hist.images}
+EXTRAS = [dict(histogram=h, per_image=p) for h in (False, True) for p in (False, True)]
+BAD = ("truncated.jpg", "empty.png", "not_an_image.jpg")  # the demo folder's bad files
 
+
+def _routes(corpus, extras, geometry, pixels):
+    """The batch result of ``corpus`` decoded as ``pixels`` and as arrays, the first one's finalized
+    statistics, and the good images' pixels in float64 (the independent reference)."""
     from gpustats.stats import ChannelStats
 
-    got = ChannelStats.from_dict(by_hist.state).finalize()  # against numpy float64 over the pixels
-    pixels = []
-    for p in corpus:
-        try:
-            pixels.append(decode_file(p, **opts)[0].reshape(-1, 1 if opts["mode"] == "L" else 3))
-        except BadImage:
-            pass
-    px = np.concatenate(pixels).astype(np.float64)
-    np.testing.assert_allclose(got.mean, px.mean(0) / 255, rtol=1e-15)
+    opts = {"mode": "RGB", "max_pixels": 10**8, "resize": None, "center_crop": None, **geometry}
+    records = [(i, str(p), [0, i], str(p)) for i, p in enumerate(corpus)]
+    got = reduce_records(0, len(records), records, extras, opts, pixels=pixels)
+    by_array = reduce_records(0, len(records), records, extras, opts, pixels="readonly")
+    channels = 1 if opts["mode"] == "L" else 3
+    px = np.concatenate([decode_file(p, **opts)[0].reshape(-1, channels) for p in corpus
+                         if p.name not in BAD]).astype(np.float64)
+    return got, by_array, ChannelStats.from_dict(got.state).finalize(), px
+
+
+@pytest.mark.parametrize("extras", EXTRAS, ids=lambda e: f"hist={e['histogram']}-per_image={e['per_image']}")
+@pytest.mark.parametrize("geometry", [{}, {"resize": 21, "center_crop": 25}, {"mode": "L"}], ids=["raw", "crop", "L"])
+def test_histogram_route_state_is_the_array_routes_bit_for_bit(corpus, extras, geometry):
+    by_hist, by_array, got, px = _routes(corpus, dict(extras, covariance=False), geometry, "histogram")
+    assert by_hist.state == by_array.state
+    assert by_hist.images == by_array.images == len(corpus) - len(BAD)
+    assert by_hist.bad == by_array.bad and by_hist.warnings == by_array.warnings
+    assert by_hist.nbytes == by_array.nbytes and by_hist.decoders == {"pillow": by_hist.images}
+    np.testing.assert_allclose(got.mean, px.mean(0) / 255, rtol=1e-15)  # against numpy float64
     np.testing.assert_allclose(got.std, px.std(0) / 255, rtol=1e-12)
 
 
-@pytest.mark.parametrize("extras", [dict(histogram=h, per_image=p) for h in (False, True) for p in (False, True)],
-                         ids=lambda e: f"hist={e['histogram']}-per_image={e['per_image']}")
+@pytest.mark.parametrize("extras", EXTRAS, ids=lambda e: f"hist={e['histogram']}-per_image={e['per_image']}")
 @pytest.mark.parametrize("geometry", [{}, {"resize": 21, "center_crop": 25}, {"mode": "L"}], ids=["raw", "crop", "L"])
 def test_view_route_state_is_the_array_routes_bit_for_bit(corpus, extras, geometry):
-    extras = dict(extras, covariance=True)
-    _views_equal_arrays(corpus, extras, geometry)
-
-
-def _views_equal_arrays(corpus, extras, geometry):
-    opts = {"mode": "RGB", "max_pixels": 10**8, "resize": None, "center_crop": None, **geometry}
-    records = [(i, str(p), [0, i], str(p)) for i, p in enumerate(corpus)]
-    by_view = reduce_records(0, len(records), records, extras, opts, pixels="view")
-    by_array = reduce_records(0, len(records), records, extras, opts, pixels="readonly")
+    by_view, by_array, got, px = _routes(corpus, dict(extras, covariance=True), geometry, "view")
     assert by_view.state == by_array.state and by_view.bad == by_array.bad
-    assert by_view.images == by_array.images == len(corpus) - 3
-
-    from gpustats.stats import ChannelStats
-
-    got = ChannelStats.from_dict(by_view.state).finalize()  # against numpy float64 over the pixels
-    px = np.concatenate([decode_file(p, **opts)[0].reshape(-1, 1 if opts["mode"] == "L" else 3) for p in corpus
-                         if p.name not in ("truncated.jpg", "empty.png", "not_an_image.jpg")]).astype(np.float64)
-    if opts["mode"] == "RGB":
+    assert by_view.images == by_array.images == len(corpus) - len(BAD)
+    if px.shape[1] == 3:
         np.testing.assert_allclose(got.cov, np.cov(px.T, bias=True) / 255**2, rtol=1e-12, atol=1e-17)
-    np.testing.assert_allclose(got.mean, px.mean(0) / 255, rtol=1e-15)
+    np.testing.assert_allclose(got.mean, px.mean(0) / 255, rtol=1e-15)  # against numpy float64
 
 
 def test_a_batch_of_views_and_arrays_reduces_like_arrays_alone():

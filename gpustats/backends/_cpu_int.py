@@ -8,7 +8,9 @@ One file, so that numba's on-disk cache of each loop is invalidated with the cod
   which the compiler vectorizes (twice the histogram's speed), for moments without a histogram;
 * :func:`int_rows`: exact per-image (row) totals and cross products of any integer dtype; for uint8
   a row's totals come from its histogram or sums and the RGB cross products ride along the
-  histogram's pass (:func:`_u8_row`), chosen by dtype at compile time.
+  histogram's pass (:func:`_u8_row`), chosen by dtype at compile time;
+* :func:`rgbx_rows_here`: those rows with co-moments for RGB pixels held 4 bytes each (a decoder's
+  memory read in place).
 
 The parallel loops have a ``*_here`` twin that runs in the calling thread (see :mod:`._cpu_kernels`). Layout and
 ``cp`` as in :mod:`._cpu_kernels`.
@@ -295,9 +297,9 @@ def _u8_products3(r, g, b):  # pragma: no cover - compiled
 
 @njit(nogil=True)
 def _u8_hist_products3(seg, out):  # pragma: no cover - compiled
-    """Histogram ([3, 256] int64 ``out``) and the products of :func:`_u8_products3` of an [L, 3] image
-    (or [L, 4]: the fourth value of each pixel is not read),
-    in one pass (the products ride along the histogram's increments)."""
+    """Histogram ([3, 256] int64 ``out``) and the products of :func:`_u8_products3` of an [L, 3] image (or
+    [L, 4]: the fourth value of each pixel is not read), in one pass (the products ride along the
+    histogram's increments)."""
     q01 = q02 = q12 = 0
     p = np.zeros((3, 256), np.uint32)
     for start in range(0, seg.shape[0], _BLOCK):

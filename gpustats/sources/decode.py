@@ -159,10 +159,8 @@ def _histogram(image: Image.Image, center_crop: int | Sequence[int] | None) -> n
     if center_crop is None:
         return np.array(image.histogram(), np.int64).reshape(channels, 256)
     box, zeros = _crop_box(image.width, image.height, center_crop)
-    if box == (0, 0, image.width, image.height):
-        counts = np.array(image.histogram(), np.int64).reshape(channels, 256)
-    else:
-        counts = np.array(image.crop(box).histogram(), np.int64).reshape(channels, 256)
+    inside = image if box == (0, 0, image.width, image.height) else image.crop(box)
+    counts = np.array(inside.histogram(), np.int64).reshape(channels, 256)
     counts[:, 0] += zeros
     return counts
 

@@ -28,6 +28,7 @@ per-image statistics, each image stays its own row.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
@@ -174,10 +175,8 @@ class _Reduce:
         parts = [self(done.arrays, b) if done.arrays else None,
                  hist_u8_state(np.stack(done.hists), self.options, _UINT8_SCALE) if done.hists else None,
                  done.sink.state(_UINT8_SCALE) if done.sink is not None else None]
-        state = None
-        for part in parts:
-            state = part if state is None else state if part is None else state.merge(part)
-        return state
+        parts = [part for part in parts if part is not None]
+        return functools.reduce(lambda a, c: a.merge(c), parts) if parts else None
 
     def __call__(self, arrays: list[np.ndarray], b: int) -> Any:
         from ..backends.cpu_small import is_small_u8, small_u8_state
