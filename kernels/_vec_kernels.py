@@ -60,6 +60,33 @@ def _walk_start(per_row):
 #: an empty channel's min/max in the int64 partials of uint8 launches (float64 ones use inf)
 _EMPTY = 1 << 40
 
+#: int64 fields of the non-finite status row (``nan_policy="raise"``), see :func:`record_nonfinite`
+STATUS_FIELDS = ("first", "first_count", "first_channels", "last", "last_count", "last_channels", "batches", "spare")
+STATUS_WORDS = len(STATUS_FIELDS)
+
+
+@device_function
+def record_nonfinite(status, check, bad, mask):
+    """Record a batch left out for its non-finite values in ``status`` (int64[8], :data:`STATUS_FIELDS`).
+
+    ``check`` is the batch index + 1, ``bad`` its non-finite count, ``mask`` has bit ``c`` set when
+    channel ``c`` holds one. ``last*`` always take this batch; ``first*`` only the first such batch
+    (sticky); ``batches`` counts them and is written last, after a system-wide fence, so a host
+    that reads ``batches`` first (the CUDA backend keeps the row in mapped, pinned host memory)
+    sees the other fields at least as new. Launches into one row are ordered by their stream (one
+    accumulator, one stream): plain stores, no atomics.
+    """
+    status[3] = check
+    status[4] = bad
+    status[5] = mask
+    if status[0] == 0:
+        status[1] = bad
+        status[2] = mask
+        cuda.threadfence_system()
+        status[0] = check
+    cuda.threadfence_system()
+    status[6] += 1
+
 
 @functools.lru_cache(maxsize=None)
 def _make_finish(channels, threads, integer):
@@ -71,6 +98,12 @@ def _make_finish(channels, threads, integer):
     to threads, combines with the same fixed tree and adds the result into ``itotals``/``ftotals``.
     One launch, no atomics on the totals, and the order of every addition is fixed by the launch
     configuration, so float totals are bitwise reproducible. The last block resets the ticket.
+
+    ``check`` > 0 (``nan_policy="raise"``: the batch's index + 1) makes the launch all or nothing:
+    when the batch holds any non-finite value the last block adds nothing to the totals and records
+    the batch in the status row instead (:func:`record_nonfinite`), so a bad batch never enters the
+    state and nobody waits for the device to find out. ``check == 0`` adds everything (non-finite
+    values counted in ``nonfinite``, as ``nan_policy="omit"`` wants).
     """
     C = channels
     C2 = 2 * C
@@ -102,7 +135,7 @@ def _make_finish(channels, threads, integer):
                 mins[k] = min(mins[k], m)
 
     @device_function
-    def finish(tid, tally, bank, mins, part, counter, itotals, ftotals):
+    def finish(tid, tally, bank, mins, part, counter, itotals, ftotals, status, check):
         sh_count = cuda.shared.array(SLOTS, int64)  # the block's combine buffers (both combines below)
         sh_sum = cuda.shared.array(SLOTS, BT)
         sh_ext = cuda.shared.array(SLOTS, float64)
@@ -126,6 +159,16 @@ def _make_finish(channels, threads, integer):
             r += cuda.blockDim.x
         block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, C2)
         if tid == 0:
+            bad = int64(0)
+            mask = int64(0)
+            for c in range(C):
+                if tally[C + c] > 0:
+                    bad += tally[C + c]
+                    mask |= int64(1) << c
+            if check > 0 and bad > 0:
+                record_nonfinite(status, check, bad, mask)
+                counter[0] = 0
+                return
             for c in range(C):
                 itotals[0, c] += tally[c]
                 itotals[1, c] += tally[C + c]
@@ -188,7 +231,8 @@ def _build_u8(mode, channels, threads):
             sq[g] = 0
 
     @cuda.jit
-    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals):
+    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals,
+               status, check):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
         t, n, j, step_n, step_j = _walk_start(per_row)
@@ -273,7 +317,7 @@ def _build_u8(mode, channels, threads):
                 mins[ch] = min(mins[ch], float64(v))
                 mins[C + ch] = min(mins[C + ch], -float64(v))
 
-        finish(tid, tally, bank, mins, part, counter, itotals, ftotals)
+        finish(tid, tally, bank, mins, part, counter, itotals, ftotals, status, check)
 
     return kernel
 
@@ -386,7 +430,8 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
             bad[j] = 0
 
     @cuda.jit
-    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals):
+    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals,
+               status, check):
         tid = cuda.threadIdx.x
         c = cuda.blockIdx.y
         t, n, j, step_n, step_j = _walk_start(per_row)
@@ -460,6 +505,6 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
                     mins[ch] = min(mins[ch], float64(v))
                     mins[C + ch] = min(mins[C + ch], -float64(v))
 
-        finish(tid, tally, bank, mins, part, counter, itotals, ftotals)
+        finish(tid, tally, bank, mins, part, counter, itotals, ftotals, status, check)
 
     return kernel

@@ -33,6 +33,18 @@ not the kernel, dominating a call) and float totals are bitwise reproducible for
 configuration. The grid fills the GPU once: the SM count times the resident blocks per SM of the
 compiled kernel (occupancy API). No histograms, co-moments or per-image sums (the CUDA backend
 routes those to ``atomic``).
+
+``nan_policy="raise"`` without a synchronization: with ``check`` = batch index + 1 the last block
+adds nothing when the batch holds a NaN/inf and records it in a status row instead
+(``_vec_kernels.record_nonfinite``); the caller reads the row later (the CUDA backend: mapped host
+memory, read without waiting). Only the vector kernels can do this, so ``reduce`` launches nothing
+and returns False when ``check`` is asked for an input they cannot read.
+
+Two ways to launch, same kernels and arguments: :func:`reduce` (numba's dispatcher: any input,
+the simulator, CI) and :class:`Launcher` (a GPU with cuda-bindings: the kernel compiled once for a
+fixed signature, its cubin cached across processes, launched with ``cuLaunchKernel`` from a
+parameter block built once per accumulator; per launch only the input's address and sizes are
+written -- :mod:`._launch`).
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ from ._common import (
 )
 from ._thread import run_length
 from ._vec_kernels import (
+    STATUS_FIELDS,
+    STATUS_WORDS,
     U8_FLUSH_VECTORS,
     VECTOR_WIDTH,
     _build_u8,
@@ -64,7 +78,7 @@ from ._vec_kernels import (
 )
 
 __all__ = ["NAME", "SUPPORTS", "SUPPORTS_SIMULATOR", "reduce", "plan", "VECTOR_WIDTH", "U8_FLUSH_VECTORS",
-           "_build_u8", "_build_wide", "_make_finish"]
+           "STATUS_FIELDS", "STATUS_WORDS", "Launcher", "kernel_argtypes", "_build_u8", "_build_wide", "_make_finish"]
 
 NAME = "vec"
 SUPPORTS_SIMULATOR = True
@@ -175,11 +189,16 @@ def _resident_blocks(kernel, args, threads) -> int:
 
 
 def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image=None, stream=0, launch=None,
-           run=None):
+           run=None, status=None, check=0):
     """Add the statistics of ``x`` into ``acc`` with 16-byte loads, in one launch (module docstring).
 
     ``run`` overrides the float run length (elements per thread lane between float64 flushes;
-    tests use the production value under the simulator).
+    tests use the production value under the simulator). ``check`` > 0 (float input under
+    ``nan_policy="raise"``: the batch index + 1) leaves the batch out when it holds a NaN/inf and
+    records it in ``status`` (int64[:data:`STATUS_WORDS`], fields :data:`STATUS_FIELDS`). Returns
+    True when the vector kernels ran, False when they cannot read ``x`` and ``check`` was asked
+    (nothing launched: check the batch some other way, then call again without ``check``); without
+    ``check`` such inputs run the ``tree`` kernels (returns False too).
     """
     refuse_extras(NAME, histogram=histogram, cross=cross, per_image=per_image)
     info = None if simulator_enabled() else _describe(x)
@@ -188,11 +207,13 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
         info = None if simulator_enabled() else _describe(x)
     channels = check_input(info or x, layout, dtype_tag, acc)
     if int((info or x).shape[0]) * pixels_per_image(info or x, layout) == 0:
-        return
+        return True
     how = plan(info or x, layout, dtype_tag)
     if how is None:
+        if check:
+            return False
         tree.reduce(x, layout, dtype_tag, acc, stream=stream, launch=launch, run=run)
-        return
+        return False
     width = how["width"]
     threads = launch_config(1, launch)[1] if launch is not None else launch_config(10**9)[1]
     if info is not None:  # a GPU: the kernels load through the input's address
@@ -207,16 +228,126 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
         kernel = _build_wide(dtype_tag, how["mode"], channels, threads, max(2, run_length(dtype_tag, run)))
     part_dtype = "int64" if is_integer(dtype_tag) else "float64"
     counter = acc.scratch("vec_counter", (1,), "int32")
+    if status is None:
+        status = acc.scratch("vec_status", (STATUS_WORDS,), "int64")  # unused unless check > 0
     args = (words, bits, how["rows"], how["per_row"], how["rows_per_image"], how["tail_start"], how["total"])
+    tail = (counter, acc.itotals, acc.ftotals, status, int(check))
     if launch is not None:
         blocks_x = max(1, int(launch[0]))
     else:
         probe = acc.scratch("vec_part", (1, 6 * channels), part_dtype)
-        blocks_x = max(1, _resident_blocks(kernel, args + (probe, counter, acc.itotals, acc.ftotals), threads)
-                       // grid_y)
+        blocks_x = max(1, _resident_blocks(kernel, args + (probe,) + tail, threads) // grid_y)
         blocks_x = min(blocks_x, max(1, -(-how["rows"] * how["per_row"] // threads)))
     if how["mode"] == "PC":  # the grid stride must cover whole pixels: phase fixed per thread
-        step = channels // math.gcd(channels, threads * width)
-        blocks_x = -(-blocks_x // step) * step
+        blocks_x = -(-blocks_x // _pc_step(channels, threads, width)) * _pc_step(channels, threads, width)
     part = acc.scratch("vec_part", (blocks_x * grid_y, 6 * channels), part_dtype)
-    kernel[(blocks_x, grid_y), threads, stream](*args, part, counter, acc.itotals, acc.ftotals)
+    kernel[(blocks_x, grid_y), threads, stream](*args, part, *tail)
+    return True
+
+
+def _pc_step(channels: int, threads: int, width: int) -> int:
+    """Layout PC: the number of blocks must be a multiple of this, so that the grid stride covers
+    whole pixels and every thread sees one channel per vector lane in every vector it loads."""
+    return channels // math.gcd(channels, threads * width)
+
+
+# ----------------------------------------------------------------------------- fixed-cost launches
+
+
+def kernel_argtypes(dtype_tag: str) -> tuple:
+    """The numba signature the :class:`Launcher` compiles the vec kernel of ``dtype_tag`` for."""
+    from numba import types
+
+    part = types.int64 if is_integer(dtype_tag) else types.float64
+    return ((types.int64,) * 7 + (types.Array(part, 2, "C"), types.Array(types.int32, 1, "C"),
+            types.Array(types.int64, 2, "C"), types.Array(types.float64, 2, "C"), types.Array(types.int64, 1, "C"),
+            types.int64))
+
+
+class Launcher:
+    """vec launches into one :class:`Accumulators` at a fixed host cost (see :mod:`._launch`).
+
+    Built once per accumulator, dtype and layout: the kernel (compiled for :func:`kernel_argtypes`,
+    or loaded from the per-user cache), the grid limit (occupancy, asked once), the partials sized
+    for the largest grid, and a parameter block holding the accumulator's arrays. A call writes the
+    input's address and sizes into the block and launches: no array is wrapped, nothing allocated,
+    nothing synchronized. ``status`` is the row ``check`` > 0 records into (``nan_policy="raise"``);
+    None gives a placeholder. ``drv`` is a :class:`._launch.CudaDriver` (or a test stand-in).
+    """
+
+    def __init__(self, acc, dtype_tag: str, layout: str, *, drv, device: int = 0, status=None, run=None):
+        from . import _launch
+
+        if dtype_tag not in VECTOR_WIDTH:
+            raise ValueError(f"the vec kernels do not read {dtype_tag}")
+        channels = acc.channels
+        if layout == "PC" and dtype_tag == "uint8" and channels > U8_PC_MAX_CHANNELS:
+            raise ValueError(f"uint8 NHWC with {channels} channels runs the tree kernels")
+        threads = launch_config(10**9)[1]
+        width = VECTOR_WIDTH[dtype_tag]
+        if dtype_tag == "uint8":
+            dispatcher = _build_u8(layout, channels, threads)
+            parts = {"factory": "vec._build_u8", "mode": layout, "channels": channels, "threads": threads}
+        else:
+            length = max(2, run_length(dtype_tag, run))
+            dispatcher = _build_wide(dtype_tag, layout, channels, threads, length)
+            parts = {"factory": "vec._build_wide", "dtype": dtype_tag, "mode": layout, "channels": channels,
+                     "threads": threads, "run": length}
+        argtypes = kernel_argtypes(dtype_tag)
+        function, self.compiled = drv.function(dispatcher, argtypes, parts, device)
+        self.cp = layout == "CP"
+        self.channels, self.threads, self.width = channels, threads, width
+        self.grid_y = channels if self.cp else 1
+        self.step = 1 if self.cp else _pc_step(channels, threads, width)
+        cap = max(1, _launch.resident_blocks(drv, function, threads, device) // self.grid_y)
+        self.cap = -(-cap // self.step) * self.step
+        part = acc.scratch("vec_part", (self.cap * self.grid_y, 6 * channels), "int64" if is_integer(dtype_tag)
+                           else "float64")
+        counter = acc.scratch("vec_counter", (1,), "int32")
+        if status is None:
+            status = acc.scratch("vec_status", (STATUS_WORDS,), "int64")
+        params = _launch.ParamBlock(argtypes)
+        for arg, arr in zip(range(7, 12), (part, counter, acc.itotals, acc.ftotals, status)):
+            params.set_array(arg, *_launch.array_fields(arr))
+        self._keep = (part, counter, acc, status)
+        self.params = params
+        self.launch = _launch.Launch(drv, function, params, threads)
+        self._words, self._bits, self._rows, self._per_row, self._rows_per_image, self._tail, self._total = (
+            params.slot(k) for k in range(7))
+        self._check = params.slot(12)
+
+    def __call__(self, address: int, images: int, pixels: int, stream: int, check: int = 0) -> bool:
+        """Queue one launch over the C-contiguous input at device ``address``: ``[images, C, pixels]``
+        (layout CP) or ``[images, pixels, C]`` (PC). False, with nothing launched, when the vector
+        kernels cannot read it (misaligned, or CP rows not a multiple of the vector width): the
+        caller then takes :func:`reduce`."""
+        width = self.width
+        if address % 16:
+            return False
+        if self.cp:
+            if pixels % width:
+                return False
+            per_row = pixels // width
+            total = images * self.channels * pixels
+            rows, rows_per_image, tail, work = images, self.channels, total, images * per_row
+        else:
+            total = images * pixels * self.channels
+            per_row = total // width
+            if per_row == 0:
+                return False
+            rows, rows_per_image, tail, work = 1, 1, per_row * width, per_row
+        blocks = -(-work // self.threads)
+        if blocks > self.cap:
+            blocks = self.cap
+        elif self.step > 1:
+            blocks = -(-blocks // self.step) * self.step
+        self._words.value = address
+        self._bits.value = address
+        self._rows.value = rows
+        self._per_row.value = per_row
+        self._rows_per_image.value = rows_per_image
+        self._tail.value = tail
+        self._total.value = total
+        self._check.value = check
+        self.launch.launch(blocks, self.grid_y, stream)
+        return True

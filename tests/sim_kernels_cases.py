@@ -419,6 +419,34 @@ def test_vec_falls_back_to_tree_where_16_byte_loads_do_not_fit():
     check(acc.to_host(), reference(base_values[:, :, 1:65]), "uint8")
 
 
+@pytest.mark.parametrize("layout", ["CP", "PC"])
+def test_vec_check_leaves_a_nonfinite_batch_out_and_records_it(layout):
+    """``check`` = batch index + 1: a batch with NaN/inf adds nothing and is recorded in the status row
+    (first: sticky; last: the latest; batches: how many); a clean batch adds everything; without
+    ``check`` (nan_policy="omit") the non-finite values are only counted."""
+    from gpustats.kernels import vec
+
+    rng = np.random.default_rng(29)
+    good, good_values = make_data("float32", (2, 3, 16), rng)
+    bad, bad_values = make_data("float32", (2, 3, 16), rng, nonfinite=True)  # NaN, inf, -inf in channel 0
+    acc = K.Accumulators.zeros(3, integer=False)
+    acc.set_shift(shift_for(good_values))
+    status = cuda.to_device(np.zeros(vec.STATUS_WORDS, np.int64))
+    for index, stored in ((0, good), (1, bad), (2, good), (3, bad)):
+        assert vec.reduce(to_layout(stored, layout), layout, "float32", acc, status=status, check=index + 1)
+    row = dict(zip(vec.STATUS_FIELDS, status.copy_to_host().tolist()))
+    assert row == {"first": 2, "first_count": 3, "first_channels": 1, "last": 4, "last_count": 3, "last_channels": 1,
+                   "batches": 2, "spare": 0}
+    check(host_of("vec", acc), reference(np.concatenate([good_values, good_values])), "float32")
+    omit = K.Accumulators.zeros(3, integer=False)
+    omit.set_shift(shift_for(good_values))
+    vec.reduce(to_layout(bad, layout), layout, "float32", omit, status=status)  # check=0: everything counts
+    check(host_of("vec", omit), reference(bad_values), "float32")
+    strided = cuda.to_device(np.zeros((2, 3, 18), np.float32))[:, :, :17]  # rows of 17: no 16-byte loads: nothing runs
+    assert vec.reduce(strided, "CP", "float32", acc, status=status, check=9) is False
+    assert status.copy_to_host()[6] == 2 and host_of("vec", acc)["count"].tolist() == [64, 64, 64]
+
+
 def test_vec_launch_shapes_give_the_same_exact_integers():
     rng = np.random.default_rng(23)
     stored, values = make_data("uint8", (3, 3, 64), rng)
