@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from .backends import make_reducer
 from .batches import BatchAdapter, InputError
 from .options import StatsOptions
@@ -61,6 +63,7 @@ class Accumulator:
         self._reducer, self.cpu_reason = make_reducer(device, self.options)
         self._dtype: str | None = None
         self._scale: float | None = None
+        self._fast = None  # the backend's fixed-cost path for batches like the last one (CUDA), or None
         self.batches = 0  # batches accepted so far
 
     # ------------------------------------------------------------- properties
@@ -94,6 +97,10 @@ class Accumulator:
     def update(self, batch: Any) -> None:
         """Add one batch (any form :mod:`gpustats.batches` accepts)."""
         index = self.batches
+        fast = self._fast
+        if fast is not None and type(batch) is torch.Tensor and fast(batch, index):
+            self.batches += 1  # a tensor like the last batch, taken as it is (see CudaReducer.fast_path)
+            return
         chunk = self._adapter.adapt(batch, index)
         if not chunk.parts:  # zero images (or zero pixels): contributes nothing, settles nothing
             self.batches += 1
@@ -105,6 +112,16 @@ class Accumulator:
         self._dtype = self._dtype or chunk.dtype
         self._scale = scale
         self.batches += 1
+        self._fast = self._fast_path()
+
+    def _fast_path(self):
+        """The backend's fixed-cost path for 4-D tensors read as the batches so far were, when it has one."""
+        make = getattr(self._reducer, "fast_path", None)
+        settled = self._adapter.settled(4) if make is not None else None
+        if settled is None:
+            return None
+        layout, channels = settled
+        return make(layout, channels, self._dtype)
 
     def state(self) -> ChannelStats:
         """The accumulated :class:`ChannelStats` (for a CUDA device this synchronizes)."""
@@ -113,6 +130,7 @@ class Accumulator:
     def load(self, state: ChannelStats) -> None:
         """Start from ``state`` (e.g. a checkpoint); later batches are merged into it."""
         self._reducer.load(state)
+        self._fast = None
         if not state.is_empty:
             self._dtype = state.dtype
             self._scale = state.scale
@@ -138,5 +156,6 @@ class Accumulator:
         """Forget everything (the device and options stay)."""
         self._reducer.reset()
         self._adapter = BatchAdapter(*self._adapter_args)
+        self._fast = None
         self._dtype = self._scale = None
         self.batches = 0

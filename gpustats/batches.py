@@ -297,6 +297,17 @@ class BatchAdapter:
         parts = [p for p in parts if p.numel() > 0]
         return Chunk(tuple(parts), layout_out, dtype, channels)
 
+    def settled(self, rank: int) -> tuple[str, int] | None:
+        """``(layout, channels)`` every later ``rank``-D tensor batch of that many channels is read with,
+        as it is (no ``channels=`` cropping), once earlier batches settled them; else None. A backend's
+        fast path relies on it to skip :meth:`adapt` for such batches."""
+        if self.channels is not None or self._seen_channels is None:
+            return None
+        layout = self.layout if self.layout is not None else self._seen_layout.get(rank)
+        if layout is None or len(layout) != rank:
+            return None
+        return layout, self._seen_channels
+
     def commit(self) -> None:
         """Remember the layout/channels of the last adapted batch (call once it was reduced without error)."""
         self._seen_layout.update(self._pending_layout)

@@ -164,9 +164,17 @@ def test_nan_policy_raise_leaves_state_unchanged_and_omit_counts():
     bad[0, 1, 0, 0] = float("nan")
     acc = Accumulator(device="cuda")
     acc.update(good)
+    acc.update(bad)  # the vec kernel leaves it out on the device; the error comes at the next call
     with pytest.raises(ValueError, match="batch 1 has 1 non-finite"):
-        acc.update(bad)
+        acc.state()
     assert acc.state().count.tolist() == [4, 4, 4]
+    ragged = Accumulator(device="cuda", layout="NCHW")  # rows of 3 floats: not read by vec, checked before reducing
+    ragged.update(torch.ones(1, 3, 1, 3))
+    bad_row = torch.ones(1, 3, 1, 3)
+    bad_row[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="batch 1 has 1 non-finite"):
+        ragged.update(bad_row)
+    assert ragged.state().count.tolist() == [3, 3, 3]
     omit = compute_stats([good, bad], device="cuda", nan_policy="omit")
     cpu = compute_stats([good, bad], device="cpu", nan_policy="omit")
     np.testing.assert_array_equal(omit.count, cpu.count)
@@ -265,3 +273,175 @@ def test_gpu_cpu_tensors_staged_and_device_index_honoured():
     acc, gpu = _state(batches, f"cuda:{torch.cuda.device_count() - 1}")
     _, cpu = _state(batches, "cpu")
     assert gpu == cpu and acc._reducer.kernel_launches == 5
+
+
+# ----------------------------------------------------------------------------- nan_policy="raise" without a sync
+
+_FLOATS = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def _float_batches(dtype, layout, seed, n=5, bad=2):
+    """``n`` float batches of 2 images (8x8 pixels, 3 channels), batch ``bad`` with 2 NaN and 1 inf in channels 0, 2."""
+    g = torch.Generator().manual_seed(seed)
+    batches = [(0.5 + 0.25 * torch.randn(2, 3, 8, 8, generator=g)).to(dtype) for _ in range(n)]
+    if bad is not None:
+        batches[bad][0, 0, 1, 1] = float("nan")
+        batches[bad][1, 0, 2, 3] = float("nan")
+        batches[bad][1, 2, 0, 0] = float("inf")
+    return batches if layout == "NCHW" else [b.permute(0, 2, 3, 1).contiguous() for b in batches]
+
+
+def _reference(batches, layout):
+    """numpy float64 two-pass statistics of the batches' values (as the dtype holds them), per channel."""
+    axis = 1 if layout == "NCHW" else 3
+    values = np.concatenate([np.moveaxis(b.double().numpy(), axis, 0).reshape(3, -1) for b in batches], axis=1)
+    mean = values.mean(axis=1)
+    return {"count": values.shape[1], "mean": mean, "m2": ((values - mean[:, None]) ** 2).sum(axis=1),
+            "min": values.min(axis=1), "max": values.max(axis=1)}
+
+
+def _feed(acc, batches):
+    """Update with every batch; an update that raises did not add its batch, so it is passed again.
+    Returns [(index of the call that raised, or 'state'), message] and the final state."""
+    from gpustats.backends.cpu import NonFiniteError
+
+    errors = []
+    for i, b in enumerate(batches):
+        try:
+            acc.update(b)
+        except NonFiniteError as exc:
+            errors.append((i, str(exc)))
+            acc.update(b)
+    try:
+        state = acc.state()
+    except NonFiniteError as exc:
+        errors.append(("state", str(exc)))
+        state = acc.state()
+    return errors, state
+
+
+def _check_state_is(state, ref, dtype):
+    assert state.count.tolist() == [ref["count"]] * 3 and state.nonfinite.tolist() == [0, 0, 0]
+    # float32 short runs of x - shift (spread 0.25): ~1e-8 absolute is their rounding; a batch too many or
+    # too few moves the mean by ~1e-2
+    np.testing.assert_allclose(state.mean, ref["mean"], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(state.m2, ref["m2"], rtol=1e-6)
+    np.testing.assert_array_equal(state.min, ref["min"])
+    np.testing.assert_array_equal(state.max, ref["max"])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", _FLOATS, ids=["float16", "bfloat16", "float32"])
+def test_raise_leaves_the_bad_batch_out_and_names_it_later(dtype, layout, spy):
+    """Bad batch 2 of 5: no update waits for the device; the error names batch 2 and its 3 values
+    (channels 0 and 2) at the next call that sees the kernel's record (under the simulator the very
+    next update, 3, which then did not add batch 3: it is passed again); the state is the 4 good
+    batches, against numpy float64."""
+    batches = _float_batches(dtype, layout, seed=31)
+    acc = Accumulator(device="cuda", layout=layout)
+    errors, state = _feed(acc, batches)
+    assert len(errors) == 1, errors
+    where, message = errors[0]
+    assert "batch 2 has 3 non-finite values (NaN or inf) in channel(s) [0, 2]" in message
+    assert "left out" in message and "nan_policy='omit'" in message
+    if SIM:
+        assert where == 3  # the kernel ran before update(2) returned: the next update sees its record
+    else:
+        assert where == "state" or where >= 3
+    _check_state_is(state, _reference([b for i, b in enumerate(batches) if i != 2], layout), dtype)
+    assert spy == {"vec": len(batches)}  # one launch per batch; the update that raised launched nothing
+    assert acc.state() == state  # reported once
+
+
+def test_raise_reports_every_bad_batch_once():
+    """Two bad batches in a row (1, 2): the first error names batch 1; batch 2 (also left out) is
+    reported by a later call; the state is the good batches."""
+    batches = _float_batches(torch.float32, "NCHW", seed=32, n=4, bad=1)
+    batches[2] = batches[1].clone()
+    acc = Accumulator(device="cuda")
+    errors, state = _feed(acc, batches)
+    messages = " | ".join(m for _, m in errors)
+    assert "batch 1 has 3 non-finite" in errors[0][1], messages
+    assert "batch 2" in messages and len(errors) == 2, messages
+    _check_state_is(state, _reference([batches[0], batches[3]], "NCHW"), torch.float32)
+
+
+def _sync_spies(monkeypatch):
+    """Count every call that would wait for the device on a GPU (or that did so before: the
+    synchronizing non-finite check and the host copy of the first batch's shift)."""
+    from gpustats.backends import cuda as backend
+    from gpustats.kernels import accumulators
+
+    calls = {}
+
+    def spy_on(owner, name):
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+    spy_on(backend.CudaReducer, "_raise_on_nonfinite")
+    spy_on(accumulators.Accumulators, "to_host")
+    spy_on(torch.Tensor, "cpu")
+    spy_on(torch.Tensor, "item")
+    spy_on(torch.Tensor, "tolist")
+    from numba import cuda
+
+    spy_on(cuda, "synchronize")
+    probe = accumulators.Accumulators.zeros(1, integer=True)
+    spy_on(type(probe.itotals), "copy_to_host")
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, *_FLOATS], ids=["uint8", "float16", "bfloat16", "float32"])
+def test_updates_do_not_synchronize(dtype, monkeypatch):
+    """No update -- the first (accumulators, shift) included, under the default nan_policy -- calls
+    anything that waits for the device; state() does (it must)."""
+    g = torch.Generator().manual_seed(33)
+    if dtype == torch.uint8:
+        batches = [torch.randint(0, 256, (2, 3, 8, 8), generator=g, dtype=dtype) for _ in range(3)]
+    else:
+        batches = _float_batches(dtype, "NCHW", seed=33, n=3, bad=None)
+    acc = Accumulator(device="cuda")
+    calls = _sync_spies(monkeypatch)
+    for b in batches:
+        acc.update(b)
+    assert calls == {}, calls
+    acc.state()
+    assert calls.get("to_host") == 1
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_fixed_cost_launcher_end_to_end(dtype, layout):
+    """The fixed-cost path with a stand-in driver that decodes the parameter block and runs the kernel
+    from what it finds there: every update goes through the launcher, all but the first straight from
+    Accumulator.update (no adapter); the statistics equal the CPU backend's (uint8: bitwise) and a bad
+    float batch is left out and reported like on the numba path."""
+    from _launch_standin import SimulatorDriver
+
+    g = torch.Generator().manual_seed(34)
+    shape = (2, 3, 4, 8) if layout == "NCHW" else (2, 4, 8, 3)
+    if dtype == torch.uint8:
+        batches = [torch.randint(0, 256, shape, generator=g, dtype=dtype) for _ in range(4)]
+    else:
+        batches = _float_batches(dtype, layout, seed=34, n=4, bad=1)
+    acc = Accumulator(device="cuda", layout=layout)
+    driver = acc._reducer.driver = SimulatorDriver()
+    errors, state = _feed(acc, batches)
+    reducer = acc._reducer
+    assert reducer.launcher_launches == len(driver.launches) == reducer.kernel_launches
+    assert reducer.fast_updates == reducer.kernel_launches - 1  # the first update sets things up
+    if dtype == torch.uint8:
+        assert errors == [] and state == _state(batches, "cpu", layout=layout)[1]
+        return
+    assert [w for w, _ in errors] == [2] and "batch 1 has 3 non-finite" in errors[0][1]
+    _check_state_is(state, _reference([b for i, b in enumerate(batches) if i != 1], layout), dtype)
+    # simulator: 32 threads a block, the stand-in's 2 SMs x 1 block. NCHW: a grid row per channel, 2 images x
+    # 16 vectors a row fit one block. NHWC: 96 vectors need 3 blocks; the block count is a multiple of 3
+    # (C / gcd(C, threads x 4 lanes)) so that each thread keeps one channel per lane
+    grids = {launch[1] for launch in driver.launches}
+    assert grids == {(1, 3) if layout == "NCHW" else (3, 1)}, grids

@@ -1,9 +1,8 @@
 """The CUDA backend: numba kernels (``gpustats.kernels``) reducing into device accumulators.
 
-* Torch CUDA tensors are reduced in place, zero-copy (``__cuda_array_interface__``), on torch's
-  current stream of their device (``numba.cuda.external_stream``); nothing waits for the device
-  until :meth:`CudaReducer.state` (or an integer-overflow flush, or a check that ``nan_policy``
-  needs, below).
+* Torch CUDA tensors are reduced in place, zero-copy, on torch's current stream of their device;
+  nothing waits for the device until :meth:`CudaReducer.state` (or an integer-overflow flush, or
+  one of the checks listed under "Synchronizations" below).
 * CPU tensors go through two pinned staging buffers: the host copy into one overlaps the
   transfer/reduction of the other; transfers run on a side stream and the reduction waits for
   them with an event. Data crosses the bus in its own dtype (8-bit stays 8-bit).
@@ -19,12 +18,43 @@ Requests the kernels do not cover -- int8/int16 data, histograms of non-uint8 da
 ``nan_policy="propagate"`` on float data -- are reduced by the CPU backend for that batch and
 counted in ``fallback_batches`` (``kernel_launches`` counts the kernel path).
 
-Syncs before ``state()``: float batches under ``nan_policy="raise"`` (the default) are checked for
-non-finite values with one small torch reduction and one sync *before* anything is accumulated,
-so a failing ``update`` leaves the state unchanged; the first float batch's per-channel mean
-(the shift) costs one sync; uint16 totals are flushed before they could overflow int64. uint8
-batches, and float batches under ``nan_policy="omit"`` after the first, add no synchronization:
-use ``"omit"`` in training loops (non-finite values are then counted in ``state().nonfinite``).
+Fixed cost per update (the common case: ``vec`` on a GPU with cuda-bindings). The ``vec`` kernel is
+launched by a :class:`gpustats.kernels.vec.Launcher` (``cuLaunchKernel`` with a parameter block
+built once per accumulator: no argument marshalling, no array wrapping, no allocation, no
+occupancy query per call; the compiled cubin comes from a per-user cache across processes), and
+:meth:`CudaReducer.fast_path` gives :class:`gpustats.Accumulator` a path that skips the batch
+adapter for a plain contiguous 4-D CUDA tensor like the batches before it (same dtype, layout,
+channels, device): a few attribute reads, one parameter write per changing integer, one launch.
+Anything else takes the general path (which still launches ``vec`` through the launcher when it
+can); under the simulator or without cuda-bindings numba's own launch runs, with the same results.
+
+``nan_policy="raise"`` (the default) on float data, exactly:
+
+* Batches the ``vec`` kernels read (float16, bfloat16, float32 with strategy ``auto``/``vec``,
+  a C-contiguous, 16-byte-aligned batch; NCHW rows a multiple of 8 / 4 elements) are checked in
+  the same pass, without a synchronization: if the batch holds any NaN/inf, the kernel adds
+  nothing to the totals and records the batch (its index, its count, its channels) in a status
+  row in mapped (pinned) host memory. **Such a batch never enters the state.**
+* The error (:class:`~gpustats.backends.cpu.NonFiniteError`, an ``InputError`` naming the batch,
+  the count and the channels) is raised by the first of these calls that sees the record: every
+  ``update()`` reads the row first, without waiting (the kernel writes it when the bad batch has
+  been reduced, so usually the next ``update()`` raises), and ``state()``/``result()`` wait for the
+  device anyway, so they raise for certain when no ``update()`` did. The call that raises adds
+  nothing of its own: an ``update()`` that raises did not add its batch (pass it again after
+  handling the error), and the state then holds exactly the batches whose ``update()`` returned,
+  minus the bad ones; ``state()`` raises after merging them, and calling it again returns that
+  state. Each bad batch is reported once; when several were found at one check the message names
+  the first and says how many.
+* Other float batches under ``"raise"`` (float64, co-moments, per-image sums, an explicit
+  strategy other than ``vec``, strided or misaligned views, ragged NCHW rows) are checked before
+  anything is accumulated, with one small torch reduction and one synchronization, and the error
+  is raised by that ``update()`` itself.
+
+Synchronizations before ``state()``: the check just described for batches ``vec`` does not read;
+uint16 totals flushed before they could overflow int64; per-image float outputs read back at
+``state()``. The first float batch's per-channel shift (the mean of its finite values) is computed
+on the device by torch and copied into the accumulator on the same stream (no synchronization).
+uint8 batches, and float batches through ``vec`` under either policy, add no synchronization.
 """
 
 from __future__ import annotations
@@ -85,11 +115,19 @@ class CudaReducer(Reducer):
         self._requested = requested
         self.strategy = requested
         self._index = 0 if self.simulator else (device.index if device.index is not None else torch.cuda.current_device())
+        from ..kernels import _launch
+
+        #: the fixed-cost launcher's driver (None: numba's launch; tests may set a stand-in)
+        self.driver = _launch.driver()
         self._cpu = None
         self._staging = None
         self._after_reduce = None
+        self._numba_streams: dict = {}
+        self._context = None
         self.kernel_launches = 0  # reduce() calls on the kernel path (tests use it to prove it ran)
         self.fallback_batches = 0  # batches the kernels do not cover, reduced by the CPU backend
+        self.launcher_launches = 0  # kernel launches through the fixed-cost launcher (no numba dispatch)
+        self.fast_updates = 0  # updates taken by fast_path() (no batch adapter, no chunk)
         self.reset()
 
     # ------------------------------------------------------------------ Reducer interface
@@ -97,8 +135,12 @@ class CudaReducer(Reducer):
         self._state = ChannelStats.empty()
         self._acc = None
         self._key = None
+        self._launchers: dict = {}
+        self._fast = None
         self._pending_images = []
         self._since_flush = 0
+        self._status = None  # nan_policy="raise": the vec kernels' status row (mapped host memory)
+        self._bad_seen = 0  # bad batches already reported from it
         self.batches = 0
 
     def load(self, state: ChannelStats) -> None:
@@ -107,50 +149,183 @@ class CudaReducer(Reducer):
 
     def state(self) -> ChannelStats:
         self._flush()
+        self._raise_recorded_nonfinite()  # after the flush: the state holds every good batch
         return self._state
 
     def update(self, chunk: Chunk, scale: float, batch_index: int) -> None:
         if not chunk.parts:
             return
+        self._raise_recorded_nonfinite()  # an earlier batch was left out: say so before this one counts
         if not self._kernels_cover(chunk):
             self._update_on_cpu(chunk, scale, batch_index)
             return
         opts = self.options
         integer = chunk.dtype in ("uint8", "uint16")
-        if not integer and opts.nan_policy == "raise":
-            self._raise_on_nonfinite(chunk, batch_index)  # before touching any state
         strategy = self._pick_strategy(chunk)
         if len(chunk.parts) > 1 and not opts.per_image:
             chunk = self._joined(chunk)  # variable-size images: one launch per batch, not one per size
+        check_here = not integer and opts.nan_policy == "raise"
+        on_device = (check_here and strategy == "vec" and len(chunk.parts) == 1
+                     and self._vec_reads(chunk.parts[0], chunk))  # else: checked here, one sync
+        if check_here and not on_device:
+            self._raise_on_nonfinite(chunk, batch_index)  # before touching any state
         histogram = bool(opts.histogram and chunk.dtype == "uint8")
         key = (chunk.dtype, chunk.channels, float(scale), histogram, bool(opts.covariance))
-        if self._acc is not None and (key != self._key or self._since_flush + chunk.elements > self._k.max_elements_before_flush(chunk.dtype)):
+        if self._acc is not None and key != self._key:
+            self._flush()
+            self._acc, self._key, self._launchers = None, None, {}
+        elif self._acc is not None and self._since_flush + chunk.elements > self._k.max_elements_before_flush(chunk.dtype):
             self._flush()
         with self._device_context():
-            stream = self._stream()
+            raw_stream = self._raw_stream()
+            stream = self._numba_stream(raw_stream)
             if self._acc is None:
                 self._acc = self._k.Accumulators.zeros(
                     chunk.channels, integer=integer, histogram=histogram, cross=bool(opts.covariance), stream=stream
                 )
                 self._key = key
                 if not integer:
-                    self._acc.set_shift(self._first_batch_shift(chunk))
+                    self._set_shift(chunk, stream)
             reduce = self._k.get_strategy(strategy).reduce
-            for part, per_image in self._reduce_parts(chunk, stream):
-                images = self._acc.per_image(int(part.shape[0])) if opts.per_image else None
-                reduce(part, chunk.layout, chunk.dtype, self._acc, histogram=histogram, cross=bool(opts.covariance),
-                       per_image=images, stream=stream)
-                self.kernel_launches += 1
-                if self._after_reduce is not None:  # a staged part: its buffer is free once this ran
-                    event, on_stream = self._after_reduce
-                    event.record(on_stream)
-                    self._after_reduce = None
-                if images is not None:
-                    shift = None if integer else np.array(self._acc.shift.copy_to_host())
-                    self._pending_images.append((self.batches, images, shift))
+            status = self._status_row() if on_device else None
+            launcher = self._launcher(chunk.dtype, chunk.layout) if strategy == "vec" else None
+            for part, address in self._reduce_parts(chunk, stream):
+                try:
+                    images = self._acc.per_image(int(part.shape[0])) if opts.per_image else None
+                    if launcher is not None and address is not None and launcher(
+                            address, int(part.shape[0]), int(part.shape[2 if chunk.layout == "CP" else 1]),
+                            raw_stream, batch_index + 1 if on_device else 0):
+                        self.launcher_launches += 1
+                    elif on_device:
+                        if not reduce(part, chunk.layout, chunk.dtype, self._acc, stream=stream, status=status,
+                                      check=batch_index + 1):
+                            # the tree kernels (this view cannot be read with 16-byte loads) cannot leave a
+                            # batch out: check it first (one sync), then reduce
+                            self._raise_on_nonfinite(chunk, batch_index)
+                            reduce(part, chunk.layout, chunk.dtype, self._acc, stream=stream)
+                    else:
+                        reduce(part, chunk.layout, chunk.dtype, self._acc, histogram=histogram,
+                               cross=bool(opts.covariance), per_image=images, stream=stream)
+                    self.kernel_launches += 1
+                    if images is not None:
+                        self._pending_images.append((self.batches, images))
+                finally:
+                    if self._after_reduce is not None:  # a staged part: its buffer is free once this ran
+                        event, on_stream = self._after_reduce
+                        event.record(on_stream)
+                        self._after_reduce = None
         self.strategy = strategy
         self._since_flush += chunk.elements
         self.batches += 1
+
+    def fast_path(self, layout: str, channels: int, dtype: str):
+        """A callable ``fast(x, batch_index) -> bool`` for :class:`gpustats.Accumulator`, or None.
+
+        It takes a plain torch tensor ``x`` -- 4-D, C-contiguous, ``layout`` ("NCHW"/"NHWC"),
+        ``channels``, ``dtype``, on this reducer's device -- straight to the ``vec`` launcher and
+        returns True; anything else (or a batch that would need a flush) returns False, having done
+        nothing, and the caller takes the general path. Offered once the general path has set up
+        the accumulators for these batches, on a GPU with cuda-bindings (or a test stand-in).
+        """
+        if (self.driver is None or self._acc is None or layout not in ("NCHW", "NHWC")
+                or (self._requested not in ("auto", "vec")) or dtype not in _FAST_DTYPES
+                or self.options.per_image or self.options.covariance or (self.options.histogram and dtype == "uint8")
+                or self._key is None or self._key[0] != dtype or self._key[1] != channels):
+            return None
+        fast = self._fast
+        if fast is not None and fast.matches(self._acc, layout, channels, dtype):
+            return fast
+        launcher = self._launcher(dtype, "CP" if layout == "NCHW" else "PC")
+        if launcher is None:
+            return None
+        self._fast = _FastPath(self, launcher, layout, channels, dtype)
+        return self._fast
+
+    # ------------------------------------------------------------------ nan_policy="raise" on the device
+    def _vec_reads(self, part: torch.Tensor, chunk: Chunk) -> bool:
+        """Whether the vec kernels will read ``part`` (so they can check it for NaN/inf themselves): its
+        device copy is C-contiguous (a CUDA tensor as it is; host tensors are staged contiguous) and
+        16-byte aligned, with NCHW rows a multiple of the vector width."""
+        on_gpu = part.device.type == "cuda" and not self.simulator
+        if on_gpu and not part.is_contiguous():
+            return False
+        from ..kernels import vec
+
+        shape = tuple(int(n) for n in part.shape)
+        itemsize = part.element_size()
+        strides, step = [], itemsize
+        for n in reversed(shape):
+            strides.insert(0, step)
+            step *= n
+        info = vec._Input(shape, tuple(strides), np.dtype(f"u{itemsize}"), part.data_ptr() if on_gpu else 0)
+        return vec.plan(info, chunk.layout, chunk.dtype) is not None
+
+    def _status_row(self):
+        """The status row the vec kernels record left-out batches in (mapped host memory, int64[8])."""
+        if self._status is None:
+            row = self._cuda.mapped_array(self._k.vec.STATUS_WORDS, dtype=np.int64)
+            row[:] = 0
+            self._status = row
+            self._bad_seen = 0
+        return self._status
+
+    def _raise_recorded_nonfinite(self) -> None:
+        """Raise for bad batches the kernels recorded since the last report (reads mapped memory: no wait)."""
+        row = self._status
+        if row is None:
+            return
+        found = int(row[6])  # written last by the kernel, after a system fence: read it first
+        if found <= self._bad_seen:
+            return
+        first, first_count, first_mask, last, last_count, last_mask = (int(row[k]) for k in range(6))
+        new = found - self._bad_seen
+        if self._bad_seen == 0:
+            batch, count, mask = first - 1, first_count, first_mask
+            more = f"; {new - 1} later batch(es) with non-finite values were left out too (the last: batch {last - 1})"
+        else:
+            batch, count, mask = last - 1, last_count, last_mask
+            more = f"; {new - 1} earlier batch(es) with non-finite values since the last error were left out too"
+        self._bad_seen = found
+        channels = [c for c in range(64) if mask >> c & 1]
+        from .cpu import NonFiniteError
+
+        raise NonFiniteError(
+            f"batch {batch} has {count} non-finite values (NaN or inf) in channel(s) {channels}; it was left out of "
+            f"the statistics (found on the GPU without waiting for it: reported at the next update() or at "
+            f"state()){more if new > 1 else ''}; pass nan_policy='omit' to leave such values out or "
+            "nan_policy='propagate' to get NaN/inf results"
+        )
+
+    # ------------------------------------------------------------------ the fixed-cost launcher
+    def _launcher(self, dtype: str, layout: str):
+        """The accumulator's :class:`gpustats.kernels.vec.Launcher` for (dtype, layout), or None
+        (no driver, or an input vec does not read)."""
+        if self.driver is None or self._acc is None:
+            return None
+        key = (dtype, layout)
+        if key in self._launchers:
+            return self._launchers[key]
+        status = None
+        if dtype in _FLOAT_DTYPES and self.options.nan_policy == "raise":
+            status = self._status_row()
+        try:
+            with self._device_context():
+                launcher = self._k.vec.Launcher(self._acc, dtype, layout, drv=self.driver, device=self._index,
+                                                status=status)
+            if not self.simulator:
+                launcher.launch.context = self._primary_context()
+        except ValueError:  # a dtype/layout the vec kernels do not read
+            launcher = None
+        self._launchers[key] = launcher
+        return launcher
+
+    def _primary_context(self) -> int | None:
+        """This device's primary context handle (launches check it is current: several GPUs)."""
+        if self._context is None:
+            with self._device_context():
+                handle = self._cuda.current_context().handle
+            self._context = int(getattr(handle, "value", handle) or 0)
+        return self._context
 
     # ------------------------------------------------------------------ routing
     def _kernels_cover(self, chunk: Chunk) -> bool:
@@ -215,33 +390,48 @@ class CudaReducer(Reducer):
             return self._cuda.gpus[0]
         return self._cuda.gpus[self._index]
 
-    def _stream(self):
+    def _raw_stream(self) -> int:
+        """torch's current stream on this device, as the driver's handle (0 under the simulator)."""
         if self.simulator:
             return 0
-        return self._cuda.external_stream(torch.cuda.current_stream(self._index).cuda_stream)
+        return _current_raw_stream(self._index)
+
+    def _numba_stream(self, raw: int):
+        """numba's view of stream ``raw`` (made once per stream: numba's streams are not free)."""
+        if self.simulator:
+            return 0
+        stream = self._numba_streams.get(raw)
+        if stream is None:
+            if len(self._numba_streams) > 16:
+                self._numba_streams.clear()
+            stream = self._numba_streams[raw] = self._cuda.external_stream(raw)
+        return stream
 
     def _reduce_parts(self, chunk: Chunk, stream):
-        """Yield device arrays for the chunk's parts (zero-copy for CUDA tensors, staged otherwise)."""
+        """Yield ``(array, address)`` per part: what the kernels' ``reduce`` takes (the CUDA tensor itself,
+        zero-copy; a staged device buffer; numpy under the simulator) and, when that is C-contiguous,
+        its device address for the fixed-cost launcher (else None)."""
         for part in chunk.parts:
             part = part.detach()
             if chunk.dtype == "bfloat16":
                 part = part.view(torch.int16)  # bit patterns; the kernels decode bfloat16 exactly
+            if part.dtype == getattr(torch, "uint16", None):
+                part = part.view(torch.int16)  # same bits; the kernels mask to 16 bits
             if part.device.type == "cuda":
                 if not self.simulator and part.device.index != self._index:
                     raise InputError(
                         f"batch {self.batches} is on {part.device} but this Accumulator reduces on cuda:{self._index}; "
                         f"pass device='{part.device}' or move the batch with .to('cuda:{self._index}')"
                     )
-                if self.simulator:
-                    yield part.cpu().numpy(), None
+                if not self.simulator:
+                    yield part, (part.data_ptr() if part.is_contiguous() else None)
                     continue
-                if part.dtype == getattr(torch, "uint16", None):
-                    part = part.view(torch.int16)  # same bits; the kernels mask to 16 bits
-                yield self._cuda.as_cuda_array(part, sync=False), None
-            elif self.simulator:
-                yield part.numpy(), None
+            if self.simulator:
+                host = (part if part.device.type == "cpu" else part.cpu()).numpy()
+                yield host, (host.ctypes.data if host.flags.c_contiguous else None)
             else:
-                yield self._stage(part, stream), None
+                staged = self._stage(part, stream)
+                yield staged, int(staged.device_ctypes_pointer.value or 0)
 
     def _stage(self, part: torch.Tensor, stream):
         """Copy a CPU tensor to the device on a side stream, double-buffered (returns a device array).
@@ -297,6 +487,7 @@ class CudaReducer(Reducer):
 
     # ------------------------------------------------------------------ numerics glue
     def _raise_on_nonfinite(self, chunk: Chunk, batch_index: int) -> None:
+        """The synchronizing check of batches the vec kernels do not read (module docstring)."""
         from .cpu import check_nonfinite
 
         axis = (0, 2) if chunk.layout == "CP" else (0, 1)
@@ -306,8 +497,10 @@ class CudaReducer(Reducer):
             bad = counts if bad is None else bad + counts
         check_nonfinite(bad.cpu().numpy(), batch_index)
 
-    def _first_batch_shift(self, chunk: Chunk) -> np.ndarray:
-        """Per-channel reference: the mean of the first batch's finite values (one small sync)."""
+    @staticmethod
+    def _first_batch_shift(chunk: Chunk) -> torch.Tensor:
+        """Per-channel reference: the mean of the first batch's finite values (0 where it has none),
+        float64 on the batch's device (no synchronization)."""
         axis = (0, 2) if chunk.layout == "CP" else (0, 1)
         total = torch.zeros(chunk.channels, dtype=torch.float64, device=chunk.parts[0].device)
         count = torch.zeros(chunk.channels, dtype=torch.float64, device=chunk.parts[0].device)
@@ -316,11 +509,20 @@ class CudaReducer(Reducer):
             ok = torch.isfinite(x)
             total += torch.where(ok, x, torch.zeros_like(x)).sum(dim=axis)
             count += ok.sum(dim=axis).double()
-        mean = (total / count.clamp(min=1)).cpu().numpy()
-        return np.where(np.isfinite(mean), mean, 0.0)
+        mean = total / count.clamp(min=1)
+        return torch.where(torch.isfinite(mean), mean, torch.zeros_like(mean))
+
+    def _set_shift(self, chunk: Chunk, stream) -> None:
+        """Set the new accumulators' shift from the first batch, on the device for CUDA batches: torch
+        computes it on its current stream and the copy into the totals is queued on the same stream."""
+        shift = self._first_batch_shift(chunk)
+        if shift.device.type != "cuda":
+            self._acc.set_shift(shift.numpy())  # host batches (staged) and the simulator: no device to wait for
+            return
+        self._acc.shift.copy_to_device(self._cuda.as_cuda_array(shift.contiguous(), sync=False), stream=stream)
 
     def _flush(self) -> None:
-        """Move the device totals into the host state (syncs) and start fresh accumulators.
+        """Move the device totals into the host state (syncs) and zero the accumulators for what comes next.
 
         Every numeric rule is :mod:`gpustats.numerics`': integer totals are exact
         (``ChannelStats.from_integer_sums``); float sums of ``x - shift`` become a summary with
@@ -332,10 +534,10 @@ class CudaReducer(Reducer):
         if self._acc is None:
             return
         acc, key, pending = self._acc, self._key, self._pending_images
-        self._acc, self._key, self._pending_images, self._since_flush = None, None, [], 0
+        self._pending_images, self._since_flush = [], 0
         dtype, channels, scale, histogram, covariance = key
         host = acc.to_host()
-        images = self._images(pending, dtype, channels) if self.options.per_image else None
+        images = self._images(pending, dtype, channels, host["shift"]) if self.options.per_image else None
         count = [int(v) for v in host["count"]]
         if dtype in ("uint8", "uint16"):
             cross = None
@@ -357,13 +559,15 @@ class CudaReducer(Reducer):
                 moments.count, moments.mean, moments.m2, host["vmin"], host["vmax"], dtype=dtype, scale=scale,
                 nonfinite=host["nonfinite"], comoment=moments.comoment, images=images, mean_lo=moments.mean_lo,
             )
+        acc.reset()  # zeroed for the next batches (the shift stays), so its launchers stay valid
         self._state = self._state.merge(batch_state)
 
-    def _images(self, pending, dtype: str, channels: int) -> ImageMoments:
+    def _images(self, pending, dtype: str, channels: int, shift) -> ImageMoments:
         """Per-image aggregates of the pending launches' per-image sums (the CPU backend's rules:
-        exact integer rows for uint8/uint16, so the state is bitwise equal to the CPU's)."""
+        exact integer rows for uint8/uint16, so the state is bitwise equal to the CPU's). ``shift`` is
+        the accumulators' (the same for every launch into them)."""
         integer = dtype in ("uint8", "uint16")
-        rows = [self._image_rows(images, shift) for _, images, shift in pending]
+        rows = [self._image_rows(images, None if integer else np.asarray(shift)) for _, images in pending]
         if not rows:
             return ImageMoments.empty(channels, exact=integer)
         columns = [np.concatenate(parts) for parts in zip(*rows)]
@@ -379,3 +583,61 @@ class CudaReducer(Reducer):
             return c, s.astype(np.int64), q.astype(np.int64)
         rows = moments_from_shifted_sums(c, shift[None, :], s, q)
         return rows.count, rows.mean, rows.m2, rows.mean_lo
+
+
+_FAST_DTYPES = ("uint8", "float16", "bfloat16", "float32")
+_TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def _current_raw_stream(index: int) -> int:
+    """torch's current stream handle on device ``index`` (the cheap accessor triton uses, else the public one)."""
+    getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if getter is not None:
+        return int(getter(index))
+    return int(torch.cuda.current_stream(index).cuda_stream)  # pragma: no cover - older torch
+
+
+class _FastPath:
+    """:meth:`CudaReducer.fast_path`'s callable: a contiguous 4-D tensor like the batches before it, to the
+    ``vec`` launcher with nothing else in between (no adapter, no chunk, no numba call)."""
+
+    __slots__ = ("reducer", "launcher", "acc", "layout", "nchw", "channels", "dtype", "torch_dtype", "device",
+                 "check", "bound", "simulator", "index")
+
+    def __init__(self, reducer: CudaReducer, launcher, layout: str, channels: int, dtype: str):
+        self.reducer, self.launcher, self.acc = reducer, launcher, reducer._acc
+        self.layout, self.nchw, self.channels, self.dtype = layout, layout == "NCHW", channels, dtype
+        self.torch_dtype = _TORCH_DTYPES[dtype]
+        self.simulator, self.index = reducer.simulator, reducer._index
+        self.device = -1 if reducer.simulator else reducer._index  # x.get_device() of a batch we take
+        self.check = dtype in _FLOAT_DTYPES and reducer.options.nan_policy == "raise"
+        self.bound = reducer._k.max_elements_before_flush(dtype)
+
+    def matches(self, acc, layout: str, channels: int, dtype: str) -> bool:
+        return acc is self.acc and layout == self.layout and channels == self.channels and dtype == self.dtype
+
+    def __call__(self, x: torch.Tensor, batch_index: int) -> bool:
+        r = self.reducer
+        if (x.dtype != self.torch_dtype or x.dim() != 4 or x.get_device() != self.device or r._acc is not self.acc
+                or not x.is_contiguous()):
+            return False
+        n, a, b, c = x.shape
+        if self.nchw:
+            channels, pixels = a, b * c
+        else:
+            channels, pixels = c, a * b
+        elements = n * pixels
+        if channels != self.channels or elements == 0 or r._since_flush + elements > self.bound:
+            return False
+        if r._status is not None:
+            r._raise_recorded_nonfinite()
+        stream = 0 if self.simulator else _current_raw_stream(self.index)
+        if not self.launcher(x.data_ptr(), n, pixels, stream, batch_index + 1 if self.check else 0):
+            return False
+        r._since_flush += elements
+        r.batches += 1
+        r.kernel_launches += 1
+        r.launcher_launches += 1
+        r.fast_updates += 1
+        r.strategy = "vec"
+        return True
