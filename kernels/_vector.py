@@ -19,11 +19,22 @@ the ``vec`` kernels run in CI. Every value is a 32-bit word holding 4 bytes (lit
 * ``f32_bits(u)``: the float32 whose bits are ``u``; ``f16_bits(u)``: the float16 in the low 16
   bits of ``u``, widened to float32 (exact).
 
->>> from gpustats.kernels import _vector as V
->>> int(V.dp4a(0x01020304, 0x01010101, 10)), hex(int(V.min16x2(0x00100005, 0x00200001)))
-(20, '0x100001')
->>> hex(int(V.even_bytes(0x44332211))), hex(int(V.odd_bytes(0x44332211)))
-('0x330011', '0x440022')
+On a GPU these can only be called from a kernel (they are PTX), so the example launches one; it
+runs the same under the simulator::
+
+    >>> import numpy as np
+    >>> from numba import cuda
+    >>> from gpustats.kernels import _vector as V
+    >>> @cuda.jit
+    ... def demo(out):
+    ...     out[0] = V.dp4a(0x01020304, 0x01010101, 10)
+    ...     out[1] = V.min16x2(0x00100005, 0x00200001)
+    ...     out[2] = V.even_bytes(0x44332211)
+    ...     out[3] = V.odd_bytes(0x44332211)
+    >>> out = cuda.to_device(np.zeros(4, dtype=np.uint32))
+    >>> demo[1, 1](out)
+    >>> [hex(int(v)) for v in out.copy_to_host()]
+    ['0x14', '0x100001', '0x330011', '0x440022']
 """
 
 from __future__ import annotations

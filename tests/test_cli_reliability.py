@@ -187,7 +187,9 @@ def test_python_format_refuses_nan(capsys, tmp_path):
 def test_table_wording(capsys, tmp_path):
     folder = _folder(tmp_path, bad=1)
     (folder / "new\nline.png").write_bytes(b"")
-    rc, out, err = _run(capsys, "stats", str(folder), "-q", "--covariance")  # few files: no workers
+    # few files: no workers. --decode cpu: the wording of the CPU decoder's line, on a GPU machine too (there
+    # --decode auto picks nvJPEG and the line reads "decode: gpu (nvJPEG)")
+    rc, out, err = _run(capsys, "stats", str(folder), "-q", "--covariance", "--decode", "cpu")
     assert rc == 0 and "RuntimeWarning" not in err
     assert "2 bad files skipped" in out and "new\\nline.png: zero-byte file" in out
     assert "in this process (runs of under 64 files do not start worker processes)" in out

@@ -87,14 +87,12 @@ def kernels(strategy: str, dtype: str, layout: str, channels: int):
         return [(tag + "-partial", part, (x, F1, I2, F2, F2)),
                 (tag + "-merge", merge, (types.int64, I2, F2, F2, I1, I1, F1, F1, F1, F1, I1, F1, F1))]
     if strategy == "vec":
-        address, count = types.int64, types.int64  # on a GPU the kernels load through the input's address
-        head = (address, address, count, count, count, count, count)
-        tag = f"{tag}-{'CP' if layout == 'CP' else 'PC'}"
-        tail = (types.int32[:], I2, F2)  # ticket counter, itotals, ftotals
+        # the signature the fixed-cost launcher compiles (on a GPU the kernels load through the input's address):
+        # address x2, 5 sizes, partials, ticket, itotals, ftotals, status row, check
+        signature = vec.kernel_argtypes(dtype)
         if dtype == "uint8":
-            return [(tag, vec._build_u8(layout, channels, THREADS), head + (I2,) + tail)]
-        part = I2 if dtype == "uint16" else F2
-        return [(tag, vec._build_wide(dtype, layout, channels, THREADS, 256), head + (part,) + tail)]
+            return [(tag, vec._build_u8(layout, channels, THREADS), signature)]
+        return [(tag, vec._build_wide(dtype, layout, channels, THREADS, 256), signature)]
     if strategy == "hist8":
         hist, finish = hist8._build(layout, channels, THREADS)
         return [(tag + "-hist", hist, (x, I2)),
@@ -124,6 +122,12 @@ def test_kernels_compile_for_sm90(strategy, dtype, layout, channels, tmp_path):
         assert ".entry" in ptx, name
         if strategy == "vec":  # the point of the strategy: 16-byte loads in the hot loop
             assert "ld.global.nc.v4.u32" in ptx, name
+            # the launcher's parameter block has the kernel's parameters, in order, with their sizes
+            from gpustats.kernels._launch import ParamBlock
+
+            entry = ptx.split(".entry", 1)[1].split(")", 1)[0]
+            declared = [int(bits) // 8 for bits in re.findall(r"\.param \.[a-z](\d+) ", entry)]
+            assert declared == ParamBlock(signature).sizes(), (name, declared)
         if PTXAS is None:
             continue
         path = tmp_path / f"{name}.ptx"
