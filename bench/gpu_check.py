@@ -1,17 +1,22 @@
 """``bash bench/gpu_check.sh OUTDIR``: validate and measure the whole GPU path in one call, on a budget.
 
 Run by gpu_check.sh after the install (see bench/README.md, "The GPU check"). Order and budget
-(``GPUSTATS_GPU_CHECK_BUDGET_S``, default 420 s, shared as below; time a section leaves unused
-passes to the next ones):
+(``GPUSTATS_GPU_CHECK_BUDGET_S``, default 540 s, so that the whole kit -- install, machine probe,
+and the budget -- fits a 15-minute GPU lease with the machine's start-up; shared as below; time a
+section leaves unused passes to the next ones):
 
 1. ``machine``: GPU, driver, CUDA, torch, numba, numba-cuda; a probe kernel compiles and runs.
-2. ``tests`` (40%): the test suite on the GPU (pytest-xdist where installed): every CUDA case file
+2. ``tests`` (24%): the test suite on the GPU (pytest-xdist where installed): every CUDA case file
    in process on the device, the ``gpu``-marked tests (NCCL with one rank, nvJPEG), and the rest,
    which must not fail merely because a GPU is present. Meanwhile the ``sweep`` process compiles
    its kernels on small tensors, so the sweep's budget goes to measuring.
-3. ``sweep`` (27%): strategies x uint8/float16/bfloat16/float32 x NCHW/NHWC x 256 MiB, 1 GiB,
+3. ``sweep`` (16%): strategies x uint8/float16/bfloat16/float32 x NCHW/NHWC x 256 MiB, 1 GiB,
    8 MiB, with the torch baselines and the roofline measured on the same tensors.
-4. ``pipeline`` (10%), ``decode`` (10%), ``sync`` (6%): see gpu_check_sections.py.
+4. ``calls`` (12%): ``Accumulator.update`` at training-batch sizes beside torch on the same tensor,
+   and compile time with a cold and a warm cubin cache (bench/gpu_calls.py).
+5. ``engine`` (28%): ``gpustats stats`` on 30,000 generated JPEGs, CPU workers and nvJPEG, cold and
+   warm compile cache, beside plain Pillow processes and nvJPEG alone.
+6. ``pipeline`` (7%), ``decode`` (5%), ``sync`` (5%): see gpu_check_sections.py.
 
 Each section runs in its own process with a hard timeout and saves as it goes, so a crash or a
 hang loses only that section's unsaved part; whatever does not fit is listed under ``skipped``
@@ -23,8 +28,10 @@ test files) and ``GPUSTATS_GPU_CHECK_SECTIONS`` (e.g. ``sweep,sync``) picks the 
 what is left out is listed as skipped. Both are for reruns on a short lease.
 
 ``GPUSTATS_GPU_CHECK_DRY_RUN=1`` runs the same sequence on a CPU-only machine under the numba
-simulator with tiny sizes and a subset of the CUDA tests; GPU-only measurements are skipped with
-the reason. tests/test_gpu_check.py runs it so that it cannot rot.
+simulator with tiny sizes, two quick tests and a sweep that covers every strategy, dtype and
+layout once (not every combination); sections 4-6 share one process there (on a GPU each has its
+own, so a crash loses one section). GPU-only measurements are skipped with the reason.
+tests/test_gpu_check.py runs it so that it cannot rot.
 """
 
 from __future__ import annotations
@@ -43,12 +50,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SCHEMA = "gpustats-gpu-check/1"
-SHARES = {"tests": 0.40, "sweep": 0.27, "pipeline": 0.10, "decode": 0.10, "sync": 0.06}
-ORDER = ("pipeline", "decode", "sync")
-#: the CUDA tests the dry run takes (the simulator is slow; the full set runs in CI anyway)
-DRY_TESTS = ["tests/test_kernels_sim.py", "tests/test_cuda_backend.py", "-k",
-             "(vec_vector_paths and uint8) or (production_float_run_length and tree) or registry "
-             "or (uint8_bitwise_identical and vec and NCHW)"]
+SHARES = {"tests": 0.24, "sweep": 0.16, "calls": 0.12, "engine": 0.28, "pipeline": 0.07, "decode": 0.05,
+          "sync": 0.05}
+ORDER = ("calls", "engine", "pipeline", "decode", "sync")
+DEFAULT_BUDGET_S = 540
+#: the tests the dry run takes: its tests section checks the plumbing (plugin, report), not the code
+#: (the full set runs in CI anyway)
+DRY_TESTS = ["tests/test_kernels_sim.py", "-k", "registry"]
 
 
 def wanted(name: str) -> bool:
@@ -108,6 +116,8 @@ def _jsonable(value):
 
 
 def run_section(name: str, part: Path, deadline: float, go: Path | None) -> int:
+    """Run section ``name`` (or several, ``a,b,c``, one after the other: the dry run's shared process;
+    each saves to its own ``<name>.json`` beside ``part`` and all share ``deadline``)."""
     if dry_run():
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
         sys.path.insert(0, str(ROOT / "tests"))
@@ -117,17 +127,19 @@ def run_section(name: str, part: Path, deadline: float, go: Path | None) -> int:
         sys.setswitchinterval(1e-4)
     import gpu_check_sections
 
-    ctx = SectionContext(part, deadline, go)
-    try:
-        gpu_check_sections.SECTIONS[name](ctx)
-    except Exception as exc:
-        result = dict(ctx._result)
-        result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-        result["traceback"] = traceback.format_exc()[-4000:]
-        ctx.save(result)
-        print(result["traceback"], file=sys.stderr)
-        return 1
-    return 0
+    status = 0
+    for one in name.split(","):
+        ctx = SectionContext(part.with_name(f"{one}.json") if "," in name else part, deadline, go)
+        try:
+            gpu_check_sections.SECTIONS[one](ctx)
+        except Exception as exc:
+            result = dict(ctx._result)
+            result["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            result["traceback"] = traceback.format_exc()[-4000:]
+            ctx.save(result)
+            print(result["traceback"], file=sys.stderr)
+            status = 1
+    return status
 
 
 # ----------------------------------------------------------------------------- orchestrator
@@ -136,7 +148,7 @@ def run_section(name: str, part: Path, deadline: float, go: Path | None) -> int:
 class Orchestrator:
     def __init__(self, out: Path):
         self.out = out
-        self.budget = float(os.environ.get("GPUSTATS_GPU_CHECK_BUDGET_S", "420"))
+        self.budget = float(os.environ.get("GPUSTATS_GPU_CHECK_BUDGET_S", str(DEFAULT_BUDGET_S)))
         self.t0 = time.time()
         self.end = self.t0 + self.budget
         self.python = sys.executable
@@ -171,22 +183,24 @@ class Orchestrator:
         return subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=log or self.log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
-    def finish(self, name: str, proc: subprocess.Popen, hard_stop: float) -> None:
-        """Wait for a section until ``hard_stop``; kill it there. Merge what it saved."""
+    def finish(self, name, proc: subprocess.Popen, hard_stop: float) -> None:
+        """Wait for a section (or a list of sections sharing the process) until ``hard_stop``; kill it
+        there. Merge what each saved."""
         code = _wait(proc, hard_stop)
-        part = self.parts / f"{name}.json"
-        saved = json.loads(part.read_text()) if part.exists() else {"result": {}, "skipped": []}
-        result = saved.get("result", {})
-        if code is None:
-            self.skipped.append({"section": name, "what": f"{name}: the rest of the section",
-                                 "reason": "stopped at its time cap (hard timeout)"})
-            result["stopped_at_time_cap"] = True
-        elif code != 0 and "error" not in result:
-            result["error"] = f"the section's process exited with status {code} (see sections.log)"
-        for item in saved.get("skipped", []):
-            self.skipped.append({"section": name, **item})
-        self.doc[name] = result
-        self.say(f"{name}: done (exit {code}){' ERROR ' + result['error'][:200] if result.get('error') else ''}")
+        for one in ([name] if isinstance(name, str) else name):
+            part = self.parts / f"{one}.json"
+            saved = json.loads(part.read_text()) if part.exists() else {"result": {}, "skipped": []}
+            result = saved.get("result", {})
+            if code is None:  # (sharing a process: every section of it is marked, finished or not)
+                self.skipped.append({"section": one, "what": f"{one}: the rest of the section",
+                                     "reason": "stopped at its time cap (hard timeout)"})
+                result["stopped_at_time_cap"] = True
+            elif code != 0 and "error" not in result and (isinstance(name, str) or not part.exists()):
+                result["error"] = f"the section's process exited with status {code} (see sections.log)"
+            for item in saved.get("skipped", []):
+                self.skipped.append({"section": one, **item})
+            self.doc[one] = result
+            self.say(f"{one}: done (exit {code}){' ERROR ' + result['error'][:200] if result.get('error') else ''}")
 
     def cap(self, name: str, remaining_names) -> float:
         """Seconds for ``name``: its share plus what earlier sections left, minus the later ones' shares."""
@@ -224,6 +238,19 @@ class Orchestrator:
             self.doc[key] = {"rows": sweep_doc.pop(key, [])}
         self.doc["sweep"] = sweep_doc
 
+        if dry_run():  # one process for the measuring sections: the dry run checks code, not isolation
+            names = [n for n in ORDER if wanted(n)]
+            for name in ORDER:
+                if name not in names:
+                    self.skipped.append({"section": name, "what": name,
+                                         "reason": "not requested (GPUSTATS_GPU_CHECK_SECTIONS)"})
+                    self.doc[name] = {}
+            if names:
+                cap = self.left()
+                self.say(f"{','.join(names)}: {cap:.0f} s, one process (dry run)")
+                proc = self.start_section(",".join(names), time.time() + cap)
+                self.finish(names, proc, time.time() + cap + 20)
+            return self.write()
         for i, name in enumerate(ORDER):
             if not wanted(name):
                 self.skipped.append({"section": name, "what": name,

@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: install, correctness, strategy sweep, baselines, pipeline, decode,
+# One command for a GPU machine: correctness, strategy sweep, calls, engine, baselines, pipeline, decode,
 # synchronizations -- on a time budget, writing at most 8 files into OUTDIR.
 #
 #   bash bench/gpu_check.sh OUTDIR
-#   GPUSTATS_GPU_CHECK_BUDGET_S=420   seconds for everything after the install (default 420)
+#   GPUSTATS_GPU_CHECK_BUDGET_S=540   seconds for everything after the set-up (default 540: with the
+#                                     set-up and the machine's start it fits a 15-minute lease)
 #   GPUSTATS_GPU_CHECK_DRY_RUN=1      CPU-only dress rehearsal: numba simulator, tiny sizes
+#   GPUSTATS_GPU_CHECK_INSTALL=1      pip install -e . into the interpreter (off by default: see below)
 #   PYTHON=python3                    the interpreter (it must already have torch, numba, numba-cuda)
 #
-# Needs no network: the project is installed with --no-deps --no-index, and where that is not
-# possible it is put on PYTHONPATH from a copy. See bench/README.md, "The GPU check".
+# The interpreter is left as it is: the checkout is put on PYTHONPATH (a folder of links,
+# gpustats/ with kernels/ inside it as gpustats.kernels, as the package is laid out when installed;
+# PYTHONSAFEPATH=1 keeps the working directory from shadowing it, Python >= 3.11). With
+# GPUSTATS_GPU_CHECK_INSTALL=1 the project is installed instead (--no-deps --no-index: no network).
+# See bench/README.md, "The GPU check".
 set -uo pipefail
 OUT="${1:?usage: bash bench/gpu_check.sh OUTDIR}"
 PY="${PYTHON:-python3}"
@@ -17,31 +22,36 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 cd "$ROOT" || exit 2
 
-# 1. the project, importable from this checkout (kernels/ is installed as gpustats.kernels)
+# 1. the project, importable from this checkout (kernels/ is gpustats.kernels)
 here() { "$PY" - "$ROOT" <<'PY' 2>/dev/null
 import os, sys
 import gpustats, gpustats.kernels
 root = os.path.realpath(sys.argv[1])
-sys.exit(0 if os.path.realpath(gpustats.__file__).startswith(root) else 1)
+sys.exit(0 if os.path.realpath(gpustats.kernels.__file__).startswith(root) else 1)
 PY
 }
 {
   echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)')"
-  if here; then
-    echo "gpustats already importable from $ROOT: no install"
-  else
+  if [ "${GPUSTATS_GPU_CHECK_INSTALL:-0}" = 1 ]; then
     timeout 300 "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . 2>&1 | tail -n 20
-    if ! here; then
-      SITE="$(mktemp -d)"
-      cp -r gpustats "$SITE/gpustats" && cp -r kernels "$SITE/gpustats/kernels"
-      export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-      echo "pip install failed: using a copy on PYTHONPATH ($SITE)"
-      here || echo "gpustats is still not importable: the sections will fail"
+    here && echo "installed from $ROOT (GPUSTATS_GPU_CHECK_INSTALL=1)" || echo "pip install failed"
+  else
+    SITE="$(mktemp -d)"
+    mkdir "$SITE/gpustats"
+    for entry in "$ROOT"/gpustats/*; do ln -s "$entry" "$SITE/gpustats/$(basename "$entry")"; done
+    ln -s "$ROOT/kernels" "$SITE/gpustats/kernels"
+    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
+    if here; then
+      echo "gpustats from $ROOT on PYTHONPATH ($SITE, links): the interpreter is unchanged"
+    else
+      echo "gpustats is not importable from $ROOT on PYTHONPATH (Python < 3.11 lets the working directory shadow it):"
+      echo "rerun with GPUSTATS_GPU_CHECK_INSTALL=1; the sections will fail"
     fi
   fi
   "$PY" - <<'PY' 2>&1
 import importlib
-for name in ("torch", "numpy", "numba", "numba_cuda", "torchvision", "PIL", "pytest", "xdist", "hypothesis"):
+for name in ("torch", "numpy", "numba", "numba_cuda", "cuda.bindings", "cuda.core", "torchvision", "PIL", "pytest",
+             "xdist", "hypothesis"):
     try:
         module = importlib.import_module(name)
         print(f"{name} {getattr(module, '__version__', '?')}")
@@ -53,7 +63,7 @@ PY
 cat "$OUT/install.log"
 
 # 2. everything else, on the budget; the outer timeout is a last resort (every step has its own)
-BUDGET="${GPUSTATS_GPU_CHECK_BUDGET_S:-420}"
+BUDGET="${GPUSTATS_GPU_CHECK_BUDGET_S:-540}"
 timeout -k 10 "$(( ${BUDGET%.*} + 150 ))" "$PY" bench/gpu_check.py "$OUT"
 status=$?
 [ -f "$OUT/gpu_check.md" ] && sed -n '1,200p' "$OUT/gpu_check.md"

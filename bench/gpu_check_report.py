@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-#: project targets (issue "Run the GPU check"), each compared with what the run measured
+#: project targets (issue "Run the GPU check", issue 24), each compared with what the run measured
 TARGETS = {
-    "moments_roofline_frac": 0.85,  # fused moments, uint8 and float32, >= 256 MiB
+    "moments_roofline_frac": 0.85,  # fused moments, every dtype, >= 256 MiB (issue 24 item 5)
     "vs_torch_float32": 2.0,  # x torch.var_mean + aminmax
     "vs_torch_uint8": 4.0,
     "histogram_roofline_frac": 0.5,
     "pinned_fraction_of_copy": 0.9,
     "all_options_vs_moments": 1.5,  # at most
     "uint8_syncs_per_update": 0.0,  # at most
+    "float32_syncs_per_update": 0.0,  # at most, default nan_policy (issue 24 item 2)
 }
+
+#: issue 24, per update at training-batch sizes (the calls section): host time, speed vs torch on the same
+#: tensor (torch per update / ours), options vs moments (ours / moments; at most)
+CALL_HOST_US = 25.0
+CALL_VS_TORCH = {"uint8 128x3x32x32": 1.0, "uint8 256x3x224x224": 3.0, "float32 64x3x224x224": 1.5,
+                 "float32 256x3x224x224": 2.0}
+CALL_VS_MOMENTS = {"uint8 256x3x224x224 histogram+covariance": 1.3, "uint8 256x3x224x224 per_image": 2.0,
+                   "uint8 256x3x224x224 all three": 2.0}
+#: "NHWC with nan_policy='omit' as fast as with 'raise'": within 5% (run-to-run noise)
+CALL_OMIT_VS_RAISE = 1.05
+#: issue 24 item 6: the folder job vs its decoders alone (same run)
+ENGINE_VS_DECODE_ONLY = {"cpu": 0.9, "nvjpeg": 0.8}
 BIG = 256 << 20
 
 
@@ -46,7 +59,7 @@ def summary(doc: dict) -> dict:
         out["targets"].append({"target": name, "goal": goal, "measured": measured, "met": met, "where": where,
                                "at_most": at_most})
 
-    for dtype in ("uint8", "float32"):
+    for dtype in ("uint8", "float16", "bfloat16", "float32"):
         moments = [r for r in rows if r["dtype"] == dtype and not r["histogram"]]
         for key, what in (("kernel_roofline_frac", "kernel time"), ("roofline_frac", "per call, launch included")):
             worst = None
@@ -67,6 +80,8 @@ def summary(doc: dict) -> dict:
                            key=lambda r: r["vs_torch_var_mean_aminmax"])
                 if worst_speed is None or best["vs_torch_var_mean_aminmax"] < worst_speed["vs_torch_var_mean_aminmax"]:
                     worst_speed = best
+        if f"vs_torch_{dtype}" not in TARGETS:
+            continue
         target(f"speed-up vs torch.var_mean+aminmax, {dtype} (worst layout/size, best strategy)",
                None if worst_speed is None else worst_speed["vs_torch_var_mean_aminmax"], TARGETS[f"vs_torch_{dtype}"],
                where="" if worst_speed is None else f"{worst_speed['strategy']} {worst_speed['layout']} "
@@ -84,6 +99,30 @@ def summary(doc: dict) -> dict:
     cases = [c for c in doc.get("sync", {}).get("cases", []) if c["case"] == "uint8"]
     target("device synchronizations per uint8 Accumulator.update", cases[0]["syncs_per_update"] if cases else None,
            TARGETS["uint8_syncs_per_update"], at_most=True)
+    cases = [c for c in doc.get("sync", {}).get("cases", []) if c["case"] == "float32, nan_policy=raise"]
+    target("device synchronizations per float32 Accumulator.update, default nan_policy (raise)",
+           cases[0]["syncs_per_update"] if cases else None, TARGETS["float32_syncs_per_update"], at_most=True)
+    calls = {r["case"]: r for r in doc.get("calls", {}).get("rows", []) if r.get("per_update_us")}
+    for case in CALL_VS_TORCH:
+        r = calls.get(case)
+        target(f"host time per update, {case} (us)", r and r["host_us"], CALL_HOST_US, at_most=True)
+    for case, goal in CALL_VS_TORCH.items():
+        r = calls.get(case)
+        target(f"per update vs torch var_mean+amin+amax (same tensor), {case}", r and r.get("vs_torch"), goal)
+    for case, goal in CALL_VS_MOMENTS.items():
+        r = calls.get(case)
+        target(f"per update / moments only, {case.replace('uint8 256x3x224x224 ', '')} (uint8 256x3x224x224)",
+               r and r.get("vs_moments"), goal, at_most=True)
+    r = calls.get("uint8 NHWC 256x224x224x3 nan_policy=omit")
+    target("uint8 NHWC 256x224x224x3: per update with nan_policy='omit' / with 'raise'", r and r.get("vs_raise"),
+           CALL_OMIT_VS_RAISE, at_most=True)
+    for decoder, goal in ENGINE_VS_DECODE_ONLY.items():
+        for cache in ("cold", "warm"):
+            r = next((x for x in doc.get("engine", {}).get("rows", [])
+                      if x["decoder"] == decoder and x["cache"] == cache), None)
+            target(f"gpustats stats, {decoder} decoding, {cache} compile cache: images/s / its decoder alone",
+                   r and r.get("vs_decode_only"), goal,
+                   where="" if r is None else f"{r.get('workers')} workers, {r.get('images')} images")
     return out
 
 
@@ -176,6 +215,42 @@ def markdown(doc: dict) -> str:
         if d.get("nvjpeg"):
             rows.append((f"nvJPEG, batches of {d['nvjpeg']['batch']}", d["nvjpeg"]["images_per_s"]))
         lines += _table(["decoder", "images/s"], rows)
+    c = doc.get("calls", {})
+    if c.get("rows"):
+        lines += ["## Calls: Accumulator.update per call (issue 24)", "",
+                  f"{c.get('updates')} back-to-back updates of the same device tensor after warm-up; host = time to "
+                  "return, per update = with the GPU work; torch = var_mean + amin + amax on the same tensor "
+                  "(uint8 converted to float32 first); fast = updates that took the fixed-cost path.", ""]
+        lines += _table(["case", "dtype", "shape", "options", "host_us", "per_update_us", "torch_per_update_us",
+                         "x torch", "/ moments", "strategy", "fast", "first update s", "error"],
+                        [(r["case"], r["dtype"], "x".join(map(str, r["shape"])), r["options"], r.get("host_us"),
+                          r.get("per_update_us"), r.get("torch_per_update_us"), r.get("vs_torch"),
+                          r.get("vs_moments", r.get("vs_raise")), r.get("strategy"),
+                          f"{r.get('fast_updates')}/{r.get('kernel_launches')}", r.get("first_update_s"),
+                          (r.get("error") or "")[:120]) for r in c["rows"]])
+        comp = c.get("compile") or {}
+        body = []
+        for run in ("cold", "warm"):
+            got = comp.get(run) or {}
+            for k in got.get("kernels", []):
+                body.append((run, k["dtype"], k["first_update_s"], k["launcher"], k["compiled"], got.get("process_s")))
+            if got.get("error"):
+                body.append((run, "-", None, None, got["error"][:200], None))
+        if body:
+            lines += ["First update in a fresh process, empty (cold) then filled (warm) cubin cache:", ""]
+            lines += _table(["cache", "dtype", "first update s", "launcher", "compiled", "process s"], body)
+    e = doc.get("engine", {})
+    if e.get("rows") or e.get("baselines"):
+        base = e.get("baselines", {})
+        lines += ["## Engine: gpustats stats on a JPEG folder (issue 24)", "",
+                  f"{e.get('files')} generated JPEGs {e.get('size')} q{e.get('quality')}, {e.get('cores')} cores; "
+                  f"plain Pillow processes {_fmt((base.get('pillow_processes') or {}).get('images_per_s'))} images/s, "
+                  f"nvJPEG alone {_fmt((base.get('nvjpeg_only') or {}).get('images_per_s'))} images/s (same run).", ""]
+        lines += _table(["decoder", "workers", "images", "cache", "images_per_s", "decode_only_images_per_s",
+                         "/ decode only", "images/s whole process", "error"],
+                        [(r["decoder"], r["workers"], r["images"], r["cache"], r.get("images_per_s"),
+                          r.get("decode_only_images_per_s"), r.get("vs_decode_only"), r.get("images_per_s_process"),
+                          (r.get("error") or "")[:160]) for r in e.get("rows", [])])
     y = doc.get("sync", {})
     if y.get("cases"):
         lines += ["## Synchronizations per Accumulator.update", ""]
@@ -183,7 +258,7 @@ def markdown(doc: dict) -> str:
                         [(c["case"], c["updates"], c["syncs_per_update"], c["syncs_per_update_by"]["profiler"],
                           c["syncs_per_update_by"]["python_calls"], c["syncs_per_update_by"]["torch_sync_debug"])
                          for c in y["cases"]])
-    errors = [(name, doc[name]["error"]) for name in ("machine", "sweep", "pipeline", "decode", "sync")
+    errors = [(name, doc[name]["error"]) for name in ("machine", "sweep", "calls", "engine", "pipeline", "decode", "sync")
               if isinstance(doc.get(name), dict) and doc[name].get("error")]
     if errors:
         lines += ["## Section errors", ""] + [f"- {name}: {err[:500]}" for name, err in errors] + [""]

@@ -128,6 +128,7 @@ def _strategy_call(ctx, name, x, dtype, layout):
     call()
     acc.reset()
     call.acc = acc
+    call.x = x
     return call
 
 
@@ -205,6 +206,25 @@ def _roofline(ctx, x) -> dict:
     return {"copy_gbps": copy_gbps, "sum_gbps": sum_gbps, "roofline_gbps": max(copy_gbps, sum_gbps)}
 
 
+def _sweep_plan(names, dry: bool) -> dict:
+    """(dtype, layout) -> the strategies measured there: all of them on a GPU; in the dry run one each,
+    rotating, so that every strategy, dtype and layout runs at least once (the simulator is slow)."""
+    combos = [(dtype, layout) for dtype in DTYPES for layout in LAYOUTS]
+    if not dry:
+        return {combo: list(names) for combo in combos}
+    plan, pending = {}, list(names)
+    for dtype, layout in combos:
+        fits = [n for n in names if n != "hist8" or dtype == "uint8"]
+        waiting = [n for n in pending if n in fits]
+        if dtype == "uint8" and "hist8" in waiting:
+            waiting.insert(0, waiting.pop(waiting.index("hist8")))
+        pick = waiting[0] if waiting else fits[len(plan) % len(fits)]
+        if pick in pending:
+            pending.remove(pick)
+        plan[(dtype, layout)] = [pick]
+    return plan
+
+
 def sweep(ctx) -> dict:
     """Every strategy x dtype x layout x size, the torch baselines and the roofline (same tensors)."""
     from gpustats import kernels
@@ -216,12 +236,13 @@ def sweep(ctx) -> dict:
     result = {"rows": [], "baselines": [], "roofline": [], "compile_s": {}, "checks": [], "unsupported": [],
               "repeats": 1 if ctx.dry else REPEATS, "timer": "host perf_counter (simulator)" if ctx.dry else
               "CUDA events, median"}
+    plan = _sweep_plan(names, ctx.dry)
     # 1. compile every kernel on small tensors of the same dtype/layout (while the tests run)
     calls_small = {}
     for dtype in DTYPES:
         for layout in LAYOUTS:
             small = _device_tensor(ctx, dtype, layout, DRY_SWEEP_BYTES if ctx.dry else 2 * 3 * 224 * 224)
-            for name in names:
+            for name in plan[(dtype, layout)]:
                 started = time.perf_counter()
                 try:
                     calls_small[(name, dtype, layout)] = _strategy_call(ctx, name, small, dtype, layout)
@@ -259,15 +280,21 @@ def sweep(ctx) -> dict:
                                                 "gbps": gbps, "roofline_frac": gbps / roof["roofline_gbps"],
                                                 **timing.to_dict()})
                 first_row = len(result["rows"])
-                for name in names:
+                for name in plan[(dtype, layout)]:
                     if (name, dtype, layout) not in calls_small:
                         continue
-                    call = _strategy_call(ctx, name, x, dtype, layout)
+                    # the dry run measures on the tensor it compiled with (the same tiny size): one run less
+                    call = calls_small[(name, dtype, layout)] if ctx.dry else _strategy_call(ctx, name, x, dtype, layout)
+                    if ctx.dry:
+                        x = call.x
                     timing = _timer(ctx, call)
                     gbps = nbytes / timing.median / 1e9
                     # back to back, as a training loop calls it: host work overlaps the previous kernels
-                    loops = 1 if ctx.dry else 10  # the simulator is slow; its timings mean nothing anyway
-                    loop = _timer(ctx, lambda call=call: [call() for _ in range(loops)], repeats=3, warmup=1)
+                    loops = 10
+                    loop = timing if ctx.dry else _timer(ctx, lambda call=call: [call() for _ in range(loops)],
+                                                         repeats=3, warmup=1)
+                    if ctx.dry:
+                        loops = 1  # the simulator is slow and its timings mean nothing: the single call stands in
                     result["rows"].append({"strategy": name, "dtype": dtype, "layout": layout, "bytes": nbytes,
                                            "size": size_label(nbytes), "gbps": gbps,
                                            "roofline_frac": gbps / roof["roofline_gbps"],
@@ -352,7 +379,7 @@ def pipeline(ctx) -> dict:
             ctx.skip(f"pipeline: extras {name}", "the pipeline's time budget ran out")
             continue
         acc = Accumulator(device="cuda", **options)
-        timing = time_host(reduce_all(acc, [x]), warmup=1, repeats=2 if ctx.dry else 5, sync=sync)
+        timing = time_host(reduce_all(acc, [x]), warmup=0 if ctx.dry else 1, repeats=1 if ctx.dry else 5, sync=sync)
         result["extras"].append({"options": name, "bytes": x.numel(), "strategy": acc.strategy,
                                  "gbps": x.numel() / timing.median / 1e9, **timing.to_dict()})
         ctx.save(result)
@@ -529,4 +556,167 @@ def sync(ctx) -> dict:
     return result
 
 
-SECTIONS = {"machine": machine, "sweep": sweep, "pipeline": pipeline, "decode": decode, "sync": sync}
+# ----------------------------------------------------------------------------- calls (issue 24)
+
+
+def calls(ctx) -> dict:
+    """``Accumulator.update`` per call at training-batch sizes beside torch (bench/gpu_calls.py), and the
+    first update's compile time with a cold and a warm cubin cache (two fresh processes)."""
+    import gpu_calls
+
+    result: dict = {"rows": [], "updates": 2 if ctx.dry else gpu_calls.UPDATES,
+                    "shapes": "tiny (simulator)" if ctx.dry else "the issue's"}
+
+    def save(rows):
+        result["rows"] = rows
+        ctx.save(result)
+
+    gpu_calls.measure_calls(ctx.dry, left=lambda: ctx.left() - (20 if ctx.dry else 40), save=save, skip=ctx.skip)
+    if ctx.left() < (15 if ctx.dry else 30):
+        ctx.skip("calls: compile cold vs warm cache", "the calls section's time budget ran out")
+    else:
+        result["compile"] = gpu_calls.measure_compile(ctx.dry, timeout=max(10.0, ctx.left() / 2 - 2))
+    ctx.save(result)
+    return result
+
+
+# ----------------------------------------------------------------------------- engine (issue 24)
+
+#: images of the engine section's corpus on a GPU box (the issue asks for >= 30,000 500x375 JPEGs)
+ENGINE_FILES = 30000
+DRY_ENGINE_FILES = 12
+
+
+def _write_jpegs(task) -> int:
+    from PIL import Image
+
+    from gpustats.sources.synthetic import photo_array
+
+    root, first, stop, width, height = task
+    for i in range(first, stop):  # the files make_jpeg_corpus(root, n) writes, by index
+        rng = np.random.default_rng([0, i])
+        Image.fromarray(photo_array(rng, width, height), "RGB").save(Path(root) / f"img_{i:07d}.jpg", quality=90)
+    return stop - first
+
+
+def _jpeg_corpus(n: int, size, processes: int) -> Path:
+    from multiprocessing import get_context
+
+    root = Path(tempfile.mkdtemp(prefix="gpustats-engine-"))
+    chunk = max(1, -(-n // (4 * processes)))
+    tasks = [(str(root), i, min(n, i + chunk), size[0], size[1]) for i in range(0, n, chunk)]
+    if processes <= 1:
+        for task in tasks:
+            _write_jpegs(task)
+    else:
+        with get_context("fork").Pool(processes) as pool:
+            pool.map(_write_jpegs, tasks)
+    return root
+
+
+def _stats_run(folder: Path, decode: str, workers: int, cache_dir: str, timeout: float) -> dict:
+    """``gpustats stats FOLDER --decode D --workers N --format json -q`` in a fresh process; images/s by the run's
+    own elapsed_s and by the whole process (start-up, imports, compiles or cache loads, listing)."""
+    import json as _json
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    if not os.environ.get("GPUSTATS_GPU_CHECK_DRY_RUN"):
+        env.pop("NUMBA_ENABLE_CUDASIM", None)
+    cmd = [sys.executable, "-m", "gpustats", "stats", str(folder), "--decode", decode, "--workers", str(workers),
+           "--format", "json", "-q"]
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(5.0, timeout))
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s", "timed_out": True}
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        return {"error": f"exit {proc.returncode}: {proc.stderr[-1200:]}"}
+    doc = _json.loads(proc.stdout)
+    return {"images": doc["images"], "elapsed_s": doc["elapsed_s"], "process_s": wall,
+            "images_per_s": doc["images"] / doc["elapsed_s"], "images_per_s_process": doc["images"] / wall,
+            "decode": doc["decode"], "workers_used": doc["workers"], "device": doc["device"],
+            "strategy": doc["strategy"], "decoders": doc["decoders"]}
+
+
+def _nvjpeg_only(files, ctx) -> dict | None:
+    """nvJPEG decoding alone (torchvision, batches of 64), images/s: the GPU decoder's own speed."""
+    from gpustats.sources import gpu as gpu_decode
+
+    gpu_decode.decode_files_gpu(files[:64], device="cuda")  # warm-up
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    done = 0
+    for first in range(0, len(files), 64):
+        if ctx.left() < 5:
+            break
+        done += len(gpu_decode.decode_files_gpu(files[first:first + 64], device="cuda"))
+    torch.cuda.synchronize()
+    return {"images": done, "seconds": time.perf_counter() - started,
+            "images_per_s": done / (time.perf_counter() - started)}
+
+
+def engine(ctx) -> dict:
+    """``gpustats stats`` on a generated JPEG folder (>= 30,000 500x375 images on a GPU box) with one CPU
+    decode worker per core and with ``--decode gpu``, each with an empty (cold) and then a filled (warm)
+    compile cache, beside plain Pillow processes and nvJPEG decoding alone in the same run."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from folder_throughput import pillow_processes
+
+    from gpustats.sources import list_images
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n, size = (DRY_ENGINE_FILES, (64, 48)) if ctx.dry else (ENGINE_FILES, (500, 375))
+    started = time.perf_counter()
+    folder = _jpeg_corpus(n, size, 1 if ctx.dry else cores)
+    files = [str(p) for p in list_images([folder])]
+    workers = 1 if ctx.dry else cores
+    result = {"files": len(files), "size": list(size), "quality": 90, "cores": cores,
+              "corpus_s": round(time.perf_counter() - started, 1), "rows": [], "baselines": {}}
+    ctx.save(result)
+    if ctx.left() > 10:
+        result["baselines"]["pillow_processes"] = {"processes": workers,
+                                                   "images_per_s": pillow_processes(files, workers)}
+        ctx.save(result)
+    gpu_ok = False
+    if ctx.dry:
+        ctx.skip("engine: --decode gpu and nvJPEG alone", "dry run: no GPU")
+    else:
+        from gpustats.sources import gpu as gpu_decode
+
+        gpu_ok, why = gpu_decode.gpu_decode_available()
+        if not gpu_ok:
+            ctx.skip("engine: --decode gpu and nvJPEG alone", why)
+        elif ctx.left() > 15:
+            result["baselines"]["nvjpeg_only"] = _nvjpeg_only(files, ctx)
+            ctx.save(result)
+    plans = [("cpu", workers)] + ([("nvjpeg", 8)] if gpu_ok else [])
+    for decoder, count in plans:
+        cache_dir = tempfile.mkdtemp(prefix=f"gpustats-engine-cache-{decoder}-")
+        for cache in ("cold", "warm"):
+            if ctx.left() < 8:
+                ctx.skip(f"engine: {decoder} {cache}", "the engine section's time budget ran out")
+                continue
+            run = _stats_run(folder, "cpu" if decoder == "cpu" else "gpu", count, cache_dir, timeout=ctx.left() - 4)
+            base = result["baselines"].get("pillow_processes" if decoder == "cpu" else "nvjpeg_only") or {}
+            row = {"decoder": decoder, "workers": count, "images": run.get("images", len(files)), "cache": cache,
+                   "images_per_s": run.get("images_per_s"), "images_per_s_process": run.get("images_per_s_process"),
+                   "decode_only_images_per_s": base.get("images_per_s"),
+                   "decode_only": "plain Pillow processes" if decoder == "cpu" else "nvJPEG alone (batches of 64)",
+                   **{k: v for k, v in run.items() if k not in ("images", "images_per_s", "images_per_s_process")}}
+            if row["images_per_s"] and row["decode_only_images_per_s"]:
+                row["vs_decode_only"] = row["images_per_s"] / row["decode_only_images_per_s"]
+            result["rows"].append(row)
+            ctx.save(result)
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+SECTIONS = {"machine": machine, "sweep": sweep, "pipeline": pipeline, "decode": decode, "sync": sync, "calls": calls,
+            "engine": engine}

@@ -95,7 +95,12 @@ class Accumulator:
         return scale
 
     def update(self, batch: Any) -> None:
-        """Add one batch (any form :mod:`gpustats.batches` accepts)."""
+        """Add one batch (any form :mod:`gpustats.batches` accepts).
+
+        On a CUDA device under ``nan_policy="raise"``, a float batch holding NaN/inf is left out by the
+        kernel and reported by the next ``update()`` (which then adds nothing) or by ``state()`` /
+        ``result()``; :mod:`gpustats.backends.cuda` says exactly when.
+        """
         index = self.batches
         fast = self._fast
         if fast is not None and type(batch) is torch.Tensor and fast(batch, index):

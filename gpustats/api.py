@@ -56,7 +56,9 @@ def compute_stats(
     ``options`` (:class:`~gpustats.options.StatsOptions`, defined once there): ``layout`` /
     ``channels`` settle an ambiguous channel axis (``channels=3`` also drops alpha); ``key``: the
     dict entry holding images; ``scale``: divisor of the reported values (``"auto"``: 255 for
-    uint8, 65535 for uint16, else 1); ``nan_policy``: ``"raise"`` | ``"omit"`` | ``"propagate"``;
+    uint8, 65535 for uint16, else 1); ``nan_policy``: ``"raise"`` | ``"omit"`` | ``"propagate"``
+    (on a GPU, ``"raise"`` may surface at the next batch or at the end: the CUDA backend's module
+    docstring says exactly when; the bad batch is never counted);
     ``strategy``: the CUDA kernel (``"auto"``); ``histogram`` (with ``hist_bins``/``hist_range``/
     ``clip`` for non-uint8 data), ``covariance`` and ``per_image`` add exact histograms and
     percentiles, covariance/PCA and per-image statistics in the same pass.
