@@ -17,8 +17,8 @@ from ._common import HIST_BINS, device_function
 SHARED_SLOTS = 1024
 
 
-def group_size(threads: int) -> int:
-    return max(1, SHARED_SLOTS // threads)
+def group_size(threads: int, slots: int = SHARED_SLOTS) -> int:
+    return max(1, slots // threads)
 
 
 @device_function
@@ -31,7 +31,7 @@ def _min(a, b):
     return min(a, b)
 
 
-def make_block_tree(threads: int, put, merge, take):
+def make_block_tree(threads: int, put, merge, take, slots: int = SHARED_SLOTS):
     """``combine(bufs, tid, vals, k)``: a fixed-shape shared-memory tree over the block.
 
     The combine of every strategy, for any per-slot state: ``put(bufs, slot, vals, i)`` copies a
@@ -39,11 +39,12 @@ def make_block_tree(threads: int, put, merge, take):
     folds slot ``b`` into slot ``a``, ``take(bufs, slot, vals, i)`` copies back (thread 0 only).
     ``bufs``/``vals`` are whatever those three understand (an array, or a tuple of arrays: the
     Welford strategy combines ``(n, mean, M2)`` triples). The first ``k`` entries are combined,
-    ``SHARED_SLOTS // threads`` per pass. Fixed order: bitwise reproducible. All threads of the
+    ``slots // threads`` per pass (``slots``: the shared buffers' length, :data:`SHARED_SLOTS` unless
+    a kernel trades passes for shared memory). Fixed order: bitwise reproducible. All threads of the
     block must call it.
     """
     TPB = threads
-    GROUP = group_size(threads)
+    GROUP = group_size(threads, slots)
 
     @device_function
     def combine(bufs, tid, vals, k):
@@ -79,14 +80,14 @@ def _take(buf, slot, vals, i):
     vals[i] = buf[slot]
 
 
-def _make_block_tree(threads: int, op):
+def _make_block_tree(threads: int, op, slots: int = SHARED_SLOTS):
     """``combine(buf, tid, vals, k)``: :func:`make_block_tree` of the element-wise ``op``."""
 
     @device_function
     def merge(buf, a, b):
         buf[a] = op(buf[a], buf[b])
 
-    return make_block_tree(threads, _put, merge, _take)
+    return make_block_tree(threads, _put, merge, _take, slots)
 
 
 @device_function
@@ -107,20 +108,22 @@ def chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
 
 
 @functools.lru_cache(maxsize=None)
-def make_block_ops(threads: int):
+def make_block_ops(threads: int, slots: int = SHARED_SLOTS):
     """Shared-memory tree combines over a block of ``threads`` (a power of two).
 
     ``block_sum(buf, tid, vals, k)`` and ``block_min(buf, tid, vals, k)`` combine the first ``k``
     entries of every thread's local array ``vals`` element-wise across the block; thread 0's
     ``vals`` then holds the block's results (other threads' are left as they were). ``buf`` is a
-    shared array of ``SHARED_SLOTS`` elements of the values' type. Fixed order: bitwise
-    reproducible. All threads of the block must call them.
+    shared array of ``slots`` elements of the values' type (:data:`SHARED_SLOTS` by default; fewer
+    slots, down to ``threads``, mean more passes and less shared memory per block, the same
+    additions in the same order). Fixed order: bitwise reproducible. All threads of the block must
+    call them.
 
     ``block_totals(sh_count, sh_sum, sh_min, tid, tally, bank, mins, k)`` runs the three combines
     of a thread's ``tally``/``bank``/``mins`` (see ``_thread``) in the order every strategy uses.
     """
-    block_sum = _make_block_tree(threads, _add)
-    block_min = _make_block_tree(threads, _min)
+    block_sum = _make_block_tree(threads, _add, slots)
+    block_min = _make_block_tree(threads, _min, slots)
 
     @device_function
     def block_totals(sh_count, sh_sum, sh_min, tid, tally, bank, mins, k):
