@@ -122,7 +122,8 @@ def measure_calls(dry: bool, left=lambda: 1e9, save=lambda rows: None, skip=lamb
             row.update(host_us=host * 1e6, per_update_us=wall * 1e6, strategy=acc.strategy,
                        fast_updates=getattr(reducer, "fast_updates", None),
                        launcher_launches=getattr(reducer, "launcher_launches", None),
-                       kernel_launches=getattr(reducer, "kernel_launches", None))
+                       kernel_launches=getattr(reducer, "kernel_launches", None),
+                       launcher_error=getattr(reducer, "launcher_error", None))
             t_host, t_wall = _loop(lambda: torch_baseline(x, layout), n, sync, warmup)
             nbytes = x.numel() * x.element_size()
             row.update(torch_host_us=t_host * 1e6, torch_per_update_us=t_wall * 1e6,

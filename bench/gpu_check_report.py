@@ -227,7 +227,7 @@ def markdown(doc: dict) -> str:
                           r.get("per_update_us"), r.get("torch_per_update_us"), r.get("vs_torch"),
                           r.get("vs_moments", r.get("vs_raise")), r.get("strategy"),
                           f"{r.get('fast_updates')}/{r.get('kernel_launches')}", r.get("first_update_s"),
-                          (r.get("error") or "")[:120]) for r in c["rows"]])
+                          (r.get("error") or r.get("launcher_error") or "")[:120]) for r in c["rows"]])
         comp = c.get("compile") or {}
         body = []
         for run in ("cold", "warm"):

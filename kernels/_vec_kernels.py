@@ -10,11 +10,12 @@ import math
 
 from numba import cuda, float64, int32, int64, uint32
 
-from ._blocks import make_block_ops
+from ._blocks import SHARED_SLOTS, make_block_ops
 from ._common import (
     device_function,
     grid_next,
     is_integer,
+    simulator_enabled,
 )
 from ._thread import types_for
 from ._vector import (
@@ -109,10 +110,12 @@ def _make_finish(channels, threads, integer):
     C2 = 2 * C
     INTEGER = bool(integer)
     BT = int64 if INTEGER else float64
-    # one slot per thread: 3 x threads x 8 bytes of shared memory (6 KiB at 256 threads, against 24 KiB
-    # with the other strategies' SHARED_SLOTS), so shared memory never limits the resident blocks; the
-    # combines take 2C passes instead of ceil(2C / 4), once per block at the end (same additions, same order)
-    SLOTS = threads
+    # on a GPU one slot per thread: 3 x threads x 8 bytes of shared memory (6 KiB at 256 threads, against
+    # 24 KiB with the other strategies' SHARED_SLOTS), so shared memory never limits the resident blocks;
+    # the combines take 2C passes instead of ceil(2C / 4), once per block at the end (same additions, same
+    # order). The simulator keeps SHARED_SLOTS: its barriers are slow, the results the same
+    # (tests/sim_kernels_cases.py checks the one-slot combine on its own)
+    SLOTS = SHARED_SLOTS if simulator_enabled() else threads
     block_totals = make_block_ops(threads, SLOTS)[2]
 
     @device_function

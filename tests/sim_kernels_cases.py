@@ -447,6 +447,48 @@ def test_vec_check_leaves_a_nonfinite_batch_out_and_records_it(layout):
     assert status.copy_to_host()[6] == 2 and host_of("vec", acc)["count"].tolist() == [64, 64, 64]
 
 
+def test_block_combine_with_one_shared_slot_per_thread():
+    """The vec kernels' block combine on a GPU (``make_block_ops(threads, slots=threads)``: one value per
+    pass, 2C passes) gives the same sums and mins as the default one (several values per pass)."""
+    from gpustats.kernels._blocks import SHARED_SLOTS, make_block_ops
+
+    threads, k = 32, 6
+    results = []
+    for slots in (threads, SHARED_SLOTS):
+        block_totals = make_block_ops(threads, slots)[2]
+
+        @cuda.jit
+        def combine(tally_in, bank_in, mins_in, out):
+            tid = cuda.threadIdx.x
+            sh_count = cuda.shared.array(slots, int64)
+            sh_sum = cuda.shared.array(slots, int64)
+            sh_ext = cuda.shared.array(slots, np.float64)
+            tally = cuda.local.array(k, int64)
+            bank = cuda.local.array(k, int64)
+            mins = cuda.local.array(k, np.float64)
+            for i in range(k):
+                tally[i] = tally_in[tid, i]
+                bank[i] = bank_in[tid, i]
+                mins[i] = mins_in[tid, i]
+            block_totals(sh_count, sh_sum, sh_ext, tid, tally, bank, mins, k)
+            if tid == 0:
+                for i in range(k):
+                    out[0, i] = tally[i]
+                    out[1, i] = bank[i]
+                    out[2, i] = int64(mins[i])
+
+        rng = np.random.default_rng(41)
+        tally_in = rng.integers(0, 1000, (threads, k))
+        bank_in = rng.integers(-10**12, 10**12, (threads, k))
+        mins_in = rng.integers(-500, 500, (threads, k)).astype(np.float64)
+        out = np.zeros((3, k), np.int64)
+        combine[1, threads](tally_in, bank_in, mins_in, out)
+        assert out[0].tolist() == tally_in.sum(axis=0).tolist() and out[1].tolist() == bank_in.sum(axis=0).tolist()
+        assert out[2].tolist() == mins_in.min(axis=0).astype(np.int64).tolist()
+        results.append(out)
+    assert (results[0] == results[1]).all()
+
+
 def test_vec_launch_shapes_give_the_same_exact_integers():
     rng = np.random.default_rng(23)
     stored, values = make_data("uint8", (3, 3, 64), rng)

@@ -128,6 +128,7 @@ class CudaReducer(Reducer):
         self.fallback_batches = 0  # batches the kernels do not cover, reduced by the CPU backend
         self.launcher_launches = 0  # kernel launches through the fixed-cost launcher (no numba dispatch)
         self.fast_updates = 0  # updates taken by fast_path() (no batch adapter, no chunk)
+        self.launcher_error = None  # why the fixed-cost launcher could not be set up, if it could not
         self.reset()
 
     # ------------------------------------------------------------------ Reducer interface
@@ -316,15 +317,21 @@ class CudaReducer(Reducer):
                 launcher.launch.context = self._primary_context()
         except ValueError:  # a dtype/layout the vec kernels do not read
             launcher = None
+        except Exception as exc:  # the driver path failed to set up (cuda.core/cuda-bindings versions): numba's launch
+            self.launcher_error = f"{type(exc).__name__}: {exc}"[:500]
+            launcher = None
         self._launchers[key] = launcher
         return launcher
 
-    def _primary_context(self) -> int | None:
+    def _primary_context(self) -> int:
         """This device's primary context handle (launches check it is current: several GPUs)."""
         if self._context is None:
             with self._device_context():
                 handle = self._cuda.current_context().handle
-            self._context = int(getattr(handle, "value", handle) or 0)
+            try:
+                self._context = int(handle)
+            except TypeError:  # a ctypes handle (older numba-cuda)
+                self._context = int(handle.value or 0)
         return self._context
 
     # ------------------------------------------------------------------ routing
