@@ -230,7 +230,8 @@ class CudaReducer(Reducer):
         """
         if (self.driver is None or self._acc is None or layout not in ("NCHW", "NHWC")
                 or (self._requested not in ("auto", "vec")) or dtype not in _FAST_DTYPES
-                or self.options.per_image or self.options.covariance or (self.options.histogram and dtype == "uint8")
+                or self.options.per_image or self.options.covariance or self.options.histogram
+                or (dtype in _FLOAT_DTYPES and self.options.nan_policy == "propagate")
                 or self._key is None or self._key[0] != dtype or self._key[1] != channels):
             return None
         fast = self._fast
