@@ -11,6 +11,7 @@ import math
 from numba import cuda, float64, int32, int64, uint32
 
 from ._blocks import SHARED_SLOTS, make_block_ops
+from ._status import record_nonfinite
 from ._common import (
     device_function,
     grid_next,
@@ -60,34 +61,6 @@ def _walk_start(per_row):
 
 #: an empty channel's min/max in the int64 partials of uint8 launches (float64 ones use inf)
 _EMPTY = 1 << 40
-
-#: int64 fields of the non-finite status row (``nan_policy="raise"``), see :func:`record_nonfinite`
-STATUS_FIELDS = ("first", "first_count", "first_channels", "last", "last_count", "last_channels", "batches", "spare")
-STATUS_WORDS = len(STATUS_FIELDS)
-
-
-@device_function
-def record_nonfinite(status, check, bad, mask):
-    """Record a batch left out for its non-finite values in ``status`` (int64[8], :data:`STATUS_FIELDS`).
-
-    ``check`` is the batch index + 1, ``bad`` its non-finite count, ``mask`` has bit ``c`` set when
-    channel ``c`` holds one. ``last*`` always take this batch; ``first*`` only the first such batch
-    (sticky); ``batches`` counts them and is written last, after a system-wide fence, so a host
-    that reads ``batches`` first (the CUDA backend keeps the row in mapped, pinned host memory)
-    sees the other fields at least as new. Launches into one row are ordered by their stream (one
-    accumulator, one stream): plain stores, no atomics.
-    """
-    status[3] = check
-    status[4] = bad
-    status[5] = mask
-    if status[0] == 0:
-        status[1] = bad
-        status[2] = mask
-        cuda.threadfence_system()
-        status[0] = check
-    cuda.threadfence_system()
-    status[6] += 1
-
 
 @functools.lru_cache(maxsize=None)
 def _make_finish(channels, threads, integer):

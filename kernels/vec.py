@@ -36,7 +36,7 @@ routes those to ``atomic``).
 
 ``nan_policy="raise"`` without a synchronization: with ``check`` = batch index + 1 the last block
 adds nothing when the batch holds a NaN/inf and records it in a status row instead
-(``_vec_kernels.record_nonfinite``); the caller reads the row later (the CUDA backend: mapped host
+(``_status.record_nonfinite``); the caller reads the row later (the CUDA backend: mapped host
 memory, read without waiting). Only the vector kernels can do this, so ``reduce`` launches nothing
 and returns False when ``check`` is asked for an input they cannot read.
 
@@ -67,9 +67,8 @@ from ._common import (
     simulator_enabled,
 )
 from ._thread import run_length
+from ._status import STATUS_FIELDS, STATUS_WORDS
 from ._vec_kernels import (
-    STATUS_FIELDS,
-    STATUS_WORDS,
     U8_FLUSH_VECTORS,
     VECTOR_WIDTH,
     _build_u8,

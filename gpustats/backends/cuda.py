@@ -18,15 +18,12 @@ Requests the kernels do not cover -- int8/int16 data, histograms of non-uint8 da
 ``nan_policy="propagate"`` on float data -- are reduced by the CPU backend for that batch and
 counted in ``fallback_batches`` (``kernel_launches`` counts the kernel path).
 
-Fixed cost per update (the common case: ``vec`` on a GPU with cuda-bindings). The ``vec`` kernel is
-launched by a :class:`gpustats.kernels.vec.Launcher` (``cuLaunchKernel`` with a parameter block
-built once per accumulator: no argument marshalling, no array wrapping, no allocation, no
-occupancy query per call; the compiled cubin comes from a per-user cache across processes), and
-:meth:`CudaReducer.fast_path` gives :class:`gpustats.Accumulator` a path that skips the batch
-adapter for a plain contiguous 4-D CUDA tensor like the batches before it (same dtype, layout,
-channels, device): a few attribute reads, one parameter write per changing integer, one launch.
-Anything else takes the general path (which still launches ``vec`` through the launcher when it
-can); under the simulator or without cuda-bindings numba's own launch runs, with the same results.
+Fixed cost per update (``vec`` on a GPU with cuda-bindings): the kernel is launched by a
+:class:`gpustats.kernels.vec.Launcher` (one ``cuLaunchKernel``, a parameter block built once per
+accumulator, the cubin cached per user across processes), and :meth:`CudaReducer.fast_path` lets
+:class:`gpustats.Accumulator` send a plain contiguous 4-D CUDA tensor like the batches before it
+straight there (:mod:`._cuda_fast`). Under the simulator or without cuda-bindings numba's own
+launch runs the same kernels with the same arguments.
 
 ``nan_policy="raise"`` (the default) on float data, exactly:
 
@@ -66,6 +63,7 @@ from ..batches import Chunk, InputError
 from ..numerics import moments_from_shifted_mean, moments_from_shifted_sums
 from ..stats import ChannelStats, ImageMoments
 from . import BackendUnavailable, Options, Reducer
+from ._cuda_fast import current_raw_stream, fast_path_for, launcher_for, recorded_nonfinite, vec_reads
 
 __all__ = ["CudaReducer"]
 
@@ -133,11 +131,7 @@ class CudaReducer(Reducer):
 
     # ------------------------------------------------------------------ Reducer interface
     def reset(self) -> None:
-        self._state = ChannelStats.empty()
-        self._acc = None
-        self._key = None
-        self._launchers: dict = {}
-        self._fast = None
+        self._state, self._acc, self._key, self._launchers, self._fast = ChannelStats.empty(), None, None, {}, None
         self._pending_images = []
         self._since_flush = 0
         self._status = None  # nan_policy="raise": the vec kernels' status row (mapped host memory)
@@ -166,8 +160,8 @@ class CudaReducer(Reducer):
         if len(chunk.parts) > 1 and not opts.per_image:
             chunk = self._joined(chunk)  # variable-size images: one launch per batch, not one per size
         check_here = not integer and opts.nan_policy == "raise"
-        on_device = (check_here and strategy == "vec" and len(chunk.parts) == 1
-                     and self._vec_reads(chunk.parts[0], chunk))  # else: checked here, one sync
+        on_device = (check_here and strategy == "vec" and len(chunk.parts) == 1  # else: checked here, one sync
+                     and vec_reads(chunk.parts[0], chunk, on_gpu=chunk.parts[0].is_cuda and not self.simulator))
         if check_here and not on_device:
             self._raise_on_nonfinite(chunk, batch_index)  # before touching any state
         histogram = bool(opts.histogram and chunk.dtype == "uint8")
@@ -228,112 +222,28 @@ class CudaReducer(Reducer):
         nothing, and the caller takes the general path. Offered once the general path has set up
         the accumulators for these batches, on a GPU with cuda-bindings (or a test stand-in).
         """
-        if (self.driver is None or self._acc is None or layout not in ("NCHW", "NHWC")
-                or (self._requested not in ("auto", "vec")) or dtype not in _FAST_DTYPES
-                or self.options.per_image or self.options.covariance or self.options.histogram
-                or (dtype in _FLOAT_DTYPES and self.options.nan_policy == "propagate")
-                or self._key is None or self._key[0] != dtype or self._key[1] != channels):
-            return None
-        fast = self._fast
-        if fast is not None and fast.matches(self._acc, layout, channels, dtype):
-            return fast
-        launcher = self._launcher(dtype, "CP" if layout == "NCHW" else "PC")
-        if launcher is None:
-            return None
-        self._fast = _FastPath(self, launcher, layout, channels, dtype)
-        return self._fast
-
-    # ------------------------------------------------------------------ nan_policy="raise" on the device
-    def _vec_reads(self, part: torch.Tensor, chunk: Chunk) -> bool:
-        """Whether the vec kernels will read ``part`` (so they can check it for NaN/inf themselves): its
-        device copy is C-contiguous (a CUDA tensor as it is; host tensors are staged contiguous) and
-        16-byte aligned, with NCHW rows a multiple of the vector width."""
-        on_gpu = part.device.type == "cuda" and not self.simulator
-        if on_gpu and not part.is_contiguous():
-            return False
-        from ..kernels import vec
-
-        shape = tuple(int(n) for n in part.shape)
-        itemsize = part.element_size()
-        strides, step = [], itemsize
-        for n in reversed(shape):
-            strides.insert(0, step)
-            step *= n
-        info = vec._Input(shape, tuple(strides), np.dtype(f"u{itemsize}"), part.data_ptr() if on_gpu else 0)
-        return vec.plan(info, chunk.layout, chunk.dtype) is not None
+        return fast_path_for(self, layout, channels, dtype)
 
     def _status_row(self):
         """The status row the vec kernels record left-out batches in (mapped host memory, int64[8])."""
         if self._status is None:
             row = self._cuda.mapped_array(self._k.vec.STATUS_WORDS, dtype=np.int64)
             row[:] = 0
-            self._status = row
-            self._bad_seen = 0
+            self._status, self._bad_seen = row, 0
         return self._status
 
     def _raise_recorded_nonfinite(self) -> None:
         """Raise for bad batches the kernels recorded since the last report (reads mapped memory: no wait)."""
-        row = self._status
-        if row is None:
+        if self._status is None:
             return
-        found = int(row[6])  # written last by the kernel, after a system fence: read it first
-        if found <= self._bad_seen:
-            return
-        first, first_count, first_mask, last, last_count, last_mask = (int(row[k]) for k in range(6))
-        new = found - self._bad_seen
-        if self._bad_seen == 0:
-            batch, count, mask = first - 1, first_count, first_mask
-            more = f"; {new - 1} later batch(es) with non-finite values were left out too (the last: batch {last - 1})"
-        else:
-            batch, count, mask = last - 1, last_count, last_mask
-            more = f"; {new - 1} earlier batch(es) with non-finite values since the last error were left out too"
-        self._bad_seen = found
-        channels = [c for c in range(64) if mask >> c & 1]
-        from .cpu import NonFiniteError
+        error, self._bad_seen = recorded_nonfinite(self._status, self._bad_seen)
+        if error is not None:
+            raise error
 
-        raise NonFiniteError(
-            f"batch {batch} has {count} non-finite values (NaN or inf) in channel(s) {channels}; it was left out of "
-            f"the statistics (found on the GPU without waiting for it: reported at the next update() or at "
-            f"state()){more if new > 1 else ''}; pass nan_policy='omit' to leave such values out or "
-            "nan_policy='propagate' to get NaN/inf results"
-        )
-
-    # ------------------------------------------------------------------ the fixed-cost launcher
     def _launcher(self, dtype: str, layout: str):
         """The accumulator's :class:`gpustats.kernels.vec.Launcher` for (dtype, layout), or None
-        (no driver, or an input vec does not read)."""
-        if self.driver is None or self._acc is None:
-            return None
-        key = (dtype, layout)
-        if key in self._launchers:
-            return self._launchers[key]
-        status = None
-        if dtype in _FLOAT_DTYPES and self.options.nan_policy == "raise":
-            status = self._status_row()
-        try:
-            with self._device_context():
-                launcher = self._k.vec.Launcher(self._acc, dtype, layout, drv=self.driver, device=self._index,
-                                                status=status)
-            if not self.simulator:
-                launcher.launch.context = self._primary_context()
-        except ValueError:  # a dtype/layout the vec kernels do not read
-            launcher = None
-        except Exception as exc:  # the driver path failed to set up (cuda.core/cuda-bindings versions): numba's launch
-            self.launcher_error = f"{type(exc).__name__}: {exc}"[:500]
-            launcher = None
-        self._launchers[key] = launcher
-        return launcher
-
-    def _primary_context(self) -> int:
-        """This device's primary context handle (launches check it is current: several GPUs)."""
-        if self._context is None:
-            with self._device_context():
-                handle = self._cuda.current_context().handle
-            try:
-                self._context = int(handle)
-            except TypeError:  # a ctypes handle (older numba-cuda)
-                self._context = int(handle.value or 0)
-        return self._context
+        (no driver, or an input vec does not read): :func:`._cuda_fast.launcher_for`."""
+        return launcher_for(self, dtype, layout)
 
     # ------------------------------------------------------------------ routing
     def _kernels_cover(self, chunk: Chunk) -> bool:
@@ -400,20 +310,15 @@ class CudaReducer(Reducer):
 
     def _raw_stream(self) -> int:
         """torch's current stream on this device, as the driver's handle (0 under the simulator)."""
-        if self.simulator:
-            return 0
-        return _current_raw_stream(self._index)
+        return 0 if self.simulator else current_raw_stream(self._index)
 
     def _numba_stream(self, raw: int):
-        """numba's view of stream ``raw`` (made once per stream: numba's streams are not free)."""
+        """numba's view of stream ``raw``, made once per stream (numba's streams are not free)."""
         if self.simulator:
             return 0
-        stream = self._numba_streams.get(raw)
-        if stream is None:
-            if len(self._numba_streams) > 16:
-                self._numba_streams.clear()
-            stream = self._numba_streams[raw] = self._cuda.external_stream(raw)
-        return stream
+        if raw not in self._numba_streams:
+            self._numba_streams[raw] = self._cuda.external_stream(raw)
+        return self._numba_streams[raw]
 
     def _reduce_parts(self, chunk: Chunk, stream):
         """Yield ``(array, address)`` per part: what the kernels' ``reduce`` takes (the CUDA tensor itself,
@@ -591,61 +496,3 @@ class CudaReducer(Reducer):
             return c, s.astype(np.int64), q.astype(np.int64)
         rows = moments_from_shifted_sums(c, shift[None, :], s, q)
         return rows.count, rows.mean, rows.m2, rows.mean_lo
-
-
-_FAST_DTYPES = ("uint8", "float16", "bfloat16", "float32")
-_TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
-def _current_raw_stream(index: int) -> int:
-    """torch's current stream handle on device ``index`` (the cheap accessor triton uses, else the public one)."""
-    getter = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    if getter is not None:
-        return int(getter(index))
-    return int(torch.cuda.current_stream(index).cuda_stream)  # pragma: no cover - older torch
-
-
-class _FastPath:
-    """:meth:`CudaReducer.fast_path`'s callable: a contiguous 4-D tensor like the batches before it, to the
-    ``vec`` launcher with nothing else in between (no adapter, no chunk, no numba call)."""
-
-    __slots__ = ("reducer", "launcher", "acc", "layout", "nchw", "channels", "dtype", "torch_dtype", "device",
-                 "check", "bound", "simulator", "index")
-
-    def __init__(self, reducer: CudaReducer, launcher, layout: str, channels: int, dtype: str):
-        self.reducer, self.launcher, self.acc = reducer, launcher, reducer._acc
-        self.layout, self.nchw, self.channels, self.dtype = layout, layout == "NCHW", channels, dtype
-        self.torch_dtype = _TORCH_DTYPES[dtype]
-        self.simulator, self.index = reducer.simulator, reducer._index
-        self.device = -1 if reducer.simulator else reducer._index  # x.get_device() of a batch we take
-        self.check = dtype in _FLOAT_DTYPES and reducer.options.nan_policy == "raise"
-        self.bound = reducer._k.max_elements_before_flush(dtype)
-
-    def matches(self, acc, layout: str, channels: int, dtype: str) -> bool:
-        return acc is self.acc and layout == self.layout and channels == self.channels and dtype == self.dtype
-
-    def __call__(self, x: torch.Tensor, batch_index: int) -> bool:
-        r = self.reducer
-        if (x.dtype != self.torch_dtype or x.dim() != 4 or x.get_device() != self.device or r._acc is not self.acc
-                or not x.is_contiguous()):
-            return False
-        n, a, b, c = x.shape
-        if self.nchw:
-            channels, pixels = a, b * c
-        else:
-            channels, pixels = c, a * b
-        elements = n * pixels
-        if channels != self.channels or elements == 0 or r._since_flush + elements > self.bound:
-            return False
-        if r._status is not None:
-            r._raise_recorded_nonfinite()
-        stream = 0 if self.simulator else _current_raw_stream(self.index)
-        if not self.launcher(x.data_ptr(), n, pixels, stream, batch_index + 1 if self.check else 0):
-            return False
-        r._since_flush += elements
-        r.batches += 1
-        r.kernel_launches += 1
-        r.launcher_launches += 1
-        r.fast_updates += 1
-        r.strategy = "vec"
-        return True
