@@ -695,9 +695,10 @@ def engine(ctx) -> dict:
             result["baselines"]["nvjpeg_only"] = _nvjpeg_only(files, ctx)
             ctx.save(result)
     plans = [("cpu", workers)] + ([("nvjpeg", 8)] if gpu_ok else [])
-    for decoder, count in plans:
-        cache_dir = tempfile.mkdtemp(prefix=f"gpustats-engine-cache-{decoder}-")
-        for cache in ("cold", "warm"):
+    cache_dirs = {decoder: tempfile.mkdtemp(prefix=f"gpustats-engine-cache-{decoder}-") for decoder, _ in plans}
+    for cache in ("cold", "warm"):  # both first runs before the second ones: the budget may not hold all four
+        for decoder, count in plans:
+            cache_dir = cache_dirs[decoder]
             if ctx.left() < 8:
                 ctx.skip(f"engine: {decoder} {cache}", "the engine section's time budget ran out")
                 continue
