@@ -41,6 +41,7 @@ known, later batches of the same rank reuse it, so an ambiguous last batch is re
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -104,10 +105,17 @@ class Chunk:
 
 def _to_tensor(x: Any) -> torch.Tensor | None:
     if isinstance(x, torch.Tensor):
+        if x.is_nested or x.layout != torch.strided:
+            kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+            raise InputError(f"a {kind} tensor holds no plain pixel grid; pass a dense tensor "
+                             + ("(a list of its images: list(x.unbind()))" if x.is_nested else "(x.to_dense())"))
+        if x.device.type == "meta":
+            raise InputError("a tensor on the 'meta' device has no data to reduce; pass a tensor with values "
+                             "(on the CPU or a GPU)")
         return x
     if isinstance(x, np.ndarray):
-        if x.dtype == np.bool_ or x.dtype.kind not in "uif":
-            raise InputError(f"unsupported numpy dtype {x.dtype}; cast to uint8 or float32")
+        if x.dtype == np.bool_ or x.dtype.kind not in "uif" or x.dtype.itemsize > 8:
+            raise InputError(f"unsupported numpy dtype {x.dtype}; cast to uint8 or float32 (float64 at most)")
         if x.dtype.byteorder == ">":
             x = x.astype(x.dtype.newbyteorder("="))
         if any(s < 0 or s % x.itemsize for s in x.strides):
@@ -132,11 +140,13 @@ class BatchAdapter:
 
     def __init__(self, layout: str | None = None, channels: int | None = None, key: str | None = None):
         if layout is not None:
-            layout = layout.upper()
-            if layout not in LAYOUTS:
+            if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
                 raise InputError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-        if channels is not None and (not isinstance(channels, int) or channels < 1):
-            raise InputError(f"channels must be a positive int, got {channels!r}")
+            layout = layout.upper()
+        if channels is not None:
+            if not isinstance(channels, numbers.Integral) or isinstance(channels, (bool, np.bool_)) or channels < 1:
+                raise InputError(f"channels must be a positive int, got {channels!r}")
+            channels = int(channels)
         self.layout = layout
         self.channels = channels
         self.key = key

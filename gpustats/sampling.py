@@ -219,8 +219,13 @@ class _Reducer:
     """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
 
     def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
-        if not (scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0)):
-            raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}")
+        from .options import StatsOptions  # one home for option validation
+
+        try:
+            settings = StatsOptions(layout=layout, channels=channels, key=key, scale=scale)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        layout, channels, scale = settings.layout, settings.channels, settings.scale
         self.device = None if device is None else torch.device(device)
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")

@@ -294,13 +294,24 @@ class ChannelStats:
         if ddof not in (0, 1):
             raise StatsError(f"ddof must be 0 or 1, got {ddof!r}")
         count = self.count.copy()
-        if self.family == "int":
-            mean_a, var_a = exact_moments(count.tolist(), self.isum, self.isumsq, ddof=ddof, scale=self.scale)
-        else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean_a = np.where(count > 0, self.mean, np.nan) / self.scale
-                var_a = np.where(count - ddof > 0, self.m2 / np.maximum(count - ddof, 1), np.nan) / self.scale**2
+        try:
+            if self.family == "int":
+                mean_a, var_a = exact_moments(count.tolist(), self.isum, self.isumsq, ddof=ddof, scale=self.scale)
+            else:
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+                    mean_a = np.where(count > 0, self.mean, np.nan) / self.scale
+                    var_a = np.where(count - ddof > 0, self.m2 / np.maximum(count - ddof, 1), np.nan) / self.scale**2
+        except OverflowError:  # int / int beyond float64
+            mean_a = var_a = np.full(count.shape, np.inf)
         var_a = np.maximum(var_a, 0.0)  # guards -0.0 from rounding; NaN stays NaN
+        # a variance that the scale alone pushes out of float64 (0 for data with spread, or inf) is a
+        # wrong number, not a result: refuse it (StatsOptions keeps scales where 8/16-bit and float32 fit)
+        spread = np.isfinite(self.m2) & (self.m2 > 0) & (count - ddof > 0)
+        lost = spread & ((var_a == 0) | ~np.isfinite(var_a))
+        lost |= np.isfinite(self.mean) & ~np.isfinite(mean_a) & (count > 0)
+        if lost.any():
+            raise StatsError(f"scale={self.scale!r} puts the statistics of this data out of float64's range (a "
+                             "variance or mean would read 0 or inf); pass a scale closer to the data's magnitude")
         return Stats(
             mean=mean_a, std=np.sqrt(var_a), var=var_a, min=self.min / self.scale, max=self.max / self.scale,
             count=count, scale=self.scale, ddof=ddof, state=self,
