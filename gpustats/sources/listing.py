@@ -13,6 +13,8 @@ Rules (each one is tested in ``tests/test_sources.py``):
   visited folders are tracked), so symlink loops terminate.
 * Duplicates are dropped: a file whose realpath was already listed (same file given twice, a
   root nested in another root, a symlink to a listed file) keeps its first position.
+* A path given that is neither a folder nor a regular file (a FIFO, a device, a socket) raises
+  :class:`SourceError` without being opened (:func:`refuse_special`); the walk skips such entries.
 * A path that does not exist raises :class:`SourceNotFoundError` (a ``FileNotFoundError``);
   an empty result raises :class:`NoImagesFoundError` naming the paths and the extensions.
 * Folders that cannot be read (permissions) are skipped; ``unreadable=[]`` collects them as
@@ -31,13 +33,14 @@ Rules (each one is tested in ``tests/test_sources.py``):
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .errors import NoImagesFoundError, SourceNotFoundError
+from .errors import NoImagesFoundError, SourceError, SourceNotFoundError
 
-__all__ = ["IMAGE_EXTENSIONS", "list_images", "is_image_name", "walk_root"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "is_image_name", "refuse_special", "walk_root"]
 
 #: Extensions (lower case, with the dot) picked up when walking folders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (
@@ -97,6 +100,24 @@ def _walk_folder(root: str | os.PathLike[str], visited_dirs: set[str],
     return found
 
 
+_SPECIAL = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def refuse_special(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`SourceError` when ``path`` (named explicitly) is neither a folder nor a regular file:
+    reading a FIFO or a device could block forever or never end, so it is refused unopened (the walk
+    of a folder skips such entries anyway)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing or unreadable: reported where it is opened
+    for test, kind in _SPECIAL:
+        if test(mode):
+            raise SourceError(f"{os.fspath(path)!r} is {kind}, not a regular file; gpustats reads image files, "
+                              "folders and archives (refused without opening it)")
+
+
 def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
                 unreadable: list | None = None) -> list[Path]:
     """List the image files under ``paths`` (folders or files) in a deterministic order.
@@ -111,6 +132,7 @@ def list_images(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str]
     for root in roots:
         if not os.path.exists(root):
             raise SourceNotFoundError(root)
+        refuse_special(root)
 
     visited_dirs: set[str] = set()
     seen_files: set[str] = set()

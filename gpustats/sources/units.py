@@ -14,7 +14,8 @@ expansion order); folders as ``list_images`` walks them (archives in a folder ar
 name them); tar members in archive order, a nested tar's members in its place; zip members in
 central-directory order; Parquet rows by row group, then row. Archive members and rows are
 picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`); other
-members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored, and so are hidden
+members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored (zip and Parquet files
+inside a tar too, but the run says so: only tars are read inside tars), and so are hidden
 ones (a name component starting with ``.``, e.g. ``__MACOSX/._a.jpg``), as in folders. An item's name,
 used for bad files and checkpoints, is ``archive.tar:member/path`` (``outer.tar:inner.tar:x.JPEG``
 when nested, ``data.parquet:ROW`` for Parquet rows); a problem with an archive itself (a corrupt
@@ -44,9 +45,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .braces import expand_braces, has_braces
+from .braces import expand_braces, has_braces, letter_range
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
-from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
+from .listing import IMAGE_EXTENSIONS, is_image_name, refuse_special, walk_root
 from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
                        pread, refusal)
 
@@ -56,6 +57,11 @@ __all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit
 #: names opened as archives (any case); everything else given explicitly is an image file
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".zip", ".parquet")
 _MAX_OPEN = 256  # file descriptors a process keeps open for reading members
+
+
+def is_zip_or_parquet(name: str) -> bool:
+    """True for the archive names not read inside a tar (``.zip``, ``.parquet``; any case)."""
+    return name.lower().endswith((".zip", ".parquet"))
 
 
 def is_archive_name(name: str) -> bool:
@@ -167,6 +173,7 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             names = expand_braces(text)
             missing = [n for n in names if not os.path.exists(n)]
             if missing:
+                _letters_not_expanded(missing[0])
                 raise SourceNotFoundError(missing[0]) if len(names) == 1 else SourceError(
                     f"{len(missing)} of the {len(names)} paths of the pattern {text!r} do not exist (first: "
                     f"{missing[0]!r})")
@@ -175,16 +182,30 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise SourceNotFoundError(text)
         else:
             out.append(Path(text))
+    for root in out:
+        refuse_special(root)
     return out
 
 
+def _letters_not_expanded(missing: str) -> None:
+    """A missing path holding ``{a..c}``: say that letter ranges are not expanded, not just "does not exist"."""
+    group = letter_range(missing)
+    if group is not None:
+        first, last = sorted((ord(group[1]), ord(group[4])))
+        letters = ",".join(chr(c) for c in range(first, last + 1)) if last - first < 26 else f"{chr(first)},..."
+        raise SourceError(f"path does not exist: {missing!r}; letter ranges such as {group} are not expanded "
+                          f"(integer ranges like {{0..9}} and lists are): write the letters as a list, {{{letters}}}")
+
+
 def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, unreadable: list | None = None,
-               column: str | None = None) -> list[Unit]:
+               column: str | None = None, skipped: list | None = None) -> list[Unit]:
     """The units under ``paths`` (folders, image files, archives, brace patterns), in order (module docstring).
 
     ``unreadable`` receives ``(folder, reason)`` of unreadable folders (as in ``list_images``);
-    ``column`` names the image column of Parquet files (else it is found). Raises
-    :class:`SourceNotFoundError`, :class:`NoImagesFoundError` and :class:`SourceError`.
+    ``column`` names the image column of Parquet files (else it is found); ``skipped`` receives
+    ``(archive, member)`` of each zip or Parquet file inside a tar, which is not read (only tars
+    inside tars are). Raises :class:`SourceNotFoundError`, :class:`NoImagesFoundError` and
+    :class:`SourceError`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -208,7 +229,7 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
             parquet_seen = True
             units.extend(_parquet_units(root, column))
         else:
-            units.extend(_tar_units(root))
+            units.extend(_tar_units(root, skipped))
     if column is not None and not parquet_seen:
         raise SourceError(f"column={column!r} (--column) names the image column of Parquet files, and no .parquet "
                           "file was given; drop it")
@@ -264,7 +285,7 @@ def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
     return units
 
 
-def _tar_units(path: Path) -> list[Unit]:
+def _tar_units(path: Path, skipped: list | None = None) -> list[Unit]:
     label = os.fspath(path)
     try:
         fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
@@ -278,13 +299,14 @@ def _tar_units(path: Path) -> list[Unit]:
         if compression is not None:
             return [StreamUnit(label, label, 0, size, compression, 1)]
         units: list[Unit] = []
-        _walk_tar(fd, label, 0, size, label, 1, units)
+        _walk_tar(fd, label, 0, size, label, 1, units, skipped)
         return units
     finally:
         os.close(fd)
 
 
-def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit]) -> None:
+def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit],
+              skipped: list | None = None) -> None:
     """Units of the uncompressed tar at ``base``: runs of its own image members, split by the tars it holds."""
     run = MemberUnit(container, label, "tar")
     try:
@@ -304,9 +326,12 @@ def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: 
                 if compression is not None:
                     out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1))
                 else:
-                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out)
+                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out, skipped)
             elif is_image_name(entry.name) and not is_hidden(entry.name):
                 run.add(entry.name, base + entry.offset, entry.size, refusal(entry.name, entry.kind, entry.size))
+            elif skipped is not None and entry.kind == "file" and is_zip_or_parquet(entry.name) \
+                    and not is_hidden(entry.name):
+                skipped.append((label, entry.name))  # a zip or Parquet file inside a tar: said, not read
     except TarError as exc:
         run.add("", refused=f"{exc}; the rest of this archive is not read")
     except OSError as exc:
