@@ -352,35 +352,54 @@ class ReducedBatches(torch.utils.data.Dataset):
         seg, offset = self.segment, self.segment.offset
         unit, local = seg.rowgroup(first)
         done, state, pos = _Decoded(), ChannelStats.empty(), first
-        for values in _rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size),
-                               local, stop - first, self.batch_size):
+        from .tarindex import max_member_bytes
+
+        for values in _rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size,
+                                           paths=True), local, stop - first, self.batch_size, max_member_bytes()):
             records = [(offset + pos + i, seg.name(pos + i), seg.order(pos + i), BadImage(reason) if data is None
-                        else data) for i, (data, reason) in enumerate(values)]
+                        else data) for i, (data, reason, _) in enumerate(values)]
+            row_paths = {offset + pos + i: path for i, (_, _, path) in enumerate(values) if path is not None}
             pos += len(values)
             reduce = _Reduce.get(self.extras)
             done.arrays, done.hists, done.sink = [], [], reduce.sink(self.pixels)
+            bad_before = len(done.bad)
             _decode_records(records, self.decode_opts, done, self.pixels)
+            for k in range(bad_before, len(done.bad)):  # a bad row is named by its number and its path
+                path = row_paths.get(done.bad[k].index)
+                if path is not None:
+                    done.bad[k] = done.bad[k]._replace(reason=f"{done.bad[k].reason} (the row's path: {path!r})")
             counted = reduce.decoded(done, b)
             if counted is not None:
                 state = state.merge(counted)
+            values = records = None  # the chunk's bytes are not held while the next chunk is read
         images = sum(done.decoders.values())
         return BatchResult(offset + first, offset + stop, None if state.is_empty else state.to_dict(), images,
                            done.nbytes, done.bad, done.warnings, done.decoders)
 
 
-def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int) -> Iterator[list]:
-    """Lists of exactly ``size`` values (the last may be shorter) after dropping ``skip`` and keeping ``take``."""
+def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int, cap: int | None = None) -> Iterator[list]:
+    """Lists of ``size`` ``(bytes | None, reason)`` values (fewer at the end, or where ``cap`` bytes would be
+    passed: a value over ``cap`` goes alone) after dropping ``skip`` and keeping ``take``."""
     pending: list = []
+    held = 0
     for chunk in chunks:
         if skip:
             cut = min(skip, len(chunk))
             chunk, skip = chunk[cut:], skip - cut
         chunk = chunk[:take]
         take -= len(chunk)
-        pending.extend(chunk)
-        while len(pending) >= size:
-            yield pending[:size]
-            pending = pending[size:]
+        for value in chunk:
+            nbytes = 0 if value[0] is None else len(value[0])
+            if pending and cap is not None and held + nbytes > cap:
+                yield pending
+                pending, held = [], 0
+            pending.append(value)
+            value = None
+            held += nbytes
+            if len(pending) == size:
+                yield pending
+                pending, held = [], 0
+        chunk = None
         if take <= 0:
             break
     if pending:
@@ -458,8 +477,12 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
         for b in range(len(dataset)):
             yield dataset[b]
         return
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=_identity, worker_init_fn=_one_thread,
-                                         multiprocessing_context=context,
-                                         persistent_workers=False, pin_memory=False)
-    yield from loader
+    with warnings.catch_warnings():  # torch's "suggested max number of worker" (twice): the engine says it once
+        warnings.filterwarnings("ignore", message=r"This DataLoader will create", category=UserWarning)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
+                                             num_workers=min(workers, len(dataset)),  # no idle processes
+                                             collate_fn=_identity, worker_init_fn=_one_thread,
+                                             multiprocessing_context=context,
+                                             persistent_workers=False, pin_memory=False)
+        results = iter(loader)
+    yield from results

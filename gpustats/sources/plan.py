@@ -58,6 +58,7 @@ class Plan:
         self.known = sum(len(s) for s in self.segments if isinstance(s, Segment))
         self.all_known = sum(unit_count(u) or 0 for u in units)
         self.has_streams = any(isinstance(u, StreamUnit) for u in units)
+        self.skipped: list[tuple[str, str]] = []  # (compressed tar, zip/Parquet member) met while streaming
 
     @property
     def files_only(self) -> bool:
@@ -78,6 +79,13 @@ class Plan:
     def items_so_far(self) -> int:
         """Items known so far (every known item plus those of compressed tars met so far)."""
         return self.known + sum(self.streamed.values())
+
+    def tasks_at_most(self, batch_size: int) -> int | None:
+        """The most tasks a CPU run of this plan hands to decode workers (``batch_size`` items, or a Parquet row
+        group, a task), or None while compressed tars make it unknown."""
+        if self.has_streams:
+            return None
+        return sum(len(s.tasks(0, None, batch_size)) for s in self.segments if isinstance(s, Segment))
 
     def fingerprint(self) -> str:
         """Identity of this rank's items for checkpoints (resolved archives, sizes, member names)."""
@@ -133,7 +141,8 @@ class Plan:
                 order, unit = seg
                 yield from iter_stream_results(unit, first=first, skip=max(0, start - first), order=order, pool=pool,
                                                batch_size=batch_size, extras=extras, decode_opts=decode_opts,
-                                               counted=lambda n, k=k: self.streamed.__setitem__(k, n))
+                                               counted=lambda n, k=k: self.streamed.__setitem__(k, n),
+                                               skipped=self.skipped)
         finally:
             if pool is not None:
                 pool.close()
@@ -141,24 +150,26 @@ class Plan:
     def byte_batches(self, start: int, batch_size: int) -> Iterator[tuple[int, int, list[tuple]]]:
         """``(first, stop, records)`` of ``batch_size`` items from ``start`` on, read in this process;
         a record is ``(index, name, order, source)`` with ``source`` a file path, the bytes or a BadImage."""
-        from .streamed import iter_stream
+        from .streamed import byte_capped, iter_stream
+        from .tarindex import max_member_bytes
 
+        cap = max_member_bytes()  # items' bytes held at once, as for a CPU decode worker
         for k, seg, first in self._walk(start):
             if isinstance(seg, Segment):
                 for task in seg.tasks(max(0, start - first), None, batch_size, rowgroups=False):
-                    records = [(first + p, seg.name(p), seg.order(p), seg.source(p)) for p in range(*task[:2])]
-                    yield first + task.first, first + task.stop, records
+                    records = ((first + p, seg.name(p), seg.order(p), seg.source(p)) for p in range(*task[:2]))
+                    for batch in byte_capped(records, batch_size, cap):
+                        yield batch[0][0], batch[-1][0] + 1, batch
                 continue
             order, unit = seg
-            batch, n = [], 0
-            for n, (name, data, reason) in enumerate(iter_stream(unit), 1):
+
+            def stream(k=k, first=first, order=order, unit=unit) -> Iterator[tuple]:
+                n = 0
+                for n, (name, data, reason) in enumerate(iter_stream(unit, self.skipped), 1):
+                    self.streamed[k] = n
+                    if first + n - 1 >= start:
+                        yield first + n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)
                 self.streamed[k] = n
-                if first + n - 1 < start:
-                    continue
-                batch.append((first + n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)))
-                if len(batch) == batch_size:
-                    yield batch[0][0], batch[-1][0] + 1, batch
-                    batch = []
-            self.streamed[k] = n
-            if batch:
+
+            for batch in byte_capped(stream(), batch_size, cap):
                 yield batch[0][0], batch[-1][0] + 1, batch

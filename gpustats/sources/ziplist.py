@@ -4,7 +4,8 @@ nothing but an open file descriptor -- no ``ZipFile`` per decode worker.
 
 Members are refused, with a reason, when they are encrypted, symbolic links, stored with a
 compression method other than stored/deflate, larger than
-:data:`~gpustats.sources.tarindex.MAX_MEMBER_BYTES` (1 GiB), named unsafely (absolute, ``..``) or overlap
+:func:`~gpustats.sources.tarindex.max_member_bytes` (256 MiB by default; the size the directory
+declares, checked before inflating), named unsafely (absolute, ``..``) or overlap
 another member's data (the trick of "zip bombs" that reuse one compressed kernel for many members).
 Deflated data is inflated to at most the size the directory declares (one byte more is an error),
 and the CRC-32 is checked, so a member can never expand beyond its declared size.
