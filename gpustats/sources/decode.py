@@ -16,9 +16,13 @@ statistics describe what a standard ``ImageFolder`` pipeline feeds the model:
 Bad files never crash and are never partially counted:
 
 * zero-byte file -> ``"zero-byte file"``;
-* not an image -> ``"not an image"``;
+* not an image -> ``"not an image"``; a file in a format Pillow knows but cannot read (a TIFF with
+  12-bit samples, ...) -> ``"unsupported TIFF file: unknown pixel mode"``;
 * header larger than ``max_pixels`` -> ``"too large: WxH > max_pixels=N"``, checked from the
-  header *before* any pixel is decoded (guards against decompression bombs). ``max_pixels``
+  header *before* any pixel is decoded (guards against decompression bombs). The limit also holds
+  after ``resize`` and ``center_crop`` (``"too large after resize: ..."``), checked from the header
+  too, so that a large ``resize`` never allocates a huge image (:func:`check_geometry` refuses
+  values that would make every image too large before a run). ``max_pixels``
   replaces Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, lifted while the file is opened), so
   it can also allow larger images than Pillow would; ``max_pixels=None`` sets no limit of ours
   and leaves Pillow's (its ``DecompressionBombError`` is then reported as "too large").
@@ -76,7 +80,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from .errors import BadImage
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size",
-           "center_crop_array"]
+           "center_crop_array", "check_geometry", "pixel_limit"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
 #: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.
@@ -163,6 +167,35 @@ def _histogram(image: Image.Image, center_crop: int | Sequence[int] | None) -> n
     counts = np.array(inside.histogram(), np.int64).reshape(channels, 256)
     counts[:, 0] += zeros
     return counts
+
+
+def pixel_limit(max_pixels: int | None) -> int | None:
+    """The pixel limit in force: ``max_pixels``, or (None) Pillow's own bomb limit, twice
+    ``Image.MAX_IMAGE_PIXELS`` (None when that is None too)."""
+    if max_pixels is not None:
+        return int(max_pixels)
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def check_geometry(resize: int | None, center_crop, max_pixels: int | None) -> None:
+    """Raise ``ValueError`` when ``resize``/``center_crop`` would make *every* image larger than the pixel
+    limit (:func:`pixel_limit`): ``resize=N`` gives at least N x N pixels, a crop exactly its size. Each
+    image is also checked from its header before it is decoded (the limit applies after resizing and
+    cropping as well as to the file), so nothing absurd is ever allocated."""
+    _check_options("RGB", resize, center_crop)
+    limit = pixel_limit(max_pixels)
+    if limit is None:
+        return
+    if resize is not None and int(resize) ** 2 > limit:
+        raise ValueError(f"resize={resize} makes every image at least {resize}x{resize} = {int(resize) ** 2:,} "
+                         f"pixels, over the limit of {limit:,} (max_pixels, --max-pixels); use a smaller resize "
+                         "or raise the limit")
+    if center_crop is not None:
+        crop_h, crop_w = _crop_hw(center_crop)
+        if crop_h * crop_w > limit:
+            raise ValueError(f"center_crop={center_crop} makes every image {crop_h}x{crop_w} = {crop_h * crop_w:,} "
+                             f"pixels, over the limit of {limit:,} (max_pixels, --max-pixels); use a smaller crop or "
+                             "raise the limit")
 
 
 def _check_options(mode: str, resize: int | None, center_crop) -> None:
@@ -332,7 +365,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                 try:
                     img = Image.open(fh)
                 except UnidentifiedImageError:
-                    raise BadImage("not an image", path) from None
+                    raise BadImage(_unsupported(fh) or "not an image", path) from None
                 except Image.DecompressionBombError as exc:
                     raise BadImage(f"too large: {exc}", path) from None
                 with img:
@@ -340,6 +373,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                     if max_pixels is not None and width * height > max_pixels:
                         raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}",
                                        path)
+                    _check_output_size(width, height, resize, center_crop, max_pixels, path)
                     if img.mode in _CLIPPED_MODES:
                         warnings.warn(_CLIPPED_WARNING, UserWarning, stacklevel=2)
                     fast = _libjpeg_turbo(fh, img) if mode == "RGB" and out in ("array", "readonly") else None
@@ -383,6 +417,46 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
     if center_crop is not None:
         array = center_crop_array(array, center_crop)
     return (array if out == "view" else np.ascontiguousarray(array)), decoder
+
+
+def _check_output_size(width: int, height: int, resize: int | None, center_crop, max_pixels: int | None,
+                       path) -> None:
+    """:class:`BadImage` when resizing or cropping a ``width`` x ``height`` image would make more pixels than
+    the limit (:func:`pixel_limit`), before anything is decoded or allocated."""
+    limit = pixel_limit(max_pixels)
+    if limit is None:
+        return
+    if resize is not None and width > 0 and height > 0:
+        new_w, new_h = resized_size(width, height, int(resize))
+        if new_w * new_h > limit:
+            raise BadImage(f"too large after resize: {width}x{height} -> {new_w}x{new_h} > max_pixels={limit}", path)
+    if center_crop is not None:
+        crop_h, crop_w = _crop_hw(center_crop)
+        if crop_h * crop_w > limit:
+            raise BadImage(f"too large after center crop: {crop_w}x{crop_h} > max_pixels={limit}", path)
+
+
+def _unsupported(fh: BinaryIO) -> str | None:
+    """``"unsupported <FORMAT> file: <why>"`` when a format Pillow knows claims the first bytes of ``fh``
+    but cannot open it (a TIFF with 12-bit samples, an odd pixel layout); None when nothing does (then it
+    is not an image at all). Only formats that check a signature are asked."""
+    try:
+        fh.seek(0)
+        prefix = fh.read(16)
+        Image.init()
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is None or accept(prefix) is not True:
+                continue
+            fh.seek(0)
+            try:
+                factory(fh, "").close()
+            except Exception as exc:  # what Image.open swallowed
+                return f"unsupported {name} file: {str(exc) or type(exc).__name__}"
+            return f"unsupported {name} file"
+    except Exception:  # the probe must never fail the run: the file is just reported as not an image
+        return None
+    return None
 
 
 def _array_of(image: Image.Image, out: str) -> np.ndarray:
