@@ -4,7 +4,8 @@ A checkpoint holds the exact :class:`~gpustats.stats.ChannelStats` (floats as he
 position in the sorted file list where the run goes on (``next_index``), the file list's
 fingerprint (:func:`file_list_fingerprint`), the options that change the result and the bad files
 met so far. Writes are atomic (temporary file in the same folder, fsync, ``os.replace``, fsync of
-the folder): a run killed at any moment, even by SIGKILL, leaves the old or the new checkpoint. A
+the folder): a run killed at any moment, even by SIGKILL, leaves the old or the new checkpoint,
+and the next write removes the temporary file a killed process left (:func:`remove_stale_temps`). A
 new file gets the permissions the umask allows (as ``open`` does), a rewritten one keeps its
 permission bits, a symlinked one stays a symlink. A resumed run reduces the same file batches in
 the same order (batches are cut at ``start + k * batch_size``; a checkpoint is written only after
@@ -34,7 +35,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
+import socket
 import stat
 from typing import Any, Sequence
 
@@ -54,8 +57,10 @@ from .checkpoint_checks import (
 )
 from .stats import ChannelStats
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "check_compatible",
-           "file_list_fingerprint", "rank_path", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "atomic_target",
+           "atomic_write_bytes",
+           "check_compatible", "file_list_fingerprint", "probe_atomic_write", "rank_path", "read_checkpoint",
+           "remove_stale_temps", "temp_path", "write_checkpoint", "write_problem"]
 
 CHECKPOINT_FORMAT = "gpustats.checkpoint/1"
 _STATE_FORMAT = "gpustats.ChannelStats/1"
@@ -167,8 +172,143 @@ def rank_path(path: str | os.PathLike[str], rank: int, world: int) -> str:
 
 
 # ------------------------------------------------------------------------------ the file
+#: temporary files of atomic writes: ``.<name>.gpustats-<host>-<pid>-<random>.tmp`` in the target's folder
+#: (hidden, so that a folder walk never lists them; the host and process say whose they are)
+_TEMP_TAG = ".gpustats-"
+_TEMP = re.compile(r"\.gpustats-([0-9a-f]{8})-(\d{10})-[0-9a-f]{16}\.tmp\Z")
+_TEMP_SUFFIX_BYTES = len(_TEMP_TAG) + 8 + 1 + 10 + 1 + 16 + len(".tmp")
+_swept: set[tuple[str, str]] = set()  # (folder, stem) already cleaned of stale temporary files
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _name_max(folder: str) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such folder
+        return 255
+
+
+def _temp_stem(folder: str, base: str) -> str:
+    """``base`` cut (at a character boundary) so that the temporary name fits the folder's name limit."""
+    raw = base.encode("utf-8", "surrogateescape")
+    room = max(1, _name_max(folder) - 1 - _TEMP_SUFFIX_BYTES)
+    if len(raw) > room:
+        cut = room
+        while cut > 1 and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 sequence
+            cut -= 1
+        raw = raw[:cut]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def temp_path(path: str | os.PathLike[str]) -> str:
+    """The temporary file an atomic write of ``path`` goes through: in the same folder, hidden, named after
+    ``path`` (cut to fit the file-name limit: a legal name always gets a legal temporary name), this host
+    and process (:func:`remove_stale_temps` finds those of dead processes)."""
+    folder, base = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(folder, f".{_temp_stem(folder, base)}{_TEMP_TAG}{_host_tag()}-{os.getpid():010d}-"
+                                f"{secrets.token_hex(8)}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that atomic writes of ``path`` left behind when their process was killed
+    (``kill -9``, a power cut): only files named by :func:`temp_path` for ``path``, made on this host by a
+    process that no longer runs. Returns the names removed. Once per file and process; not on Windows
+    (where probing a process id would end it)."""
+    folder, base = os.path.split(os.path.abspath(os.fspath(path)))
+    stem = _temp_stem(folder, base)
+    if os.name == "nt" or (folder, stem) in _swept:
+        return []
+    _swept.add((folder, stem))
+    head, host, removed = f".{stem}", _host_tag(), []
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.name.startswith(head + _TEMP_TAG)]
+    except OSError:
+        return []
+    for name in names:
+        match = _TEMP.match(name, len(head))
+        if match is None or match.group(1) != host:
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def atomic_target(path: str | os.PathLike[str]) -> str | None:
+    """The file an atomic write of ``path`` replaces: ``path`` resolved (a symlink, even a dangling one,
+    stays a link and its target is written), or None when ``path`` exists and is not a regular file (a
+    folder, a device such as ``/dev/null``, a pipe): such a path can only be written through, or refused."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        return None
+    return os.path.realpath(path)
+
+
+def _open_temp(path: str) -> tuple[str, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
+    return tmp, os.open(tmp, flags, 0o666)  # 64 random bits: no retry loop
+
+
+def probe_atomic_write(path: str | os.PathLike[str]) -> None:
+    """Create and remove the temporary file an atomic write of ``path`` (a regular file's path, see
+    :func:`atomic_target`) would create, exactly as :func:`_atomic_write_text` does (same folder, same name
+    length, same flags): raises that write's ``OSError`` before any work is done."""
+    tmp, fd = _open_temp(os.fspath(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def write_problem(path: str | os.PathLike[str], what: str) -> str | None:
+    """Why writing ``path`` (named ``what``, e.g. ``--output``) at the end of a run would fail, found now: for
+    a regular file (new, existing, or behind a symlink) the very temporary file the atomic write makes is
+    created and removed where it goes (:func:`probe_atomic_write`); None when the write can succeed."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return f"{what} {path!r} is a folder; give a file name"
+    target = atomic_target(path)
+    if target is None:  # /dev/null, a pipe: written through
+        return None if os.access(path, os.W_OK) else f"{what} {path!r} is not writable"
+    if os.path.lexists(target) and not os.access(target, os.W_OK):
+        return f"{what} {path!r} is not writable"
+    folder = os.path.dirname(target)
+    via = f" (where the symlink {path!r} points)" if os.path.islink(path) else ""
+    if not os.path.isdir(folder):
+        return f"{what} {path!r}: the folder {folder!r}{via} does not exist"
+    try:
+        probe_atomic_write(target)
+    except OSError as exc:
+        return (f"{what} {path!r}: cannot write in the folder {folder!r}{via} ({exc.strerror or exc}; the file is "
+                "written through a temporary file there)")
+    return None
+
+
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, flush, fsync, replace.
+    """Write ``text`` (UTF-8) to ``path`` atomically: :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder (:func:`temp_path`), flush,
+    fsync, replace. The temporary file is removed on any error or interrupt; one left by a killed process
+    is removed by the next write (:func:`remove_stale_temps`).
 
     A new file gets ``0o666`` less the umask (applied by the kernel, default ACLs too), as
     ``open(path, "w")`` would; an existing file keeps its permission bits."""
@@ -177,14 +317,12 @@ def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     mode = None  # a new file, unless:
     with contextlib.suppress(OSError):
         mode = stat.S_IMODE(os.stat(path).st_mode)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-    tmp = os.path.join(folder, f"{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    fh = os.fdopen(os.open(tmp, flags, 0o666), "w", encoding="utf-8")  # 64 random bits: no retry loop
+    tmp, fd = _open_temp(path)
     try:
-        with fh:
+        with os.fdopen(fd, "wb") as fh:
             if mode is not None:
                 os.chmod(tmp, mode)  # before any byte is written: nobody reads it with other permissions
-            fh.write(text)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -206,8 +344,8 @@ def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> No
     A symlink is written through (its target is replaced, the link stays); a path that exists but
     is no regular file (a folder, ``/dev/null``) raises :class:`CheckpointError`.
     """
-    target = os.path.realpath(path)
-    if os.path.exists(target) and not os.path.isfile(target):
+    target = atomic_target(path)
+    if target is None:
         raise CheckpointError(f"checkpoint path {os.fspath(path)!r} is not a regular file; pass a file path")
     _atomic_write_text(target, json.dumps(checkpoint.to_dict(), separators=(",", ":")))
 
