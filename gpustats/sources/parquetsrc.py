@@ -12,9 +12,11 @@ reason; a row group that pyarrow cannot read makes each of its rows bad with pya
 
 Memory is bounded by bytes (:func:`~.tarindex.worker_memory`): a row group whose image column is
 larger uncompressed than half the per-worker budget (256 MiB by default; the metadata states it) is
-refused unread, row by row; a dictionary-encoded image column is read as a dictionary (a value
-repeated in many rows is held once); a value over that size is refused from its length before it is
-copied; and values are handed on in batches of at most that many bytes.
+refused unread, row by row; pyarrow decodes at most that many bytes of rows at a time (a value of a
+dictionary-encoded column repeated in many rows is decoded row by row, not all at once:
+:func:`_rows_per_read`), and the columns kept for random access are read as dictionaries (each
+distinct value held once); a value over that size is refused from its length before it is copied;
+and values are handed on in batches of at most that many bytes.
 
 >>> import os, tempfile
 >>> import pyarrow as pa, pyarrow.parquet as pq
@@ -111,15 +113,15 @@ def _leaf(layout: ParquetLayout) -> str:
     return f"{layout.column}.bytes" if layout.struct else layout.column
 
 
-def _chunk(path: str, layout: ParquetLayout, group: int) -> tuple[int, bool]:
-    """``(uncompressed bytes, dictionary-encoded)`` of row group ``group``'s image column, from the metadata."""
+def _chunk_size(path: str, layout: ParquetLayout, group: int) -> int:
+    """Uncompressed bytes of row group ``group``'s image column, from the metadata."""
     meta = _open(path).metadata.row_group(group)
     leaf = _leaf(layout)
     for i in range(meta.num_columns):
         column = meta.column(i)
         if column.path_in_schema == leaf:
-            return int(column.total_uncompressed_size), bool(column.has_dictionary_page)
-    return 0, False
+            return int(column.total_uncompressed_size)
+    return 0
 
 
 def group_refusal(path: str, layout: ParquetLayout, group: int) -> str | None:
@@ -127,7 +129,7 @@ def group_refusal(path: str, layout: ParquetLayout, group: int) -> str | None:
     larger uncompressed than :func:`~.tarindex.max_member_bytes` (pyarrow holds a row group's column whole,
     2-3 times that while reading it)."""
     try:
-        size = _chunk(path, layout, group)[0]
+        size = _chunk_size(path, layout, group)
     except Exception:  # unreadable metadata: reading the group says why
         return None
     if size > max_member_bytes():
@@ -135,30 +137,35 @@ def group_refusal(path: str, layout: ParquetLayout, group: int) -> str | None:
     return None
 
 
-def _open(path: str, dictionary: ParquetLayout | None = None) -> Any:
-    """One ``ParquetFile`` per file and process (decode workers keep theirs; a forked one opens its own);
-    ``dictionary``: the layout whose image column is read as a dictionary (each distinct value once)."""
-    return _open_in(path, os.getpid(), None if dictionary is None else _leaf(dictionary))
+def _open(path: str) -> Any:
+    """One ``ParquetFile`` per file and process (decode workers keep theirs; a forked one opens its own)."""
+    return _open_in(path, os.getpid())
 
 
 @functools.lru_cache(maxsize=8)
-def _open_in(path: str, pid: int, dictionary: str | None) -> Any:
+def _open_in(path: str, pid: int, dictionary: str | None = None) -> Any:
+    """``dictionary``: a leaf column read as a dictionary (each distinct value held once)."""
     if dictionary is None:
         return require_pyarrow().ParquetFile(path)
     return require_pyarrow().ParquetFile(path, read_dictionary=[dictionary])
 
 
-def _reader(path: str, layout: ParquetLayout, group: int) -> Any:
-    """The ``ParquetFile`` to read ``group`` with: a dictionary-encoded image column stays one (12 rows
-    that repeat one 150 MiB value hold 150 MiB, not 1.8 GB)."""
-    return _open(path, layout if _chunk(path, layout, group)[1] else None)
+def _rows_per_read(path: str, layout: ParquetLayout, group: int, batch_rows: int) -> int:
+    """Rows pyarrow may decode at once in row group ``group`` so that they hold at most
+    :func:`~.tarindex.max_member_bytes`: no value is larger than the image column's uncompressed size U
+    (a dictionary-encoded value is in the dictionary page, a plain one in its data page), so
+    ``cap // U`` rows at most. (A column of 12 rows repeating one 150 MiB dictionary value decodes to
+    1.8 GB at once; one row at a time it holds 150 MiB.)"""
+    return max(1, min(batch_rows, max_member_bytes() // max(_chunk_size(path, layout, group), 1)))
 
 
 @functools.lru_cache(maxsize=2)
 def _group_column(path: str, layout: ParquetLayout, group: int, pid: int) -> Any:
     """One row group's image column (random access reads rows of the same group one after another)."""
-    table_column = _reader(path, layout, group).read_row_group(group, columns=[layout.column],
-                                                               use_threads=False).column(0)
+    # kept for the next rows, so read as a dictionary: a value repeated in many rows is held once (about
+    # the column's uncompressed size, which group_refusal bounds); sequential reads (iter_values) need not
+    table_column = _open_in(path, pid, _leaf(layout)).read_row_group(group, columns=[layout.column],
+                                                                    use_threads=False).column(0)
     return table_column.combine_chunks() if hasattr(table_column, "combine_chunks") else table_column
 
 
@@ -170,6 +177,16 @@ def _lengths(array: Any) -> list:
     if pa.types.is_dictionary(array.type):
         return pc.binary_length(array.dictionary).take(array.indices).to_pylist()
     return pc.binary_length(array).to_pylist()
+
+
+#: values up to this size are copied out of Arrow all at once (faster); larger ones one at a time
+_SMALL_VALUE = 1 << 20
+
+
+def _is_plain(array: Any) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)
 
 
 def _getter(array: Any) -> Any:
@@ -203,8 +220,13 @@ def _rows(table_column: Any, struct: bool) -> Iterator[tuple[int, Any, str | Non
         paths = (table_column.field("path").to_pylist() if table_column.type.get_field_index("path") >= 0
                  else None)
         valid = table_column.is_valid().to_pylist()
-    value = _getter(data)
-    for i, length in enumerate(_lengths(data)):
+    lengths = _lengths(data)
+    if _is_plain(data) and all(n is None or n <= _SMALL_VALUE for n in lengths):
+        listed = data.to_pylist()  # one C loop: cheaper for small values (to_pylist holds each twice a moment)
+        value = listed.__getitem__
+    else:  # a dictionary (each value decoded only when asked for), or a value to refuse
+        value = _getter(data)
+    for i, length in enumerate(lengths):
         ok = valid is None or valid[i]
         path = paths[i] if ok and paths is not None else None
         if ok and length is not None and length <= limit:
@@ -238,8 +260,8 @@ def iter_values(path: str, layout: ParquetLayout, group: int, *, batch_rows: int
         return
     cap = max_member_bytes()
     try:
-        batches = _reader(path, layout, group).iter_batches(batch_size=batch_rows, row_groups=[group],
-                                                            columns=[layout.column], use_threads=False)
+        batches = _open(path).iter_batches(batch_size=_rows_per_read(path, layout, group, batch_rows),
+                                           row_groups=[group], columns=[layout.column], use_threads=False)
         for batch in batches:
             chunk: list[Value] = []
             held = 0
