@@ -67,7 +67,8 @@ def compute_stats(
     folder engine then runs, exactly as ``gpustats stats`` does (same numbers, bit for bit),
     with its options as keywords: ``workers``, ``batch_size``, ``decode``, ``mode``, ``resize``,
     ``center_crop``, ``max_pixels``, ``strict``, ``checkpoint``, ``checkpoint_every``, ``column``
-    (the image column of Parquet files; found when not given), besides
+    (the image column of Parquet files; found when not given), ``rendezvous_timeout`` (under
+    ``torchrun``), besides
     ``strategy``, ``histogram``, ``covariance`` and ``per_image`` (see
     :func:`gpustats.sources.engine.run_folder`). The result is then a ``FolderStats``: the Stats
     plus ``images``, ``files``, ``bad_files`` and ``warnings``.

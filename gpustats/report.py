@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = ["JSON_SCHEMA", "SAMPLE_JSON_SCHEMA", "PERCENTILES", "format_run", "format_sampled", "format_python",
-           "run_to_dict", "jsonable"]
+           "run_to_dict", "jsonable", "zero_std_channels"]
 
 JSON_SCHEMA = "gpustats.stats/1"
 #: JSON schema name of :func:`format_sampled`'s ``"json"`` output.
@@ -31,10 +31,27 @@ SAMPLE_JSON_SCHEMA = "gpustats.sample/1"
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
+def _text(value: str) -> str:
+    """A string strict JSON parsers accept: bytes of a file name that are not UTF-8 (held by Python as lone
+    surrogates, which ``json.dumps`` writes as ``\\udcff`` escapes that strict parsers reject) become
+    ``\\xff`` text."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def jsonable(value: Any) -> Any:
-    """numpy -> Python; NaN/inf -> None (strict JSON)."""
+    """numpy -> Python; NaN/inf -> None (strict JSON); strings made valid UTF-8 (:func:`_text`)."""
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {_text(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
@@ -47,15 +64,28 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _normalize_line(mean: Sequence[float], std: Sequence[float], comment: str = "") -> str:
+def zero_std_channels(std: Sequence[float], channels: Sequence[str] | None = None) -> list[str]:
+    """Names of the channels whose std is 0 (constant data): ``Normalize`` would divide by zero there."""
+    names = list(channels) if channels is not None and len(channels) == len(std) else [f"c{i}" for i in range(len(std))]
+    return [name for name, v in zip(names, std) if float(v) == 0.0]
+
+
+def _normalize_line(mean: Sequence[float], std: Sequence[float], comment: str = "",
+                    channels: Sequence[str] | None = None) -> str:
     line = (f"transforms.Normalize(mean=[{', '.join(repr(float(v)) for v in mean)}], "
             f"std=[{', '.join(repr(float(v)) for v in std)}])")
+    flat = zero_std_channels(std, channels)
+    if flat:  # said where it is pasted
+        warning = (f"# WARNING: std 0 in {', '.join(flat)} (constant): Normalize would divide by zero; use 1.0 "
+                   "there")
+        comment = f"{comment}; {warning[2:]}" if comment else warning
     return f"{line}  {comment}" if comment else line
 
 
 def format_python(run: Any) -> str:
-    """``transforms.Normalize(mean=[...], std=[...])`` with every float at full (round-trip) precision."""
-    return _normalize_line(*run.stats.normalize_args())
+    """``transforms.Normalize(mean=[...], std=[...])`` with every float at full (round-trip) precision (a
+    comment warns when a channel's std is 0)."""
+    return _normalize_line(*run.stats.normalize_args(), channels=run.channels)
 
 
 def run_to_dict(run: Any) -> dict[str, Any]:
@@ -90,7 +120,7 @@ def run_to_dict(run: Any) -> dict[str, Any]:
 
 
 def _row(label: str, values: Iterable[float], width: int = 10, digits: int = 6) -> str:
-    return f"  {label:<18}" + "".join(f"{v:>{width}.{digits}f}" if math.isfinite(v) else f"{'nan':>{width}}"
+    return f"  {label:<18}" + "".join(f"{v:>{width}.{digits}f}" if math.isfinite(v) else f"{v:>{width}}"
                                       for v in values)
 
 
@@ -204,6 +234,11 @@ def format_run(run: Any, fmt: str = "table") -> str:
     raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
 
 
+#: what every format says when an interval is unbounded (one image: no spread between images to measure)
+_UNBOUNDED = ("; the intervals are unbounded (inf; null in JSON): one image shows no spread between images, "
+              "sample more")
+
+
 def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | None = None) -> str:
     """The report of a sampled run: ``"table"``, ``"json"`` (schema ``gpustats.sample/1``) or ``"python"``.
 
@@ -215,16 +250,20 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
     if fmt == "json":
         doc = {"schema": SAMPLE_JSON_SCHEMA, "channels": names, **result.to_dict(),
                "normalize": {"mean": mean, "std": std}}
+        if not all(np.isfinite(v).all() for v in result.half_widths.values()):
+            doc["note"] += _UNBOUNDED  # JSON has no inf: the intervals' null ends are said in words
         return json.dumps(jsonable(doc), indent=2, allow_nan=False)
-    comment = (f"# ESTIMATE: ± {max(np.max(result.half_widths['mean']), np.max(result.half_widths['std'])):.2g} "
-               f"at {pct} confidence from {result.units_visited} images" if result.is_estimate
+    half = max(np.max(result.half_widths["mean"]), np.max(result.half_widths["std"]))
+    comment = (f"# ESTIMATE: ± {half:.2g} at {pct} confidence from {result.units_visited} images"
+               + ("" if math.isfinite(half) else _UNBOUNDED) if result.is_estimate
                else f"# exact: all {result.units_visited} images")
-    python = _normalize_line(mean, std, comment)
+    python = _normalize_line(mean, std, comment, names)
     if fmt == "python":
         return python
     if fmt != "table":
         raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
-    lines = [result.describe(), "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
+    unbounded = "" if all(np.isfinite(v).all() for v in result.half_widths.values()) else _UNBOUNDED
+    lines = [result.describe() + unbounded, "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
     for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
         lines += [_row(what, est), _row(f"  ± ({pct})", result.half_widths[what]),
                   _row(f"  {pct} CI low", ci[0]), _row(f"  {pct} CI high", ci[1])]

@@ -40,7 +40,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "device": "auto", "strategy": "auto", "workers": None, "batch_size": None, "decode": "auto", "mode": "RGB",
     "resize": None, "center_crop": None, "max_pixels": None, "histogram": False, "covariance": False,
     "per_image": False, "ddof": 0, "strict": False, "checkpoint": None, "checkpoint_every": 30.0,
-    "progress": False, "column": None,
+    "progress": False, "column": None, "rendezvous_timeout": 300.0,
 }
 
 
@@ -195,6 +195,15 @@ def _options(overrides: dict) -> dict:
         raise ValueError(f"decode must be 'auto', 'cpu' or 'gpu', got {opts['decode']!r}")
     if opts["ddof"] not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {opts['ddof']!r}")
+    from ..options import STRATEGY_NAMES
+    from .decode import check_geometry
+
+    if opts["strategy"] not in STRATEGY_NAMES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {opts['strategy']!r}")
+    timeout = opts["rendezvous_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"rendezvous_timeout must be a positive number of seconds, got {timeout!r}")
+    check_geometry(opts["resize"], opts["center_crop"], opts["max_pixels"])
     return opts
 
 
@@ -208,7 +217,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
     ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
-    of Parquet files; found when None). ``paths`` may name archives and brace patterns
+    of Parquet files; found when None), ``rendezvous_timeout`` (seconds a ``torchrun`` rank waits for the
+    others to join, :func:`gpustats.distributed.init_from_env`). ``paths`` may name archives and brace patterns
     (:mod:`.units`). ``note`` receives one-line
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
@@ -225,10 +235,12 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     histogram = bool(opts["histogram"])
-    rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
+    rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None,
+                                rendezvous_timeout=opts["rendezvous_timeout"])
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
-    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"]), rank, world)
+    skipped: list[tuple[str, str]] = []  # zip/Parquet files inside tars: not read, said once the run ends
+    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"], skipped=skipped), rank, world)
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
     # where the statistics would run, without building a reducer yet: the CPU path reduces in the
@@ -244,6 +256,13 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     workers = _default_workers() if opts["workers"] is None else opts["workers"]
     if opts["workers"] is None and plan.total is not None and plan.total < 64:
         workers = 0  # starting worker processes costs more than decoding a few files
+    tasks = plan.tasks_at_most(batch_size)
+    if tasks is not None and decode == "cpu":
+        workers = min(workers, tasks)  # a process per task at most: more would start and wait idle
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if decode == "cpu" and opts["workers"] is not None and workers > usable:  # asked for: said once
+        note(f"{workers} decode workers on {usable} usable CPU cores: decoding goes no faster than with {usable} "
+             "(--workers)")
 
     # Options that change the result: a checkpoint made with others is refused.
     result_options = {
@@ -363,11 +382,11 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     if ck_path and time.monotonic() - last_save >= opts["checkpoint_every"]:
                         save(next_index, False)
                         last_save = time.monotonic()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command makes it one)
                 bar.close()
                 if ck_path:
                     save(next_index, False)
-                    note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
+                    note(f"progress saved in {ck_path} (rerun the same command to resume)")
                 raise
             except RuntimeError as exc:
                 from concurrent.futures.process import BrokenProcessPool
@@ -375,6 +394,14 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 if "DataLoader worker" not in str(exc) and not isinstance(exc, BrokenProcessPool):
                     raise
                 bar.close()  # a decode worker died (the OOM killer, a signal): one line, progress kept
+                if "signal: Terminated" in str(exc) or "signal: Interrupt" in str(exc):
+                    # SIGTERM/SIGINT sent to the whole process group (a scheduler, a terminal): an interrupt
+                    if ck_path:
+                        save(next_index, False)
+                        note(f"progress saved in {ck_path} (rerun the same command to resume)")
+                    interrupt = KeyboardInterrupt()
+                    interrupt.signum = 15 if "Terminated" in str(exc) else 2  # SIGTERM / SIGINT: the exit status
+                    raise interrupt from None
                 saved = ""
                 if ck_path:
                     save(next_index, False)
@@ -391,6 +418,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     if world > 1:
         agree_on_failure(failure, RunError)
 
+    _note_skipped((skipped if rank == 0 else []) + plan.skipped, note)
     elapsed = prior_elapsed + time.perf_counter() - t0 if not complete else prior_elapsed
     final = current_state()
     if world > 1:
@@ -423,6 +451,16 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
                     from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders)
+
+
+def _note_skipped(skipped: list[tuple[str, str]], note: Callable[[str], None]) -> None:
+    """One note per tar holding zip or Parquet files, which are not read inside a tar."""
+    by_archive: dict[str, list[str]] = {}
+    for archive, member in skipped:
+        by_archive.setdefault(archive, []).append(member)
+    for archive, members in by_archive.items():
+        note(f"{archive} holds {len(members)} zip/Parquet file(s) (first: {members[0]!r}), which are not read inside "
+             "a tar (only tars are): extract them and name them")
 
 
 def _files_total(plan: Any, previous_total: int | None, complete: bool) -> int:
