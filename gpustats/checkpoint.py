@@ -50,9 +50,9 @@ from .checkpoint_checks import (
     _kind,
     _options,
     _short,
-    _state,
+    check_state,
 )
-from .stats import ChannelStats
+from .stats import ChannelStats, StatsError
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "check_compatible",
            "file_list_fingerprint", "rank_path", "read_checkpoint", "write_checkpoint"]
@@ -121,6 +121,17 @@ class Checkpoint:
         return Checkpoint(state=state, next_index=next_index, files_total=files_total, fingerprint=fingerprint,
                           options=options, bad_files=bad_files, images=images, bytes=_int(d.get("bytes", 0), "bytes"),
                           elapsed_s=float(elapsed), complete=complete)
+
+
+def _state(d: Any) -> ChannelStats:
+    """The checkpoint's state: checked entry by entry (:func:`~gpustats.checkpoint_checks.check_state`, which
+    names the entry at fault), then built."""
+    check_state(d)
+    try:  # the checks cover what from_dict reads; this is the net under them
+        return ChannelStats.from_dict(d)
+    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError, RecursionError,
+            StatsError) as exc:
+        raise CheckpointError(f"state cannot be rebuilt ({type(exc).__name__}: {_short(str(exc), 120)})") from None
 
 
 def file_list_fingerprint(files: Sequence[str | os.PathLike[str]]) -> str:
