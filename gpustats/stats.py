@@ -234,6 +234,11 @@ class ChannelStats:
                 f"cannot merge {self.dtype} data with {other.dtype} data: integer and float batches are "
                 "reduced differently (integers exactly); convert all batches to one dtype first"
             )
+        if self.family == "int" and self.dtype != other.dtype:
+            raise StatsError(
+                f"cannot merge {self.dtype} data with {other.dtype} data: an integer state is one dtype's (its "
+                "histogram, range and label); convert all batches to one dtype first"
+            )
         if self.scale != other.scale:
             raise StatsError(f"cannot merge states with scales {self.scale} and {other.scale}; pass the same scale=")
         for name in ("hist", "comoment", "images"):

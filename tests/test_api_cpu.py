@@ -218,6 +218,25 @@ def test_failed_batch_leaves_state_untouched_for_every_error():
     assert acc.result().count.tolist() == [75] * 3
 
 
+@pytest.mark.parametrize("first, second, common", [("int8", "uint8", "int16"), ("uint8", "uint16", "uint16"),
+                                                    ("int16", "uint16", "float32")])
+def test_mixed_integer_dtypes_are_refused_with_what_to_do(first, second, common):
+    """Issue 25, item 4: int8 then uint8 (with an explicit scale) gave percentile(50) = 0.5 with an error
+    bound of 0, and uint8 then uint16 a uint8 state with max 60000. One Accumulator takes one integer dtype."""
+    from gpustats import StatsError
+
+    acc = Accumulator(device="cpu", scale=1.0, layout="NCHW", histogram=True, hist_bins=16, hist_range=(-128, 65536))
+    acc.update(np.zeros((1, 1, 4, 4), first))
+    before = acc.state()
+    with pytest.raises(InputError, match=f"batch 1 is {second} but earlier batches were {first}.*one dtype .*{common}"):
+        acc.update(np.full((1, 1, 4, 4), 100, second))
+    assert acc.state() == before and acc.batches == 1
+    other = Accumulator(device="cpu", scale=1.0, layout="NCHW", histogram=True, hist_bins=16, hist_range=(-128, 65536))
+    other.update(np.full((1, 1, 4, 4), 100, second))
+    with pytest.raises(StatsError, match=f"cannot merge {first} data with {second} data"):
+        before.merge(other.state())
+
+
 def test_device_selection():
     """device=None takes the GPU where one is usable and the CPU (with the reason) elsewhere."""
     import torch
