@@ -250,8 +250,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
         "paths": [os.path.abspath(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
         "center_crop": opts["center_crop"], "max_pixels": max_pixels, "histogram": histogram,
         "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
-        # per-image sums are exact for uint8, so batch_size cannot change them; it stays in the
-        # fingerprint (as before) so that checkpoints written by earlier versions keep resuming
+        # per-image sums are exact for uint8, so batch_size cannot change them; per-image runs
+        # record it all the same (a resumed run then cuts the very same batches)
         "batch_size": batch_size if opts["per_image"] else None,
         "rank": rank, "world": world,
     }

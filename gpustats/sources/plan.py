@@ -8,8 +8,8 @@ by this process and decoded by a pool (:mod:`.streamed`). Both give
 :class:`~.mapside.BatchResult`\\ s in item order; :meth:`Plan.byte_batches` gives the items'
 bytes for the GPU decoder instead.
 
-A run of files only keeps the identity a folder run always had (``file_list_fingerprint``), so
-checkpoints of earlier versions still resume.
+A run of files only is identified by :func:`~gpustats.checkpoint.file_list_fingerprint`; a run with
+archives by :func:`~.units.unit_fingerprint` of each unit (both record sizes and modification times).
 
 >>> import tempfile
 >>> from gpustats.sources.synthetic import make_tiny_folder
@@ -80,7 +80,7 @@ class Plan:
         return self.known + sum(self.streamed.values())
 
     def fingerprint(self) -> str:
-        """Identity of this rank's items for checkpoints (resolved archives, sizes, member names)."""
+        """Identity of this rank's items for checkpoints (resolved paths, sizes, modification times, member names)."""
         if self.files_only:
             from ..checkpoint import file_list_fingerprint
 
@@ -88,7 +88,7 @@ class Plan:
         digest = hashlib.sha256()
         for unit in self.units:
             unit_fingerprint(unit, digest)
-        return "a1:" + digest.hexdigest()
+        return "a2:" + digest.hexdigest()  # a1 (before modification times were recorded) is refused
 
     def orders_by_name(self) -> dict[str, list[int]]:
         """Name (files: realpath) -> order, for the bad items a checkpoint recorded (known items only)."""

@@ -351,20 +351,22 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
 
 # ------------------------------------------------------------------------------------------ identity
 def unit_fingerprint(unit: Unit, digest: Any) -> None:
-    """Feed ``unit``'s identity into ``digest`` (hashlib): the archive resolved, its size, each item's name
-    and size, so that a checkpoint resumes only the same items. Files: resolved path and size."""
-    def size_of(path: str) -> int:
+    """Feed ``unit``'s identity into ``digest`` (hashlib): the archive resolved, its size and modification time
+    (``st_mtime_ns``), each item's name and size, so that a checkpoint resumes only the same, unchanged items.
+    Files: resolved path, size and modification time."""
+    def stat_of(path: str) -> str:
         try:
-            return os.stat(path).st_size
+            info = os.stat(path)
         except OSError:
-            return -1
+            return "-1\0-1"
+        return f"{info.st_size}\0{info.st_mtime_ns}"
 
     if isinstance(unit, (str, os.PathLike)):
         text = os.path.realpath(unit)
-        digest.update(f"f\0{text}\0{size_of(text)}\n".encode("utf-8", "surrogateescape"))
+        digest.update(f"f\0{text}\0{stat_of(text)}\n".encode("utf-8", "surrogateescape"))
         return
     real = os.path.realpath(unit.container)
-    head = f"{type(unit).__name__}\0{real}\0{size_of(real)}\0{unit.label[len(unit.container):]}\0"
+    head = f"{type(unit).__name__}\0{real}\0{stat_of(real)}\0{unit.label[len(unit.container):]}\0"
     if isinstance(unit, MemberUnit):
         names = "\0".join(unit.names).encode("utf-8", "surrogateescape")
         digest.update(head.encode("utf-8", "surrogateescape") + hashlib.sha256(names).digest()
