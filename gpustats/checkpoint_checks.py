@@ -147,8 +147,13 @@ def _check_images(images: Any, channels: int, count: list[int], nonfinite: list[
 
     _expect(isinstance(images, dict), "state.images", images, "an object")
     k = _int(images.get("images", _MISSING), "state.images.images")
+    counts = [k] * channels
     if "counts" in images:
-        _each(images, "counts", lambda v, where: _int(v, where, hi=k), channels, prefix="state.images.")
+        counts = _each(images, "counts", lambda v, where: _int(v, where, hi=k), channels, prefix="state.images.")
+    if "counts_ddof1" in images:  # images with two values or more: at most those with one
+        for c, (n1, n) in enumerate(zip(_each(images, "counts_ddof1", _int, channels, prefix="state.images."), counts)):
+            if n1 > n:
+                raise CheckpointError(f"state.images.counts_ddof1[{c}] is {n1}, more than the {n} images counted there")
     if "sums" in images:  # integer data: [3][C] exact sums as "<hex mantissa>p<shift>"
         for name in ("sums", "sumsqs"):
             for r, row in enumerate(_list(images.get(name, _MISSING), f"state.images.{name}", 3)):

@@ -233,7 +233,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
     from .sampling import estimate_stats
     from .sources import DEFAULT_MAX_PIXELS
-    from .sources.engine import StrictBadFile
 
     exact_only = [flag for flag, on in (("--histogram", args.histogram), ("--covariance", args.covariance),
                                         ("--per-image", args.per_image), ("--plot", args.plot),
@@ -249,10 +248,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         workers=min(8, os.cpu_count() or 1) if args.workers is None else args.workers,
         progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
-        center_crop=args.center_crop, column=args.column)
-    if args.strict and result.bad_files:
-        path, reason = result.bad_files[0]
-        raise StrictBadFile(f"bad file {path}: {reason} (strict)")
+        center_crop=args.center_crop, column=args.column, strict=args.strict)  # --strict: at the first bad file
     _emit(format_sampled(result, args.format, _CHANNEL_NAMES.get(args.mode)), args.output, args.quiet)
     return 0
 

@@ -130,6 +130,10 @@ def _stats_rows(s: Any, names: Sequence[str]) -> list[str]:
         lines.append(_row("  mean of means", per["mean_of_means"]))
         lines.append(_row("  mean of stds", per["mean_of_stds"]))
         lines.append(_row("  mean of stds dd1", per["mean_of_stds_ddof1"]))
+        single = np.asarray(per["images_per_channel"]) - np.asarray(per["images_per_channel_ddof1"])
+        if single.any():
+            lines.append(f"  ({_plural(int(single.max()), 'image')} of a single pixel left out of dd1: one value "
+                         "has no ddof=1 std)")
         lines.append("  (mean of per-image stds with ddof=1 is how the often-copied CIFAR-10 std "
                      "0.2023, 0.1994, 0.2010 was made;")
         lines.append("   Normalize wants the std over all pixels, above)")

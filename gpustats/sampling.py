@@ -219,8 +219,9 @@ class _Reducer:
     """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
 
     def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
-        if not (scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0)):
-            raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}")
+        from .options import StatsOptions
+
+        StatsOptions(scale=scale)  # compute_stats' rule for scale= (finite and positive, or "auto")
         self.device = None if device is None else torch.device(device)
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
@@ -289,6 +290,7 @@ def estimate_stats(
     key: str | None = None,
     progress: bool = False,
     column: str | None = None,
+    strict: bool = False,
     **decode_opts: Any,
 ) -> SampledStats:
     """Estimate per-channel mean and std from a seeded random subset of images, with intervals.
@@ -305,8 +307,9 @@ def estimate_stats(
     ``batch_size`` images are read between checks. ``device``: where per-image sums are taken
     (``None``: where each image already is -- the CPU for files and numpy arrays). ``scale``,
     ``layout``, ``channels``, ``key`` as in :func:`gpustats.compute_stats`. ``workers``: decoding
-    processes for files (DataLoader workers for datasets). ``**decode_opts`` go to
-    :func:`gpustats.sources.decode_image` (files only).
+    processes for files (DataLoader workers for datasets). ``strict``: the first bad file met
+    raises :class:`~gpustats.sources.engine.StrictBadFile` at once (else bad files are skipped and
+    listed). ``**decode_opts`` go to :func:`gpustats.sources.decode_image` (files only).
     """
     started = time.perf_counter()
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
@@ -382,6 +385,10 @@ def estimate_stats(
                 if cap is not None and visited() >= cap:
                     break
                 if unit[0] == "bad":
+                    if strict:
+                        from .sources.engine import StrictBadFile
+
+                        raise StrictBadFile(f"bad file {unit[1]}: {unit[2]} (strict)")
                     bad.append((unit[1], unit[2]))
                     if sums.k == 0:
                         pending_bad += 1

@@ -180,7 +180,8 @@ def test_image_values_exact_against_numpy_and_fractions():
         f = a.astype(np.float64)
         np.testing.assert_allclose(values[0, k], f.mean(0), rtol=1e-15)
         np.testing.assert_allclose(values[1, k], f.std(0), rtol=1e-15)
-        np.testing.assert_allclose(values[2, k], f.std(0, ddof=1) if len(a) > 1 else 0.0, rtol=1e-15)
+        # one value has no ddof-1 std (issue 25, item 7): NaN, left out of the aggregates, not 0
+        np.testing.assert_allclose(values[2, k], f.std(0, ddof=1) if len(a) > 1 else np.nan, rtol=1e-15)
         n, s, q = len(a), int(a[:, 0].sum()), int((a[:, 0] ** 2).sum())
         assert values[0, k, 0] == float(Fraction(s, n))
         assert values[1, k, 0] == math.sqrt(float(Fraction(n * q - s * s, n * n)))
@@ -193,7 +194,7 @@ def test_image_values_float_rows():
     values, lo = N.image_values(rows)
     assert np.isnan(values[:, 0, 1]).all()
     np.testing.assert_allclose(values[:, 0, 0], [1.0, math.sqrt(2 / 3), 1.0])
-    np.testing.assert_allclose(values[:, 1, 0], [2.0, 0.0, 0.0])  # one value: std 0, both ddofs
+    np.testing.assert_allclose(values[:, 1, 0], [2.0, 0.0, np.nan])  # one value: std 0, no ddof-1 std
     np.testing.assert_allclose(values[:, 1, 1], [4.0, 2.0, math.sqrt(8.0)])
 
 

@@ -376,6 +376,41 @@ def test_bad_arguments(kwargs, match):
         estimate_stats([np.zeros((5, 5, 3), np.uint8)], **kwargs)
 
 
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), 0, -1.0, True])
+def test_scale_follows_compute_stats_rule(scale):
+    """Issue 25, item 7: scale=inf gave means of 0 here while compute_stats refuses it: one rule."""
+    images = [np.full((5, 5, 3), 7, np.uint8)] * 3
+    with pytest.raises(ValueError, match="finite positive number"):
+        estimate_stats(images, tolerance=0.01, scale=scale)
+    with pytest.raises(ValueError, match="finite positive number"):
+        compute_stats(images, device="cpu", scale=scale)
+
+
+def test_strict_stops_at_the_first_bad_file(tmp_path, monkeypatch):
+    """Issue 25, item 7: --strict under --sample-tolerance was checked after the whole run; its help
+    says the first bad file ends the run. It now stops there, having decoded no further batch."""
+    from gpustats.sources import dataset
+    from gpustats.sources.engine import StrictBadFile
+
+    synthetic.make_tiny_folder(tmp_path, 300, size=(4, 4))
+    (tmp_path / "d0000" / "broken.png").write_bytes(b"not a png")
+    decoded = []
+    real = dataset.ImageFileDataset.__getitem__
+
+    def counted(self, i):
+        decoded.append(real(self, i))
+        return decoded[-1]
+
+    monkeypatch.setattr(dataset.ImageFileDataset, "__getitem__", counted)
+    for seed in range(3):
+        decoded.clear()
+        with pytest.raises(StrictBadFile, match="broken.png.*strict"):
+            estimate_stats(tmp_path, tolerance=0.0, batch_size=8, device="cpu", strict=True, seed=seed)
+        assert len(decoded) % 8 == 0 or len(decoded) == 301
+        assert [r.array is None for r in decoded].count(True) == 1  # nothing decoded after the bad file's batch
+        assert any(r.array is None for r in decoded[-8:])
+
+
 def test_decode_options_only_for_files():
     with pytest.raises(TypeError, match="files"):
         estimate_stats([np.zeros((5, 5, 3), np.uint8)], tolerance=0.01, resize=4)
