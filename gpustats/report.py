@@ -221,8 +221,8 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
                "normalize": {"mean": mean, "std": std}}
         return json.dumps(jsonable(doc), indent=2, allow_nan=False)
     comment = (f"# ESTIMATE: ± {max(np.max(result.half_widths['mean']), np.max(result.half_widths['std'])):.2g} "
-               f"at {pct} confidence from {result.units_visited} images" if result.is_estimate
-               else f"# exact: all {result.units_visited} images")
+               f"at {pct} confidence from {result.counted()}" if result.is_estimate
+               else f"# exact: {result.counted()}")
     python = _normalize_line(mean, std, comment)
     if fmt == "python":
         return python
@@ -232,10 +232,9 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
     for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
         lines += [_row(what, est), _row(f"  ± ({pct})", result.half_widths[what]),
                   _row(f"  {pct} CI low", ci[0]), _row(f"  {pct} CI high", ci[1])]
-    of = f" of {result.population_size}" if result.population_size is not None else ""
-    share = f" ({result.images_used / result.population_size:.1%})" if result.population_size else ""
-    lines.append(f"images used: {result.images_used}{of}{share}, {result.pixels_used:,} pixels per channel; "
-                 f"{result.images_per_second:.1f} images/s, {result.elapsed_s:.1f} s")
+    share = f" ({result.units_visited / result.population_size:.1%})" if result.population_size else ""
+    lines.append(f"read: {result.counted()}{share}, {result.pixels_used:,} pixels per channel; "
+                 f"{result.images_per_second:.1f} {result.units}/s, {result.elapsed_s:.1f} s")
     if result.bad_files:
         lines.append(f"bad files ({len(result.bad_files)}, skipped, not counted):")
         lines += [f"  {_printable(str(path))}: {_printable(str(reason))}" for path, reason in result.bad_files]

@@ -208,20 +208,15 @@ def test_bench_table_says_why_memcpy_and_roofline_are_dashes():
 
 
 def test_sampled_share_counts_images_used():
+    from gpustats.intervals import SampledStats
     from gpustats.report import format_sampled
 
-    class Result:  # 19 images used of 24 files: 5 were bad
-        channels, confidence, is_estimate, units_visited, images_used = 1, 0.95, False, 24, 19
-        population_size, pixels_used, images_per_second, elapsed_s, bad_files = 24, 190, 10.0, 2.4, ()
-        mean, std = np.array([0.5]), np.array([0.1])
-        mean_ci = std_ci = (np.array([0.5]), np.array([0.5]))
-        half_widths = {"mean": np.array([0.0]), "std": np.array([0.0])}
-
-        def normalize_args(self):
-            return [0.5], [0.1]
-
-        def describe(self):
-            return "EXACT"
-
-    text = format_sampled(Result(), "table")
-    assert "images used: 19 of 24 (79.2%)" in text
+    one = np.array([0.5])
+    result = SampledStats(  # 24 files visited: 19 images, 5 bad
+        mean=one, std=one / 5, mean_ci=(one, one), std_ci=(one / 5, one / 5),
+        half_widths={"mean": one * 0, "std": one * 0}, images_used=19, units_visited=24, pixels_used=190,
+        population_size=24, stopped_because="exhausted", confidence=0.95, tolerance=0.0, is_estimate=False,
+        scale=255.0, seed=0, elapsed_s=2.4, bad_files=tuple((f"b{i}.png", "not an image") for i in range(5)),
+        units="files")
+    text = format_sampled(result, "table")
+    assert "24 of 24 files visited (19 images, 5 bad files) (100.0%)" in text
