@@ -100,6 +100,9 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     img.add_argument("--column", default=None, metavar="NAME",
                      help="Parquet: the column holding the encoded images (default: found; binary, or a struct "
                           "with a 'bytes' field)")
+    img.add_argument("--all-extensions", action="store_true",
+                     help="in folders, also read .gif, .jfif, .jpe, .pbm, .pnm (default: exactly the extensions "
+                          "torchvision's ImageFolder reads; the report counts what was left out)")
     img.add_argument("--histogram", action="store_true", help="exact 256-bin histograms, percentiles, saturation")
     img.add_argument("--covariance", action="store_true", help="channel covariance, correlation and PCA")
     img.add_argument("--per-image", action="store_true",
@@ -198,7 +201,8 @@ def _note(quiet: bool):
 
 # ============================================================================ commands
 _ENGINE_ARGS = ("device", "strategy", "workers", "batch_size", "decode", "mode", "resize", "center_crop",
-                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column")
+                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column",
+                "all_extensions")
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -248,7 +252,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         workers=min(8, os.cpu_count() or 1) if args.workers is None else args.workers,
         progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
-        center_crop=args.center_crop, column=args.column, strict=args.strict)  # --strict: at the first bad file
+        center_crop=args.center_crop, column=args.column, strict=args.strict,  # --strict: at the first bad file
+        all_extensions=args.all_extensions)
     _emit(format_sampled(result, args.format, _CHANNEL_NAMES.get(args.mode)), args.output, args.quiet)
     return 0
 

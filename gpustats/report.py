@@ -72,6 +72,7 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "bytes": run.bytes,
         "bad_files": run.bad_files,
         "warnings": [{"message": text, "files": count} for text, count in sorted(run.warnings.items())],
+        "skipped_by_extension": dict(sorted(run.skipped.items())),
         "elapsed_s": run.elapsed_s,
         "images_per_s": run.images_per_s,
         "mb_per_s": run.mb_per_s,
@@ -187,8 +188,30 @@ def format_table(run: Any) -> str:
         out += [f"  {_printable(b['path'])}: {_printable(b['reason'])}" for b in run.bad_files]
     for text, count in sorted(run.warnings.items()):
         out.append(f"warning ({_plural(count, 'file')}): {_printable(text)}")
+    out += skipped_lines(run.skipped, bool(run.options.get("all_extensions")))
     out += [speed, device, decode, "", format_python(run)]
     return "\n".join(out)
+
+
+def skipped_lines(skipped: dict[str, int], all_extensions: bool) -> list[str]:
+    """What walking the folders left out, per extension: files ImageFolder would not read either, and
+    archives (a folder walk does not open them)."""
+    from .sources.listing import EXTRA_EXTENSIONS
+    from .sources.units import is_archive_name
+
+    archives = {ext: n for ext, n in skipped.items() if is_archive_name("x" + ext)}
+    other = {ext: n for ext, n in skipped.items() if ext not in archives}
+    out = []
+    if other:
+        listed = ", ".join(f"{n:,} {ext or '(no extension)'}" for ext, n in sorted(other.items(), key=lambda e: -e[1]))
+        wider = "" if all_extensions or not set(other) & set(EXTRA_EXTENSIONS) else (
+            f"; --all-extensions also reads {', '.join(EXTRA_EXTENSIONS)}")
+        out.append(f"not counted, by extension (torchvision's ImageFolder does not read them either): {listed}{wider}")
+    if archives:
+        listed = ", ".join(f"{n:,} {ext}" for ext, n in sorted(archives.items()))
+        out.append(f"archives inside the folders, not opened: {listed}; name an archive (or a brace pattern) to "
+                   "read its images")
+    return out
 
 
 def format_run(run: Any, fmt: str = "table") -> str:

@@ -22,8 +22,8 @@ without cancellation when the data has a large offset). A file that cannot be de
 with ``n_i = 0``: it is part of the population and contributes no pixels, which the ratio estimator
 below handles exactly.
 
-Estimators and intervals: :mod:`gpustats.intervals` (ratio estimator, delta method,
-finite-population correction, fixed-width sequential stopping; with references).
+Estimators and intervals: :mod:`gpustats.intervals`; the visiting order, stratified by size:
+:mod:`gpustats.sample_design` (both with references).
 
 Where the data comes from
 -------------------------
@@ -31,9 +31,8 @@ Where the data comes from
   :func:`gpustats.sources.list_images`, visited in a seeded random order and decoded with
   :func:`gpustats.sources.decode_image` (``**decode_opts``: ``mode``, ``max_pixels``, ``resize``,
   ``center_crop``; ``workers`` processes decode in parallel). Bad files are skipped and listed.
-  Archives read in place (zip, uncompressed tar incl. nested tars, Parquet with ``column=``;
-  :mod:`gpustats.sources.units`) are sampled by member or row the same way; a compressed tar has
-  no random access and is refused with what to do.
+  Archives read in place (zip, uncompressed tar incl. nested tars, Parquet with ``column=``) are
+  sampled by member or row the same way; a compressed tar has no random access: refused.
 * A map-style dataset (``len()`` and ``__getitem__``, e.g. a list of arrays or a torchvision
   dataset): a seeded random permutation of its indices. Items may be anything
   :mod:`gpustats.batches` accepts (an image, an ``(image, label)`` pair, a dict); an item that
@@ -153,7 +152,7 @@ def _is_map_style(x: Any) -> bool:
     return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (dict, str, bytes))
 
 
-def _list_files(source: Any, column: str | None = None) -> Any:
+def _list_files(source: Any, column: str | None = None, all_extensions: bool = False) -> Any:
     """The file list when ``source`` names files/folders (a ``Segment`` when it names archives), else None."""
     from .sources.segment import Segment
     from .sources.units import StreamUnit, list_units
@@ -162,7 +161,9 @@ def _list_files(source: Any, column: str | None = None) -> Any:
         source = [source]
     elif not (isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source)):
         return None
-    units = list_units(list(source), column=column)
+    from .sources.listing import extensions_for
+
+    units = list_units(list(source), column=column, extensions=extensions_for(all_extensions))
     if all(_is_pathlike(u) for u in units):
         return [os.fspath(u) for u in units]
     streams = [u.label for u in units if isinstance(u, StreamUnit)]
@@ -293,6 +294,7 @@ def estimate_stats(
     column: str | None = None,
     strict: bool = False,
     sizes: Any = None,
+    all_extensions: bool = False,
     **decode_opts: Any,
 ) -> SampledStats:
     """Estimate per-channel mean and std from a seeded random subset of images, with intervals.
@@ -314,7 +316,9 @@ def estimate_stats(
     listed). ``sizes``: one number per item that grows with its pixel count (its pixels, or its file
     size), to stratify by size (:mod:`gpustats.sample_design`); files, archive members and lists of
     arrays are measured without it, other datasets are sampled without strata then (the result says
-    that its intervals assume the unseen images are like the seen ones). ``**decode_opts`` go to
+    that its intervals assume the unseen images are like the seen ones). ``all_extensions``: folders
+    also yield GIF and the other :data:`~gpustats.sources.listing.EXTRA_EXTENSIONS` (default:
+    exactly ImageFolder's extensions). ``**decode_opts`` go to
     :func:`gpustats.sources.decode_image` (files only).
     """
     started = time.perf_counter()
@@ -332,7 +336,7 @@ def estimate_stats(
     source = dataset_or_files
     loader_workers = workers
 
-    files = _list_files(source, column)
+    files = _list_files(source, column, all_extensions)
     if files is not None and layout is None:
         layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
     if files is None and column is not None:

@@ -26,6 +26,7 @@ from gpustats.sources.synthetic import make_demo_folder, make_tiny_folder, tiny_
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_KEYS = {"schema", "channels", "stats", "normalize", "images", "pixels", "files", "bytes", "bad_files", "warnings", "decoders",
+            "skipped_by_extension",
             "elapsed_s", "images_per_s", "mb_per_s", "device", "backend", "strategy", "cpu_reason", "decode",
             "decode_reason", "workers", "resumed_from", "options", "state"}
 

@@ -40,7 +40,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "device": "auto", "strategy": "auto", "workers": None, "batch_size": None, "decode": "auto", "mode": "RGB",
     "resize": None, "center_crop": None, "max_pixels": None, "histogram": False, "covariance": False,
     "per_image": False, "ddof": 0, "strict": False, "checkpoint": None, "checkpoint_every": 30.0,
-    "progress": False, "column": None,
+    "progress": False, "column": None, "all_extensions": False,
 }
 
 
@@ -58,13 +58,16 @@ class FolderStats(Stats):
 
     ``images``: images counted; ``files``: files listed (all ranks); ``bad_files``: ``{path,
     reason}`` of each file skipped, in listing order; ``warnings``: each decoder warning and the
-    number of files that raised it.
+    number of files that raised it; ``skipped``: ``(extension, files)`` left out while walking the
+    folders (not images to ``torchvision.datasets.ImageFolder``, or archives, which a folder walk
+    does not open), sorted.
     """
 
     images: int = 0
     files: int = 0
     bad_files: tuple = ()
     warnings: tuple = ()
+    skipped: tuple = ()
 
 
 @dataclasses.dataclass
@@ -90,6 +93,7 @@ class StatsRun:
     from_complete_checkpoint: bool = False
     warnings: dict[str, int] = dataclasses.field(default_factory=dict)
     decoders: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # files a folder walk left out, per extension
 
     @property
     def pixels(self) -> int:
@@ -208,7 +212,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
     ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
-    of Parquet files; found when None). ``paths`` may name archives and brace patterns
+    of Parquet files; found when None), ``all_extensions`` (also read GIF and the other
+    :data:`~.listing.EXTRA_EXTENSIONS`; default: exactly ImageFolder's). ``paths`` may name archives and brace patterns
     (:mod:`.units`). ``note`` receives one-line
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
@@ -217,6 +222,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     from ..checkpoint import Checkpoint, check_compatible, rank_path, read_checkpoint, write_checkpoint
     from ..distributed import agree_on_failure, gather_run_totals, init_from_env
     from .decode import DEFAULT_MAX_PIXELS
+    from .listing import extensions_for
     from .plan import Plan
     from .units import list_units
 
@@ -228,7 +234,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
-    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"]), rank, world)
+    skipped: dict[str, int] = {}
+    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"],
+                           extensions=extensions_for(bool(opts["all_extensions"])), skipped=skipped), rank, world)
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
     # where the statistics would run, without building a reducer yet: the CPU path reduces in the
@@ -257,6 +265,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     }
     if opts["column"] is not None:  # only when given: checkpoints of runs without it stay valid
         result_options["column"] = opts["column"]
+    if opts["all_extensions"]:
+        result_options["all_extensions"] = True
     report_options = dict(result_options, ddof=opts["ddof"], batch_size=batch_size, workers=workers,
                           workers_asked=opts["workers"], device=opts["device"], strategy=opts["strategy"],
                           strict=opts["strict"])
@@ -416,13 +426,13 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     base = final.finalize(opts["ddof"])
     stats = FolderStats(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Stats)},
                         images=images, files=files_total, bad_files=tuple(bad_files),
-                        warnings=tuple(sorted(seen_warnings.items())))
+                        warnings=tuple(sorted(seen_warnings.items())), skipped=tuple(sorted(skipped.items())))
     stats = dataclasses.replace(stats, device=run_device, strategy=strategy)
     return StatsRun(stats=stats, channels=_CHANNEL_NAMES[opts["mode"]], images=images, files_total=files_total,
                     bytes=nbytes, bad_files=bad_files, elapsed_s=elapsed, device=run_device, backend=backend,
                     strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
-                    from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders)
+                    from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders, skipped=skipped)
 
 
 def _files_total(plan: Any, previous_total: int | None, complete: bool) -> int:

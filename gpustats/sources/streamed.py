@@ -73,10 +73,11 @@ def iter_stream(unit: StreamUnit) -> Iterator[Member]:
         return
     with fh:
         fh.seek(unit.base)
-        yield from _stream_tar(LimitedFile(fh, unit.size), unit.compression, unit.label, unit.depth)
+        yield from _stream_tar(LimitedFile(fh, unit.size), unit.compression, unit.label, unit.depth, unit.extensions)
 
 
-def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -> Iterator[Member]:
+def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int,
+                extensions: tuple[str, ...]) -> Iterator[Member]:
     try:
         reader = SeqReader(open_decompressed(fileobj, compression))
         for entry in iter_entries(reader):
@@ -92,8 +93,8 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -
                     continue
                 member = LimitedFile(reader, entry.size)
                 head = member.read(8)
-                yield from _stream_tar(_Prepended(head, member), compression_of(head), name, depth + 1)
-            elif is_image_name(entry.name):
+                yield from _stream_tar(_Prepended(head, member), compression_of(head), name, depth + 1, extensions)
+            elif is_image_name(entry.name, extensions):
                 reason = refusal(entry.name, entry.kind, entry.size)
                 if reason is not None:
                     yield name, None, reason

@@ -13,7 +13,8 @@ The order is deterministic and documented: paths in the order given (a brace pat
 expansion order); folders as ``list_images`` walks them (archives in a folder are not opened:
 name them); tar members in archive order, a nested tar's members in its place; zip members in
 central-directory order; Parquet rows by row group, then row. Archive members and rows are
-picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`); other
+picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`, or the
+``extensions`` given); other
 members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored, and so are hidden
 ones (a name component starting with ``.``, e.g. ``__MACOSX/._a.jpg``), as in folders. An item's name,
 used for bad files and checkpoints, is ``archive.tar:member/path`` (``outer.tar:inner.tar:x.JPEG``
@@ -130,11 +131,12 @@ class RowGroupUnit:
 class StreamUnit:
     """A compressed tar: ``size`` bytes from ``base`` of ``container`` (a window when nested), read in order."""
 
-    __slots__ = ("container", "label", "base", "size", "compression", "depth")
+    __slots__ = ("container", "label", "base", "size", "compression", "depth", "extensions")
 
-    def __init__(self, container: str, label: str, base: int, size: int, compression: str, depth: int):
+    def __init__(self, container: str, label: str, base: int, size: int, compression: str, depth: int,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
         self.container, self.label, self.base, self.size = container, label, base, size
-        self.compression, self.depth = compression, depth
+        self.compression, self.depth, self.extensions = compression, depth, extensions
 
     def __getstate__(self):
         return {name: getattr(self, name) for name in self.__slots__}
@@ -179,12 +181,16 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 
 def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, unreadable: list | None = None,
-               column: str | None = None) -> list[Unit]:
+               column: str | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+               skipped: dict | None = None) -> list[Unit]:
     """The units under ``paths`` (folders, image files, archives, brace patterns), in order (module docstring).
 
     ``unreadable`` receives ``(folder, reason)`` of unreadable folders (as in ``list_images``);
-    ``column`` names the image column of Parquet files (else it is found). Raises
-    :class:`SourceNotFoundError`, :class:`NoImagesFoundError` and :class:`SourceError`.
+    ``column`` names the image column of Parquet files (else it is found); ``extensions``: the
+    names read in folders and archives (ImageFolder's by default); ``skipped`` receives the files
+    that walking a folder left out, per extension (archives inside a folder among them: they are
+    not opened). Raises :class:`SourceNotFoundError`, :class:`NoImagesFoundError` and
+    :class:`SourceError`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -195,7 +201,7 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     parquet_seen = False
     for root in roots:
         if os.path.isdir(root) or not is_archive_name(root.name):
-            units.extend(walk_root(root, visited_dirs, seen, unreadable))
+            units.extend(walk_root(root, visited_dirs, seen, unreadable, extensions, skipped))
             continue
         real = os.path.realpath(root)
         if real in seen:
@@ -203,12 +209,12 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         seen.add(real)
         name = root.name.lower()
         if name.endswith(".zip"):
-            units.append(_zip_unit(root))
+            units.append(_zip_unit(root, extensions))
         elif name.endswith(".parquet"):
             parquet_seen = True
             units.extend(_parquet_units(root, column))
         else:
-            units.extend(_tar_units(root))
+            units.extend(_tar_units(root, extensions))
     if column is not None and not parquet_seen:
         raise SourceError(f"column={column!r} (--column) names the image column of Parquet files, and no .parquet "
                           "file was given; drop it")
@@ -217,7 +223,7 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
         raise NoImagesFoundError(
             f"no images found under {where}; accepted extensions (any case, also for archive members): "
-            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
+            f"{', '.join(extensions)}; hidden files and folders (leading '.') are skipped"
             + _archives_in_folders(roots))
     return units
 
@@ -235,7 +241,7 @@ def _archives_in_folders(roots: list[Path]) -> str:
     return ""
 
 
-def _zip_unit(path: Path) -> MemberUnit:
+def _zip_unit(path: Path, extensions: tuple[str, ...]) -> MemberUnit:
     from .ziplist import ZipListError, list_zip
 
     label = os.fspath(path)
@@ -246,7 +252,7 @@ def _zip_unit(path: Path) -> MemberUnit:
         unit.add("", refused=str(exc))
         return unit
     for member in members:
-        if is_image_name(member.name) and not is_hidden(member.name):
+        if is_image_name(member.name, extensions) and not is_hidden(member.name):
             unit.add(member.name, member.header_offset, member.compressed, member.refused, member)
     return unit
 
@@ -264,7 +270,7 @@ def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
     return units
 
 
-def _tar_units(path: Path) -> list[Unit]:
+def _tar_units(path: Path, extensions: tuple[str, ...]) -> list[Unit]:
     label = os.fspath(path)
     try:
         fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
@@ -276,15 +282,16 @@ def _tar_units(path: Path) -> list[Unit]:
         size = os.fstat(fd).st_size
         compression = compression_of(pread(fd, 8, 0))
         if compression is not None:
-            return [StreamUnit(label, label, 0, size, compression, 1)]
+            return [StreamUnit(label, label, 0, size, compression, 1, extensions)]
         units: list[Unit] = []
-        _walk_tar(fd, label, 0, size, label, 1, units)
+        _walk_tar(fd, label, 0, size, label, 1, units, extensions)
         return units
     finally:
         os.close(fd)
 
 
-def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit]) -> None:
+def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit],
+              extensions: tuple[str, ...]) -> None:
     """Units of the uncompressed tar at ``base``: runs of its own image members, split by the tars it holds."""
     run = MemberUnit(container, label, "tar")
     try:
@@ -302,10 +309,11 @@ def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: 
                 inner = f"{label}:{entry.name}"
                 compression = compression_of(pread(fd, 8, base + entry.offset))
                 if compression is not None:
-                    out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1))
+                    out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1,
+                                          extensions))
                 else:
-                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out)
-            elif is_image_name(entry.name) and not is_hidden(entry.name):
+                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out, extensions)
+            elif is_image_name(entry.name, extensions) and not is_hidden(entry.name):
                 run.add(entry.name, base + entry.offset, entry.size, refusal(entry.name, entry.kind, entry.size))
     except TarError as exc:
         run.add("", refused=f"{exc}; the rest of this archive is not read")
