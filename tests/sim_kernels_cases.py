@@ -502,6 +502,27 @@ def test_per_image_against_numpy(dtype, layout):
             assert got["img_sum"][n].tolist() == [float(v) for v in ref["sum"]]
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_per_image_integer_sums_are_exact_int64(dtype):
+    """Issue 25, item 5: per-image sums of integer input were float64 (one image of 2,200,001 pixels at
+    65535 gave a sum of squares ending ...224 instead of ...225). They are int64 totals now. The
+    simulator cannot afford 2.2 M pixels, so the image's sums are added into rows that already hold
+    2**53 (a launch adds into its rows): a float64 row would round the odd totals away."""
+    top = 65535 if dtype == "uint16" else 255
+    acc = K.Accumulators.zeros(1, integer=True)
+    images = acc.per_image(1)
+    assert images.img_sum.dtype == np.int64 and images.img_sumsq.dtype == np.int64
+    start = np.full((1, 1), 2**53, np.int64)
+    images.img_sum.copy_to_device(start)
+    images.img_sumsq.copy_to_device(start)
+    x = np.array([top, top, 1, 0, 2], dtype=dtype).reshape(1, 1, 5)
+    K.get_strategy("atomic").reduce(x, "CP", dtype, acc, per_image=images, launch=(1, 32))
+    got = images.to_host()
+    assert int(got["img_count"][0, 0]) == 5
+    assert int(got["img_sum"][0, 0]) == 2**53 + 2 * top + 3  # odd: a float64 would round it
+    assert int(got["img_sumsq"][0, 0]) == 2**53 + 2 * top * top + 5
+
+
 def test_per_image_single_image_many_blocks_requested():
     rng = np.random.default_rng(13)
     stored, values = make_data("uint8", (1, 1, 70), rng)
