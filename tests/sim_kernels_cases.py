@@ -18,6 +18,8 @@ from numba import cuda, int64
 from gpustats import kernels as K
 from gpustats.kernels._common import launch_config
 
+from reference import rtol
+
 SIM = K.simulator_enabled()
 if SIM:
     sys.setswitchinterval(1e-4)  # simulated barriers wait on the GIL switch interval (5 ms default)
@@ -27,13 +29,6 @@ pytestmark = pytest.mark.cudasim
 STRATEGIES = [s for s in K.SIMULATOR_STRATEGIES if s != "hist8"]  # every dtype
 FLOAT_TAGS = ("float16", "bfloat16", "float32", "float64")
 
-#: per dtype: (mean rtol, std rtol); integer paths are compared exactly
-TOLERANCE = {
-    "float16": (1e-6, 1e-5),
-    "bfloat16": (1e-6, 1e-5),
-    "float32": (1e-6, 1e-5),
-    "float64": (1e-12, 1e-10),
-}
 
 #: grid stride of the default launch: (blocks, threads) under the simulator
 BLOCKS, THREADS = launch_config(10**9)
@@ -148,7 +143,7 @@ def check(host: dict, ref: dict, dtype: str) -> None:
         assert [int(v) for v in host["isum"]] == [int(v) for v in ref["sum"]], "isum not exact"
         assert [int(v) for v in host["isumsq"]] == [int(v) for v in ref["sumsq"]], "isumsq not exact"
         return
-    mean_rtol, std_rtol = TOLERANCE[dtype]
+    mean_rtol, std_rtol = rtol(dtype, "kernel"), rtol(dtype, "kernel", "std")  # integers are compared exactly
     n = host["count"].astype(np.float64)
     mean = host["shift"] + host["mean_d"]
     std = np.sqrt(np.maximum(host["m2"] / n, 0.0))
@@ -371,6 +366,30 @@ def test_vec_vector_paths_match_the_reference(dtype, shape, layout):
     stored, values = make_data(dtype, shape, rng, nonfinite=True, loc=3.0, scale=2.0)
     assert _vec_plan(stored, layout, dtype) is not None, "this case must take the vector path"
     check(run("vec", stored, layout, dtype, values), reference(values), dtype)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float16", "bfloat16", "float32"])
+def test_vec_nhwc_tail_holds_the_extremes(dtype):
+    """The scalar tail of an NHWC input (thread 0 adds the last total % width elements) must update
+    min and max: each channel's extreme lies in the tail here (issue 25: a mutation that dropped the
+    tail's max update passed the whole suite, random data rarely put an extreme there)."""
+    width = {"uint8": 16, "uint16": 8, "float16": 8, "bfloat16": 8, "float32": 4}[dtype]
+    length = next(n for n in range(40, 90) if (3 * n) % width >= 3)  # the tail holds one pixel of 3 channels
+    rng = np.random.default_rng(14)
+    if K.is_integer(dtype):
+        values = rng.integers(10, 200, size=(1, 3, length)).astype(np.float64)
+        values[0, :, -1] = [255 if dtype == "uint8" else 65535, 0, 254 if dtype == "uint8" else 65000]
+        stored = values.astype(dtype)
+    else:
+        values = rng.uniform(-1, 1, size=(1, 3, length)).astype(np.float32)
+        values[0, :, -1] = [9.0, -9.0, 8.0]
+        stored, values = (_bf16_bits(values), _bf16_decode(_bf16_bits(values)).astype(np.float64)) \
+            if dtype == "bfloat16" else (values.astype(dtype), values.astype(dtype).astype(np.float64))
+    plan = _vec_plan(stored, "PC", dtype)
+    assert plan is not None and plan["tail_start"] < plan["total"] - 2, "the last pixel must lie in the scalar tail"
+    ref = reference(values)
+    assert ref["max"][0] == values[0, 0, -1] and ref["min"][1] == values[0, 1, -1] and ref["max"][2] == values[0, 2, -1]
+    check(run("vec", stored, "PC", dtype, values), ref, dtype)
 
 
 def test_vec_uint8_is_bitwise_equal_to_the_other_strategies():
