@@ -285,7 +285,7 @@ def forum_recipe(files: Sequence[Path]) -> tuple[list[float], list[float], int]:
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .report import _row, format_table
+    from .report import _row, format_python, format_table
     from .sources import list_images
     from .sources.engine import run_folder
     from .sources.synthetic import make_demo_folder
@@ -316,6 +316,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("why they differ: the recipe weights every image equally whatever its size (a 96x32 image counts as")
     print("much as a 16x16 one), and averaging per-image stds leaves out how much the images differ from each other")
     print("(the spread of their means), so its std is too small. gpustats uses every pixel once, exactly.")
+    print()
+    print("the line to paste (gpustats, these sample images):")
+    print(format_python(run))
+    print()
+    print("on your own images:  gpustats stats /path/to/train --format python")
     return 0
 
 

@@ -1,6 +1,6 @@
 """The mergeable state :class:`ChannelStats` (the result :class:`Stats` lives in ``results.py``).
 
-One accumulator rule, stated once (DESIGN.md, "The state and its numerics"; the formulas are in
+One accumulator rule, stated once (docs/design.md, "The state and its numeric rules"; the formulas are in
 :mod:`gpustats.numerics`):
 
 * **Integer input** (uint8, int8, uint16, int16) is reduced exactly: the state keeps the

@@ -1,4 +1,4 @@
-"""The package's shape stays as DESIGN.md draws it: no import cycles (function-level imports
+"""The package's shape stays as docs/design.md draws it: no import cycles (function-level imports
 included), no module over 500 lines, and the kernels know nothing of torch or the rest.
 
 Imports are read from the source (``ast``), so a cycle hidden in a function body counts too.

@@ -361,6 +361,11 @@ def test_demo_runs_and_prints_normalize_and_forum_comparison():
     out = proc.stdout
     assert "transforms.Normalize(mean=[" in out and "forum recipe" in out and "why they differ" in out
     assert "bad files (3" in out
+    # it ends with gpustats' own paste-ready line (not the forum recipe's) and the command for your folder
+    last = [line for line in out.splitlines() if line.strip()][-2:]
+    table_line = [line for line in out.splitlines() if line.startswith("transforms.Normalize(")][0]
+    assert last[0] == table_line and "<-" not in last[0]
+    assert last[1].strip() == "on your own images:  gpustats stats /path/to/train --format python"
 
 
 def test_forum_recipe_is_the_per_image_average(demo):

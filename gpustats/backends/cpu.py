@@ -5,8 +5,8 @@ is kept on failure. uint8 moments come from vectorized exact sums (``u8_sums``),
 histograms (``hist_u8``) when a histogram is asked for; both read every byte once. Other integers
 and per-image/covariance requests use exact per-image integer totals (``int_rows``); floats use
 per-image corrected two-pass float64 moments (the mean as a double-double) merged with the
-compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`; DESIGN.md, "The state and its
-numerics").
+compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`; docs/design.md, "The state and
+its numeric rules").
 """
 
 from __future__ import annotations
