@@ -59,15 +59,15 @@ def _image(rng: np.random.Generator, side: tuple[int, int], centre: float) -> np
     return np.clip(np.rint(rng.normal(mu, sd, size=(*side, 3))), 0, 255).astype(np.uint8)
 
 
-def make_population(kind: str, root: Path, seed: int = 0) -> list[str]:
+def make_population(kind: str, root: Path, seed: int = 0, n_images: int = N_IMAGES) -> list[str]:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     big = {"skew100": (0.01, (80, 80)), "skew30": (0.005, (44, 44)), "skew10": (0.01, (25, 25))}.get(kind)
-    n_big = 0 if big is None else int(round(big[0] * N_IMAGES))
+    n_big = 0 if big is None else max(1, int(round(big[0] * n_images)))
     paths = []
-    for i in range(N_IMAGES):
+    for i in range(n_images):
         if big is not None:
-            side, centre = (big[1], 0.83) if i % (N_IMAGES // n_big) == 0 and i // (N_IMAGES // n_big) < n_big \
+            side, centre = (big[1], 0.83) if i % (n_images // n_big) == 0 and i // (n_images // n_big) < n_big \
                 else ((8, 8), 0.23)
         elif kind == "homog_equal":
             side, centre = (16, 16), 0.5
@@ -158,22 +158,18 @@ def coverage(table, sizes, runs: int, tolerance: float, cap: int | None) -> dict
             "worst_mean_miss": worst}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--populations", default="skew100,skew30,skew10,homog_equal,homog_mixed")
-    args = parser.parse_args()
+def measure(kinds: list[str], runs: int, n_images: int = N_IMAGES, quiet: bool = False) -> dict:
+    """The results document: every population of ``kinds``, ``runs`` seeded runs per setting."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     doc = {"what": "coverage of nominal 95% sampling intervals (bench/bench_coverage.py)", "commit": commit,
            "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)",
-           "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d"), "runs": args.runs,
-           "n_images": N_IMAGES, "min_images": MIN_IMAGES, "batch": BATCH, "populations": {}}
+           "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d"), "runs": runs,
+           "n_images": n_images, "min_images": MIN_IMAGES, "batch": BATCH, "populations": {}}
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="gpustats-coverage-") as tmp:
-        for kind in args.populations.split(","):
-            paths = make_population(kind, Path(tmp) / kind)
+        for kind in kinds:
+            paths = make_population(kind, Path(tmp) / kind, n_images=n_images)
             table = unit_table(paths)
             byte_sizes = unit_sizes(paths)
             check_direct_path_equals_estimate_stats(paths, table, byte_sizes)
@@ -185,18 +181,35 @@ def main() -> int:
             for route, sizes in (("files", byte_sizes), ("no_sizes", None)):
                 for tol in TOLERANCES:
                     entry["results"].append({"route": route, "rule": "stop at tolerance",
-                                             **coverage(table, sizes, args.runs, tol, None)})
+                                             **coverage(table, sizes, runs, tol, None)})
                 for cap in FIXED:
                     entry["results"].append({"route": route, "rule": "fixed sample",
-                                             **coverage(table, sizes, args.runs, 0.0, cap)})
+                                             **coverage(table, sizes, runs, 0.0, cap)})
             doc["populations"][kind] = entry
-            for res in entry["results"]:
+            for res in entry["results"] if not quiet else ():
                 print(f"{kind:12s} {res['route']:9s} {res['rule']:17s} tol={res['tolerance']:<5g} "
                       f"cap={str(res['max_images']):5s} mean {res['mean_every_channel']['coverage']:.3f} "
                       f"({res['mean_per_channel']['coverage']:.3f}/ch) std {res['std_every_channel']['coverage']:.3f} "
                       f"({res['std_per_channel']['coverage']:.3f}/ch) images {res['images_used']['median']:.0f}",
                       flush=True)
     doc["elapsed_s"] = time.time() - started
+    return doc
+
+
+def test_coverage_bench_runs_tiny():
+    """``pytest bench/`` smoke run (tests/test_bench_smoke.py): one small population, a few runs."""
+    doc = measure(["skew100"], runs=2, n_images=100, quiet=True)
+    results = doc["populations"]["skew100"]["results"]
+    assert len(results) == 2 * (len(TOLERANCES) + len(FIXED)) and all(r["runs"] == 2 for r in results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--populations", default="skew100,skew30,skew10,homog_equal,homog_mixed")
+    args = parser.parse_args()
+    doc = measure(args.populations.split(","), args.runs)
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=1))
     return 0
