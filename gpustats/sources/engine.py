@@ -218,6 +218,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     from ..distributed import agree_on_failure, gather_run_totals, init_from_env
     from .decode import DEFAULT_MAX_PIXELS
     from .plan import Plan
+    from .remote import RemoteReadError, message_of, shown_path
     from .units import list_units
 
     note = note or (lambda s: None)
@@ -247,7 +248,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
 
     # Options that change the result: a checkpoint made with others is refused.
     result_options = {
-        "paths": [os.path.abspath(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
+        "paths": [shown_path(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
         "center_crop": opts["center_crop"], "max_pixels": max_pixels, "histogram": histogram,
         "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
         # per-image sums are exact for uint8, so batch_size cannot change them; it stays in the
@@ -369,6 +370,13 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     save(next_index, False)
                     note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
                 raise
+            except RemoteReadError as exc:  # a store failed past its retries (sources.remote): one line
+                bar.close()
+                saved = "; rerun with --checkpoint FILE (checkpoint= in Python) to resume after such a failure"
+                if ck_path:
+                    save(next_index, False)
+                    saved = f"; progress saved in {ck_path} (rerun the same command to resume)"
+                raise RunError(f"{message_of(exc)}{saved}") from None
             except RuntimeError as exc:
                 from concurrent.futures.process import BrokenProcessPool
 

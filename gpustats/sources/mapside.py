@@ -40,6 +40,7 @@ import torch.utils.data
 from ..backends.cpu import _SMALL_PART
 from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file
 from .errors import BadImage
+from .remote import RemoteReadError
 from .segment import Segment
 
 __all__ = ["BadItem", "BatchResult", "ReducedBatches", "iter_reduced", "reduce_records"]
@@ -116,6 +117,8 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, 
                 out.decoders[decoder] = out.decoders.get(decoder, 0) + 1
             except BadImage as exc:
                 out.bad.append(BadItem(index, exc.reason, name, order))
+            except RemoteReadError:
+                raise  # a network failure stops the run (the engine saves the checkpoint); never a bad item
             except Exception as exc:  # never let one item end the run
                 out.bad.append(BadItem(index, f"unexpected error: {type(exc).__name__}: {exc}", name, order))
             for text in {str(w.message) for w in log[before:]}:
@@ -313,7 +316,7 @@ class ReducedBatches(torch.utils.data.Dataset):
         seg, offset = self.segment, self.segment.offset
         if rowgroup:
             return self._rowgroup(first, stop, int(b))
-        records = ((offset + p, *seg.record(p)) for p in range(first, stop))
+        records = ((offset + p, *record) for p, record in enumerate(seg.records(first, stop), first))
         return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b),
                               self.pixels)
 

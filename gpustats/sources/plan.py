@@ -81,7 +81,7 @@ class Plan:
 
     def fingerprint(self) -> str:
         """Identity of this rank's items for checkpoints (resolved archives, sizes, member names)."""
-        if self.files_only:
+        if self.files_only and not any(hasattr(u, "url") for u in self.units):  # remote files: below
             from ..checkpoint import file_list_fingerprint
 
             return file_list_fingerprint(self.files)

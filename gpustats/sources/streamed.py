@@ -65,7 +65,18 @@ class _Prepended:
 
 def iter_stream(unit: StreamUnit) -> Iterator[Member]:
     """``(name, bytes, None)`` for each image member of the compressed tar, ``(name, None, reason)`` for a
-    refused member or a problem (named after the archive; what follows it is not read), in order."""
+    refused member or a problem (named after the archive; what follows it is not read), in order.
+    A remote tar (any compression) and TFRecord shards (:mod:`.tfrecord`) are streams too; a remote
+    stream that cannot be read raises :class:`~.remote.RemoteReadError` (never a bad item)."""
+    if "://" in unit.container:  # sources.remote: byte ranges in order, the compression found from the data
+        from .remote import open_stream
+
+        fh, compression = open_stream(unit)
+        try:
+            yield from _stream_unit(fh, compression, unit)
+        finally:
+            fh.fh.close()
+        return
     try:
         fh = open(unit.container, "rb")
     except OSError as exc:
@@ -73,7 +84,21 @@ def iter_stream(unit: StreamUnit) -> Iterator[Member]:
         return
     with fh:
         fh.seek(unit.base)
-        yield from _stream_tar(LimitedFile(fh, unit.size), unit.compression, unit.label, unit.depth)
+        yield from _stream_unit(LimitedFile(fh, unit.size), unit.compression, unit)
+
+
+def _stream_unit(fileobj: Any, compression: str | None, unit: StreamUnit) -> Iterator[Member]:
+    feature = getattr(unit, "feature", False)
+    if feature is False:
+        yield from _stream_tar(fileobj, compression, unit.label, unit.depth)
+        return
+    from .tfrecord import iter_records
+
+    try:
+        yield from iter_records(SeqReader(open_decompressed(fileobj, compression)), unit.label, feature)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        yield unit.label, None, (f"corrupt or truncated compressed data ({type(exc).__name__}: {exc}); the rest of "
+                                 "this shard is not read")
 
 
 def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -> Iterator[Member]:

@@ -59,8 +59,12 @@ _MAX_OPEN = 256  # file descriptors a process keeps open for reading members
 
 
 def is_archive_name(name: str) -> bool:
-    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case)."""
-    return name.lower().endswith(ARCHIVE_SUFFIXES)
+    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case, and TFRecord shards)."""
+    if name.lower().endswith(ARCHIVE_SUFFIXES):
+        return True
+    from .tfrecord import is_tfrecord_name
+
+    return is_tfrecord_name(name)
 
 
 class MemberUnit:
@@ -158,11 +162,20 @@ def unit_count(unit: Unit) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ listing
-def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The paths given, each brace pattern that names no existing path expanded; every result must exist."""
-    out = []
+def expand_paths(paths: Sequence[str | os.PathLike[str]], hints: list[str] | None = None) -> list[Any]:
+    """The paths given, each brace pattern that names no existing path expanded; every result must exist.
+    A remote path (``s3://``, ``https://``, ...) gives what :func:`.remote.list_remote` lists there
+    (``hints`` receives its notes)."""
+    out: list[Any] = []
     for path in paths:
         text = os.fspath(path)
+        if isinstance(text, str) and "://" in text:
+            from .remote import is_url, list_remote
+
+            if is_url(text):
+                out.extend(list_remote(text, hints if hints is not None else []))
+                continue
+            text = path = text.split("://", 1)[1] if text.lower().startswith("file://") else text
         if not os.path.exists(text) and has_braces(text):
             names = expand_braces(text)
             missing = [n for n in names if not os.path.exists(n)]
@@ -188,12 +201,21 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    roots = expand_paths(paths)
+    hints: list[str] = []
+    roots = expand_paths(paths, hints)
     visited_dirs: set[str] = set()
     seen: set[str] = set()
     units: list[Unit] = []
     parquet_seen = False
     for root in roots:
+        if not isinstance(root, Path):  # a remote object or file (sources.remote)
+            from .remote import RemotePath, remote_units
+
+            if root.url not in seen:
+                seen.add(root.url)
+                parquet_seen |= not isinstance(root, RemotePath) and root.name.lower().endswith(".parquet")
+                units.extend(remote_units(root, column))
+            continue
         if os.path.isdir(root) or not is_archive_name(root.name):
             units.extend(walk_root(root, visited_dirs, seen, unreadable))
             continue
@@ -207,18 +229,21 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         elif name.endswith(".parquet"):
             parquet_seen = True
             units.extend(_parquet_units(root, column))
+        elif not is_tar_name(name):  # a TFRecord shard (sources.tfrecord)
+            parquet_seen = True
+            units.extend(_tfrecord_units(root, column))
         else:
             units.extend(_tar_units(root))
     if column is not None and not parquet_seen:
-        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files, and no .parquet "
-                          "file was given; drop it")
+        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files (or the feature of "
+                          "TFRecord shards), and no .parquet file or TFRecord shard was given; drop it")
     units = [u for u in units if unit_count(u) != 0]  # an archive without images adds nothing
     if not units:
         where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
         raise NoImagesFoundError(
             f"no images found under {where}; accepted extensions (any case, also for archive members): "
             f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
-            + _archives_in_folders(roots))
+            + (hints[0] if hints else _archives_in_folders([r for r in roots if isinstance(r, Path)])))
     return units
 
 
@@ -236,12 +261,16 @@ def _archives_in_folders(roots: list[Path]) -> str:
 
 
 def _zip_unit(path: Path) -> MemberUnit:
+    return zip_unit(os.fspath(path), os.fspath(path))
+
+
+def zip_unit(container: str, label: str, opened: Any = None) -> MemberUnit:
+    """The image members of the zip ``container`` (``opened``: a file object of it, e.g. a remote one)."""
     from .ziplist import ZipListError, list_zip
 
-    label = os.fspath(path)
-    unit = MemberUnit(label, label, "zip")
+    unit = MemberUnit(container, label, "zip")
     try:
-        members = list_zip(label)
+        members = list_zip(container, opened)
     except ZipListError as exc:
         unit.add("", refused=str(exc))
         return unit
@@ -252,16 +281,44 @@ def _zip_unit(path: Path) -> MemberUnit:
 
 
 def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
+    return parquet_units(os.fspath(path), os.fspath(path), column)
+
+
+def parquet_units(container: str, label: str, column: str | None) -> list[RowGroupUnit]:
+    """The row groups of the Parquet file ``container`` (a path or a remote URL), named ``label``."""
     from .parquetsrc import inspect
 
-    label = os.fspath(path)
-    layout = inspect(label, column)
+    layout = inspect(container, column, label)
     units, first = [], 0
     for group, rows in enumerate(layout.row_groups):
         if rows:
-            units.append(RowGroupUnit(label, label, layout, group, first))
+            units.append(RowGroupUnit(container, label, layout, group, first))
         first += rows
     return units
+
+
+def _tfrecord_units(path: Path, column: str | None) -> list[Unit]:
+    from .tfrecord import TFRecordStream, TFRecordUnit, index_shard, require_crc32c
+
+    require_crc32c()
+    label = os.fspath(path)
+    unit = TFRecordUnit(label, label, column)
+    try:
+        fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        unit.add("", refused=f"unreadable file: {exc.strerror or exc}")
+        return [unit]
+    try:
+        size = os.fstat(fd).st_size
+        compression = compression_of(pread(fd, 8, 0))
+        if compression is not None:
+            return [TFRecordStream(label, label, size, compression, column)]
+        index_shard(fd, unit, size)
+    except OSError as exc:
+        unit.add("", refused=f"unreadable file: {exc.strerror or exc}; the rest of it is not read")
+    finally:
+        os.close(fd)
+    return [unit]
 
 
 def _tar_units(path: Path) -> list[Unit]:
@@ -335,11 +392,20 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
     if reason is not None:
         raise BadImage(reason)
     try:
-        fd = _fd(unit.container)
+        if "://" in unit.container:
+            from .remote import random_file
+
+            fd = random_file(unit.container)
+        else:
+            fd = _fd(unit.container)
         if unit.kind == "zip":
             from .ziplist import read_member
 
             return read_member(fd, unit.zip_members[i])
+        if unit.kind == "tfrecord":
+            from .tfrecord import read_record
+
+            return read_record(fd, unit, i)
         size = unit.sizes[i]
         data = pread(fd, size, unit.offsets[i])
     except OSError as exc:
@@ -359,12 +425,23 @@ def unit_fingerprint(unit: Unit, digest: Any) -> None:
         except OSError:
             return -1
 
-    if isinstance(unit, (str, os.PathLike)):
+    remote = getattr(unit, "url", None) if isinstance(unit, str) else unit.container if "://" in getattr(
+        unit, "container", "") else None
+    if remote is not None:  # an object of a store: its redacted URL, size and ETag (sources.remote)
+        from .remote import identity, redact
+
+        real, size, shown = identity(remote), "", len(redact(remote))
+    elif isinstance(unit, (str, os.PathLike)):
         text = os.path.realpath(unit)
         digest.update(f"f\0{text}\0{size_of(text)}\n".encode("utf-8", "surrogateescape"))
         return
-    real = os.path.realpath(unit.container)
-    head = f"{type(unit).__name__}\0{real}\0{size_of(real)}\0{unit.label[len(unit.container):]}\0"
+    else:
+        real = os.path.realpath(unit.container)
+        size, shown = size_of(real), len(unit.container)
+    if isinstance(unit, str):
+        digest.update(f"f\0{real}\n".encode("utf-8", "surrogateescape"))
+        return
+    head = f"{type(unit).__name__}\0{real}\0{size}\0{unit.label[shown:]}\0"
     if isinstance(unit, MemberUnit):
         names = "\0".join(unit.names).encode("utf-8", "surrogateescape")
         digest.update(head.encode("utf-8", "surrogateescape") + hashlib.sha256(names).digest()

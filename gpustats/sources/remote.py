@@ -1,0 +1,650 @@
+"""Datasets where they live: object stores (``s3://``, ``gs://``), HTTP(S) servers and any other fsspec
+protocol, read by byte range with bounded retries. Nothing is downloaded to disk.
+
+A path with a scheme (``s3://bucket/train/``, ``https://host/shards/train-{0000..0099}.tar``) is read
+through `fsspec <https://filesystem-spec.readthedocs.io>`_ and the store's own package, installed by
+an extra: ``pip install 'gpustats[s3]'`` (s3fs), ``'gpustats[gcs]'`` (gcsfs), ``'gpustats[http]'``
+(aiohttp). Credentials, endpoints and regions come from each store's usual environment variables
+and configuration files (``AWS_PROFILE``, ``~/.aws/credentials``, ``AWS_ENDPOINT_URL_S3``,
+``GOOGLE_APPLICATION_CREDENTIALS``, fsspec's own ``~/.config/fsspec/``); gpustats never prints,
+logs or writes them: every name shown or saved (reports, bad items, checkpoints, error messages)
+is :func:`redact`\\ ed -- ``user:password@`` and the values of a query string (``?X-Amz-Signature=``,
+``?token=``) become ``***`` -- and the values of the usual credential variables are scrubbed from
+messages of the store's client.
+
+What is read, and how (:mod:`.units` names the units):
+
+* a prefix (``s3://bucket/train/``, or any path the store calls a directory) is walked like a
+  folder: the images under it, in the order of their relative paths, hidden names skipped,
+  archives under it not opened (name them, or give a brace pattern);
+* a brace pattern is expanded by gpustats (:mod:`.braces`) and every object must exist;
+* zip archives and Parquet files are read at random, by byte range (their directory and footer
+  first: a few requests), exactly as local ones;
+* tars and TFRecord shards are read from start to end (their members are found only by walking
+  them: an index would cost one request per member): :class:`RemoteStream` asks for
+  :data:`CHUNK` bytes at a time, :data:`AHEAD` requests in flight, and the members go to the
+  decode workers as the bytes arrive (:mod:`.streamed`);
+* image files are read whole, the items of one task concurrently (:func:`prefetch`).
+
+Faults of a network: each request (a byte range, an object, a listing) is tried up to
+:func:`attempts` times (5; ``GPUSTATS_REMOTE_ATTEMPTS``) when it fails in a way that may pass --
+a connection refused, reset or dropped mid-response, a timeout, fewer bytes than asked, HTTP 408,
+429 and 5xx, S3's ``SlowDown`` -- waiting 0.5 s, 1 s, 2 s, 4 s between tries (doubling from
+``GPUSTATS_REMOTE_BACKOFF`` seconds, at most 8 s, each shortened at random by up to half so that
+workers do not retry in step). A range that failed is asked again from its first byte: the reader
+gets every byte once, in order, so nothing is counted twice and nothing is missed. The store's
+client library is made to try each request once (s3fs: ``retries = 1``), so these numbers are the
+whole story. A missing object, a denied bucket or credentials refused are not retried: they are
+one line naming the object. A read that still fails stops the run (never is an image skipped for
+it) with :class:`RemoteReadError`; the engine then saves the checkpoint, and rerunning resumes.
+
+>>> redact("https://user:pw@host/a.tar?X-Amz-Signature=abc&x=1")
+'https://***@host/a.tar?X-Amz-Signature=***&x=***'
+>>> is_url("s3://bucket/train/"), is_url("/data/train"), is_url("C:\\\\data")
+(True, False, False)
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import random
+import re
+import threading
+import time
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
+
+from .errors import SourceError, SourceNotFoundError
+
+__all__ = ["AHEAD", "CHUNK", "RemoteFile", "RemoteObject", "RemotePath", "RemoteReadError", "RemoteStream",
+           "attempts", "is_url", "list_remote", "prefetch", "read_object", "read_range", "redact"]
+
+#: bytes one request of a sequential read asks for, and requests in flight per stream
+CHUNK = 8 << 20
+AHEAD = 4
+#: bytes a small random read (a zip directory, a Parquet footer) reads ahead
+_READAHEAD = 1 << 16
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_IN_TEXT = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/\s@'\"<>]+@)?([^\s?#'\"<>]*)(\?[^\s#'\"<>]*)?")
+_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                         "GOOGLE_OAUTH_ACCESS_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AZURE_STORAGE_KEY",
+                         "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_CONNECTION_STRING")
+_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "http": "http", "https": "http"}
+
+
+class RemoteReadError(Exception):
+    """A remote read failed for good during a run (after its retries, or a missing or denied object).
+
+    Deliberately neither an ``OSError`` nor a ``ValueError``: the archive readers turn those into bad
+    items, and a network failure must stop the run instead (the engine saves the checkpoint).
+    ``kind``: "missing", "denied", "transient" (retries exhausted) or "error"."""
+
+    def __init__(self, message: str, kind: str = "error"):
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):
+        return type(self), (self.args[0] if self.args else "", self.kind)
+
+
+# ------------------------------------------------------------------------------------ names
+def is_url(text: Any) -> bool:
+    """True for a path with a scheme other than ``file://`` (``s3://``, ``gs://``, ``https://``, ...)."""
+    if not isinstance(text, str) or "://" not in text:
+        return False
+    match = _URL.match(text)
+    return match is not None and match.group(1).lower() != "file"
+
+
+def _secrets() -> list[str]:
+    return [v for v in (os.environ.get(name) for name in _CREDENTIAL_VARIABLES) if v and len(v) >= 6]
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials a URL may carry replaced by ``***`` (user info, query values), and
+    the values of the usual credential variables (``AWS_SECRET_ACCESS_KEY``, ...) scrubbed."""
+    def one(match: re.Match) -> str:
+        scheme, user, path, query = match.groups()
+        out = scheme + ("***@" if user else "") + path
+        if query:
+            pairs = [p.split("=", 1)[0] + "=***" if p else p for p in query[1:].split("&")]
+            out += "?" + "&".join(pairs)
+        return out
+
+    text = _IN_TEXT.sub(one, text)
+    for value in _secrets():
+        text = text.replace(value, "***")
+    return text
+
+
+def _protocol(url: str) -> str:
+    return _URL.match(url).group(1).lower()
+
+
+# ------------------------------------------------------------------------------------ file systems
+_filesystems: dict[tuple[str, int], Any] = {}
+_lock = threading.Lock()
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """``(file system, path)`` for ``url``: one fsspec instance per protocol and process (a forked decode
+    worker makes its own: network clients do not survive a fork)."""
+    protocol = _protocol(url)
+    key = (protocol, os.getpid())
+    fs = _filesystems.get(key)
+    if fs is None:
+        try:
+            import fsspec
+        except ImportError:
+            raise SourceError(f"reading {protocol}:// paths needs fsspec; install it: pip install "
+                              f"'gpustats[{_EXTRAS.get(protocol, 's3')}]'") from None
+        with _lock:
+            fs = _filesystems.get(key)
+            if fs is None:
+                try:
+                    fs = fsspec.filesystem(protocol, skip_instance_cache=True)
+                except (ImportError, ValueError) as exc:
+                    extra = _EXTRAS.get(protocol)
+                    how = f"pip install 'gpustats[{extra}]'" if extra else "install the fsspec implementation it names"
+                    raise SourceError(f"cannot read {protocol}:// paths ({redact(str(exc))}); {how}") from None
+                if isinstance(getattr(fs, "retries", None), int):
+                    fs.retries = 1  # one layer of retries, ours (see the module docstring)
+                _filesystems[key] = fs
+    strip = getattr(type(fs), "_strip_protocol", None)
+    return fs, (url if protocol in ("http", "https") or strip is None else strip(url))
+
+
+# ------------------------------------------------------------------------------------ retries
+def attempts() -> int:
+    """Tries per request (``GPUSTATS_REMOTE_ATTEMPTS``, default 5, at least 1)."""
+    try:
+        return max(1, int(os.environ.get("GPUSTATS_REMOTE_ATTEMPTS", "5")))
+    except ValueError:
+        return 5
+
+
+def _first_wait() -> float:
+    try:
+        return max(0.0, float(os.environ.get("GPUSTATS_REMOTE_BACKOFF", "0.5")))
+    except ValueError:
+        return 0.5
+
+
+def _wait(attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: doubling from the first wait, at most 8 s, minus up to half at random."""
+    full = min(8.0, _first_wait() * 2 ** (attempt - 1))
+    return full * random.uniform(0.5, 1.0)
+
+
+class _ShortRead(Exception):
+    """Fewer bytes came than were asked for (a connection closed early without an error)."""
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        try:
+            return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _classify(exc: BaseException) -> str:
+    """"missing", "denied", "transient" (worth another try) or "error"."""
+    if isinstance(exc, _ShortRead):
+        return "transient"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError)):
+        return "missing"
+    if isinstance(exc, PermissionError):
+        return "denied"
+    status = _status(exc)
+    if status is not None:
+        if status in (401, 403):
+            return "denied"
+        if status in (404, 410):
+            return "missing"
+        if status in (408, 425, 429) or status >= 500:
+            return "transient"
+        return "error"
+    code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) if isinstance(
+        getattr(exc, "response", None), dict) else ""
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled", "ExpiredToken"):
+        return "denied"
+    if code in ("NoSuchKey", "NoSuchBucket"):
+        return "missing"
+    if code in ("SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"):
+        return "transient"
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError, EOFError)):
+        return "transient"
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if names & {"ClientError", "ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError",
+                "HTTPClientError", "ConnectionClosedError", "EndpointConnectionError", "ReadTimeoutError",
+                "IncompleteRead", "FSTimeoutError", "ResponseParserError", "IncompleteReadError",
+                "ContentLengthError", "TransferEncodingError"}:
+        return "transient" if "ClientResponseError" not in names else "error"
+    return "error"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return redact(text[:300])
+
+
+def retrying(label: str, what: str, call: Callable[[], Any]) -> Any:
+    """``call()``, tried again after transient failures (module docstring); :class:`RemoteReadError` else."""
+    tries = attempts()
+    started = time.monotonic()
+    for attempt in range(1, tries + 1):
+        try:
+            return call()
+        except RemoteReadError:
+            raise
+        except Exception as exc:  # classified: a network error has many types
+            kind = _classify(exc)
+            if kind == "transient" and attempt < tries:
+                time.sleep(_wait(attempt))
+                continue
+            if kind == "missing":
+                message = f"{label}: no such object"
+            elif kind == "denied":
+                message = (f"{label}: access denied ({_reason(exc)}); check the credentials the store's client "
+                           "finds (environment variables, profile, config file) and their permissions")
+            elif kind == "transient":
+                message = (f"{label}: {what} failed {tries} times over {time.monotonic() - started:.1f} s "
+                           f"(last: {_reason(exc)})")
+            else:
+                message = f"{label}: {what} failed ({_reason(exc)})"
+            raise RemoteReadError(message, kind) from None
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------------------------ reading
+def read_range(url: str, start: int, stop: int, size: int | None = None, label: str | None = None) -> bytes:
+    """Bytes ``start .. stop-1`` of the object (fewer only past its end, when ``size`` says where that is)."""
+    label = label or redact(url)
+    if size is not None:
+        stop = min(stop, size)
+    if stop <= start:
+        return b""
+    fs, path = _filesystem(url)
+
+    def once() -> bytes:
+        data = fs.cat_file(path, start=start, end=stop)
+        if len(data) > stop - start and size is not None and len(data) == size:
+            data = data[start:stop]  # a server that ignored the Range header sent it all
+        if len(data) != stop - start:
+            raise _ShortRead(f"{len(data)} of the {stop - start} bytes asked for came")
+        return data
+
+    return retrying(label, f"reading bytes {start}-{stop - 1}", once)
+
+
+def read_object(path: "RemotePath") -> bytes:
+    """The whole object of a listed remote file (its size is known: a short read is retried)."""
+    return read_range(path.url, 0, path.size, path.size, str(path))
+
+
+class RemoteObject(NamedTuple):
+    """An object found by listing: the URL as given (it may hold credentials: read with it, show ``label``),
+    its size and, where the store gives one, its ETag (part of a checkpoint's identity)."""
+
+    url: str
+    size: int
+    etag: str | None
+
+    @property
+    def label(self) -> str:
+        return redact(self.url)
+
+    @property
+    def name(self) -> str:
+        return self.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+class RemotePath(str):
+    """A remote image file as a unit: the ``str`` is its redacted URL (what reports show); ``url``,
+    ``size`` and ``etag`` say how to read it."""
+
+    url: str
+    size: int
+    etag: str | None
+
+    def __new__(cls, obj: RemoteObject) -> "RemotePath":
+        self = super().__new__(cls, obj.label)
+        self.url, self.size, self.etag = obj.url, obj.size, obj.etag
+        return self
+
+    def __reduce__(self):
+        return RemotePath, (RemoteObject(self.url, self.size, self.etag),)
+
+
+#: what listing learnt of each object (URL -> (size, ETag)): the identity checkpoints compare
+_known: dict[str, tuple[int, str | None]] = {}
+
+
+def identity(url: str) -> str:
+    """What a checkpoint compares for the object ``url``: its redacted URL, size and ETag as listed."""
+    size, etag = _known.get(url, (-1, None))
+    return f"{redact(url)}\0{size}\0{etag or ''}"
+
+
+class RemoteFile:
+    """Random access to one object: ``pread(n, offset)`` (what :func:`.tarindex.pread` calls for a
+    non-descriptor), and ``read``/``seek``/``tell`` for ``zipfile`` and pyarrow, with a small read-ahead
+    for their small reads. Each request retried (:func:`retrying`)."""
+
+    def __init__(self, url: str, size: int, label: str | None = None):
+        self.url, self.size, self.label = url, size, label or redact(url)
+        self.pos = 0
+        self.closed = False
+        self._block_start, self._block = 0, b""
+
+    def pread(self, n: int, offset: int) -> bytes:
+        return read_range(self.url, offset, offset + n, self.size, self.label)
+
+    # file object
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.size - self.pos
+        n = max(0, min(n, self.size - self.pos))
+        if n == 0:
+            return b""
+        block_end = self._block_start + len(self._block)
+        if self._block_start <= self.pos and self.pos + n <= block_end:
+            data = self._block[self.pos - self._block_start:self.pos - self._block_start + n]
+        elif n < _READAHEAD:
+            start = self.pos
+            self._block = read_range(self.url, start, start + _READAHEAD, self.size, self.label)
+            self._block_start = start
+            data = self._block[:n]
+        else:
+            data = read_range(self.url, self.pos, self.pos + n, self.size, self.label)
+        self.pos += len(data)
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[:len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> "RemoteFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RemoteStream:
+    """Sequential reads of bytes ``start .. stop-1`` of an object: ranges of :data:`CHUNK` bytes, up to
+    :data:`AHEAD` requests in flight, each retried from its first byte (the reader sees each byte once)."""
+
+    def __init__(self, url: str, start: int, stop: int, label: str | None = None, chunk: int | None = None):
+        self.url, self.stop, self.label = url, stop, label or redact(url)
+        self.chunk = chunk or _chunk()
+        self._next = start
+        self._pending: collections.deque = collections.deque()
+        self._buffer, self._at = b"", 0
+
+    def _fill(self) -> None:
+        pool = _pool()
+        while len(self._pending) < AHEAD and self._next < self.stop:
+            end = min(self._next + self.chunk, self.stop)
+            self._pending.append(pool.submit(read_range, self.url, self._next, end, None, self.label))
+            self._next = end
+
+    def read(self, n: int = -1) -> bytes:
+        parts: list[bytes] = []
+        want = float("inf") if n is None or n < 0 else n
+        while want > 0:
+            if self._at >= len(self._buffer):
+                self._fill()
+                if not self._pending:
+                    break
+                self._buffer, self._at = self._pending.popleft().result(), 0
+                self._fill()
+            take = self._buffer[self._at:self._at + int(min(want, len(self._buffer) - self._at))]
+            self._at += len(take)
+            want -= len(take)
+            parts.append(take)
+        return b"".join(parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+
+    def __enter__(self) -> "RemoteStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _chunk() -> int:
+    try:
+        return max(1, int(os.environ.get("GPUSTATS_REMOTE_CHUNK", CHUNK)))
+    except ValueError:
+        return CHUNK
+
+
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    """This process's threads for requests (16; a forked worker makes its own)."""
+    pool = _pools.get(os.getpid())
+    if pool is None:
+        with _lock:
+            pool = _pools.get(os.getpid())
+            if pool is None:
+                pool = _pools[os.getpid()] = concurrent.futures.ThreadPoolExecutor(16, thread_name_prefix="gpustats-io")
+    return pool
+
+
+def prefetch(calls: Sequence[Callable[[], Any]]) -> Iterator[Any]:
+    """The results of ``calls`` in order, run concurrently on this process's request threads (a task's
+    remote items: a request's latency is paid once per task, not once per item)."""
+    futures = [_pool().submit(call) for call in calls]
+    try:
+        for future in futures:
+            yield future.result()
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+# ------------------------------------------------------------------------------------ listing
+def _listing_error(exc: RemoteReadError, label: str) -> SourceError:
+    if exc.kind == "missing":
+        return SourceNotFoundError(label)
+    return SourceError(str(exc))
+
+
+def _info(url: str) -> dict:
+    """The store's ``info`` of ``url``, retried; a missing object raises :class:`SourceNotFoundError`, a
+    denied one a :class:`SourceError` saying so."""
+    fs, path = _filesystem(url)
+    label = redact(url)
+    try:
+        return retrying(label, "looking it up", lambda: fs.info(path))
+    except RemoteReadError as exc:
+        if exc.kind == "missing" and _protocol(url) in ("http", "https"):
+            # fsspec's HTTP info reports any failure as missing: ask for one byte to learn the status
+            try:
+                retrying(label, "reading it", lambda: fs.cat_file(path, start=0, end=1))
+            except RemoteReadError as why:
+                raise _listing_error(why, label) from None
+        raise _listing_error(exc, label) from None
+
+
+def _object(url: str, info: dict) -> RemoteObject:
+    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
+    size = int(info.get("size") or 0)
+    _known[url] = (size, None if etag is None else str(etag))
+    return RemoteObject(url, size, None if etag is None else str(etag))
+
+
+def _with_protocol(url: str, found: str) -> str:
+    """A listed path as a URL of the same protocol (s3fs lists ``bucket/key``)."""
+    if is_url(found):
+        return found
+    return f"{_URL.match(url).group(0)}{found.lstrip('/')}"
+
+
+def list_remote(text: str, hints: list[str]) -> list[RemoteObject | RemotePath]:
+    """What the remote path ``text`` names, in order: objects (an archive or an image file, ``RemoteObject``)
+    or, for a prefix, its image files (``RemotePath``); brace patterns expanded. ``hints`` receives a
+    line when a prefix holds archives but no images."""
+    from .braces import expand_braces, has_braces
+    from .listing import is_image_name
+    from .tarindex import is_hidden
+
+    if has_braces(text):
+        names = expand_braces(text)
+        found = list(prefetch([lambda n=n: _try_info(n) for n in names]))
+        missing = [n for n, info in zip(names, found) if isinstance(info, SourceNotFoundError)]
+        for info in found:
+            if isinstance(info, SourceError) and not isinstance(info, SourceNotFoundError):
+                raise info
+        if missing:
+            raise SourceNotFoundError(redact(missing[0])) if len(names) == 1 else SourceError(
+                f"{len(missing)} of the {len(names)} objects of the pattern {redact(text)!r} do not exist (first: "
+                f"{redact(missing[0])!r})")
+        return [_object(n, info) for n, info in zip(names, found)]
+    info = _info(text)
+    if info.get("type") != "directory" and not text.endswith("/"):
+        return [_object(text, info)]
+    fs, path = _filesystem(text)
+    label = redact(text)
+    try:
+        entries = retrying(label, "listing it", lambda: fs.find(path, detail=True))
+    except RemoteReadError as exc:
+        raise _listing_error(exc, label) from None
+    base = path.rstrip("/") + "/"
+    files, archives = [], []
+    for found, entry in entries.items():
+        if entry.get("type") == "directory":
+            continue
+        relative = found[len(base):] if found.startswith(base) else found.rsplit("/", 1)[-1]
+        if is_hidden(relative):
+            continue
+        if is_image_name(relative):
+            files.append((relative, entry, found))
+        else:
+            from .units import is_archive_name
+
+            if is_archive_name(relative):
+                archives.append(relative)
+    if not files and archives:
+        hints.append(f"; archives under a prefix are not opened: name them, e.g. {label.rstrip('/')}/"
+                     f"{sorted(archives)[0]!r}, or a brace pattern such as 'shard-{{000000..000099}}.tar'")
+    return [RemotePath(_object(_with_protocol(text, found), entry)) for _, entry, found in sorted(files)]
+
+
+def _try_info(url: str) -> dict | SourceError:
+    try:
+        return _info(url)
+    except SourceError as exc:
+        return exc
+
+
+# ------------------------------------------------------------------------------------ units
+_files: dict[tuple[str, int], RemoteFile] = {}
+
+
+def random_file(url: str) -> RemoteFile:
+    """This process's :class:`RemoteFile` of ``url`` (its size as listed, else looked up once)."""
+    key = (url, os.getpid())
+    handle = _files.get(key)
+    if handle is None:
+        size = _known.get(url, (None, None))[0]
+        if size is None:  # a worker started fresh (spawn) knows nothing of the listing
+            fs, path = _filesystem(url)
+            info = retrying(redact(url), "looking it up", lambda: fs.info(path))
+            size = _object(url, info).size
+        if len(_files) >= 256:
+            _files.pop(next(iter(_files)))
+        handle = _files[key] = RemoteFile(url, size)
+    return handle
+
+
+def remote_units(obj: RemoteObject | RemotePath, column: str | None) -> list[Any]:
+    """The units of one listed object, as :func:`.units.list_units` makes them for local files: a zip's
+    members and a Parquet file's row groups (read at random), a tar or a TFRecord shard as a stream
+    (compression found from its first bytes when read), an image file as itself."""
+    from .tarindex import is_tar_name
+    from .tfrecord import TFRecordStream, is_tfrecord_name, require_crc32c
+    from .units import StreamUnit, parquet_units, zip_unit
+
+    if isinstance(obj, RemotePath):
+        return [obj]
+    name = obj.name.lower()
+    try:
+        if name.endswith(".zip"):
+            return [zip_unit(obj.url, obj.label, random_file(obj.url))]
+        if name.endswith(".parquet"):
+            return parquet_units(obj.url, obj.label, column)
+    except RemoteReadError as exc:  # its directory or footer could not be read: one line, before the run
+        raise _listing_error(exc, obj.label) from None
+    if is_tar_name(name):
+        return [StreamUnit(obj.url, obj.label, 0, obj.size, "", 1)]  # "": found when read
+    if is_tfrecord_name(name):
+        require_crc32c()
+        return [TFRecordStream(obj.url, obj.label, obj.size, "", column)]
+    return [RemotePath(obj)]
+
+
+def open_stream(unit: Any) -> tuple[Any, str | None]:
+    """A sequential reader of a remote stream unit's bytes, and their compression (sniffed)."""
+    from .streamed import _Prepended
+    from .tarindex import compression_of
+
+    stream = RemoteStream(unit.container, unit.base, unit.base + unit.size, unit.label)
+    head = stream.read(8)
+    return _Prepended(head, stream), compression_of(head)
+
+
+def message_of(exc: RemoteReadError) -> str:
+    """The one-line message of ``exc``, also when a DataLoader re-raised it from a worker (its message is
+    then "Caught RemoteReadError in DataLoader worker ..." and the worker's traceback)."""
+    text = str(exc)
+    marker = f"{RemoteReadError.__module__}.{RemoteReadError.__qualname__}: "
+    lines = [line for line in text.splitlines() if line.startswith(marker)]
+    return redact(lines[-1][len(marker):] if lines else text.splitlines()[0] if text else "remote read failed")
+
+
+def shown_path(path: Any) -> str:
+    """A path as a checkpoint records it: local ones absolute, remote ones redacted."""
+    text = os.fspath(path)
+    return redact(text) if is_url(text) else os.path.abspath(text)
