@@ -31,13 +31,15 @@ class Faults:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.rules: list[list] = []  # [match, after, times left]
+        self.rules: list[list] = []  # [match, after, times left, range start]
         self.log: list[tuple[str, str, str, str | None]] = []  # (method, path, query, range)
         self.dropped: list[tuple[str, str | None, int]] = []  # (path, range, bytes sent)
 
-    def drop(self, match: str, after: int, times: int = 1) -> None:
+    def drop(self, match: str, after: int, times: int = 1, start: int | None = None) -> None:
+        """The next ``times`` GETs of a path containing ``match`` (and, when ``start`` is given, whose
+        ``Range`` starts at byte ``start``) send ``after`` bytes of their body, then the connection drops."""
         with self.lock:
-            self.rules.append([match, after, times])
+            self.rules.append([match, after, times, start])
 
     def clear(self) -> None:
         with self.lock:
@@ -52,7 +54,8 @@ class Faults:
             if method != "GET":
                 return None
             for rule in self.rules:
-                if rule[0] in path and rule[2] > 0:
+                starts = rule[3] is None or (byte_range or "").startswith(f"bytes={rule[3]}-")
+                if rule[0] in path and rule[2] > 0 and starts:
                     rule[2] -= 1
                     return rule[1]
         return None
@@ -235,16 +238,37 @@ class S3Server:
                     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def client(self):
+    def client(self, service: str = "s3"):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
+        return boto3.client(service, endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="testing",
                             aws_secret_access_key="testing")
+
+    def enforce_iam(self, user: str, buckets: list[str]) -> dict[str, str]:
+        """Make moto check every request's credentials and permissions (from now on, in this process), with
+        a user allowed ``s3:*`` on ``buckets`` only; returns the client environment with the user's keys."""
+        import json
+
+        import moto.settings
+
+        iam = self.client("iam")
+        iam.create_user(UserName=user)
+        resources = [f"arn:aws:s3:::{b}{tail}" for b in buckets for tail in ("", "/*")]
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]}
+        iam.put_user_policy(UserName=user, PolicyName="read", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=user)["AccessKey"]
+        self._saved_auth = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
+        moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
+        return dict(self.env, AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
 
     def __enter__(self) -> "S3Server":
         self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if hasattr(self, "_saved_auth"):
+            import moto.settings
+
+            moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = self._saved_auth
         self.server.shutdown()
         self.server.server_close()

@@ -292,6 +292,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 else:
                     state = previous.state
                 images, nbytes, start = previous.images, previous.bytes, previous.next_index
+                plan.resume_streams(previous.streams)
                 bad_files = list(previous.bad_files)
                 position = plan.orders_by_name() if world > 1 and bad_files else {}
                 bad_order = [position.get(os.path.realpath(b["path"]), position.get(b["path"], [-1, 0]))
@@ -313,7 +314,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     state=current_state(), next_index=next_index, fingerprint=fingerprint,
                     files_total=plan.total if plan.total is not None else plan.items_so_far,
                     options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
-                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
+                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done, streams=plan.streams_read()))
 
         if rank == 0 and resumed_from is None:
             for folder, reason in unreadable:  # listed like bad files (rank 0: once per run)

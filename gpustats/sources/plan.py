@@ -55,6 +55,7 @@ class Plan:
                 first = k + 1
         self.streamed: dict[int, int] = {}  # segment number -> items of a compressed tar counted so far
         self.done: set[int] = set()  # segments read to their end
+        self.counted: dict[int, int] = {}  # streams read to their end by an earlier run (a checkpoint's)
         self.known = sum(len(s) for s in self.segments if isinstance(s, Segment))
         self.all_known = sum(unit_count(u) or 0 for u in units)
         self.has_streams = any(isinstance(u, StreamUnit) for u in units)
@@ -111,10 +112,24 @@ class Plan:
                 if start < pos + len(seg):
                     yield k, seg, pos
                 pos += len(seg)
+            elif k in self.counted and pos + self.counted[k] <= start:
+                self.streamed[k] = self.counted[k]  # counted by the run that saved the checkpoint: not read again
+                pos += self.counted[k]
             else:
                 yield k, seg, pos  # a stream is read (and counted) even when start lies beyond it
                 pos += self.streamed.get(k, 0)
             self.done.add(k)
+
+    def streams_read(self) -> dict[str, int]:
+        """Items of each stream read to its end (segment number -> count), for a checkpoint: a resumed run
+        does not read them again (:meth:`resume_streams`)."""
+        return {str(k): n for k, n in sorted(self.streamed.items()) if k in self.done}
+
+    def resume_streams(self, counts: dict[str, int]) -> None:
+        """Take the stream counts a checkpoint recorded (:meth:`streams_read`)."""
+        streams = {k for k, s in enumerate(self.segments) if not isinstance(s, Segment)}
+        self.counted = {int(k): n for k, n in counts.items() if int(k) in streams}
+        self.streamed.update(self.counted)
 
     def cpu_results(self, start: int, *, workers: int, batch_size: int, extras: dict,
                     decode_opts: dict, small_tasks: bool = False) -> Iterator[BatchResult]:

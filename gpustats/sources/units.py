@@ -235,8 +235,8 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         else:
             units.extend(_tar_units(root))
     if column is not None and not parquet_seen:
-        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files (or the feature of "
-                          "TFRecord shards), and no .parquet file or TFRecord shard was given; drop it")
+        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files (or the image "
+                          "feature of TFRecord shards), and no .parquet file was given, nor a TFRecord shard; drop it")
     units = [u for u in units if unit_count(u) != 0]  # an archive without images adds nothing
     if not units:
         where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
