@@ -225,11 +225,14 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     opts = _options(options)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    stream = paths if hasattr(paths, "samples") else None  # an iterable of samples (sources.samples)
     histogram = bool(opts["histogram"])
     rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
-    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"]), rank, world)
+    # each rank reads the iterable of samples it is given (in the order of the ranks)
+    units = [stream] * world if stream is not None else list_units(paths, unreadable=unreadable, column=opts["column"])
+    plan = Plan(units, rank, world)
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
     # where the statistics would run, without building a reducer yet: the CPU path reduces in the
@@ -248,7 +251,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
 
     # Options that change the result: a checkpoint made with others is refused.
     result_options = {
-        "paths": [shown_path(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
+        "paths": [stream.label] if stream is not None else [shown_path(p) for p in paths],
+        "mode": opts["mode"], "resize": opts["resize"],
         "center_crop": opts["center_crop"], "max_pixels": max_pixels, "histogram": histogram,
         "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
         # per-image sums are exact for uint8, so batch_size cannot change them; it stays in the

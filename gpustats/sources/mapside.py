@@ -38,7 +38,7 @@ import numpy as np
 import torch.utils.data
 
 from ..backends.cpu import _SMALL_PART
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file
+from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
 from .remote import RemoteReadError
 from .segment import Segment
@@ -105,6 +105,8 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, 
                 if isinstance(source, str):
                     array, decoder, size = decode_file(source, out=pixels, **decode_opts)
                     out.nbytes += size
+                elif not isinstance(source, (bytes, bytearray, memoryview)):  # a PIL image (sources.samples)
+                    array, decoder = decode_pil(source, name=name, out=pixels, **decode_opts)
                 else:
                     out.nbytes += len(source)
                     array, decoder = decode_bytes(source, name=name, out=pixels, **decode_opts)

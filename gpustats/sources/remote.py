@@ -648,3 +648,10 @@ def shown_path(path: Any) -> str:
     """A path as a checkpoint records it: local ones absolute, remote ones redacted."""
     text = os.fspath(path)
     return redact(text) if is_url(text) else os.path.abspath(text)
+
+
+def read_url(url: str) -> bytes:
+    """The whole object at ``url`` (looked up first: its size bounds the read; a short read is retried)."""
+    info = _info(url)
+    obj = _object(url, info)
+    return read_range(url, 0, obj.size, obj.size, obj.label)

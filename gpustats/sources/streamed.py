@@ -67,7 +67,11 @@ def iter_stream(unit: StreamUnit) -> Iterator[Member]:
     """``(name, bytes, None)`` for each image member of the compressed tar, ``(name, None, reason)`` for a
     refused member or a problem (named after the archive; what follows it is not read), in order.
     A remote tar (any compression) and TFRecord shards (:mod:`.tfrecord`) are streams too; a remote
-    stream that cannot be read raises :class:`~.remote.RemoteReadError` (never a bad item)."""
+    stream that cannot be read raises :class:`~.remote.RemoteReadError` (never a bad item). An iterable of
+    samples (:mod:`.samples`) gives its samples' images."""
+    if hasattr(unit, "samples"):
+        yield from unit.samples()
+        return
     if "://" in unit.container:  # sources.remote: byte ranges in order, the compression found from the data
         from .remote import open_stream
 

@@ -425,6 +425,10 @@ def unit_fingerprint(unit: Unit, digest: Any) -> None:
         except OSError:
             return -1
 
+    identity = getattr(unit, "identity", None)
+    if callable(identity):  # an iterable of samples (sources.samples)
+        digest.update(f"{type(unit).__name__}\0{identity()}\n".encode("utf-8", "surrogateescape"))
+        return
     remote = getattr(unit, "url", None) if isinstance(unit, str) else unit.container if "://" in getattr(
         unit, "container", "") else None
     if remote is not None:  # an object of a store: its redacted URL, size and ETag (sources.remote)
