@@ -38,7 +38,7 @@ def stores(tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gpustats.sources import remote
+    from gpustats.sources import remote, storelist
 
     base = tmp_path_factory.mktemp("stores")
     files = _corpus()
@@ -73,7 +73,7 @@ def stores(tmp_path_factory):
             mp.setenv(name, value)
         mp.setenv("GPUSTATS_REMOTE_BACKOFF", "0.01")  # the waits of the retries, kept short here
         mp.setattr(remote, "_filesystems", {})  # this module's servers, not another's
-        mp.setattr(remote, "_files", {})
+        mp.setattr(storelist, "_files", {})
         yield {"base": base, "files": files, "reference": reference, "s3": s3, "http": http, "env": env}
 
 
@@ -285,12 +285,12 @@ def test_sampling_a_remote_tar_says_what_to_do(capsys, stores, faults):
 
 
 def test_without_the_store_package_the_error_says_what_to_install(monkeypatch, stores):
-    import fsspec.registry
+    import importlib
 
     from gpustats.sources import remote
 
     monkeypatch.setattr(remote, "_filesystems", {})
-    registry = sys.modules["fsspec.registry"]._registry  # the classes fsspec imported: as if s3fs were not there
+    registry = importlib.import_module("fsspec.registry")._registry  # fsspec's imported classes: as if no s3fs
     monkeypatch.delitem(registry, "s3", raising=False)
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(SourceError, match=r"cannot read s3:// paths .*pip install 'gpustats\[s3\]'"):

@@ -75,7 +75,8 @@ def _source(path: str) -> Any:
     ranges, retried; one per ``ParquetFile``, as a file object has a position)."""
     if "://" not in path:
         return path
-    from .remote import RemoteFile, random_file
+    from .remote import RemoteFile
+    from .storelist import random_file
 
     return RemoteFile(path, random_file(path).size)
 

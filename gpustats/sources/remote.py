@@ -12,7 +12,7 @@ is :func:`redact`\\ ed -- ``user:password@`` and the values of a query string (`
 ``?token=``) become ``***`` -- and the values of the usual credential variables are scrubbed from
 messages of the store's client.
 
-What is read, and how (:mod:`.units` names the units):
+What is read, and how (:mod:`.storelist` lists what a path names, :mod:`.units` makes the units):
 
 * a prefix (``s3://bucket/train/``, or any path the store calls a directory) is walked like a
   folder: the images under it, in the order of their relative paths, hidden names skipped,
@@ -53,12 +53,12 @@ import random
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-from .errors import SourceError, SourceNotFoundError
+from .errors import SourceError
 
-__all__ = ["AHEAD", "CHUNK", "RemoteFile", "RemoteObject", "RemotePath", "RemoteReadError", "RemoteStream",
-           "attempts", "is_url", "list_remote", "prefetch", "read_object", "read_range", "redact"]
+__all__ = ["AHEAD", "CHUNK", "RemoteFile", "RemoteReadError", "RemoteStream", "attempts", "is_url", "message_of",
+           "prefetch", "read_range", "redact", "retrying", "shown_path"]
 
 #: bytes one request of a sequential read asks for, and requests in flight per stream
 CHUNK = 8 << 20
@@ -285,55 +285,6 @@ def read_range(url: str, start: int, stop: int, size: int | None = None, label: 
     return retrying(label, f"reading bytes {start}-{stop - 1}", once)
 
 
-def read_object(path: "RemotePath") -> bytes:
-    """The whole object of a listed remote file (its size is known: a short read is retried)."""
-    return read_range(path.url, 0, path.size, path.size, str(path))
-
-
-class RemoteObject(NamedTuple):
-    """An object found by listing: the URL as given (it may hold credentials: read with it, show ``label``),
-    its size and, where the store gives one, its ETag (part of a checkpoint's identity)."""
-
-    url: str
-    size: int
-    etag: str | None
-
-    @property
-    def label(self) -> str:
-        return redact(self.url)
-
-    @property
-    def name(self) -> str:
-        return self.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
-
-
-class RemotePath(str):
-    """A remote image file as a unit: the ``str`` is its redacted URL (what reports show); ``url``,
-    ``size`` and ``etag`` say how to read it."""
-
-    url: str
-    size: int
-    etag: str | None
-
-    def __new__(cls, obj: RemoteObject) -> "RemotePath":
-        self = super().__new__(cls, obj.label)
-        self.url, self.size, self.etag = obj.url, obj.size, obj.etag
-        return self
-
-    def __reduce__(self):
-        return RemotePath, (RemoteObject(self.url, self.size, self.etag),)
-
-
-#: what listing learnt of each object (URL -> (size, ETag)): the identity checkpoints compare
-_known: dict[str, tuple[int, str | None]] = {}
-
-
-def identity(url: str) -> str:
-    """What a checkpoint compares for the object ``url``: its redacted URL, size and ETag as listed."""
-    size, etag = _known.get(url, (-1, None))
-    return f"{redact(url)}\0{size}\0{etag or ''}"
-
-
 class RemoteFile:
     """Random access to one object: ``pread(n, offset)`` (what :func:`.tarindex.pread` calls for a
     non-descriptor), and ``read``/``seek``/``tell`` for ``zipfile`` and pyarrow, with a small read-ahead
@@ -484,157 +435,6 @@ def prefetch(calls: Sequence[Callable[[], Any]]) -> Iterator[Any]:
             future.cancel()
 
 
-# ------------------------------------------------------------------------------------ listing
-def _listing_error(exc: RemoteReadError, label: str) -> SourceError:
-    if exc.kind == "missing":
-        return SourceNotFoundError(label)
-    return SourceError(str(exc))
-
-
-def _info(url: str) -> dict:
-    """The store's ``info`` of ``url``, retried; a missing object raises :class:`SourceNotFoundError`, a
-    denied one a :class:`SourceError` saying so."""
-    fs, path = _filesystem(url)
-    label = redact(url)
-    try:
-        return retrying(label, "looking it up", lambda: fs.info(path))
-    except RemoteReadError as exc:
-        if exc.kind == "missing" and _protocol(url) in ("http", "https"):
-            # fsspec's HTTP info reports any failure as missing: ask for one byte to learn the status
-            try:
-                retrying(label, "reading it", lambda: fs.cat_file(path, start=0, end=1))
-            except RemoteReadError as why:
-                raise _listing_error(why, label) from None
-        raise _listing_error(exc, label) from None
-
-
-def _object(url: str, info: dict) -> RemoteObject:
-    etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")
-    size = int(info.get("size") or 0)
-    _known[url] = (size, None if etag is None else str(etag))
-    return RemoteObject(url, size, None if etag is None else str(etag))
-
-
-def _with_protocol(url: str, found: str) -> str:
-    """A listed path as a URL of the same protocol (s3fs lists ``bucket/key``)."""
-    if is_url(found):
-        return found
-    return f"{_URL.match(url).group(0)}{found.lstrip('/')}"
-
-
-def list_remote(text: str, hints: list[str]) -> list[RemoteObject | RemotePath]:
-    """What the remote path ``text`` names, in order: objects (an archive or an image file, ``RemoteObject``)
-    or, for a prefix, its image files (``RemotePath``); brace patterns expanded. ``hints`` receives a
-    line when a prefix holds archives but no images."""
-    from .braces import expand_braces, has_braces
-    from .listing import is_image_name
-    from .tarindex import is_hidden
-
-    if has_braces(text):
-        names = expand_braces(text)
-        found = list(prefetch([lambda n=n: _try_info(n) for n in names]))
-        missing = [n for n, info in zip(names, found) if isinstance(info, SourceNotFoundError)]
-        for info in found:
-            if isinstance(info, SourceError) and not isinstance(info, SourceNotFoundError):
-                raise info
-        if missing:
-            raise SourceNotFoundError(redact(missing[0])) if len(names) == 1 else SourceError(
-                f"{len(missing)} of the {len(names)} objects of the pattern {redact(text)!r} do not exist (first: "
-                f"{redact(missing[0])!r})")
-        return [_object(n, info) for n, info in zip(names, found)]
-    info = _info(text)
-    if info.get("type") != "directory" and not text.endswith("/"):
-        return [_object(text, info)]
-    fs, path = _filesystem(text)
-    label = redact(text)
-    try:
-        entries = retrying(label, "listing it", lambda: fs.find(path, detail=True))
-    except RemoteReadError as exc:
-        raise _listing_error(exc, label) from None
-    base = path.rstrip("/") + "/"
-    files, archives = [], []
-    for found, entry in entries.items():
-        if entry.get("type") == "directory":
-            continue
-        relative = found[len(base):] if found.startswith(base) else found.rsplit("/", 1)[-1]
-        if is_hidden(relative):
-            continue
-        if is_image_name(relative):
-            files.append((relative, entry, found))
-        else:
-            from .units import is_archive_name
-
-            if is_archive_name(relative):
-                archives.append(relative)
-    if not files and archives:
-        hints.append(f"; archives under a prefix are not opened: name them, e.g. {label.rstrip('/')}/"
-                     f"{sorted(archives)[0]!r}, or a brace pattern such as 'shard-{{000000..000099}}.tar'")
-    return [RemotePath(_object(_with_protocol(text, found), entry)) for _, entry, found in sorted(files)]
-
-
-def _try_info(url: str) -> dict | SourceError:
-    try:
-        return _info(url)
-    except SourceError as exc:
-        return exc
-
-
-# ------------------------------------------------------------------------------------ units
-_files: dict[tuple[str, int], RemoteFile] = {}
-
-
-def random_file(url: str) -> RemoteFile:
-    """This process's :class:`RemoteFile` of ``url`` (its size as listed, else looked up once)."""
-    key = (url, os.getpid())
-    handle = _files.get(key)
-    if handle is None:
-        size = _known.get(url, (None, None))[0]
-        if size is None:  # a worker started fresh (spawn) knows nothing of the listing
-            fs, path = _filesystem(url)
-            info = retrying(redact(url), "looking it up", lambda: fs.info(path))
-            size = _object(url, info).size
-        if len(_files) >= 256:
-            _files.pop(next(iter(_files)))
-        handle = _files[key] = RemoteFile(url, size)
-    return handle
-
-
-def remote_units(obj: RemoteObject | RemotePath, column: str | None) -> list[Any]:
-    """The units of one listed object, as :func:`.units.list_units` makes them for local files: a zip's
-    members and a Parquet file's row groups (read at random), a tar or a TFRecord shard as a stream
-    (compression found from its first bytes when read), an image file as itself."""
-    from .tarindex import is_tar_name
-    from .tfrecord import TFRecordStream, is_tfrecord_name, require_crc32c
-    from .units import StreamUnit, parquet_units, zip_unit
-
-    if isinstance(obj, RemotePath):
-        return [obj]
-    name = obj.name.lower()
-    try:
-        if name.endswith(".zip"):
-            return [zip_unit(obj.url, obj.label, random_file(obj.url))]
-        if name.endswith(".parquet"):
-            return parquet_units(obj.url, obj.label, column)
-    except RemoteReadError as exc:  # its directory or footer could not be read: one line, before the run
-        raise _listing_error(exc, obj.label) from None
-    if is_tar_name(name):
-        return [StreamUnit(obj.url, obj.label, 0, obj.size, "", 1)]  # "": found when read
-    if is_tfrecord_name(name):
-        require_crc32c()
-        return [TFRecordStream(obj.url, obj.label, obj.size, "", column)]
-    return [RemotePath(obj)]
-
-
-def open_stream(unit: Any) -> tuple[Any, str | None]:
-    """A sequential reader of a remote stream unit's bytes, and their compression (sniffed)."""
-    from .streamed import _Prepended
-    from .tarindex import compression_of
-
-    stream = RemoteStream(unit.container, unit.base, unit.base + unit.size, unit.label)
-    head = stream.read(8)
-    return _Prepended(head, stream), compression_of(head)
-
-
 def message_of(exc: RemoteReadError) -> str:
     """The one-line message of ``exc``, also when a DataLoader re-raised it from a worker (its message is
     then "Caught RemoteReadError in DataLoader worker ..." and the worker's traceback)."""
@@ -648,10 +448,3 @@ def shown_path(path: Any) -> str:
     """A path as a checkpoint records it: local ones absolute, remote ones redacted."""
     text = os.fspath(path)
     return redact(text) if is_url(text) else os.path.abspath(text)
-
-
-def read_url(url: str) -> bytes:
-    """The whole object at ``url`` (looked up first: its size bounds the read; a short read is retried)."""
-    info = _info(url)
-    obj = _object(url, info)
-    return read_range(url, 0, obj.size, obj.size, obj.label)

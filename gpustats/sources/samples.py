@@ -108,7 +108,7 @@ def _source(value: Any) -> tuple[Any, str | None]:
     if isinstance(value, (str, os.PathLike)):
         text = os.fspath(value)
         if is_url(text):
-            from .remote import read_url
+            from .storelist import read_url
 
             return read_url(text), None  # a failure stops the run (RemoteReadError), never a bad item
         return text, None

@@ -113,7 +113,7 @@ class Segment:
         k, local = self.locate(pos)
         unit = self.units[k]
         if hasattr(unit, "url"):  # a remote image file (sources.remote.RemotePath): its bytes
-            from .remote import read_object
+            from .storelist import read_object
 
             return read_object(unit)
         if isinstance(unit, (str, os.PathLike)):

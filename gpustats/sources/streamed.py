@@ -73,13 +73,14 @@ def iter_stream(unit: StreamUnit) -> Iterator[Member]:
         yield from unit.samples()
         return
     if "://" in unit.container:  # sources.remote: byte ranges in order, the compression found from the data
-        from .remote import open_stream
+        from .remote import RemoteStream
 
-        fh, compression = open_stream(unit)
+        stream = RemoteStream(unit.container, unit.base, unit.base + unit.size, unit.label)
         try:
-            yield from _stream_unit(fh, compression, unit)
+            head = stream.read(8)
+            yield from _stream_unit(_Prepended(head, stream), compression_of(head), unit)
         finally:
-            fh.fh.close()
+            stream.close()
         return
     try:
         fh = open(unit.container, "rb")

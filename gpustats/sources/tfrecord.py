@@ -20,8 +20,8 @@ checksum fails, or that runs past the end of the file, ends the shard: a problem
 shard, with the byte offset, and the records after it are not read (their boundaries are lost).
 
 A local uncompressed shard is indexed (12 bytes read per record, as a tar's headers are) and its
-records are read at random, by byte range, by the decode workers; a compressed or remote shard is
-read from start to end (:mod:`.streamed`).
+records are read at random, by byte range, by the decode workers (``units.TFRecordUnit``); a
+compressed or remote shard is read from start to end (``units.TFRecordStream``, :mod:`.streamed`).
 
 >>> import struct
 >>> def varint(n): return bytes([n]) if n < 128 else bytes([n & 127 | 128]) + varint(n >> 7)
@@ -44,10 +44,9 @@ from typing import Any, Callable, Iterator
 
 from .errors import BadImage, SourceError
 from .tarindex import MAX_MEMBER_BYTES, pread
-from .units import MemberUnit, StreamUnit
 
-__all__ = ["DEFAULT_FEATURES", "TFRecordStream", "TFRecordUnit", "example_features", "image_of", "index_shard",
-           "is_tfrecord_name", "iter_records", "masked_crc", "read_record"]
+__all__ = ["DEFAULT_FEATURES", "example_features", "image_of", "index_shard", "is_tfrecord_name", "iter_records",
+           "masked_crc", "read_record", "require_crc32c"]
 
 #: features tried, in order, when ``column`` is not given
 DEFAULT_FEATURES = ("image/encoded", "image")
@@ -63,36 +62,6 @@ def is_tfrecord_name(name: str) -> bool:
     [True, True, False]
     """
     return _NAME.search(name.lower()) is not None
-
-
-class TFRecordUnit(MemberUnit):
-    """The records of a local uncompressed shard (a :class:`~.units.MemberUnit` of kind ``"tfrecord"``):
-    per record its header's offset and its data's length; ``feature``: the ``column`` asked for, or None."""
-
-    __slots__ = ("feature",)
-
-    def __init__(self, container: str, label: str, feature: str | None):
-        super().__init__(container, label, "tfrecord")
-        self.feature = feature
-
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in MemberUnit.__slots__ + TFRecordUnit.__slots__}
-
-
-class TFRecordStream(StreamUnit):
-    """A shard read from start to end (gzip-compressed, or remote): a :class:`~.units.StreamUnit`."""
-
-    __slots__ = ("feature",)
-
-    def __init__(self, container: str, label: str, size: int, compression: str | None, feature: str | None):
-        super().__init__(container, label, 0, size, compression, 1)
-        self.feature = feature
-
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in StreamUnit.__slots__ + TFRecordStream.__slots__}
-
-    def __repr__(self) -> str:
-        return f"TFRecordStream({self.label!r})"
 
 
 # ------------------------------------------------------------------------------------ CRC-32C
@@ -231,9 +200,9 @@ def _image(data: Any, column: str | None, where: str) -> bytes:
 
 
 # ------------------------------------------------------------------------------------ reading
-def index_shard(fd: Any, unit: TFRecordUnit, size: int) -> None:
-    """Add each record of the uncompressed shard open as ``fd`` to ``unit`` (header offset, data length);
-    a problem that ends the shard is an item named after it, with the reason."""
+def index_shard(fd: Any, unit: Any, size: int) -> None:
+    """Add each record of the uncompressed shard open as ``fd`` to ``unit`` (a ``units.TFRecordUnit``: its
+    header offset, data length); a problem that ends the shard is an item named after it, with the reason."""
     offset, n = 0, 0
     while offset < size:
         head = pread(fd, _HEAD, offset)
@@ -267,7 +236,7 @@ def _checked(record: bytes, offset: int, length: int) -> memoryview:
     return data
 
 
-def read_record(fd: Any, unit: TFRecordUnit, i: int) -> bytes:
+def read_record(fd: Any, unit: Any, i: int) -> bytes:
     """The encoded image of record ``i`` (both checksums checked); :class:`BadImage` with the reason."""
     offset, length = unit.offsets[i], unit.sizes[i]
     data = _checked(pread(fd, _HEAD + length + 4, offset), offset, length)

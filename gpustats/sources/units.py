@@ -50,8 +50,9 @@ from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
 from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
                        pread, refusal)
 
-__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit", "expand_paths", "list_units",
-           "read_item", "unit_count", "unit_fingerprint", "is_archive_name"]
+__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "TFRecordStream", "TFRecordUnit", "Unit",
+           "expand_paths", "list_units", "read_item", "remote_units", "unit_count", "unit_fingerprint",
+           "is_archive_name"]
 
 #: names opened as archives (any case); everything else given explicitly is an image file
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".zip", ".parquet")
@@ -60,11 +61,9 @@ _MAX_OPEN = 256  # file descriptors a process keeps open for reading members
 
 def is_archive_name(name: str) -> bool:
     """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case, and TFRecord shards)."""
-    if name.lower().endswith(ARCHIVE_SUFFIXES):
-        return True
     from .tfrecord import is_tfrecord_name
 
-    return is_tfrecord_name(name)
+    return name.lower().endswith(ARCHIVE_SUFFIXES) or is_tfrecord_name(name)
 
 
 class MemberUnit:
@@ -81,8 +80,8 @@ class MemberUnit:
         self.zip_members: list = []
         self.refused: dict[int, str] = {}
 
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+    def __getstate__(self):  # every slot, a subclass's too
+        return {name: getattr(self, name) for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())}
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -140,8 +139,8 @@ class StreamUnit:
         self.container, self.label, self.base, self.size = container, label, base, size
         self.compression, self.depth = compression, depth
 
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+    def __getstate__(self):  # every slot, a subclass's too
+        return {name: getattr(self, name) for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())}
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -151,7 +150,32 @@ class StreamUnit:
         return f"StreamUnit({self.label!r}, {self.compression})"
 
 
-Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit
+class TFRecordUnit(MemberUnit):
+    """The records of a local uncompressed TFRecord shard (kind ``"tfrecord"``, :mod:`.tfrecord`): per record
+    its header's offset and its data's length; ``feature``: the ``column`` asked for, or None."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, container: str, label: str, feature: str | None):
+        super().__init__(container, label, "tfrecord")
+        self.feature = feature
+
+
+class TFRecordStream(StreamUnit):
+    """A TFRecord shard read from start to end (gzip-compressed, or remote); ``compression`` "" when it is
+    found from the first bytes as they are read (a remote one)."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, container: str, label: str, size: int, compression: str | None, feature: str | None):
+        super().__init__(container, label, 0, size, compression, 1)
+        self.feature = feature
+
+    def __repr__(self) -> str:
+        return f"TFRecordStream({self.label!r})"
+
+
+Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit (and their TFRecord kinds) | remote.RemotePath
 
 
 def unit_count(unit: Unit) -> int | None:
@@ -170,10 +194,11 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]], hints: list[str] | Non
     for path in paths:
         text = os.fspath(path)
         if isinstance(text, str) and "://" in text:
-            from .remote import is_url, list_remote
+            from .remote import is_url
+            from .storelist import list_remote
 
             if is_url(text):
-                out.extend(list_remote(text, hints if hints is not None else []))
+                out.extend(list_remote(text, hints if hints is not None else [], is_archive_name))
                 continue
             text = path = text.split("://", 1)[1] if text.lower().startswith("file://") else text
         if not os.path.exists(text) and has_braces(text):
@@ -209,12 +234,10 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     parquet_seen = False
     for root in roots:
         if not isinstance(root, Path):  # a remote object or file (sources.remote)
-            from .remote import RemotePath, remote_units
-
             if root.url not in seen:
                 seen.add(root.url)
-                parquet_seen |= not isinstance(root, RemotePath) and root.name.lower().endswith(".parquet")
-                units.extend(remote_units(root, column))
+                units.extend(found := remote_units(root, column))
+                parquet_seen |= any(isinstance(u, (RowGroupUnit, TFRecordStream)) for u in found)
             continue
         if os.path.isdir(root) or not is_archive_name(root.name):
             units.extend(walk_root(root, visited_dirs, seen, unreadable))
@@ -225,10 +248,10 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         seen.add(real)
         name = root.name.lower()
         if name.endswith(".zip"):
-            units.append(_zip_unit(root))
+            units.append(zip_unit(os.fspath(root), os.fspath(root)))
         elif name.endswith(".parquet"):
             parquet_seen = True
-            units.extend(_parquet_units(root, column))
+            units.extend(parquet_units(os.fspath(root), os.fspath(root), column))
         elif not is_tar_name(name):  # a TFRecord shard (sources.tfrecord)
             parquet_seen = True
             units.extend(_tfrecord_units(root, column))
@@ -260,10 +283,6 @@ def _archives_in_folders(roots: list[Path]) -> str:
     return ""
 
 
-def _zip_unit(path: Path) -> MemberUnit:
-    return zip_unit(os.fspath(path), os.fspath(path))
-
-
 def zip_unit(container: str, label: str, opened: Any = None) -> MemberUnit:
     """The image members of the zip ``container`` (``opened``: a file object of it, e.g. a remote one)."""
     from .ziplist import ZipListError, list_zip
@@ -280,10 +299,6 @@ def zip_unit(container: str, label: str, opened: Any = None) -> MemberUnit:
     return unit
 
 
-def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
-    return parquet_units(os.fspath(path), os.fspath(path), column)
-
-
 def parquet_units(container: str, label: str, column: str | None) -> list[RowGroupUnit]:
     """The row groups of the Parquet file ``container`` (a path or a remote URL), named ``label``."""
     from .parquetsrc import inspect
@@ -297,8 +312,34 @@ def parquet_units(container: str, label: str, column: str | None) -> list[RowGro
     return units
 
 
+def remote_units(obj: Any, column: str | None) -> list[Unit]:
+    """The units of one object listed in a store (:mod:`.remote`), as for a local file: a zip's members and
+    a Parquet file's row groups (read at random, by byte range), a tar or a TFRecord shard as a stream (its
+    compression found from its first bytes as it is read), an image file (``RemotePath``) as itself."""
+    from .remote import RemoteReadError
+    from .storelist import RemotePath, listing_error, random_file
+    from .tfrecord import is_tfrecord_name, require_crc32c
+
+    if isinstance(obj, RemotePath):
+        return [obj]
+    name = obj.name.lower()
+    try:
+        if name.endswith(".zip"):
+            return [zip_unit(obj.url, obj.label, random_file(obj.url))]
+        if name.endswith(".parquet"):
+            return parquet_units(obj.url, obj.label, column)
+    except RemoteReadError as exc:  # its directory or footer could not be read: one line, before the run
+        raise listing_error(exc, obj.label) from None
+    if is_tar_name(name):
+        return [StreamUnit(obj.url, obj.label, 0, obj.size, "", 1)]
+    if is_tfrecord_name(name):
+        require_crc32c()
+        return [TFRecordStream(obj.url, obj.label, obj.size, "", column)]
+    return [RemotePath(obj)]
+
+
 def _tfrecord_units(path: Path, column: str | None) -> list[Unit]:
-    from .tfrecord import TFRecordStream, TFRecordUnit, index_shard, require_crc32c
+    from .tfrecord import index_shard, require_crc32c
 
     require_crc32c()
     label = os.fspath(path)
@@ -393,7 +434,7 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
         raise BadImage(reason)
     try:
         if "://" in unit.container:
-            from .remote import random_file
+            from .storelist import random_file
 
             fd = random_file(unit.container)
         else:
@@ -432,7 +473,8 @@ def unit_fingerprint(unit: Unit, digest: Any) -> None:
     remote = getattr(unit, "url", None) if isinstance(unit, str) else unit.container if "://" in getattr(
         unit, "container", "") else None
     if remote is not None:  # an object of a store: its redacted URL, size and ETag (sources.remote)
-        from .remote import identity, redact
+        from .remote import redact
+        from .storelist import identity
 
         real, size, shown = identity(remote), "", len(redact(remote))
     elif isinstance(unit, (str, os.PathLike)):
