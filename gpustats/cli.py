@@ -76,7 +76,8 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image folders and files; archives read in place (.tar incl. tars inside it, .tar.gz, "
-                             ".zip, .parquet); brace patterns such as 'train-{000000..001023}.tar'")
+                             ".zip, .parquet, TFRecord shards); brace patterns such as 'train-{000000..001023}.tar'; "
+                             "s3://, gs://, https:// paths (see docs/cli.md)")
     dev = parser.add_argument_group("device and decoding")
     dev.add_argument("--device", type=_device, default="auto",
                      help="auto (a usable GPU, else the CPU with the reason shown), cpu, cuda or cuda:N")

@@ -295,3 +295,26 @@ def test_without_the_store_package_the_error_says_what_to_install(monkeypatch, s
     monkeypatch.setitem(sys.modules, "s3fs", None)
     with pytest.raises(SourceError, match=r"cannot read s3:// paths .*pip install 'gpustats\[s3\]'"):
         run_folder([f"s3://{BUCKET}/data.zip"], **OPTS)
+
+
+def test_byte_batches_feed_the_gpu_decoder_remote_items(stores, faults):
+    """The nvJPEG path reads items in this process: remote members, streams and files come as their bytes."""
+    import io
+
+    from PIL import Image
+
+    from gpustats.sources.errors import BadImage
+    from gpustats.sources.plan import Plan
+    from gpustats.sources.units import list_units
+
+    for what in ("shard-{000000..000003}.tar", "data.zip", "folder/"):
+        good, bad = 0, []
+        for first, stop, items in Plan(list_units([_source(stores, "s3", what)])).byte_batches(0, 5):
+            for _, name, _, source in items:
+                assert isinstance(source, (bytes, BadImage)), (name, type(source))
+                try:
+                    Image.open(io.BytesIO(source)).convert("RGB") if isinstance(source, bytes) else None
+                    good += isinstance(source, bytes)
+                except Exception:
+                    bad.append(name)
+        assert (good, len(bad)) == (13, 3), what

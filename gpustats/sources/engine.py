@@ -208,8 +208,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
     ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
-    of Parquet files; found when None). ``paths`` may name archives and brace patterns
-    (:mod:`.units`). ``note`` receives one-line
+    of Parquet files or feature of TFRecord shards; found when None). ``paths`` may name archives,
+    TFRecord shards, brace patterns (:mod:`.units`) and remote paths (:mod:`.remote`), or be an
+    iterable of samples (a :class:`~.samples.SampleStream`). ``note`` receives one-line
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
     from ..accumulator import Accumulator
