@@ -8,7 +8,9 @@ server, also in its own process). Round-robin over ``--rounds`` rounds (a load c
 machine hits every source alike), each source runs as ``gpustats stats 'PREFIX/shard-{000000..N}.tar'
 --workers W -q --format json --device cpu`` with the Pillow decoder; the median images/s (by the
 run's own ``elapsed_s``, listing included) is compared with the local shards', as the ratio of
-medians and the median of same-round ratios; every run's state must equal the local one bit for bit.
+medians and the median of same-round ratios; the CPU seconds per image (the run, its decode workers
+and the server process) say the same with less noise from other programs on a shared machine.
+Every run's state must equal the local one bit for bit.
 
 Local tars are indexed and their members read by the decode workers; remote ones are streamed
 (sources.remote: ranges of 8 MiB, 4 in flight) and their members handed to the workers. The servers
@@ -27,6 +29,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -105,8 +108,18 @@ def start(kind: str, root: Path) -> tuple[subprocess.Popen, str]:
     return proc, port_file.read_text()
 
 
-def gpustats_run(source: str, workers: int, env: dict) -> tuple[dict, str]:
-    """One ``gpustats stats`` run: its figures, and its exact state (JSON text) to compare."""
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def gpustats_run(source: str, workers: int, env: dict, server: int | None) -> tuple[dict, str]:
+    """One ``gpustats stats`` run: its figures (CPU seconds of the run and its decode workers, and of the
+    server process when there is one), and its exact state (JSON text) to compare."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = _cpu_s(server) if server else 0.0
     cmd = [sys.executable, "-m", "gpustats", "stats", source, "--workers", str(workers), "-q", "--format", "json",
            "--device", "cpu", "--histogram"]
     started = time.perf_counter()
@@ -115,9 +128,12 @@ def gpustats_run(source: str, workers: int, env: dict) -> tuple[dict, str]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr[-2000:]}")
     doc = json.loads(proc.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the run and its decode workers, reaped
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    server_cpu = _cpu_s(server) - server_before if server else 0.0
     return ({"images": doc["images"], "elapsed_s": doc["elapsed_s"], "wall_s": wall, "bytes": doc["bytes"],
-             "images_per_s": doc["images"] / doc["elapsed_s"], "images_per_s_process": doc["images"] / wall},
-            json.dumps(doc["state"], sort_keys=True))
+             "images_per_s": doc["images"] / doc["elapsed_s"], "images_per_s_process": doc["images"] / wall,
+             "cpu_s": cpu, "server_cpu_s": server_cpu}, json.dumps(doc["state"], sort_keys=True))
 
 
 def main(argv=None) -> int:
@@ -152,7 +168,8 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             reference = None
             for name in names:
-                result, state = gpustats_run(where[name], args.workers, env)
+                server = servers[name][0].pid if name in servers else None
+                result, state = gpustats_run(where[name], args.workers, env, server)
                 reference = state if name == "local" else reference
                 states[name].append(state == reference)
                 runs[name].append(result)
@@ -164,14 +181,18 @@ def main(argv=None) -> int:
     medians = {name: statistics.median(x["images_per_s"] for x in runs[name]) for name in names}
     paired = {name: statistics.median(a["images_per_s"] / f["images_per_s"] for a, f in zip(runs[name], runs["local"]))
               for name in names}
+    cpu = {name: statistics.median((x["cpu_s"] + x["server_cpu_s"]) / x["images"] for x in runs[name]) for name in names}
     row = {"files": args.files, "per_shard": args.per_shard, "shards": shards, "workers": args.workers,
            "rounds": args.rounds, "load_average_before": load_before, "load_average_after": list(os.getloadavg()),
            "images_per_s": medians, "vs_local": {n: medians[n] / medians["local"] for n in names},
-           "vs_local_same_round": paired, "state_equals_local": {n: all(states[n]) for n in names}, "runs": runs,
+           "vs_local_same_round": paired, "cpu_s_per_image_with_server": cpu,
+           "local_cpu_over_source_cpu": {n: cpu["local"] / cpu[n] for n in names}, "state_equals_local": {n: all(states[n]) for n in names}, "runs": runs,
            "note": "servers on the same machine (loopback), sharing its 2 cores with gpustats and with other work"}
     for name in names:
         print(f"{name:6s} {medians[name]:7.1f} images/s: {row['vs_local'][name]:.2f} of the local shards (medians), "
-              f"{paired[name]:.2f} (median of same-round ratios); state equal to local: {all(states[name])}")
+              f"{paired[name]:.2f} (median of same-round ratios); {1000 * cpu[name]:.2f} CPU ms/image with the server "
+              f"({row['local_cpu_over_source_cpu'][name]:.2f} of local's efficiency); state equal to local: "
+              f"{all(states[name])}")
     write_results(args.json, "gpustats-remote-bench/1", row=row)
     return 0
 

@@ -331,9 +331,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .plot import PlotUnavailable
     from .sources import SourceError
+    from .sources.remote import RemoteReadError
     from .stats import StatsError
 
-    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable)
+    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable,
+            RemoteReadError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -365,6 +367,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except expected as exc:
         # SourceNotFoundError is also a FileNotFoundError, whose str() shows "[Errno None] None"
         message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        if type(exc).__name__ == "RemoteReadError":  # a store failed past its retries (sampling: no checkpoint)
+            from .sources.remote import message_of
+
+            message = message_of(exc)
         print(f"gpustats: error: {message}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. --output into a missing folder

@@ -318,3 +318,13 @@ def test_byte_batches_feed_the_gpu_decoder_remote_items(stores, faults):
                 except Exception:
                     bad.append(name)
         assert (good, len(bad)) == (13, 3), what
+
+
+def test_sampling_stops_with_one_line_when_retries_run_out(monkeypatch, capsys, stores, faults):
+    monkeypatch.setenv("GPUSTATS_REMOTE_ATTEMPTS", "2")
+    stores["s3"].faults.drop("folder/c1/a.png", after=5, times=1000)  # every read of this image dropped
+    rc = main(["stats", _source(stores, "s3", "folder/"), "--sample-tolerance", "0.01", "--device", "cpu",
+               "--workers", "0", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert f"s3://{BUCKET}/folder/c1/a.png: reading bytes 0-" in err and "failed 2 times" in err

@@ -92,24 +92,21 @@ def _reraise_remote(exc: BaseException) -> None:
 
 
 def inspect(path: str, column: str | None = None, label: str | None = None) -> ParquetLayout:
-    """The image column and row groups of the Parquet file at ``path`` (``label``: its name in messages);
-    :class:`SourceError` if there is none."""
+    """The image column and row groups of the Parquet file at ``path`` (a path or a remote URL; ``label``:
+    its name in messages); :class:`SourceError` if there is none."""
     pq = require_pyarrow()
-    path_shown, path = path, path
-    if label is not None:
-        path_shown = label
+    source, path = path, path if label is None else label
     try:
-        parquet = pq.ParquetFile(_source(path))
+        parquet = pq.ParquetFile(_source(source))
         schema = parquet.schema_arrow
         groups = tuple(parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups))
     except Exception as exc:  # ArrowInvalid, OSError, ...: a damaged or foreign file
         from .remote import RemoteReadError
 
         cause = exc if isinstance(exc, RemoteReadError) else exc.__context__
-        if isinstance(cause, RemoteReadError):
+        if isinstance(cause, RemoteReadError):  # the store failed (its message names the object)
             raise SourceError(str(cause)) from None
-        raise SourceError(f"{path_shown}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
-    path = path_shown
+        raise SourceError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
     kinds = {f.name: _kind(f.type) for f in schema}
     names = ", ".join(f"{f.name} ({f.type})" for f in schema)
     if column is not None:

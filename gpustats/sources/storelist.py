@@ -7,6 +7,7 @@ object is a :class:`~.errors.SourceNotFoundError`, a denied one a one-line :clas
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable, NamedTuple
 
 from .errors import SourceError, SourceNotFoundError
@@ -163,6 +164,9 @@ def _try_info(url: str) -> dict | SourceError:
 _files: dict[tuple[str, int], RemoteFile] = {}
 
 
+_files_lock = threading.Lock()
+
+
 def random_file(url: str) -> RemoteFile:
     """This process's :class:`RemoteFile` of ``url`` (its size as listed, else looked up once)."""
     key = (url, os.getpid())
@@ -173,9 +177,11 @@ def random_file(url: str) -> RemoteFile:
             fs, path = _filesystem(url)
             info = retrying(redact(url), "looking it up", lambda: fs.info(path))
             size = _object(url, info).size
-        if len(_files) >= 256:
-            _files.pop(next(iter(_files)))
-        handle = _files[key] = RemoteFile(url, size)
+        handle = RemoteFile(url, size)
+        with _files_lock:  # the request threads of a task may ask at once
+            if len(_files) >= 256:
+                _files.pop(next(iter(_files)))
+            _files[key] = handle
     return handle
 
 
