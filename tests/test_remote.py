@@ -328,3 +328,50 @@ def test_sampling_stops_with_one_line_when_retries_run_out(monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1, err
     assert f"s3://{BUCKET}/folder/c1/a.png: reading bytes 0-" in err and "failed 2 times" in err
+
+
+@pytest.mark.parametrize("pulled", [True, False])
+def test_workers_read_whole_shards_and_a_checkpoint_between_them_resumes(monkeypatch, tmp_path, stores, faults,
+                                                                         pulled):
+    """4 shards and 2 workers: each worker reads and reduces whole shards (Plan.shard_results, spied on here);
+    the state is the one-process state bit for bit. Interrupted while the third result is asked for, the
+    rerun (same workers) takes shards 0-1 from the checkpoint without reading them and gives the same state."""
+    from gpustats.checkpoint import read_checkpoint
+    from gpustats.sources.plan import Plan
+
+    source = _source(stores, "s3", "shard-{000000..000003}.tar")
+    one = run_folder([source], **OPTS)
+    real, calls = Plan.shard_results, []
+
+    def spy(self, run, *args, **kwargs):
+        calls.append(list(run))
+        results = real(self, run, *args, **kwargs)
+        for n in range(len(run) + 1):
+            if n == 2 and interrupt and not pulled:  # before shard 1 is marked done: it is read again, skipped
+                raise KeyboardInterrupt
+            result = next(results, None)
+            if n == 2 and interrupt:  # after: shard 1 is counted by the checkpoint
+                raise KeyboardInterrupt
+            if result is None:
+                return
+            yield result
+
+    monkeypatch.setattr(Plan, "shard_results", spy)
+    interrupt = False
+    two = run_folder([source], **{**OPTS, "workers": 2})
+    assert calls == [[0, 1, 2, 3]] and two.stats.state.to_dict() == one.stats.state.to_dict()
+    assert two.bad_files == one.bad_files and two.images == 13 and two.files_total == 16
+    ck = tmp_path / "run.ckpt"
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        run_folder([source], **{**OPTS, "workers": 2, "checkpoint": str(ck), "checkpoint_every": 0})
+    saved = read_checkpoint(ck)
+    assert saved.next_index == 8 and saved.streams == ({"0": 4, "1": 4} if pulled else {"0": 4})
+    interrupt = False
+    stores["s3"].faults.clear()
+    resumed = run_folder([source], **{**OPTS, "workers": 2, "checkpoint": str(ck)})
+    assert resumed.resumed_from == 8 and resumed.stats.state.to_dict() == one.stats.state.to_dict()
+    assert resumed.bad_files == one.bad_files and resumed.files_total == 16
+    gets = stores["s3"].faults.gets
+    assert gets("shard-000000.tar") == [] and len(gets("shard-000001.tar")) == (0 if pulled else 1)
+    assert len(gets("shard-000002.tar")) == 1

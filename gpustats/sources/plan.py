@@ -138,12 +138,20 @@ class Plan:
         from .streamed import StreamPool, iter_stream_results
 
         pool = StreamPool(workers) if self.has_streams else None
+        by_workers: set[int] = set()  # streams already read by shard_results
         try:
             for k, seg, first in self._walk(start):
                 if isinstance(seg, Segment):
                     yield from iter_reduced(seg, workers=workers, batch_size=batch_size, start=max(0, start - first),
                                             small_tasks=small_tasks,
                                             **extras, **decode_opts)
+                    continue
+                if k in by_workers:
+                    continue
+                run = self._shard_run(k, workers)
+                if run:
+                    yield from self.shard_results(run, first, start, pool, batch_size, extras, decode_opts)
+                    by_workers.update(run)
                     continue
                 order, unit = seg
                 yield from iter_stream_results(unit, first=first, skip=max(0, start - first), order=order, pool=pool,
@@ -152,6 +160,40 @@ class Plan:
         finally:
             if pool is not None:
                 pool.close()
+
+    def _shard_run(self, k: int, workers: int) -> list[int]:
+        """The streams from segment ``k`` on, one after another, when there are at least ``2 * workers`` of
+        them (shards: each worker then reads and decodes whole shards); else [] (one stream at a time, read
+        here and decoded by the workers)."""
+        run = []
+        for j in range(k, len(self.segments)):
+            seg = self.segments[j]
+            if isinstance(seg, Segment) or hasattr(seg[1], "samples"):  # an iterable cannot go to a worker
+                break
+            run.append(j)
+        return run if workers > 0 and len(run) >= 2 * workers else []
+
+    def shard_results(self, run: list[int], first: int, start: int, pool: Any, batch_size: int, extras: dict,
+                      decode_opts: dict) -> Iterator[BatchResult]:
+        """The results of the streams ``run`` (segment numbers), each read and reduced whole by a decode
+        worker (:func:`~.streamed.reduce_stream`: no bytes cross processes, this process only merges), in
+        order; the first begins at item ``first``.
+
+        ``start`` (a resumed run) lies inside the first: a checkpoint counts every stream whose results
+        were all taken before its last batch (each is marked done here when the next result is asked for),
+        so only the stream of that batch can be uncounted before ``start``; the others start at 0."""
+        from .streamed import reduce_stream
+
+        jobs = ((self.segments[k][1], max(0, start - first) if i == 0 else 0, self.segments[k][0], batch_size, extras,
+                 decode_opts) for i, k in enumerate(run))
+        pos = first
+        for k, (results, n) in zip(run, pool.map(reduce_stream, jobs)):
+            self.streamed[k] = n
+            for r in results:  # positions in the shard -> in the rank's order
+                yield r._replace(start=r.start + pos, stop=r.stop + pos,
+                                 bad=[b._replace(index=b.index + pos) for b in r.bad])
+            self.done.add(k)  # its results all taken: a checkpoint may count it (streams_read)
+            pos += n
 
     def byte_batches(self, start: int, batch_size: int) -> Iterator[tuple[int, int, list[tuple]]]:
         """``(first, stop, records)`` of ``batch_size`` items from ``start`` on, read in this process;

@@ -10,6 +10,11 @@ bounded. Tars inside it are read as nested archives, in place (:data:`~.tarindex
 Items are counted as they stream: the n-th image member (or refused member, or problem) is item
 ``first + n``. A resumed run re-reads the members before its checkpoint without decoding them.
 
+Many streams one after another (WebDataset shards, in a store or compressed; at least two per
+worker) go to the workers whole instead (:func:`reduce_stream`, :meth:`.plan.Plan.shard_results`):
+each worker reads, decodes and reduces a shard and sends back its batches' states, so this process
+neither parses the shards nor copies their bytes to the workers; the results are merged in order.
+
 >>> import io, os, tarfile, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "s.tar.gz")
 >>> with tarfile.open(path, "w:gz") as tar:
@@ -37,7 +42,7 @@ from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_
                        iter_entries, open_decompressed, refusal)
 from .units import StreamUnit
 
-__all__ = ["StreamPool", "iter_stream", "iter_stream_results"]
+__all__ = ["StreamPool", "iter_stream", "iter_stream_results", "reduce_stream"]
 
 Member = tuple  # (name, bytes | None, reason | None)
 #: bytes read after a compressed tar's end-of-archive blocks, to reach the stream's own checksum
@@ -186,6 +191,28 @@ class StreamPool:
         if self._executor is not None:
             self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
+
+
+def reduce_stream(unit: StreamUnit, skip: int, order: int, batch_size: int, extras: dict,
+                  decode_opts: dict) -> tuple[list[BatchResult], int]:
+    """A whole stream read, decoded and reduced in one process (a decode worker given a shard): the
+    results of its batches of ``batch_size`` items after the first ``skip`` (positions in the stream),
+    and its number of items."""
+    from .errors import BadImage
+
+    results: list[BatchResult] = []
+    batch: list = []
+    n = 0
+    for n, (name, data, reason) in enumerate(iter_stream(unit), 1):
+        if n <= skip:
+            continue
+        batch.append((n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)))
+        if len(batch) == batch_size:
+            results.append(reduce_records(batch[0][0], n, batch, extras, decode_opts))
+            batch = []
+    if batch:
+        results.append(reduce_records(batch[0][0], batch[-1][0] + 1, batch, extras, decode_opts))
+    return results, n
 
 
 def iter_stream_results(unit: StreamUnit, *, first: int, skip: int, order: int, pool: StreamPool, batch_size: int,
