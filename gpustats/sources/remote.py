@@ -22,8 +22,9 @@ What is read, and how (:mod:`.storelist` lists what a path names, :mod:`.units` 
   first: a few requests), exactly as local ones;
 * tars and TFRecord shards are read from start to end (their members are found only by walking
   them: an index would cost one request per member): :class:`RemoteStream` asks for
-  :data:`CHUNK` bytes at a time, :data:`AHEAD` requests in flight, and the members go to the
-  decode workers as the bytes arrive (:mod:`.streamed`);
+  :data:`CHUNK` bytes at a time, :data:`AHEAD` requests in flight; with two shards or more per
+  decode worker each worker reads whole shards, else the members go to the workers as the bytes
+  arrive (:mod:`.streamed`);
 * image files are read whole, the items of one task concurrently (:func:`prefetch`).
 
 Faults of a network: each request (a byte range, an object, a listing) is tried up to
