@@ -82,6 +82,9 @@ class Checkpoint:
     bytes: int = 0  # file bytes read so far (for MB/s)
     elapsed_s: float = 0.0  # processing time summed over the runs that made this checkpoint
     complete: bool = False
+    # items of each stream (a compressed or remote tar, a TFRecord shard) read to its end, by its segment
+    # number: a resumed run does not read them again (sources.plan.Plan.streams_read)
+    streams: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "state"}
@@ -119,9 +122,15 @@ class Checkpoint:
             if not state.is_empty and isinstance(options.get(option), bool) and options[option] != has:
                 raise CheckpointError(f"options.{option} is {options[option]}, the state has {('no ', '')[has]}{part}")
         bad_files = _each({"bad_files": [], **d}, "bad_files", _bad_file, prefix="")
+        streams = d.get("streams", {})
+        _expect(isinstance(streams, dict) and all(isinstance(k, str) and k.isdigit() and len(k) < 19 for k in streams),
+                "streams", streams, "an object of segment numbers")
+        streams = {k: _int(v, f"streams.{k}", hi=files_total) for k, v in streams.items()}
+        if sum(streams.values()) > files_total:
+            raise CheckpointError(f"the streams hold {sum(streams.values())} items, more than files_total {files_total}")
         return Checkpoint(state=state, next_index=next_index, files_total=files_total, fingerprint=fingerprint,
                           options=options, bad_files=bad_files, images=images, bytes=_int(d.get("bytes", 0), "bytes"),
-                          elapsed_s=float(elapsed), complete=complete)
+                          elapsed_s=float(elapsed), complete=complete, streams=streams)
 
 
 def _state(d: Any) -> ChannelStats:

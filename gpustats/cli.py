@@ -76,7 +76,8 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image folders and files; archives read in place (.tar incl. tars inside it, .tar.gz, "
-                             ".zip, .parquet); brace patterns such as 'train-{000000..001023}.tar'")
+                             ".zip, .parquet, TFRecord shards); brace patterns such as 'train-{000000..001023}.tar'; "
+                             "s3://, gs://, https:// paths (see docs/cli.md)")
     dev = parser.add_argument_group("device and decoding")
     dev.add_argument("--device", type=_device, default="auto",
                      help="auto (a usable GPU, else the CPU with the reason shown), cpu, cuda or cuda:N")
@@ -336,9 +337,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .plot import PlotUnavailable
     from .sources import SourceError
+    from .sources.remote import RemoteReadError
     from .stats import StatsError
 
-    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable)
+    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable,
+            RemoteReadError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -370,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except expected as exc:
         # SourceNotFoundError is also a FileNotFoundError, whose str() shows "[Errno None] None"
         message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        if type(exc).__name__ == "RemoteReadError":  # a store failed past its retries (sampling: no checkpoint)
+            from .sources.remote import message_of
+
+            message = message_of(exc)
         print(f"gpustats: error: {message}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. --output into a missing folder

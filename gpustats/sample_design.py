@@ -106,7 +106,9 @@ def unit_sizes(files: Any) -> np.ndarray | None:
     for pos in range(len(files)):
         k, i = files.locate(pos)
         unit = files.units[k]
-        if isinstance(unit, (str, os.PathLike)):
+        if hasattr(unit, "url"):  # a remote image file: its size as listed (sources.storelist.RemotePath)
+            out[pos] = unit.size
+        elif isinstance(unit, (str, os.PathLike)):
             try:
                 out[pos] = os.stat(unit).st_size
             except OSError:

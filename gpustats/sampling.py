@@ -164,13 +164,17 @@ def _list_files(source: Any, column: str | None = None, all_extensions: bool = F
     from .sources.listing import extensions_for
 
     units = list_units(list(source), column=column, extensions=extensions_for(all_extensions))
-    if all(_is_pathlike(u) for u in units):
+    if all(_is_pathlike(u) and not hasattr(u, "url") for u in units):  # local files (remote ones: a Segment)
         return [os.fspath(u) for u in units]
-    streams = [u.label for u in units if isinstance(u, StreamUnit)]
+    streams = [u for u in units if isinstance(u, StreamUnit)]
+    if streams and "://" in streams[0].container:
+        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is read only from start "
+                         "to end (a tar or TFRecord shard in a store: indexing it would read it all); copy it to a "
+                         "local disk, or drop the sampling for the exact pass")
     if streams:
-        raise InputError(f"sampling needs random access to the images, and {streams[0]} is a compressed tar (read "
-                         "only from start to end); decompress it to a .tar (e.g. gunzip), which is indexed, or drop "
-                         "the sampling for the exact pass")
+        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is a compressed tar "
+                         "or TFRecord shard (read only from start to end); decompress it to a .tar or a plain shard (e.g. "
+                         "gunzip), which is indexed, or drop the sampling for the exact pass")
     return Segment(units, range(len(units)))
 
 

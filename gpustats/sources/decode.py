@@ -72,14 +72,14 @@ import contextlib
 import io
 import os
 import warnings
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size",
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_pil", "decode_with_info", "resized_size",
            "center_crop_array"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
@@ -382,7 +382,13 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
             raise BadImage(f"truncated or corrupt: {msg}", path) from None
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
+    return _finish(converted, decoder, resize, center_crop, out)
 
+
+def _finish(converted: Any, decoder: str, resize: int | None, center_crop: int | Sequence[int] | None,
+            out: str) -> tuple[np.ndarray, str]:
+    """The geometry and the output of :func:`_decode` (and :func:`decode_pil`) once the pixels are converted:
+    ``converted`` is a PIL image in the asked mode, or already an array or a histogram."""
     if resize is not None:
         new_size = resized_size(converted.width, converted.height, int(resize))
         if new_size != converted.size:
@@ -421,6 +427,35 @@ def _warn_if_changed(img: Image.Image, deep: bool) -> None:
             changed = bool(np.any(values != np.floor(values)))
         if changed:
             warnings.warn(_CHANGED[kind], UserWarning, stacklevel=3)
+
+
+def decode_pil(image: Image.Image, *, name: str | None = None, mode: str = "RGB",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None,
+               center_crop: int | Sequence[int] | None = None, out: str = "array") -> tuple[np.ndarray, str]:
+    """:func:`decode_bytes` for an image a dataset already opened (a Hugging Face ``Image`` feature's PIL
+    image): the same conversion, checks and geometry, on the pixels Pillow decodes from it.
+
+    >>> array, decoder = decode_pil(Image.new("P", (2, 1)))
+    >>> array.shape, decoder
+    ((1, 2, 3), 'pillow')
+    """
+    _check_options(mode, resize, center_crop)
+    if out not in _OUTS:
+        raise ValueError(f"out must be one of {_OUTS}, got {out!r}")
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}", name)
+    deep = _deep_colour(image)  # before load(), which forgets how the data was stored
+    try:
+        image.load()
+        _warn_if_changed(image, deep)
+        if image.mode == mode and resize is None:
+            converted = _histogram(image, center_crop) if out == "histogram" else _array_of(image, out)
+        else:
+            converted = image.convert(mode)
+    except Exception as exc:  # OSError, SyntaxError, EOFError, zlib.error, ...
+        raise BadImage(f"truncated or corrupt: {str(exc) or type(exc).__name__}", name) from None
+    return _finish(converted, "pillow", resize, center_crop, out)
 
 
 def _array_of(image: Image.Image, out: str) -> np.ndarray:

@@ -212,9 +212,10 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
     ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
-    of Parquet files; found when None), ``all_extensions`` (also read GIF and the other
-    :data:`~.listing.EXTRA_EXTENSIONS`; default: exactly ImageFolder's). ``paths`` may name archives and brace patterns
-    (:mod:`.units`). ``note`` receives one-line
+    of Parquet files or feature of TFRecord shards; found when None), ``all_extensions`` (also read GIF and
+    the other :data:`~.listing.EXTRA_EXTENSIONS`; default: exactly ImageFolder's). ``paths`` may name
+    archives, TFRecord shards, brace patterns (:mod:`.units`) and remote paths (:mod:`.remote`), or be an
+    iterable of samples (a :class:`~.samples.SampleStream`). ``note`` receives one-line
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
     from ..accumulator import Accumulator
@@ -224,19 +225,24 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     from .decode import DEFAULT_MAX_PIXELS
     from .listing import extensions_for
     from .plan import Plan
+    from .remote import RemoteReadError, message_of, shown_path
     from .units import list_units
 
     note = note or (lambda s: None)
     opts = _options(options)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    stream = paths if hasattr(paths, "samples") else None  # an iterable of samples (sources.samples)
     histogram = bool(opts["histogram"])
     rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
     skipped: dict[str, int] = {}
-    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"],
-                           extensions=extensions_for(bool(opts["all_extensions"])), skipped=skipped), rank, world)
+    # each rank reads the iterable of samples it is given (in the order of the ranks)
+    units = [stream] * world if stream is not None else list_units(
+        paths, unreadable=unreadable, column=opts["column"], extensions=extensions_for(bool(opts["all_extensions"])),
+        skipped=skipped)
+    plan = Plan(units, rank, world)
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
     # where the statistics would run, without building a reducer yet: the CPU path reduces in the
@@ -255,7 +261,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
 
     # Options that change the result: a checkpoint made with others is refused.
     result_options = {
-        "paths": [os.path.abspath(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
+        "paths": [stream.label] if stream is not None else [shown_path(p) for p in paths],
+        "mode": opts["mode"], "resize": opts["resize"],
         "center_crop": opts["center_crop"], "max_pixels": max_pixels, "histogram": histogram,
         "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
         # per-image sums are exact for uint8, so batch_size cannot change them; per-image runs
@@ -301,6 +308,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 else:
                     state = previous.state
                 images, nbytes, start = previous.images, previous.bytes, previous.next_index
+                plan.resume_streams(previous.streams)
                 bad_files = list(previous.bad_files)
                 position = plan.orders_by_name() if world > 1 and bad_files else {}
                 bad_order = [position.get(os.path.realpath(b["path"]), position.get(b["path"], [-1, 0]))
@@ -322,7 +330,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     state=current_state(), next_index=next_index, fingerprint=fingerprint,
                     files_total=plan.total if plan.total is not None else plan.items_so_far,
                     options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
-                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
+                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done, streams=plan.streams_read()))
 
         if rank == 0 and resumed_from is None:
             for folder, reason in unreadable:  # listed like bad files (rank 0: once per run)
@@ -379,6 +387,13 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     save(next_index, False)
                     note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
                 raise
+            except RemoteReadError as exc:  # a store failed past its retries (sources.remote): one line
+                bar.close()
+                saved = "; rerun with --checkpoint FILE (checkpoint= in Python) to resume after such a failure"
+                if ck_path:
+                    save(next_index, False)
+                    saved = f"; progress saved in {ck_path} (rerun the same command to resume)"
+                raise RunError(f"{message_of(exc)}{saved}") from None
             except RuntimeError as exc:
                 from concurrent.futures.process import BrokenProcessPool
 

@@ -10,6 +10,11 @@ bounded. Tars inside it are read as nested archives, in place (:data:`~.tarindex
 Items are counted as they stream: the n-th image member (or refused member, or problem) is item
 ``first + n``. A resumed run re-reads the members before its checkpoint without decoding them.
 
+Many streams one after another (WebDataset shards, in a store or compressed; at least two per
+worker) go to the workers whole instead (:func:`reduce_stream`, :meth:`.plan.Plan.shard_results`):
+each worker reads, decodes and reduces a shard and sends back its batches' states, so this process
+neither parses the shards nor copies their bytes to the workers; the results are merged in order.
+
 >>> import io, os, tarfile, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "s.tar.gz")
 >>> with tarfile.open(path, "w:gz") as tar:
@@ -37,7 +42,7 @@ from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_
                        iter_entries, open_decompressed, refusal)
 from .units import StreamUnit
 
-__all__ = ["StreamPool", "iter_stream", "iter_stream_results"]
+__all__ = ["StreamPool", "iter_stream", "iter_stream_results", "reduce_stream"]
 
 Member = tuple  # (name, bytes | None, reason | None)
 #: bytes read after a compressed tar's end-of-archive blocks, to reach the stream's own checksum
@@ -65,7 +70,23 @@ class _Prepended:
 
 def iter_stream(unit: StreamUnit) -> Iterator[Member]:
     """``(name, bytes, None)`` for each image member of the compressed tar, ``(name, None, reason)`` for a
-    refused member or a problem (named after the archive; what follows it is not read), in order."""
+    refused member or a problem (named after the archive; what follows it is not read), in order.
+    A remote tar (any compression) and TFRecord shards (:mod:`.tfrecord`) are streams too; a remote
+    stream that cannot be read raises :class:`~.remote.RemoteReadError` (never a bad item). An iterable of
+    samples (:mod:`.samples`) gives its samples' images."""
+    if hasattr(unit, "samples"):
+        yield from unit.samples()
+        return
+    if "://" in unit.container:  # sources.remote: byte ranges in order, the compression found from the data
+        from .remote import RemoteStream
+
+        stream = RemoteStream(unit.container, unit.base, unit.base + unit.size, unit.label)
+        try:
+            head = stream.read(8)
+            yield from _stream_unit(_Prepended(head, stream), compression_of(head), unit)
+        finally:
+            stream.close()
+        return
     try:
         fh = open(unit.container, "rb")
     except OSError as exc:
@@ -73,7 +94,21 @@ def iter_stream(unit: StreamUnit) -> Iterator[Member]:
         return
     with fh:
         fh.seek(unit.base)
-        yield from _stream_tar(LimitedFile(fh, unit.size), unit.compression, unit.label, unit.depth, unit.extensions)
+        yield from _stream_unit(LimitedFile(fh, unit.size), unit.compression, unit)
+
+
+def _stream_unit(fileobj: Any, compression: str | None, unit: StreamUnit) -> Iterator[Member]:
+    feature = getattr(unit, "feature", False)
+    if feature is False:
+        yield from _stream_tar(fileobj, compression, unit.label, unit.depth, unit.extensions)
+        return
+    from .tfrecord import iter_records
+
+    try:
+        yield from iter_records(SeqReader(open_decompressed(fileobj, compression)), unit.label, feature)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        yield unit.label, None, (f"corrupt or truncated compressed data ({type(exc).__name__}: {exc}); the rest of "
+                                 "this shard is not read")
 
 
 def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int,
@@ -157,6 +192,28 @@ class StreamPool:
         if self._executor is not None:
             self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None
+
+
+def reduce_stream(unit: StreamUnit, skip: int, order: int, batch_size: int, extras: dict,
+                  decode_opts: dict) -> tuple[list[BatchResult], int]:
+    """A whole stream read, decoded and reduced in one process (a decode worker given a shard): the
+    results of its batches of ``batch_size`` items after the first ``skip`` (positions in the stream),
+    and its number of items."""
+    from .errors import BadImage
+
+    results: list[BatchResult] = []
+    batch: list = []
+    n = 0
+    for n, (name, data, reason) in enumerate(iter_stream(unit), 1):
+        if n <= skip:
+            continue
+        batch.append((n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)))
+        if len(batch) == batch_size:
+            results.append(reduce_records(batch[0][0], n, batch, extras, decode_opts))
+            batch = []
+    if batch:
+        results.append(reduce_records(batch[0][0], batch[-1][0] + 1, batch, extras, decode_opts))
+    return results, n
 
 
 def iter_stream_results(unit: StreamUnit, *, first: int, skip: int, order: int, pool: StreamPool, batch_size: int,

@@ -51,8 +51,9 @@ from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
 from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
                        pread, refusal)
 
-__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit", "expand_paths", "list_units",
-           "read_item", "unit_count", "unit_fingerprint", "is_archive_name"]
+__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "TFRecordStream", "TFRecordUnit", "Unit",
+           "expand_paths", "list_units", "read_item", "remote_units", "unit_count", "unit_fingerprint",
+           "is_archive_name"]
 
 #: names opened as archives (any case); everything else given explicitly is an image file
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".zip", ".parquet")
@@ -60,8 +61,10 @@ _MAX_OPEN = 256  # file descriptors a process keeps open for reading members
 
 
 def is_archive_name(name: str) -> bool:
-    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case)."""
-    return name.lower().endswith(ARCHIVE_SUFFIXES)
+    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case, and TFRecord shards)."""
+    from .tfrecord import is_tfrecord_name
+
+    return name.lower().endswith(ARCHIVE_SUFFIXES) or is_tfrecord_name(name)
 
 
 class MemberUnit:
@@ -78,8 +81,8 @@ class MemberUnit:
         self.zip_members: list = []
         self.refused: dict[int, str] = {}
 
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+    def __getstate__(self):  # every slot, a subclass's too
+        return {name: getattr(self, name) for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())}
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -138,8 +141,8 @@ class StreamUnit:
         self.container, self.label, self.base, self.size = container, label, base, size
         self.compression, self.depth, self.extensions = compression, depth, extensions
 
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+    def __getstate__(self):  # every slot, a subclass's too
+        return {name: getattr(self, name) for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())}
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -149,7 +152,32 @@ class StreamUnit:
         return f"StreamUnit({self.label!r}, {self.compression})"
 
 
-Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit
+class TFRecordUnit(MemberUnit):
+    """The records of a local uncompressed TFRecord shard (kind ``"tfrecord"``, :mod:`.tfrecord`): per record
+    its header's offset and its data's length; ``feature``: the ``column`` asked for, or None."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, container: str, label: str, feature: str | None):
+        super().__init__(container, label, "tfrecord")
+        self.feature = feature
+
+
+class TFRecordStream(StreamUnit):
+    """A TFRecord shard read from start to end (gzip-compressed, or remote); ``compression`` "" when it is
+    found from the first bytes as they are read (a remote one)."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, container: str, label: str, size: int, compression: str | None, feature: str | None):
+        super().__init__(container, label, 0, size, compression, 1)
+        self.feature = feature
+
+    def __repr__(self) -> str:
+        return f"TFRecordStream({self.label!r})"
+
+
+Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit (and their TFRecord kinds) | remote.RemotePath
 
 
 def unit_count(unit: Unit) -> int | None:
@@ -160,11 +188,22 @@ def unit_count(unit: Unit) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ listing
-def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The paths given, each brace pattern that names no existing path expanded; every result must exist."""
-    out = []
+def expand_paths(paths: Sequence[str | os.PathLike[str]], hints: list[str] | None = None,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS, skipped: dict | None = None) -> list[Any]:
+    """The paths given, each brace pattern that names no existing path expanded; every result must exist.
+    A remote path (``s3://``, ``https://``, ...) gives what :func:`.remote.list_remote` lists there
+    (``hints`` receives its notes; ``extensions`` and ``skipped`` as for a folder, :func:`list_units`)."""
+    out: list[Any] = []
     for path in paths:
         text = os.fspath(path)
+        if isinstance(text, str) and "://" in text:
+            from .remote import is_url
+            from .storelist import list_remote
+
+            if is_url(text):
+                out.extend(list_remote(text, hints if hints is not None else [], is_archive_name, extensions, skipped))
+                continue
+            text = path = text.split("://", 1)[1] if text.lower().startswith("file://") else text
         if not os.path.exists(text) and has_braces(text):
             names = expand_braces(text)
             missing = [n for n in names if not os.path.exists(n)]
@@ -194,12 +233,19 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    roots = expand_paths(paths)
+    hints: list[str] = []
+    roots = expand_paths(paths, hints, extensions, skipped)
     visited_dirs: set[str] = set()
     seen: set[str] = set()
     units: list[Unit] = []
     parquet_seen = False
     for root in roots:
+        if not isinstance(root, Path):  # a remote object or file (sources.remote)
+            if root.url not in seen:
+                seen.add(root.url)
+                units.extend(found := remote_units(root, column, extensions))
+                parquet_seen |= any(isinstance(u, (RowGroupUnit, TFRecordStream)) for u in found)
+            continue
         if os.path.isdir(root) or not is_archive_name(root.name):
             units.extend(walk_root(root, visited_dirs, seen, unreadable, extensions, skipped))
             continue
@@ -209,22 +255,25 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         seen.add(real)
         name = root.name.lower()
         if name.endswith(".zip"):
-            units.append(_zip_unit(root, extensions))
+            units.append(zip_unit(os.fspath(root), os.fspath(root), extensions=extensions))
         elif name.endswith(".parquet"):
             parquet_seen = True
-            units.extend(_parquet_units(root, column))
+            units.extend(parquet_units(os.fspath(root), os.fspath(root), column))
+        elif not is_tar_name(name):  # a TFRecord shard (sources.tfrecord)
+            parquet_seen = True
+            units.extend(_tfrecord_units(root, column))
         else:
             units.extend(_tar_units(root, extensions))
     if column is not None and not parquet_seen:
-        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files, and no .parquet "
-                          "file was given; drop it")
+        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files (or the image "
+                          "feature of TFRecord shards), and no .parquet file was given, nor a TFRecord shard; drop it")
     units = [u for u in units if unit_count(u) != 0]  # an archive without images adds nothing
     if not units:
         where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
         raise NoImagesFoundError(
             f"no images found under {where}; accepted extensions (any case, also for archive members): "
             f"{', '.join(extensions)}; hidden files and folders (leading '.') are skipped"
-            + _archives_in_folders(roots))
+            + (hints[0] if hints else _archives_in_folders([r for r in roots if isinstance(r, Path)])))
     return units
 
 
@@ -241,13 +290,14 @@ def _archives_in_folders(roots: list[Path]) -> str:
     return ""
 
 
-def _zip_unit(path: Path, extensions: tuple[str, ...]) -> MemberUnit:
+def zip_unit(container: str, label: str, opened: Any = None, *,
+             extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> MemberUnit:
+    """The image members of the zip ``container`` (``opened``: a file object of it, e.g. a remote one)."""
     from .ziplist import ZipListError, list_zip
 
-    label = os.fspath(path)
-    unit = MemberUnit(label, label, "zip")
+    unit = MemberUnit(container, label, "zip")
     try:
-        members = list_zip(label)
+        members = list_zip(container, opened)
     except ZipListError as exc:
         unit.add("", refused=str(exc))
         return unit
@@ -257,17 +307,67 @@ def _zip_unit(path: Path, extensions: tuple[str, ...]) -> MemberUnit:
     return unit
 
 
-def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
+def parquet_units(container: str, label: str, column: str | None) -> list[RowGroupUnit]:
+    """The row groups of the Parquet file ``container`` (a path or a remote URL), named ``label``."""
     from .parquetsrc import inspect
 
-    label = os.fspath(path)
-    layout = inspect(label, column)
+    layout = inspect(container, column, label)
     units, first = [], 0
     for group, rows in enumerate(layout.row_groups):
         if rows:
-            units.append(RowGroupUnit(label, label, layout, group, first))
+            units.append(RowGroupUnit(container, label, layout, group, first))
         first += rows
     return units
+
+
+def remote_units(obj: Any, column: str | None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Unit]:
+    """The units of one object listed in a store (:mod:`.remote`), as for a local file: a zip's members and
+    a Parquet file's row groups (read at random, by byte range), a tar or a TFRecord shard as a stream (its
+    compression found from its first bytes as it is read), an image file (``RemotePath``) as itself."""
+    from .remote import RemoteReadError
+    from .storelist import RemotePath, listing_error, random_file
+    from .tfrecord import is_tfrecord_name, require_crc32c
+
+    if isinstance(obj, RemotePath):
+        return [obj]
+    name = obj.name.lower()
+    try:
+        if name.endswith(".zip"):
+            return [zip_unit(obj.url, obj.label, random_file(obj.url), extensions=extensions)]
+        if name.endswith(".parquet"):
+            return parquet_units(obj.url, obj.label, column)
+    except RemoteReadError as exc:  # its directory or footer could not be read: one line, before the run
+        raise listing_error(exc, obj.label) from None
+    if is_tar_name(name):
+        return [StreamUnit(obj.url, obj.label, 0, obj.size, "", 1, extensions)]
+    if is_tfrecord_name(name):
+        require_crc32c()
+        return [TFRecordStream(obj.url, obj.label, obj.size, "", column)]
+    return [RemotePath(obj)]
+
+
+def _tfrecord_units(path: Path, column: str | None) -> list[Unit]:
+    from .tfrecord import index_shard, require_crc32c
+
+    require_crc32c()
+    label = os.fspath(path)
+    unit = TFRecordUnit(label, label, column)
+    try:
+        fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        unit.add("", refused=f"unreadable file: {exc.strerror or exc}")
+        return [unit]
+    try:
+        size = os.fstat(fd).st_size
+        compression = compression_of(pread(fd, 8, 0))
+        if compression is not None:
+            return [TFRecordStream(label, label, size, compression, column)]
+        index_shard(fd, unit, size)
+    except OSError as exc:
+        unit.add("", refused=f"unreadable file: {exc.strerror or exc}; the rest of it is not read")
+    finally:
+        os.close(fd)
+    return [unit]
 
 
 def _tar_units(path: Path, extensions: tuple[str, ...]) -> list[Unit]:
@@ -343,11 +443,20 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
     if reason is not None:
         raise BadImage(reason)
     try:
-        fd = _fd(unit.container)
+        if "://" in unit.container:
+            from .storelist import random_file
+
+            fd = random_file(unit.container)
+        else:
+            fd = _fd(unit.container)
         if unit.kind == "zip":
             from .ziplist import read_member
 
             return read_member(fd, unit.zip_members[i])
+        if unit.kind == "tfrecord":
+            from .tfrecord import read_record
+
+            return read_record(fd, unit, i)
         size = unit.sizes[i]
         data = pread(fd, size, unit.offsets[i])
     except OSError as exc:
@@ -369,12 +478,28 @@ def unit_fingerprint(unit: Unit, digest: Any) -> None:
             return "-1\0-1"
         return f"{info.st_size}\0{info.st_mtime_ns}"
 
-    if isinstance(unit, (str, os.PathLike)):
+    identity = getattr(unit, "identity", None)
+    if callable(identity):  # an iterable of samples (sources.samples)
+        digest.update(f"{type(unit).__name__}\0{identity()}\n".encode("utf-8", "surrogateescape"))
+        return
+    remote = getattr(unit, "url", None) if isinstance(unit, str) else unit.container if "://" in getattr(
+        unit, "container", "") else None
+    if remote is not None:  # an object of a store: its redacted URL, size and ETag (sources.remote)
+        from .remote import redact
+        from .storelist import identity
+
+        real, size, shown = identity(remote), "", len(redact(remote))
+    elif isinstance(unit, (str, os.PathLike)):
         text = os.path.realpath(unit)
         digest.update(f"f\0{text}\0{stat_of(text)}\n".encode("utf-8", "surrogateescape"))
         return
-    real = os.path.realpath(unit.container)
-    head = f"{type(unit).__name__}\0{real}\0{stat_of(real)}\0{unit.label[len(unit.container):]}\0"
+    else:
+        real = os.path.realpath(unit.container)
+        size, shown = stat_of(real), len(unit.container)
+    if isinstance(unit, str):
+        digest.update(f"f\0{real}\n".encode("utf-8", "surrogateescape"))
+        return
+    head = f"{type(unit).__name__}\0{real}\0{size}\0{unit.label[shown:]}\0"
     if isinstance(unit, MemberUnit):
         names = "\0".join(unit.names).encode("utf-8", "surrogateescape")
         digest.update(head.encode("utf-8", "surrogateescape") + hashlib.sha256(names).digest()
