@@ -111,7 +111,6 @@ def _combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple
 
 # ============================================================================ the sources
 
-
 @dataclass(frozen=True)
 class SampleSpec:
     """How to sample, for ``compute_stats(loader, sample=SampleSpec(tolerance=1e-3))``.
@@ -154,6 +153,7 @@ def _is_map_style(x: Any) -> bool:
 
 def _list_files(source: Any, column: str | None = None, all_extensions: bool = False) -> Any:
     """The file list when ``source`` names files/folders (a ``Segment`` when it names archives), else None."""
+    from .sources.listing import extensions_for
     from .sources.segment import Segment
     from .sources.units import StreamUnit, list_units
 
@@ -161,20 +161,16 @@ def _list_files(source: Any, column: str | None = None, all_extensions: bool = F
         source = [source]
     elif not (isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source)):
         return None
-    from .sources.listing import extensions_for
-
     units = list_units(list(source), column=column, extensions=extensions_for(all_extensions))
     if all(_is_pathlike(u) and not hasattr(u, "url") for u in units):  # local files (remote ones: a Segment)
         return [os.fspath(u) for u in units]
     streams = [u for u in units if isinstance(u, StreamUnit)]
-    if streams and "://" in streams[0].container:
-        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is read only from start "
-                         "to end (a tar or TFRecord shard in a store: indexing it would read it all); copy it to a "
-                         "local disk, or drop the sampling for the exact pass")
     if streams:
-        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is a compressed tar "
-                         "or TFRecord shard (read only from start to end); decompress it to a .tar or a plain shard (e.g. "
-                         "gunzip), which is indexed, or drop the sampling for the exact pass")
+        fix = ("a tar or TFRecord shard in a store: indexing it would read it all); copy it to a local disk"
+               if "://" in streams[0].container else "a compressed tar or TFRecord shard); decompress it to a .tar "
+               "or a plain shard (e.g. gunzip), which is indexed")
+        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is read only from start "
+                         f"to end ({fix}, or drop the sampling for the exact pass")
     return Segment(units, range(len(units)))
 
 
@@ -221,7 +217,6 @@ def _iterable_units(iterable: Iterable[Any]) -> Iterator[list[_Unit]]:
 
 
 # ============================================================================ the driver
-
 
 class _Reducer:
     """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""

@@ -407,7 +407,7 @@ def _finish(converted: Any, decoder: str, resize: int | None, center_crop: int |
 def _deep_colour(img: Image.Image) -> bool:
     """True for colour stored with 16 bits per channel, which Pillow opens as 8-bit RGB/RGBA (its raw
     mode, e.g. ``RGB;16B``, says so until the pixels are loaded)."""
-    if img.mode in _CLIPPED_MODES or not img.tile:
+    if img.mode in _CLIPPED_MODES or not getattr(img, "tile", None):
         return False
     args = img.tile[0].args
     raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""

@@ -9,7 +9,7 @@ by this process and decoded by a pool (:mod:`.streamed`). Both give
 bytes for the GPU decoder instead.
 
 A run of files only is identified by :func:`~gpustats.checkpoint.file_list_fingerprint`; a run with
-archives by :func:`~.units.unit_fingerprint` of each unit (both record sizes and modification times).
+archives by :func:`~.fingerprint.unit_fingerprint` of each unit (both record sizes and modification times).
 
 >>> import tempfile
 >>> from gpustats.sources.synthetic import make_tiny_folder
@@ -32,7 +32,8 @@ from typing import Any, Iterator, Sequence
 from .errors import BadImage
 from .mapside import BatchResult, iter_reduced
 from .segment import Segment
-from .units import StreamUnit, Unit, unit_count, unit_fingerprint
+from .fingerprint import unit_fingerprint
+from .units import StreamUnit, Unit, unit_count
 
 __all__ = ["Plan"]
 

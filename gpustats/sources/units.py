@@ -40,7 +40,6 @@ b'\\x89PNG'
 from __future__ import annotations
 
 import array
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,7 +51,7 @@ from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidd
                        pread, refusal)
 
 __all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "TFRecordStream", "TFRecordUnit", "Unit",
-           "expand_paths", "list_units", "read_item", "remote_units", "unit_count", "unit_fingerprint",
+           "expand_paths", "list_units", "read_item", "remote_units", "unit_count",
            "is_archive_name"]
 
 #: names opened as archives (any case); everything else given explicitly is an image file
@@ -464,47 +463,3 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
     if len(data) < size:
         raise BadImage(f"truncated archive: {len(data)} of the member's {size} bytes are there")
     return data
-
-
-# ------------------------------------------------------------------------------------------ identity
-def unit_fingerprint(unit: Unit, digest: Any) -> None:
-    """Feed ``unit``'s identity into ``digest`` (hashlib): the archive resolved, its size and modification time
-    (``st_mtime_ns``), each item's name and size, so that a checkpoint resumes only the same, unchanged items.
-    Files: resolved path, size and modification time."""
-    def stat_of(path: str) -> str:
-        try:
-            info = os.stat(path)
-        except OSError:
-            return "-1\0-1"
-        return f"{info.st_size}\0{info.st_mtime_ns}"
-
-    identity = getattr(unit, "identity", None)
-    if callable(identity):  # an iterable of samples (sources.samples)
-        digest.update(f"{type(unit).__name__}\0{identity()}\n".encode("utf-8", "surrogateescape"))
-        return
-    remote = getattr(unit, "url", None) if isinstance(unit, str) else unit.container if "://" in getattr(
-        unit, "container", "") else None
-    if remote is not None:  # an object of a store: its redacted URL, size and ETag (sources.remote)
-        from .remote import redact
-        from .storelist import identity
-
-        real, size, shown = identity(remote), "", len(redact(remote))
-    elif isinstance(unit, (str, os.PathLike)):
-        text = os.path.realpath(unit)
-        digest.update(f"f\0{text}\0{stat_of(text)}\n".encode("utf-8", "surrogateescape"))
-        return
-    else:
-        real = os.path.realpath(unit.container)
-        size, shown = stat_of(real), len(unit.container)
-    if isinstance(unit, str):
-        digest.update(f"f\0{real}\n".encode("utf-8", "surrogateescape"))
-        return
-    head = f"{type(unit).__name__}\0{real}\0{size}\0{unit.label[shown:]}\0"
-    if isinstance(unit, MemberUnit):
-        names = "\0".join(unit.names).encode("utf-8", "surrogateescape")
-        digest.update(head.encode("utf-8", "surrogateescape") + hashlib.sha256(names).digest()
-                      + unit.sizes.tobytes() + repr(sorted(unit.refused)).encode() + b"\n")
-    elif isinstance(unit, RowGroupUnit):
-        digest.update(f"{head}{unit.layout.column}\0{unit.group}\0{unit.count}\n".encode("utf-8", "surrogateescape"))
-    else:
-        digest.update(f"{head}{unit.base}\0{unit.size}\n".encode("utf-8", "surrogateescape"))
