@@ -23,9 +23,9 @@ Accepted per batch:
 The canonical shape is a list of 3-D *parts*: ``[N, C, L]`` (layout ``"CP"``, channel rows) or
 ``[N, L, C]`` (layout ``"PC"``, channel last), one row ``n`` per image, ``L`` pixels per image.
 Both are views of the user's memory whenever the input is contiguous in H and W (NCHW, NHWC, CHW,
-HWC and channels_last tensors all are). DESIGN.md describes a 2-D ``[C, P]``/``[P, C]`` view; the
-third axis is what lets an NCHW batch be viewed without a copy and marks image boundaries for
-per-image statistics.
+HWC and channels_last tensors all are). The third axis (rather than a 2-D ``[C, P]``/``[P, C]``
+view) is what lets an NCHW batch be viewed without a copy and marks image boundaries for
+per-image statistics (docs/design.md, "Data flow").
 
 Layout is inferred only when unambiguous: the channel axis has size 1, 3 or 4 in exactly one
 candidate position (axis 1 or 3 of a 4-D batch, axis 0 or 2 of a 3-D image). Once a layout is

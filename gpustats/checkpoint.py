@@ -2,7 +2,8 @@
 
 A checkpoint holds the exact :class:`~gpustats.stats.ChannelStats` (floats as hex strings), the
 position in the sorted file list where the run goes on (``next_index``), the file list's
-fingerprint (:func:`file_list_fingerprint`), the options that change the result and the bad files
+fingerprint (:func:`file_list_fingerprint`: every file's resolved path, size and modification
+time, so a file rewritten since is noticed), the options that change the result and the bad files
 met so far. Writes are atomic (temporary file in the same folder, fsync, ``os.replace``, fsync of
 the folder): a run killed at any moment, even by SIGKILL, leaves the old or the new checkpoint,
 and the next write removes the temporary file a killed process left (:func:`remove_stale_temps`). A
@@ -53,9 +54,9 @@ from .checkpoint_checks import (
     _kind,
     _options,
     _short,
-    _state,
+    check_state,
 )
-from .stats import ChannelStats
+from .stats import ChannelStats, StatsError
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "atomic_target",
            "atomic_write_bytes",
@@ -65,7 +66,7 @@ __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpoint
 CHECKPOINT_FORMAT = "gpustats.checkpoint/1"
 _STATE_FORMAT = "gpustats.ChannelStats/1"
 _INT64_MAX = 2**63 - 1
-_FINGERPRINT_VERSION = "v2"
+_FINGERPRINT_VERSION = "v3"  # file lists: resolved path, size, st_mtime_ns per file
 
 
 class _Hostile(Exception):
@@ -86,6 +87,9 @@ class Checkpoint:
     bytes: int = 0  # file bytes read so far (for MB/s)
     elapsed_s: float = 0.0  # processing time summed over the runs that made this checkpoint
     complete: bool = False
+    # items of each stream (a compressed or remote tar, a TFRecord shard) read to its end, by its segment
+    # number: a resumed run does not read them again (sources.plan.Plan.streams_read)
+    streams: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "state"}
@@ -123,41 +127,59 @@ class Checkpoint:
             if not state.is_empty and isinstance(options.get(option), bool) and options[option] != has:
                 raise CheckpointError(f"options.{option} is {options[option]}, the state has {('no ', '')[has]}{part}")
         bad_files = _each({"bad_files": [], **d}, "bad_files", _bad_file, prefix="")
+        streams = d.get("streams", {})
+        _expect(isinstance(streams, dict) and all(isinstance(k, str) and k.isdigit() and len(k) < 19 for k in streams),
+                "streams", streams, "an object of segment numbers")
+        streams = {k: _int(v, f"streams.{k}", hi=files_total) for k, v in streams.items()}
+        if sum(streams.values()) > files_total:
+            raise CheckpointError(f"the streams hold {sum(streams.values())} items, more than files_total {files_total}")
         return Checkpoint(state=state, next_index=next_index, files_total=files_total, fingerprint=fingerprint,
                           options=options, bad_files=bad_files, images=images, bytes=_int(d.get("bytes", 0), "bytes"),
-                          elapsed_s=float(elapsed), complete=complete)
+                          elapsed_s=float(elapsed), complete=complete, streams=streams)
+
+
+def _state(d: Any) -> ChannelStats:
+    """The checkpoint's state: checked entry by entry (:func:`~gpustats.checkpoint_checks.check_state`, which
+    names the entry at fault), then built."""
+    check_state(d)
+    try:  # the checks cover what from_dict reads; this is the net under them
+        return ChannelStats.from_dict(d)
+    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError, RecursionError,
+            StatsError) as exc:
+        raise CheckpointError(f"state cannot be rebuilt ({type(exc).__name__}: {_short(str(exc), 120)})") from None
 
 
 def file_list_fingerprint(files: Sequence[str | os.PathLike[str]]) -> str:
-    """Identity of a file list: ``"v2:" + sha256(resolved paths, sizes) + ":" + sha256(paths as listed, sizes)``.
+    """Identity of a file list and of the files' contents as the file system tells them:
+    ``"v3:" + sha256`` over each file's path (its folder resolved: absolute, symlinks and ``..``
+    followed; the file name as listed), size in bytes and modification time in nanoseconds
+    (``st_mtime_ns``), in order.
 
-    The first digest is what :func:`check_compatible` compares: each path with its folder
-    resolved (absolute, symlinks and ``..`` followed; the file name as listed) and its size in
-    bytes, in order. So ``corpus`` and ``/abs/path/corpus`` give the same file list. The second
-    digest is the fingerprint gpustats wrote before ``v2`` (paths as typed); it is kept so that a
-    checkpoint written by an earlier version still resumes when the paths are typed as then.
+    So ``corpus`` and ``/abs/path/corpus`` give the same fingerprint, and a file rewritten since
+    the checkpoint (even with the same size) gives another one: the run is refused rather than
+    resumed with a changed file. What cannot be seen this way: a file changed with its size and
+    its modification time put back (``touch -d``, some copy tools).
     """
-    resolved, typed = hashlib.sha256(), hashlib.sha256()
+    digest = hashlib.sha256()
     folders: dict[str, str] = {}
     for path in files:
         name = os.fspath(path)
-        size = -1  # a file that vanished, unless:
+        size = mtime = -1  # a file that vanished, unless:
         with contextlib.suppress(OSError):
-            size = os.stat(name).st_size
+            info = os.stat(name)
+            size, mtime = info.st_size, info.st_mtime_ns
         folder, base = os.path.split(name)
         if folder not in folders:
             folders[folder] = os.path.realpath(folder or os.curdir)
-        for digest, shown in ((resolved, os.path.join(folders[folder], base)), (typed, name)):
-            digest.update(shown.encode("utf-8", "surrogateescape") + b"\0" + str(size).encode() + b"\n")
-    return f"{_FINGERPRINT_VERSION}:{resolved.hexdigest()}:{typed.hexdigest()}"
+        shown = os.path.join(folders[folder], base)
+        digest.update(shown.encode("utf-8", "surrogateescape") + f"\0{size}\0{mtime}\n".encode())
+    return f"{_FINGERPRINT_VERSION}:{digest.hexdigest()}"
 
 
-def _same_file_list(saved: str, now: str) -> bool:
-    """v2 fingerprints match on the resolved digest; one written before v2 (one bare digest) on the typed one."""
-    saved_parts, now_parts = saved.split(":"), now.split(":")
-    if saved == now or len(now_parts) != 3 or now_parts[0] != _FINGERPRINT_VERSION:
-        return saved == now
-    return saved_parts[1:2] == now_parts[1:2] if saved_parts[0] == _FINGERPRINT_VERSION else saved == now_parts[2]
+def _older_fingerprint(saved: str) -> bool:
+    """A fingerprint written before modification times were recorded: ``v2:...`` or a bare sha256 (file
+    lists), ``a1:...`` (archives)."""
+    return saved.startswith(("v2:", "a1:")) or (len(saved) == 64 and all(c in "0123456789abcdef" for c in saved))
 
 
 def _resolved_paths(options: dict[str, Any]) -> dict[str, Any]:
@@ -430,11 +452,15 @@ def check_compatible(path: str, checkpoint: Checkpoint, *, fingerprint: str, fil
                  for old, new in [(checkpoint.options.get(key, "<unset>"), options.get(key, "<unset>"))]
                  if _resolved_paths({key: old}) != _resolved_paths({key: new})]
         raise CheckpointError(f"checkpoint {path!r} was made with other options ({'; '.join(diffs)}); {fix}")
-    if (files_total is not None and checkpoint.files_total != files_total) or not _same_file_list(
-            checkpoint.fingerprint, fingerprint):
+    if checkpoint.fingerprint != fingerprint and _older_fingerprint(checkpoint.fingerprint):
+        raise CheckpointError(f"checkpoint {path!r} was made by an earlier gpustats, which did not record the files' "
+                              f"modification times, so it cannot tell whether a file changed since; delete {path!r} "
+                              "to start over")
+    if (files_total is not None and checkpoint.files_total != files_total) or checkpoint.fingerprint != fingerprint:
         raise CheckpointError(
             f"checkpoint {path!r} was made for another file list ({checkpoint.files_total} files then, "
-            f"{files_total} now, or names/sizes changed); {fix}")
+            f"{files_total} now, or names, sizes or modification times changed: a file was added, removed or "
+            f"rewritten); {fix}")
     if files_total is not None and not 0 <= checkpoint.next_index <= files_total:
         raise CheckpointError(f"checkpoint {path!r} is damaged (next_index {checkpoint.next_index} of "
                               f"{files_total} files); delete it to start over")

@@ -103,7 +103,8 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image folders and files; archives read in place (.tar incl. tars inside it, .tar.gz, "
-                             ".zip, .parquet); brace patterns such as 'train-{000000..001023}.tar'")
+                             ".zip, .parquet, TFRecord shards); brace patterns such as 'train-{000000..001023}.tar'; "
+                             "s3://, gs://, https:// paths (see docs/cli.md)")
     dev = parser.add_argument_group("device and decoding")
     dev.add_argument("--device", type=_device, default="auto",
                      help="auto (a usable GPU, else the CPU with the reason shown), cpu, cuda or cuda:N")
@@ -128,6 +129,9 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     img.add_argument("--column", default=None, metavar="NAME",
                      help="Parquet: the column holding the encoded images (default: found; binary, or a struct "
                           "with a 'bytes' field)")
+    img.add_argument("--all-extensions", action="store_true",
+                     help="in folders, also read .gif, .jfif, .jpe, .pbm, .pnm (default: exactly the extensions "
+                          "torchvision's ImageFolder reads; the report counts what was left out)")
     img.add_argument("--histogram", action="store_true", help="exact 256-bin histograms, percentiles, saturation")
     img.add_argument("--covariance", action="store_true", help="channel covariance, correlation and PCA")
     img.add_argument("--per-image", action="store_true",
@@ -216,7 +220,7 @@ def _note(quiet: bool):
 # ============================================================================ commands
 _ENGINE_ARGS = ("device", "strategy", "workers", "batch_size", "decode", "mode", "resize", "center_crop",
                 "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column",
-                "rendezvous_timeout")
+                "all_extensions", "rendezvous_timeout")
 
 
 #: set when this process is a rank other than 0 of a run whose failure rank 0 reports: it prints nothing
@@ -266,7 +270,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
     from .sampling import estimate_stats
     from .sources import DEFAULT_MAX_PIXELS
-    from .sources.engine import StrictBadFile
 
     exact_only = [flag for flag, on in (("--histogram", args.histogram), ("--covariance", args.covariance),
                                         ("--per-image", args.per_image), ("--plot", args.plot),
@@ -281,10 +284,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         device=None if args.device == "auto" else args.device, workers=workers,
         progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
-        center_crop=args.center_crop, column=args.column)
-    if args.strict and result.bad_files:
-        path, reason = result.bad_files[0]
-        raise StrictBadFile(f"bad file {path}: {reason} (strict)")
+        center_crop=args.center_crop, column=args.column, strict=args.strict,  # --strict: at the first bad file
+        all_extensions=args.all_extensions)
     names = _CHANNEL_NAMES.get(args.mode)
     _emit(format_sampled(result, args.format, names), args.output, args.quiet)
     _warn_constant(result.std, names, args.quiet)
@@ -318,7 +319,7 @@ def forum_recipe(files: Sequence[Path]) -> tuple[list[float], list[float], int]:
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .report import _row, format_table
+    from .report import _row, format_python, format_table
     from .sources import list_images
     from .sources.engine import run_folder
     from .sources.synthetic import make_demo_folder
@@ -349,6 +350,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("why they differ: the recipe weights every image equally whatever its size (a 96x32 image counts as")
     print("much as a 16x16 one), and averaging per-image stds leaves out how much the images differ from each other")
     print("(the spread of their means), so its std is too small. gpustats uses every pixel once, exactly.")
+    print()
+    print("the line to paste (gpustats, these sample images):")
+    print(format_python(run))
+    print()
+    print("on your own images:  gpustats stats /path/to/train --format python")
     return 0
 
 
@@ -364,9 +370,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .plot import PlotUnavailable
     from .sources import SourceError
+    from .sources.remote import RemoteReadError
     from .stats import StatsError
 
-    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable)
+    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable,
+            RemoteReadError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -404,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except expected as exc:
         # SourceNotFoundError is also a FileNotFoundError, whose str() shows "[Errno None] None"
         message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        if type(exc).__name__ == "RemoteReadError":  # a store failed past its retries (sampling: no checkpoint)
+            from .sources.remote import message_of
+
+            message = message_of(exc)
         if not _quiet_rank:  # under torchrun rank 0 reports every rank's failure
             print(f"gpustats: error: {message}", file=sys.stderr)
         return 1

@@ -43,7 +43,7 @@ def _same_file(a: str, b: str) -> bool:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before the run, outputs that are one another or one of the inputs (a file given, an archive,
     or an image a folder given would list): writing them would destroy the checkpoint or an input."""
-    from .sources.listing import is_image_name
+    from .sources.listing import extensions_for, is_image_name
 
     outputs = [(what, path) for what, path in (("--output", args.output), ("--plot", getattr(args, "plot", None)),
                                                ("--checkpoint", getattr(args, "checkpoint", None))) if path]
@@ -56,7 +56,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     try:
         from .sources.units import expand_paths
 
-        inputs = [os.fspath(p) for p in expand_paths(args.paths)]
+        local = [p for p in args.paths if "://" not in os.fspath(p)]  # objects in a store are no local outputs
+        inputs = [os.fspath(p) for p in expand_paths(local)] if local else []
     except (OSError, ValueError):
         return  # a missing or refused input: the run reports it
     for what, path in outputs:
@@ -64,7 +65,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         for given in inputs:
             if os.path.isdir(given):
                 inside = os.path.relpath(real, os.path.realpath(given)).replace(os.sep, "/")
-                if (inside.split("/")[0] != ".." and is_image_name(real)
+                if (inside.split("/")[0] != ".." and is_image_name(real, extensions_for(bool(getattr(args, "all_extensions", False))))
                         and not any(part.startswith(".") for part in inside.split("/"))):
                     raise CliError(f"{what} {path!r} lies in the input folder {given!r} and is named like an image: "
                                    "it would be read as one (now or on the next run); write it elsewhere")

@@ -102,6 +102,7 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "bytes": run.bytes,
         "bad_files": run.bad_files,
         "warnings": [{"message": text, "files": count} for text, count in sorted(run.warnings.items())],
+        "skipped_by_extension": dict(sorted(run.skipped.items())),
         "elapsed_s": run.elapsed_s,
         "images_per_s": run.images_per_s,
         "mb_per_s": run.mb_per_s,
@@ -160,6 +161,10 @@ def _stats_rows(s: Any, names: Sequence[str]) -> list[str]:
         lines.append(_row("  mean of means", per["mean_of_means"]))
         lines.append(_row("  mean of stds", per["mean_of_stds"]))
         lines.append(_row("  mean of stds dd1", per["mean_of_stds_ddof1"]))
+        single = np.asarray(per["images_per_channel"]) - np.asarray(per["images_per_channel_ddof1"])
+        if single.any():
+            lines.append(f"  ({_plural(int(single.max()), 'image')} of a single pixel left out of dd1: one value "
+                         "has no ddof=1 std)")
         lines.append("  (mean of per-image stds with ddof=1 is how the often-copied CIFAR-10 std "
                      "0.2023, 0.1994, 0.2010 was made;")
         lines.append("   Normalize wants the std over all pixels, above)")
@@ -213,8 +218,30 @@ def format_table(run: Any) -> str:
         out += [f"  {_printable(b['path'])}: {_printable(b['reason'])}" for b in run.bad_files]
     for text, count in sorted(run.warnings.items()):
         out.append(f"warning ({_plural(count, 'file')}): {_printable(text)}")
+    out += skipped_lines(run.skipped, bool(run.options.get("all_extensions")))
     out += [speed, device, decode, "", format_python(run)]
     return "\n".join(out)
+
+
+def skipped_lines(skipped: dict[str, int], all_extensions: bool) -> list[str]:
+    """What walking the folders left out, per extension: files ImageFolder would not read either, and
+    archives (a folder walk does not open them)."""
+    from .sources.listing import EXTRA_EXTENSIONS
+    from .sources.units import is_archive_name
+
+    archives = {ext: n for ext, n in skipped.items() if is_archive_name("x" + ext)}
+    other = {ext: n for ext, n in skipped.items() if ext not in archives}
+    out = []
+    if other:
+        listed = ", ".join(f"{n:,} {ext or '(no extension)'}" for ext, n in sorted(other.items(), key=lambda e: -e[1]))
+        wider = "" if all_extensions or not set(other) & set(EXTRA_EXTENSIONS) else (
+            f"; --all-extensions also reads {', '.join(EXTRA_EXTENSIONS)}")
+        out.append(f"not counted, by extension (torchvision's ImageFolder does not read them either): {listed}{wider}")
+    if archives:
+        listed = ", ".join(f"{n:,} {ext}" for ext, n in sorted(archives.items()))
+        out.append(f"archives inside the folders, not opened: {listed}; name an archive (or a brace pattern) to "
+                   "read its images")
+    return out
 
 
 def format_run(run: Any, fmt: str = "table") -> str:
@@ -254,9 +281,9 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
             doc["note"] += _UNBOUNDED  # JSON has no inf: the intervals' null ends are said in words
         return json.dumps(jsonable(doc), indent=2, allow_nan=False)
     half = max(np.max(result.half_widths["mean"]), np.max(result.half_widths["std"]))
-    comment = (f"# ESTIMATE: ± {half:.2g} at {pct} confidence from {result.units_visited} images"
+    comment = (f"# ESTIMATE: ± {half:.2g} at {pct} confidence from {result.counted()}"
                + ("" if math.isfinite(half) else _UNBOUNDED) if result.is_estimate
-               else f"# exact: all {result.units_visited} images")
+               else f"# exact: {result.counted()}")
     python = _normalize_line(mean, std, comment, names)
     if fmt == "python":
         return python
@@ -267,10 +294,9 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
     for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
         lines += [_row(what, est), _row(f"  ± ({pct})", result.half_widths[what]),
                   _row(f"  {pct} CI low", ci[0]), _row(f"  {pct} CI high", ci[1])]
-    of = f" of {result.population_size}" if result.population_size is not None else ""
-    share = f" ({result.images_used / result.population_size:.1%})" if result.population_size else ""
-    lines.append(f"images used: {result.images_used}{of}{share}, {result.pixels_used:,} pixels per channel; "
-                 f"{result.images_per_second:.1f} images/s, {result.elapsed_s:.1f} s")
+    share = f" ({result.units_visited / result.population_size:.1%})" if result.population_size else ""
+    lines.append(f"read: {result.counted()}{share}, {result.pixels_used:,} pixels per channel; "
+                 f"{result.images_per_second:.1f} {result.units}/s, {result.elapsed_s:.1f} s")
     if result.bad_files:
         lines.append(f"bad files ({len(result.bad_files)}, skipped, not counted):")
         lines += [f"  {_printable(str(path))}: {_printable(str(reason))}" for path, reason in result.bad_files]

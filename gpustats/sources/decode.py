@@ -27,9 +27,13 @@ Bad files never crash and are never partially counted:
   it can also allow larger images than Pillow would; ``max_pixels=None`` sets no limit of ours
   and leaves Pillow's (its ``DecompressionBombError`` is then reported as "too large").
   Pillow's ``DecompressionBombWarning`` is silenced: ``max_pixels`` is the limit that decides;
-* 16-bit images (modes ``I;16``, ``I``) are converted as torchvision's loader converts them:
-  values above 255 clip to 255 (most pixels of a typical 16-bit photo). Each such file raises a
-  ``UserWarning`` saying so; a folder run reports it once with the number of files;
+* images of more than 8 bits are converted as torchvision's loader converts them, and a file whose
+  values that changes raises a ``UserWarning`` saying what happened (a folder run reports each kind
+  once, with the number of files): 16-bit grayscale (``I;16``) values above 255 are clipped to 255;
+  32-bit integer (``I``) values outside 0..255 are clipped; 32-bit float (``F``) values are clipped to
+  0..255 and truncated to integers; 16-bit-per-channel colour (48-bit RGB, 64-bit RGBA PNGs) is read by
+  Pillow as 8 bits per channel, the high byte kept (``value // 256``). A 16-bit scan whose values all
+  lie in 0..255 is read unchanged and raises nothing;
 * truncated or corrupt data -> ``"truncated or corrupt: <Pillow's message>"``; the pixels are
   decoded with ``.load()`` inside the ``try``, and Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
   enabled by gpustats (if *your* code enables it globally, truncated files decode with grey
@@ -72,14 +76,14 @@ import contextlib
 import io
 import os
 import warnings
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size",
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_pil", "decode_with_info", "resized_size",
            "center_crop_array", "check_geometry", "pixel_limit"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
@@ -89,10 +93,19 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 _MODES = ("RGB", "L")
 _OUTS = ("array", "readonly", "view", "histogram")  # what _decode returns
 _SIMPLEJPEG = None  # simplejpeg.decode_jpeg, False when unavailable (see _fast_jpeg)
-#: Pillow modes of more than 8 bits per pixel that convert("RGB") clips to 255
+#: What converting an image of more than 8 bits did to its values, by Pillow mode (one text per kind:
+#: a folder run counts the files of each); raised only for a file whose values it changed
+_CHANGED = {
+    "I;16": "16-bit grayscale image with values above 255: converted as torchvision's loader does, they were "
+            "clipped to 255 (the statistics describe the clipped pixels)",
+    "I": "32-bit integer image with values outside 0..255: converted as torchvision's loader does, they were "
+         "clipped to 0..255 (the statistics describe the clipped pixels)",
+    "F": "32-bit float image with values that are not integers in 0..255: converted as torchvision's loader "
+         "does, they were clipped to 0..255 and truncated to integers (the statistics describe the result)",
+    "deep": "16-bit-per-channel colour image: Pillow reads it as 8 bits per channel, keeping the high byte "
+            "(value // 256), as torchvision's loader does (the statistics describe those 8-bit values)",
+}
 _CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_CLIPPED_WARNING = ("16-bit image converted as torchvision's loader does: values above 255 clip to 255 "
-                    "(the statistics describe the clipped pixels)")
 _warned_truncated = False
 
 
@@ -374,8 +387,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                         raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}",
                                        path)
                     _check_output_size(width, height, resize, center_crop, max_pixels, path)
-                    if img.mode in _CLIPPED_MODES:
-                        warnings.warn(_CLIPPED_WARNING, UserWarning, stacklevel=2)
+                    deep = _deep_colour(img)  # from the header: load() forgets how the data was stored
                     fast = _libjpeg_turbo(fh, img) if mode == "RGB" and out in ("array", "readonly") else None
                     decoder = "pillow" if fast is None else "libjpeg-turbo"
                     try:
@@ -383,6 +395,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                             converted = Image.fromarray(fast, "RGB") if resize is not None else fast
                         else:
                             img.load()
+                            _warn_if_changed(img, deep)
                             if img.mode == mode and resize is None:  # no convert: it would only copy
                                 # (taken before the with block closes img, which frees its pixels)
                                 converted = (_histogram(img, center_crop) if out == "histogram"
@@ -403,7 +416,13 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
             raise BadImage(f"truncated or corrupt: {msg}", path) from None
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
+    return _finish(converted, decoder, resize, center_crop, out)
 
+
+def _finish(converted: Any, decoder: str, resize: int | None, center_crop: int | Sequence[int] | None,
+            out: str) -> tuple[np.ndarray, str]:
+    """The geometry and the output of :func:`_decode` (and :func:`decode_pil`) once the pixels are converted:
+    ``converted`` is a PIL image in the asked mode, or already an array or a histogram."""
     if resize is not None:
         new_size = resized_size(converted.width, converted.height, int(resize))
         if new_size != converted.size:
@@ -457,6 +476,59 @@ def _unsupported(fh: BinaryIO) -> str | None:
     except Exception:  # the probe must never fail the run: the file is just reported as not an image
         return None
     return None
+def _deep_colour(img: Image.Image) -> bool:
+    """True for colour stored with 16 bits per channel, which Pillow opens as 8-bit RGB/RGBA (its raw
+    mode, e.g. ``RGB;16B``, says so until the pixels are loaded)."""
+    if img.mode in _CLIPPED_MODES or not getattr(img, "tile", None):
+        return False
+    args = img.tile[0].args
+    raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    return isinstance(raw, str) and ";16" in raw
+
+
+def _warn_if_changed(img: Image.Image, deep: bool) -> None:
+    """Warn (:data:`_CHANGED`) when converting ``img``'s loaded pixels to 8 bits changes values."""
+    if deep:
+        warnings.warn(_CHANGED["deep"], UserWarning, stacklevel=3)
+    elif img.mode in _CLIPPED_MODES:
+        kind = "I;16" if img.mode.startswith("I;16") else img.mode
+        low, high = img.getextrema()
+        changed = low < 0 or high > 255
+        if kind == "F" and not changed:
+            values = np.asarray(img)
+            changed = bool(np.any(values != np.floor(values)))
+        if changed:
+            warnings.warn(_CHANGED[kind], UserWarning, stacklevel=3)
+
+
+def decode_pil(image: Image.Image, *, name: str | None = None, mode: str = "RGB",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None,
+               center_crop: int | Sequence[int] | None = None, out: str = "array") -> tuple[np.ndarray, str]:
+    """:func:`decode_bytes` for an image a dataset already opened (a Hugging Face ``Image`` feature's PIL
+    image): the same conversion, checks and geometry, on the pixels Pillow decodes from it.
+
+    >>> array, decoder = decode_pil(Image.new("P", (2, 1)))
+    >>> array.shape, decoder
+    ((1, 2, 3), 'pillow')
+    """
+    _check_options(mode, resize, center_crop)
+    if out not in _OUTS:
+        raise ValueError(f"out must be one of {_OUTS}, got {out!r}")
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}", name)
+    _check_output_size(width, height, resize, center_crop, max_pixels, name)
+    deep = _deep_colour(image)  # before load(), which forgets how the data was stored
+    try:
+        image.load()
+        _warn_if_changed(image, deep)
+        if image.mode == mode and resize is None:
+            converted = _histogram(image, center_crop) if out == "histogram" else _array_of(image, out)
+        else:
+            converted = image.convert(mode)
+    except Exception as exc:  # OSError, SyntaxError, EOFError, zlib.error, ...
+        raise BadImage(f"truncated or corrupt: {str(exc) or type(exc).__name__}", name) from None
+    return _finish(converted, "pillow", resize, center_crop, out)
 
 
 def _array_of(image: Image.Image, out: str) -> np.ndarray:

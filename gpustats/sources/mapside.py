@@ -38,8 +38,9 @@ import numpy as np
 import torch.utils.data
 
 from ..backends.cpu import _SMALL_PART
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file
+from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
+from .remote import RemoteReadError
 from .segment import Segment
 
 __all__ = ["BadItem", "BatchResult", "ReducedBatches", "iter_reduced", "reduce_records"]
@@ -104,6 +105,8 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, 
                 if isinstance(source, str):
                     array, decoder, size = decode_file(source, out=pixels, **decode_opts)
                     out.nbytes += size
+                elif not isinstance(source, (bytes, bytearray, memoryview)):  # a PIL image (sources.samples)
+                    array, decoder = decode_pil(source, name=name, out=pixels, **decode_opts)
                 else:
                     out.nbytes += len(source)
                     array, decoder = decode_bytes(source, name=name, out=pixels, **decode_opts)
@@ -116,6 +119,8 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, 
                 out.decoders[decoder] = out.decoders.get(decoder, 0) + 1
             except BadImage as exc:
                 out.bad.append(BadItem(index, exc.reason, name, order))
+            except RemoteReadError:
+                raise  # a network failure stops the run (the engine saves the checkpoint); never a bad item
             except Exception as exc:  # never let one item end the run
                 out.bad.append(BadItem(index, f"unexpected error: {type(exc).__name__}: {exc}", name, order))
             for text in {str(w.message) for w in log[before:]}:
@@ -313,7 +318,7 @@ class ReducedBatches(torch.utils.data.Dataset):
         seg, offset = self.segment, self.segment.offset
         if rowgroup:
             return self._rowgroup(first, stop, int(b))
-        records = ((offset + p, *seg.record(p)) for p in range(first, stop))
+        records = ((offset + p, *record) for p, record in enumerate(seg.records(first, stop), first))
         return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b),
                               self.pixels)
 

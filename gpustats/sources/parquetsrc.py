@@ -78,14 +78,42 @@ def _kind(field_type: Any) -> str | None:
     return None
 
 
-def inspect(path: str, column: str | None = None) -> ParquetLayout:
-    """The image column and row groups of the Parquet file at ``path``; :class:`SourceError` if there is none."""
+def _source(path: str) -> Any:
+    """What pyarrow opens: the path, or for a remote URL a :class:`~.remote.RemoteFile` of its own (byte
+    ranges, retried; one per ``ParquetFile``, as a file object has a position)."""
+    if "://" not in path:
+        return path
+    from .remote import RemoteFile
+    from .storelist import random_file
+
+    return RemoteFile(path, random_file(path).size)
+
+
+def _reraise_remote(exc: BaseException) -> None:
+    """A network failure (``RemoteReadError``, possibly re-raised by pyarrow) stops the run: never a bad row."""
+    from .remote import RemoteReadError
+
+    if isinstance(exc, RemoteReadError):
+        raise exc
+    if isinstance(exc.__context__, RemoteReadError):
+        raise exc.__context__
+
+
+def inspect(path: str, column: str | None = None, label: str | None = None) -> ParquetLayout:
+    """The image column and row groups of the Parquet file at ``path`` (a path or a remote URL; ``label``:
+    its name in messages); :class:`SourceError` if there is none."""
     pq = require_pyarrow()
+    source, path = path, path if label is None else label
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(_source(source))
         schema = parquet.schema_arrow
         groups = tuple(parquet.metadata.row_group(g).num_rows for g in range(parquet.metadata.num_row_groups))
     except Exception as exc:  # ArrowInvalid, OSError, ...: a damaged or foreign file
+        from .remote import RemoteReadError
+
+        cause = exc if isinstance(exc, RemoteReadError) else exc.__context__
+        if isinstance(cause, RemoteReadError):  # the store failed (its message names the object)
+            raise SourceError(str(cause)) from None
         raise SourceError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {exc})") from None
     kinds = {f.name: _kind(f.type) for f in schema}
     names = ", ".join(f"{f.name} ({f.type})" for f in schema)
@@ -146,8 +174,8 @@ def _open(path: str) -> Any:
 def _open_in(path: str, pid: int, dictionary: str | None = None) -> Any:
     """``dictionary``: a leaf column read as a dictionary (each distinct value held once)."""
     if dictionary is None:
-        return require_pyarrow().ParquetFile(path)
-    return require_pyarrow().ParquetFile(path, read_dictionary=[dictionary])
+        return require_pyarrow().ParquetFile(_source(path))
+    return require_pyarrow().ParquetFile(_source(path), read_dictionary=[dictionary])
 
 
 def _rows_per_read(path: str, layout: ParquetLayout, group: int, batch_rows: int) -> int:
@@ -277,6 +305,7 @@ def iter_values(path: str, layout: ParquetLayout, group: int, *, batch_rows: int
                 yield chunk
             chunk = batch = None
     except Exception as exc:  # a damaged page: the rest of the group is bad, nothing half-counted
+        _reraise_remote(exc)
         reason = f"unreadable Parquet row group {group} ({type(exc).__name__}: {str(exc)[:200]})"
         while done < rows:
             n = min(batch_rows, rows - done)
@@ -293,4 +322,5 @@ def read_rows(path: str, layout: ParquetLayout, group: int, rows: list[int]) -> 
         column = _group_column(path, layout, group, os.getpid())
         return _values(column.take(rows), layout.struct)
     except Exception as exc:
+        _reraise_remote(exc)
         return [(None, f"unreadable Parquet row group {group} ({type(exc).__name__}: {str(exc)[:200]})")] * len(rows)

@@ -12,6 +12,11 @@ held is bounded by bytes, not by member counts: at most the budget per worker. T
 Items are counted as they stream: the n-th image member (or refused member, or problem) is item
 ``first + n``. A resumed run re-reads the members before its checkpoint without decoding them.
 
+Many streams one after another (WebDataset shards, in a store or compressed; at least two per
+worker) go to the workers whole instead (:func:`reduce_stream`, :meth:`.plan.Plan.shard_results`):
+each worker reads, decodes and reduces a shard and sends back its batches' states, so this process
+neither parses the shards nor copies their bytes to the workers; the results are merged in order.
+
 >>> import io, os, tarfile, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "s.tar.gz")
 >>> with tarfile.open(path, "w:gz") as tar:
@@ -39,7 +44,7 @@ from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_
                        iter_entries, max_member_bytes, open_decompressed, refusal)
 from .units import StreamUnit, is_zip_or_parquet
 
-__all__ = ["StreamPool", "byte_capped", "iter_stream", "iter_stream_results"]
+__all__ = ["StreamPool", "byte_capped", "iter_stream", "iter_stream_results", "reduce_stream"]
 
 Member = tuple  # (name, bytes | None, reason | None)
 #: bytes read after a compressed tar's end-of-archive blocks, to reach the stream's own checksum
@@ -65,10 +70,26 @@ class _Prepended:
         return True
 
 
-def iter_stream(unit: StreamUnit, skipped: list | None = None) -> Iterator[Member]:
+def iter_stream(unit: StreamUnit, inner_archives: list | None = None) -> Iterator[Member]:
     """``(name, bytes, None)`` for each image member of the compressed tar, ``(name, None, reason)`` for a
     refused member or a problem (named after the archive; what follows it is not read), in order;
-    ``skipped`` receives ``(archive, member)`` of each zip or Parquet file inside it (not read)."""
+    ``inner_archives`` receives ``(archive, member)`` of each zip or Parquet file inside it (not read).
+    A remote tar (any compression) and TFRecord shards (:mod:`.tfrecord`) are streams too; a remote
+    stream that cannot be read raises :class:`~.remote.RemoteReadError` (never a bad item). An iterable of
+    samples (:mod:`.samples`) gives its samples' images."""
+    if hasattr(unit, "samples"):
+        yield from unit.samples()
+        return
+    if "://" in unit.container:  # sources.remote: byte ranges in order, the compression found from the data
+        from .remote import RemoteStream
+
+        stream = RemoteStream(unit.container, unit.base, unit.base + unit.size, unit.label)
+        try:
+            head = stream.read(8)
+            yield from _stream_unit(_Prepended(head, stream), compression_of(head), unit, inner_archives)
+        finally:
+            stream.close()
+        return
     try:
         fh = open(unit.container, "rb")
     except OSError as exc:
@@ -76,11 +97,25 @@ def iter_stream(unit: StreamUnit, skipped: list | None = None) -> Iterator[Membe
         return
     with fh:
         fh.seek(unit.base)
-        yield from _stream_tar(LimitedFile(fh, unit.size), unit.compression, unit.label, unit.depth, skipped)
+        yield from _stream_unit(LimitedFile(fh, unit.size), unit.compression, unit, inner_archives)
+
+
+def _stream_unit(fileobj: Any, compression: str | None, unit: StreamUnit, inner_archives: list | None) -> Iterator[Member]:
+    feature = getattr(unit, "feature", False)
+    if feature is False:
+        yield from _stream_tar(fileobj, compression, unit.label, unit.depth, unit.extensions, inner_archives)
+        return
+    from .tfrecord import iter_records
+
+    try:
+        yield from iter_records(SeqReader(open_decompressed(fileobj, compression)), unit.label, feature)
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        yield unit.label, None, (f"corrupt or truncated compressed data ({type(exc).__name__}: {exc}); the rest of "
+                                 "this shard is not read")
 
 
 def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int,
-                skipped: list | None = None) -> Iterator[Member]:
+                extensions: tuple[str, ...], inner_archives: list | None = None) -> Iterator[Member]:
     try:
         reader = SeqReader(open_decompressed(fileobj, compression))
         for entry in iter_entries(reader):
@@ -96,8 +131,9 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int,
                     continue
                 member = LimitedFile(reader, entry.size)
                 head = member.read(8)
-                yield from _stream_tar(_Prepended(head, member), compression_of(head), name, depth + 1, skipped)
-            elif is_image_name(entry.name):
+                yield from _stream_tar(_Prepended(head, member), compression_of(head), name, depth + 1, extensions,
+                                       inner_archives)
+            elif is_image_name(entry.name, extensions):
                 reason = refusal(entry.name, entry.kind, entry.size)
                 if reason is not None:
                     yield name, None, reason
@@ -108,8 +144,8 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int,
                     return
                 yield name, data, None
                 data = None  # not held while the next member is read (memory is bounded by bytes)
-            elif skipped is not None and entry.kind == "file" and is_zip_or_parquet(entry.name):
-                skipped.append((label, entry.name))  # a zip or Parquet file inside a tar: said, not read
+            elif inner_archives is not None and entry.kind == "file" and is_zip_or_parquet(entry.name):
+                inner_archives.append((label, entry.name))  # a zip or Parquet file inside a tar: said, not read
         if compression is not None:  # read to the end of the compressed stream: its checksum is checked there
             left = _DRAIN_LIMIT
             while left > 0 and (chunk := reader.read(min(left, 1 << 16))):
@@ -168,9 +204,33 @@ class StreamPool:
             self._executor = None
 
 
+def reduce_stream(unit: StreamUnit, skip: int, order: int, batch_size: int, extras: dict,
+                  decode_opts: dict) -> tuple[list[BatchResult], int, list]:
+    """A whole stream read, decoded and reduced in one process (a decode worker given a shard): the
+    results of its batches of at most ``batch_size`` items and the per-worker byte budget
+    (:func:`byte_capped`) after the first ``skip`` (positions in the stream), its number of items, and
+    ``(archive, member)`` of the zip or Parquet files met inside it (not read)."""
+    from .errors import BadImage
+    from .tarindex import max_member_bytes
+
+    inner_archives: list = []
+    count = [0]
+
+    def records() -> Iterator[tuple]:
+        for n, (name, data, reason) in enumerate(iter_stream(unit, inner_archives), 1):
+            count[0] = n
+            if n > skip:
+                yield n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)
+            data = None
+
+    results = [reduce_records(batch[0][0], batch[-1][0] + 1, batch, extras, decode_opts)
+               for batch in byte_capped(records(), batch_size, max_member_bytes())]
+    return results, count[0], inner_archives
+
+
 def iter_stream_results(unit: StreamUnit, *, first: int, skip: int, order: int, pool: StreamPool, batch_size: int,
                         extras: dict, decode_opts: dict, counted: Callable[[int], None],
-                        skipped: list | None = None) -> Iterator[BatchResult]:
+                        inner_archives: list | None = None) -> Iterator[BatchResult]:
     """The :class:`BatchResult` of every batch of the compressed tar ``unit``, whose first item is ``first``
     in the rank's order; ``skip`` items are read past without decoding (a resumed run); ``counted(n)``
     learns the number of items read so far (the total once the stream ends)."""
@@ -185,7 +245,7 @@ def iter_stream_results(unit: StreamUnit, *, first: int, skip: int, order: int, 
 
     def records() -> Iterator[tuple]:
         n = 0
-        for n, (name, data, reason) in enumerate(iter_stream(unit, skipped), 1):
+        for n, (name, data, reason) in enumerate(iter_stream(unit, inner_archives), 1):
             counted(n)
             if n > skip:
                 yield first + n - 1, name, [order, n - 1], data if reason is None else BadImage(reason)

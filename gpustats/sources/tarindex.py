@@ -174,7 +174,10 @@ class SeqReader:
 
 def pread(fd: int, n: int, offset: int) -> bytes:
     """``n`` bytes at ``offset`` of ``fd`` (fewer at the end) without moving a shared position where the
-    platform has ``os.pread``; elsewhere (Windows) a seek and a read, fine for one thread per process."""
+    platform has ``os.pread``; elsewhere (Windows) a seek and a read, fine for one thread per process.
+    ``fd`` may also be an object with a ``pread(n, offset)`` method (a remote object: :mod:`.remote`)."""
+    if not isinstance(fd, int):
+        return fd.pread(n, offset)
     if hasattr(os, "pread"):
         return os.pread(fd, n, offset)
     os.lseek(fd, offset, os.SEEK_SET)
