@@ -60,12 +60,13 @@ def _check_outputs(args: argparse.Namespace) -> None:
         inputs = [os.fspath(p) for p in expand_paths(local)] if local else []
     except (OSError, ValueError):
         return  # a missing or refused input: the run reports it
+    extensions = extensions_for(bool(getattr(args, "all_extensions", False)))
     for what, path in outputs:
         real = os.path.realpath(path)
         for given in inputs:
             if os.path.isdir(given):
                 inside = os.path.relpath(real, os.path.realpath(given)).replace(os.sep, "/")
-                if (inside.split("/")[0] != ".." and is_image_name(real, extensions_for(bool(getattr(args, "all_extensions", False))))
+                if (inside.split("/")[0] != ".." and is_image_name(real, extensions)
                         and not any(part.startswith(".") for part in inside.split("/"))):
                     raise CliError(f"{what} {path!r} lies in the input folder {given!r} and is named like an image: "
                                    "it would be read as one (now or on the next run); write it elsewhere")
