@@ -74,8 +74,7 @@ import numpy as np
 from .batches import InputError
 
 __all__ = ["SampledStats", "UnitSums", "ratio_intervals", "t_quantile", "exact_result", "sampled_stats", "may_stop",
-           "next_check",
-           "STOP_REASONS"]
+           "next_check", "combine_rows", "STOP_REASONS"]
 
 #: Values of :attr:`SampledStats.stopped_because`.
 STOP_REASONS = ("tolerance", "max_images", "exhausted")
@@ -454,3 +453,14 @@ def sampled_stats(r: dict, sums: UnitSums, *, exact: bool, population: int | Non
         tolerance=float(tolerance), is_estimate=not exact, scale=float(scale), seed=int(seed),
         elapsed_s=elapsed_s, bad_files=tuple(bad), units=units, sizes_known=sizes_known, strata=strata,
     )
+
+
+def combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Merge several images' (count, sum, M2) into one unit (:func:`gpustats.numerics.chan_merge_rows`)."""
+    from .numerics import Moments, chan_merge_rows
+
+    n = np.broadcast_to(count[:, None], total.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.where(n > 0, n, 1.0), 0.0)
+    merged = chan_merge_rows(Moments(n.astype(np.int64), mean, m2, np.zeros_like(mean)))
+    return float(merged.count[0]), merged.mean * merged.count, merged.m2

@@ -65,8 +65,8 @@ import numpy as np
 import torch
 
 from .batches import BatchAdapter, Chunk, InputError
-from .intervals import (STOP_REASONS, SampledStats, UnitSums, exact_result, may_stop, next_check, ratio_intervals,
-                        sampled_stats)
+from .intervals import (STOP_REASONS, SampledStats, UnitSums, combine_rows, exact_result, may_stop, next_check,
+                        ratio_intervals, sampled_stats)
 from .sample_design import checked_sizes, size_strata, sizes_of_items, unit_sizes, visiting_order
 from .stats import INTEGER_DTYPES
 
@@ -96,17 +96,6 @@ def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int, sca
                          "(use compute_stats with nan_policy='omit' for exact statistics)")
     n = count.astype(np.float64)
     return n[:, 0], n * mean / scale, m2 / (scale * scale), ints
-
-
-def _combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Merge several images' (count, sum, M2) into one unit (:func:`gpustats.numerics.chan_merge_rows`)."""
-    from .numerics import Moments, chan_merge_rows
-
-    n = np.broadcast_to(count[:, None], total.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, total / np.where(n > 0, n, 1.0), 0.0)
-    merged = chan_merge_rows(Moments(n.astype(np.int64), mean, m2, np.zeros_like(mean)))
-    return float(merged.count[0]), merged.mean * merged.count, merged.m2
 
 
 # ============================================================================ the sources
@@ -437,7 +426,7 @@ def estimate_stats(
                     sums.append(np.zeros(pending_bad), zeros, zeros)
                     pending_bad = 0
                 if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
-                    n, s, q = _combine_rows(count, total, m2)
+                    n, s, q = combine_rows(count, total, m2)
                     sums.append(np.array([n]), s[None, :], q[None, :], ints)
                 elif unit[0] == "item":
                     sums.append(count, total, m2, ints)

@@ -82,6 +82,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
+from .geometry import center_crop_array, check_output_size, crop_box, crop_hw, pixel_limit, resized_size
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_pil", "decode_with_info", "resized_size",
            "center_crop_array", "check_geometry", "pixel_limit"]
@@ -109,85 +110,17 @@ _CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _warned_truncated = False
 
 
-def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(new_width, new_height) of torchvision ``Resize(size)`` for an int ``size``.
-
-    >>> resized_size(500, 375, 256)
-    (341, 256)
-    """
-    if size <= 0:
-        raise ValueError(f"resize must be a positive int, got {size!r}")
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
-def _crop_hw(center_crop: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(center_crop, (int, np.integer)):
-        crop_h = crop_w = int(center_crop)
-    else:
-        dims = [int(v) for v in center_crop]
-        if len(dims) == 1:
-            dims = dims * 2
-        if len(dims) != 2:
-            raise ValueError(f"center_crop must be an int or (height, width), got {center_crop!r}")
-        crop_h, crop_w = dims
-    if crop_h <= 0 or crop_w <= 0:
-        raise ValueError(f"center_crop must be positive, got {center_crop!r}")
-    return crop_h, crop_w
-
-
-def center_crop_array(array: np.ndarray, center_crop: int | Sequence[int]) -> np.ndarray:
-    """torchvision ``CenterCrop`` on an ``(H, W, C)`` array, zero padding included."""
-    crop_h, crop_w = _crop_hw(center_crop)
-    height, width = array.shape[:2]
-    if crop_w > width or crop_h > height:
-        pad_left = (crop_w - width) // 2 if crop_w > width else 0
-        pad_top = (crop_h - height) // 2 if crop_h > height else 0
-        pad_right = (crop_w - width + 1) // 2 if crop_w > width else 0
-        pad_bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
-        array = np.pad(array, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
-        height, width = array.shape[:2]
-        if (crop_h, crop_w) == (height, width):
-            return array
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
-    return np.ascontiguousarray(array[top:top + crop_h, left:left + crop_w])
-
-
-def _crop_box(width: int, height: int, center_crop: int | Sequence[int]) -> tuple[tuple[int, int, int, int], int]:
-    """Where :func:`center_crop_array` takes its pixels from a ``width`` x ``height`` image: the box
-    (left, upper, right, lower) in the image, and the number of zero pixels its padding adds."""
-    crop_h, crop_w = _crop_hw(center_crop)
-    # in padded coordinates (a dimension smaller than the crop is padded to the crop's size, the
-    # image then at offset (crop - size) // 2), the crop starts at round((padded - crop) / 2)
-    pad_left = (crop_w - width) // 2 if crop_w > width else 0
-    pad_top = (crop_h - height) // 2 if crop_h > height else 0
-    left = int(round((max(width, crop_w) - crop_w) / 2.0)) - pad_left
-    top = int(round((max(height, crop_h) - crop_h) / 2.0)) - pad_top
-    box = (max(left, 0), max(top, 0), min(left + crop_w, width), min(top + crop_h, height))
-    return box, crop_h * crop_w - (box[2] - box[0]) * (box[3] - box[1])
-
-
 def _histogram(image: Image.Image, center_crop: int | Sequence[int] | None) -> np.ndarray:
     """Exact ``[C, 256]`` int64 counts of a decoded RGB or L Pillow image after ``center_crop``: the
     histogram of the pixels :func:`_decode` would otherwise return as an array."""
     channels = len(image.getbands())
     if center_crop is None:
         return np.array(image.histogram(), np.int64).reshape(channels, 256)
-    box, zeros = _crop_box(image.width, image.height, center_crop)
+    box, zeros = crop_box(image.width, image.height, center_crop)
     inside = image if box == (0, 0, image.width, image.height) else image.crop(box)
     counts = np.array(inside.histogram(), np.int64).reshape(channels, 256)
     counts[:, 0] += zeros
     return counts
-
-
-def pixel_limit(max_pixels: int | None) -> int | None:
-    """The pixel limit in force: ``max_pixels``, or (None) Pillow's own bomb limit, twice
-    ``Image.MAX_IMAGE_PIXELS`` (None when that is None too)."""
-    if max_pixels is not None:
-        return int(max_pixels)
-    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
 
 
 def check_geometry(resize: int | None, center_crop, max_pixels: int | None) -> None:
@@ -204,7 +137,7 @@ def check_geometry(resize: int | None, center_crop, max_pixels: int | None) -> N
                          f"pixels, over the limit of {limit:,} (max_pixels, --max-pixels); use a smaller resize "
                          "or raise the limit")
     if center_crop is not None:
-        crop_h, crop_w = _crop_hw(center_crop)
+        crop_h, crop_w = crop_hw(center_crop)
         if crop_h * crop_w > limit:
             raise ValueError(f"center_crop={center_crop} makes every image {crop_h}x{crop_w} = {crop_h * crop_w:,} "
                              f"pixels, over the limit of {limit:,} (max_pixels, --max-pixels); use a smaller crop or "
@@ -217,7 +150,7 @@ def _check_options(mode: str, resize: int | None, center_crop) -> None:
     if resize is not None and (not isinstance(resize, (int, np.integer)) or resize <= 0):
         raise ValueError(f"resize must be a positive int (shorter side), got {resize!r}")
     if center_crop is not None:
-        _crop_hw(center_crop)
+        crop_hw(center_crop)
 
 
 def _fast_jpeg():
@@ -386,7 +319,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                     if max_pixels is not None and width * height > max_pixels:
                         raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}",
                                        path)
-                    _check_output_size(width, height, resize, center_crop, max_pixels, path)
+                    check_output_size(width, height, resize, center_crop, max_pixels, path)
                     deep = _deep_colour(img)  # from the header: load() forgets how the data was stored
                     fast = _libjpeg_turbo(fh, img) if mode == "RGB" and out in ("array", "readonly") else None
                     decoder = "pillow" if fast is None else "libjpeg-turbo"
@@ -436,23 +369,6 @@ def _finish(converted: Any, decoder: str, resize: int | None, center_crop: int |
     if center_crop is not None:
         array = center_crop_array(array, center_crop)
     return (array if out == "view" else np.ascontiguousarray(array)), decoder
-
-
-def _check_output_size(width: int, height: int, resize: int | None, center_crop, max_pixels: int | None,
-                       path) -> None:
-    """:class:`BadImage` when resizing or cropping a ``width`` x ``height`` image would make more pixels than
-    the limit (:func:`pixel_limit`), before anything is decoded or allocated."""
-    limit = pixel_limit(max_pixels)
-    if limit is None:
-        return
-    if resize is not None and width > 0 and height > 0:
-        new_w, new_h = resized_size(width, height, int(resize))
-        if new_w * new_h > limit:
-            raise BadImage(f"too large after resize: {width}x{height} -> {new_w}x{new_h} > max_pixels={limit}", path)
-    if center_crop is not None:
-        crop_h, crop_w = _crop_hw(center_crop)
-        if crop_h * crop_w > limit:
-            raise BadImage(f"too large after center crop: {crop_w}x{crop_h} > max_pixels={limit}", path)
 
 
 def _unsupported(fh: BinaryIO) -> str | None:
@@ -517,7 +433,7 @@ def decode_pil(image: Image.Image, *, name: str | None = None, mode: str = "RGB"
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
         raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}", name)
-    _check_output_size(width, height, resize, center_crop, max_pixels, name)
+    check_output_size(width, height, resize, center_crop, max_pixels, name)
     deep = _deep_colour(image)  # before load(), which forgets how the data was stored
     try:
         image.load()

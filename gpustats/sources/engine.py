@@ -24,7 +24,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from ..stats import Stats
 from .errors import SourceError
@@ -147,29 +147,6 @@ def _choose_decode(opts: dict, acc: Any) -> tuple[str, str | None]:
 
     ok, why = gpu_decode_available(acc.device)
     return ("gpu", None) if ok else ("cpu", why)
-
-
-def _gpu_batches(plan: Any, start: int, opts: dict, device: str, decode_opts: dict) -> Iterator:
-    """nvJPEG batches: ``(first, stop, good CHW tensors on the device, bad [BadItem], nbytes)``."""
-    from .gpu import decode_sources_gpu
-    from .mapside import BadItem
-
-    for first, stop, items in plan.byte_batches(start, opts["batch_size"] or DEFAULT_BATCH_SIZE):
-        records = decode_sources_gpu([item[3] for item in items], indices=[item[0] for item in items], device=device,
-                                     mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
-        good = [r.tensor for r in records if r.tensor is not None]
-        bad = [BadItem(r.index, str(r.bad_reason), item[1], item[2]) for r, item in zip(records, items)
-               if r.tensor is None]
-        yield first, stop, good, bad, sum(r.nbytes for r in records)
-
-
-def _gpu_strip(images: list) -> Any:
-    """A batch of variable-size CHW images as one 1-pixel-high image: one reduction per batch."""
-    import torch
-
-    if len(images) == 1:
-        return images[0]
-    return torch.cat([t.reshape(t.shape[0], -1) for t in images], dim=1)[:, None, :]
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -363,7 +340,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
             last_save = time.monotonic()
             run_bytes = 0
             if decode == "gpu":
-                batches = _gpu_batches(plan, start, opts, acc.device, decode_opts)
+                from .gpu import gpu_batches, gpu_strip
+
+                batches = gpu_batches(plan, start, opts["batch_size"] or DEFAULT_BATCH_SIZE, acc.device, decode_opts)
             else:
                 batches = ((r.start, r.stop, r, r.bad, r.nbytes) for r in
                            plan.cpu_results(start, workers=workers, batch_size=batch_size, extras=extras,
@@ -378,7 +357,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                         batch_bad.append(({"path": item.name, "reason": item.reason}, item.order))
                     if decode == "gpu":
                         if good:  # the whole batch counts, or (on error) none of it
-                            acc.update(good if opts["per_image"] else _gpu_strip(good))
+                            acc.update(good if opts["per_image"] else gpu_strip(good))
                         images += len(good)
                     else:
                         if good.state is not None:

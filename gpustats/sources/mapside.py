@@ -225,14 +225,14 @@ def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None
         source = os.fspath(unit)
         from PIL import Image
 
-        from .decode import _crop_hw, resized_size
+        from .geometry import crop_hw, resized_size
 
         with Image.open(source) as im:
             width, height = im.size
         if decode_opts.get("resize") is not None:
             width, height = resized_size(width, height, int(decode_opts["resize"]))
         if decode_opts.get("center_crop") is not None:
-            height, width = _crop_hw(decode_opts["center_crop"])
+            height, width = crop_hw(decode_opts["center_crop"])
         return width * height * (1 if decode_opts.get("mode") == "L" else 3)
     except Exception:  # unreadable or not an image: decoding will report it
         return None

@@ -223,7 +223,8 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]], hints: list[str] | Non
         else:
             out.append(Path(text))
     for root in out:
-        refuse_special(root)
+        if isinstance(root, Path):  # objects in a store are no local files
+            refuse_special(root)
     return out
 
 
