@@ -157,8 +157,7 @@ class _Reduce:
             from ..backends.cpu import CpuReducer
 
             prefer_forksafe_threads()
-            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates;
-            # a parallel region under the fork-safe workqueue layer costs ~0.2 ms a call
+            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates
             self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1)
 
     def sink(self, pixels: str) -> Any:
@@ -388,12 +387,9 @@ def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int) -> Iterato
 
 
 def _one_thread(worker_id: int) -> None:
-    """Decode workers reduce with one thread each: the workers are the parallelism (their reducers
-    also ask for one thread: a worker that imports numba later needs nothing more)."""
-    if "numba" in sys.modules:
-        import numba
-
-        numba.set_num_threads(1)
+    """Decode workers reduce with one thread each (their reducers ask for one: the workers are the
+    parallelism). Nothing to set: gpustats' loops never start numba's threading layer, and setting
+    numba's thread count would start it."""
 
 
 def _identity(result: BatchResult) -> BatchResult:
@@ -424,15 +420,26 @@ def prefer_forksafe_threads() -> None:
         numba.config.THREADING_LAYER = "forksafe"
 
 
-def _start_method() -> str | None:
-    """``"spawn"`` when this process already runs numba's GNU OpenMP threads, else the default (fork).
+def _start_method() -> str:
+    """How decode workers start: ``"fork"`` where the platform has it and this process does not run
+    numba's GNU OpenMP threads, else ``"spawn"``; raises :class:`~.mainguard.UnguardedMain` first when
+    fresh processes would re-run a script that calls gpustats outside ``if __name__ == "__main__":``.
 
     A forked child of a process that has used GNU OpenMP must not use it again (numba aborts it:
     "fork() called from a process already using GNU OpenMP"), and the workers reduce with numba.
-    Fresh processes cost about a second to start; fork costs nothing, so it is kept when safe (see
-    :func:`prefer_forksafe_threads`).
+    gpustats' own loops never start numba's threads (:mod:`gpustats.backends._cpu_kernels`), so only
+    the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
+    start; fork costs nothing, so it is asked for explicitly where safe (not left to the platform's
+    default, which is ``forkserver`` from Python 3.14 on Linux and ``spawn`` on macOS).
     """
-    return "spawn" if _threads_started() == "omp" else None
+    import multiprocessing
+
+    from .mainguard import check_main_guard
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() and _threads_started() != "omp" \
+        else "spawn"
+    check_main_guard(method)
+    return method
 
 
 def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch_size: int, start: int = 0,
@@ -449,15 +456,14 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     if len(dataset) == 0:
         return
     prefer_forksafe_threads()
-    context = _start_method()
-    if workers > 0 and context is None:
-        dataset.warm_up()  # compiled here once; forked workers inherit it instead of each loading it
     if workers == 0:
         if _numba_pays(dataset):
             _Reduce.get(dataset.extras).load_numba()
         for b in range(len(dataset)):
             yield dataset[b]
         return
+    context = _start_method()
+    dataset.warm_up()  # compiled (or loaded) here once: forked workers inherit it, spawned ones load its disk cache
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_identity, worker_init_fn=_one_thread,
                                          multiprocessing_context=context,

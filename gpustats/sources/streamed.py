@@ -115,7 +115,7 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -
 
 
 def _worker_init() -> None:
-    """Decode workers: one numba thread each, and Ctrl-C is the main process's to handle."""
+    """Decode workers: Ctrl-C is the main process's to handle (and one thread each: :func:`_one_thread`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _one_thread(0)
 
@@ -130,7 +130,7 @@ class StreamPool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             prefer_forksafe_threads()
-            context = multiprocessing.get_context(_start_method())  # None: the platform default
+            context = multiprocessing.get_context(_start_method())
             self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
         return self._executor
 
