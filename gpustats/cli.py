@@ -25,9 +25,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .report import JSON_SCHEMA, format_run, format_sampled
-
 __all__ = ["main", "build_parser", "JSON_SCHEMA"]
+
+
+def __getattr__(name: str):
+    """``JSON_SCHEMA`` (from :mod:`gpustats.report`, which imports numpy: loaded only when asked for,
+    so that parsing arguments and ``--help`` import neither numpy nor torch)."""
+    if name == "JSON_SCHEMA":
+        from .report import JSON_SCHEMA
+
+        return JSON_SCHEMA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
 
@@ -203,6 +211,7 @@ _ENGINE_ARGS = ("device", "strategy", "workers", "batch_size", "decode", "mode",
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from .distributed import is_main_process, shutdown
+    from .report import format_run
     from .sources.engine import run_folder
 
     if getattr(args, "sample_tolerance", None) is not None:
@@ -231,6 +240,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
+    from .report import format_sampled
     from .sampling import estimate_stats
     from .sources import DEFAULT_MAX_PIXELS
     from .sources.engine import StrictBadFile
