@@ -78,11 +78,14 @@ def test_loops_are_cached_per_user_outside_the_package_and_the_next_process_load
     assert fresh == []
 
 
-def test_numba_cache_dir_is_respected(tmp_path):
-    env = dict(_env(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "mine"))
-    proc = _python("from gpustats.backends._cpu_jit import cache_dir; print(cache_dir())", env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == str(tmp_path / "mine")
+def test_numba_cache_dir_is_respected(tmp_path, monkeypatch):
+    from numba.core import config
+
+    from gpustats.backends import _cpu_jit
+
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "mine"))  # what numba reads from NUMBA_CACHE_DIR
+    assert _cpu_jit.cache_dir() == str(tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_cache_folder_fallbacks(tmp_path, monkeypatch):
@@ -265,3 +268,30 @@ def test_an_unguarded_script_that_must_spawn_workers_is_told_at_once(tmp_path):
     assert last.startswith("gpustats.sources.mainguard.UnguardedMain: ") and str(script) in last, proc.stderr
     assert 'if __name__ == "__main__":' in last
     assert os.listdir(tmp_path / "logs") == []  # no worker started
+
+
+# ------------------------------------------------------------------ start-up of the command
+_CPU_RUNS = """
+import contextlib, io, json, sys
+from gpustats.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    codes = [main(["stats", folder, "--workers", "2", "-q", "--format", "json", "--device", device, *extra])
+             for folder, device, extra in json.loads(sys.argv[1])]
+print(codes, sorted(m for m in ("torch", "numba") if m in sys.modules))
+"""
+
+
+def test_cpu_folder_runs_import_neither_torch_nor_numba(tmp_path):
+    """Small images (numpy's route) and large ones (Pillow's histograms), in decode workers: ~1 s of torch's
+    import and ~0.4 s of numba's saved at every start (DataLoader replaced by a plain process pool)."""
+    from gpustats.backends import _DRIVER_PATHS
+    from gpustats.sources.synthetic import make_jpeg_corpus, make_tiny_folder
+
+    make_tiny_folder(tmp_path / "small", 6)
+    make_jpeg_corpus(tmp_path / "large", 4, size=(300, 250))
+    runs = [[str(tmp_path / "small"), "cpu", []], [str(tmp_path / "large"), "cpu", ["--histogram", "--per-image"]]]
+    if not any(os.path.exists(path) for path in _DRIVER_PATHS):  # no NVIDIA driver: "auto" needs no torch either
+        runs.append([str(tmp_path / "small"), "auto", []])
+    proc = _python(_CPU_RUNS, json.dumps(runs), env=_env(), timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"{[0] * len(runs)} []", proc.stdout + proc.stderr[-3000:]

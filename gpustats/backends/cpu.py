@@ -12,15 +12,19 @@ numerics").
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
-from ..batches import Chunk, InputError
+from ..batches import InputError
 from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
 from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
+
+if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing small images never import it
+    import torch
+
+    from ..batches import Chunk
 
 __all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments", "merge_rows"]
 
@@ -78,6 +82,8 @@ def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
     Only valid when image boundaries do not matter (no per-image statistics): a list of many
     small variable-size images then costs one kernel call instead of one per image.
     """
+    import torch
+
     small = [p for p in chunk.parts if p.numel() < _SMALL_PART]
     if len(small) < 2:
         return list(chunk.parts)
@@ -102,6 +108,8 @@ def readonly(a: np.ndarray) -> np.ndarray:
 
 def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarray]:
     """The chunk's parts as read-only numpy arrays (:func:`readonly`)."""
+    import torch
+
     parts = []
     for p in (list(chunk.parts) if keep_images else _coalesce(chunk)):
         p = p.detach()

@@ -12,10 +12,10 @@ Public surface::
     gpu.gpu_decode_available() / gpu.decode_files_gpu(...)   # import gpustats.sources.gpu
     synthetic.make_demo_folder / make_jpeg_corpus / make_tiny_folder
 
-:mod:`.gpu` and :mod:`.synthetic` are not imported here: import them explicitly.
+:mod:`.gpu` and :mod:`.synthetic` are not imported here: import them explicitly. The dataset names
+(:mod:`.dataset`, torch's DataLoader) load on first use: a CPU folder run never imports torch.
 """
 
-from .dataset import DecodedImage, ImageFileDataset, iter_decoded
 from .decode import DEFAULT_MAX_PIXELS, decode_bytes, decode_image
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
 from .listing import IMAGE_EXTENSIONS, list_images
@@ -36,3 +36,11 @@ __all__ = [
     "list_images",
     "list_units",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("DecodedImage", "ImageFileDataset", "iter_decoded"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

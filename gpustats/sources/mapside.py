@@ -29,18 +29,19 @@ per-image statistics, each image stays its own row.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import sys
 import warnings
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-import torch.utils.data
 
 from ..backends.cpu import _SMALL_PART
 from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file
 from .errors import BadImage
 from .segment import Segment
+from .workers import ordered_results
 
 __all__ = ["BadItem", "BatchResult", "ReducedBatches", "iter_reduced", "reduce_records"]
 
@@ -153,6 +154,7 @@ class _Reduce:
         """Build the numba reducer (imports numba; its loops load on their first call)."""
         if self.reducer is None:
             import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
+            import torch
 
             from ..backends.cpu import CpuReducer
 
@@ -161,11 +163,17 @@ class _Reduce:
             self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1)
 
     def sink(self, pixels: str) -> Any:
-        """Where a batch decoded as ``pixels`` reduces RGB views as they come (``RgbxSink``), or None."""
+        """Where a batch decoded as ``pixels`` reduces RGB views as they come (``RgbxSink``: numba's loop
+        without the array reducer, so without torch), or None."""
         if pixels != "view" or not self.options.covariance:
             return None
-        self.load_numba()
-        return self.reducer.rgbx_sink()
+        import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
+
+        from ..backends import _cpu_kernels
+        from ..backends.cpu import RgbxSink
+
+        prefer_forksafe_threads()
+        return RgbxSink(_cpu_kernels, self.options)
 
     def decoded(self, done: _Decoded, b: int) -> Any:
         """The state of a batch's decoded images (arrays, histograms, the sink's), or None when it has none."""
@@ -268,7 +276,7 @@ def reduce_records(first: int, stop: int, records: Iterable[tuple], extras: dict
     return BatchResult(first, stop, state, images, done.nbytes, done.bad, done.warnings, done.decoders)
 
 
-class ReducedBatches(torch.utils.data.Dataset):
+class ReducedBatches:
     """Map-style dataset over tasks: ``ds[b]`` decodes and reduces task ``b`` (a batch of items, or a
     Parquet row group read ``batch_size`` rows at a time; see :mod:`.segment`).
 
@@ -329,13 +337,13 @@ class ReducedBatches(torch.utils.data.Dataset):
 
         reduce = _Reduce.get(self.extras)
         if _numba_pays(self):
-            reduce.load_numba()
             channels = 1 if self.decode_opts.get("mode") == "L" else 3
             sink = reduce.sink(self.pixels) if channels == 3 else None
             if sink is not None:  # RGB views: their own loop
                 sink.add(np.zeros((2, 2, 4), np.uint8))
                 sink.state(_UINT8_SCALE)
             else:
+                reduce.load_numba()
                 reduce([np.zeros((2, 2, channels), np.uint8)], 0)
         png = io.BytesIO()
         Image.new("RGB", (2, 2)).save(png, format="PNG")
@@ -384,16 +392,6 @@ def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int) -> Iterato
             break
     if pending:
         yield pending
-
-
-def _one_thread(worker_id: int) -> None:
-    """Decode workers reduce with one thread each (their reducers ask for one: the workers are the
-    parallelism). Nothing to set: gpustats' loops never start numba's threading layer, and setting
-    numba's thread count would start it."""
-
-
-def _identity(result: BatchResult) -> BatchResult:
-    return result
 
 
 def _threads_started() -> str | None:
@@ -447,8 +445,9 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     """Yield the :class:`BatchResult` of every task of ``files[start:stop]`` (paths or a
     :class:`~gpustats.sources.segment.Segment`), in item order.
 
-    ``workers=0`` decodes and reduces in this process; ``workers>0`` in that many DataLoader worker
-    processes (not persistent). ``options``: :class:`ReducedBatches`' keyword arguments.
+    ``workers=0`` decodes and reduces in this process; ``workers>0`` in that many worker processes
+    (:func:`.workers.ordered_results`; not persistent). ``options``: :class:`ReducedBatches`' keyword
+    arguments.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers!r}")
@@ -457,15 +456,12 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
         return
     prefer_forksafe_threads()
     if workers == 0:
-        if _numba_pays(dataset):
+        if _numba_pays(dataset) and dataset.pixels != "view":  # (views go to RgbxSink, which needs no reducer)
             _Reduce.get(dataset.extras).load_numba()
         for b in range(len(dataset)):
             yield dataset[b]
         return
     context = _start_method()
     dataset.warm_up()  # compiled (or loaded) here once: forked workers inherit it, spawned ones load its disk cache
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=_identity, worker_init_fn=_one_thread,
-                                         multiprocessing_context=context,
-                                         persistent_workers=False, pin_memory=False)
-    yield from loader
+    yield from ordered_results(functools.partial(operator.getitem, dataset), range(len(dataset)), workers=workers,
+                               method=context)

@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterator
 
 from .listing import is_image_name
-from .mapside import BatchResult, _one_thread, _start_method, prefer_forksafe_threads, reduce_records
+from .mapside import BatchResult, _start_method, prefer_forksafe_threads, reduce_records
 from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_of, is_hidden, is_tar_name,
                        iter_entries, open_decompressed, refusal)
 from .units import StreamUnit
@@ -115,9 +115,8 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int) -
 
 
 def _worker_init() -> None:
-    """Decode workers: Ctrl-C is the main process's to handle (and one thread each: :func:`_one_thread`)."""
+    """Decode workers: Ctrl-C is the main process's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _one_thread(0)
 
 
 class StreamPool:
