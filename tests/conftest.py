@@ -8,3 +8,21 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     from _simulator import make_shared_arrays_thread_safe
 
     make_shared_arrays_thread_safe()
+
+
+
+def pytest_addoption(parser):
+    parser.addoption("--sim-shard", default="0/1", metavar="I/K",
+                     help="run every K-th test from the I-th (tests/_simulator.py's children)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--sim-shard=i/k`` (a simulator child of tests/_simulator.py): keep every k-th case from the i-th
+    (neighbouring cases are alike, so each shard gets a fair share of the work)."""
+    index, count = (int(v) for v in config.getoption("--sim-shard").split("/"))
+    if count == 1:
+        return
+    kept = [item for i, item in enumerate(items) if i % count == index]
+    dropped = [item for i, item in enumerate(items) if i % count != index]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
