@@ -201,7 +201,8 @@ import os, sys
 from gpustats.sources import mapside
 from gpustats.backends import _cpu_int, _cpu_kernels
 
-LOOPS = [_cpu_int.hist_u8, _cpu_int.u8_sums, _cpu_int.int_rows, _cpu_int.rgbx_rows_here, _cpu_kernels.float_rows,
+LOOPS = [_cpu_int.hist_u8, _cpu_int.u8_sums, _cpu_int.u8_sum_rows, _cpu_int.int_rows, _cpu_int.rgbx_rows_here,
+         _cpu_kernels.float_rows,
          _cpu_kernels.hist_float]
 
 

@@ -7,8 +7,9 @@ One file, so that numba's on-disk cache of each loop is invalidated with the cod
 * :func:`u8_sums`: exact count, sum, sum of squares, min and max in 16 uint32 lanes per channel,
   which the compiler vectorizes (twice the histogram's speed), for moments without a histogram;
 * :func:`int_rows`: exact per-image (row) totals and cross products of any integer dtype; for uint8
-  a row's totals come from its histogram or sums and the RGB cross products ride along the
-  histogram's pass (:func:`_u8_row`), chosen by dtype at compile time;
+  a row's totals come from its histogram and the RGB cross products ride along the histogram's
+  pass (:func:`_u8_row`), chosen by dtype at compile time; :func:`u8_sum_rows`: uint8 rows without
+  histogram or co-moments, from the vectorized sums;
 * :func:`rgbx_rows_here`: those rows with co-moments for RGB pixels held 4 bytes each (a decoder's
   memory read in place).
 
@@ -79,9 +80,11 @@ def hist_u8(x, cp, hist, t, nthreads):  # pragma: no cover - compiled
 
 
 @njit(nogil=True)
-def _u8_sums_flat(flat, channels, out):  # pragma: no cover - compiled
+def _u8_sums_flat(flat, channels, out, first):  # pragma: no cover - compiled
     """Add the exact count, sum, sum of squares, min and max of pixel-interleaved uint8 ``flat``
-    (value ``i`` in channel ``i % channels``) into ``out`` ([5, C] int64: rows count, s, q, min, max).
+    (value ``i`` in channel ``first + i % channels``) into ``out`` ([5, C] int64: rows count, s, q, min,
+    max). One signature for both layouts (``first``: the channel of a channel-plane), so numba compiles
+    this loop, the slowest of all to compile, once.
 
     16 lanes per channel of uint32 partial sums (at most 32,768 steps: 32,768 * 255**2 < 2**32) and
     uint8 extremes, which the compiler turns into vector instructions: twice the histogram's speed."""
@@ -104,25 +107,26 @@ def _u8_sums_flat(flat, channels, out):  # pragma: no cover - compiled
                 lo[k] = min(lo[k], v)
                 hi[k] = max(hi[k], v)
         for k in range(width):
-            out[1, k % channels] += acc_s[k]
-            out[2, k % channels] += acc_q[k]
+            out[1, first + k % channels] += acc_s[k]
+            out[2, first + k % channels] += acc_q[k]
             acc_s[k] = 0
             acc_q[k] = 0
         done += m
     if steps:
         for k in range(width):
-            out[3, k % channels] = min(out[3, k % channels], lo[k])
-            out[4, k % channels] = max(out[4, k % channels], hi[k])
+            c = first + k % channels
+            out[3, c] = min(out[3, c], lo[k])
+            out[4, c] = max(out[4, c], hi[k])
     tail = flat[steps * width:]
     for i in range(tail.shape[0]):
-        c = i % channels
+        c = first + i % channels
         v = np.int64(tail[i])
         out[1, c] += v
         out[2, c] += v * v
         out[3, c] = min(out[3, c], v)
         out[4, c] = max(out[4, c], v)
     for c in range(channels):
-        out[0, c] += flat.shape[0] // channels
+        out[0, first + c] += flat.shape[0] // channels
 
 
 @njit(nogil=True)
@@ -132,11 +136,9 @@ def _sums_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # 
         n = item // nblocks
         start = (item % nblocks) * _BLOCK
         stop = min(start + _BLOCK, length)
-        if cp:
-            for c in range(channels):
-                _u8_sums_flat(x[n, c, start:stop], 1, out[:, c:c + 1])
-        else:
-            _u8_sums_flat(x[n, start:stop].reshape(-1), channels, out)
+        for c in range(channels if cp else 1):  # one call of the loop (it is inlined: compiled once)
+            flat = x[n, c, start:stop] if cp else x[n, start:stop].reshape(-1)
+            _u8_sums_flat(flat, 1 if cp else channels, out, c)
 
 
 @_jit(nogil=True)
@@ -151,20 +153,9 @@ def u8_sums(x, cp, out, t, nthreads):  # pragma: no cover - compiled
 
 @njit(nogil=True)
 def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
-    """One uint8 row of :func:`u8_rows`: its histogram (the fast loop of :func:`hist_u8`) gives count,
-    sums, min and max exactly; covariance adds one pass for the products of different channels."""
-    if not want_hist and not want_cross:  # sums alone: the vectorized loop
-        sums = np.zeros((5, channels), np.int64)
-        sums[3, :] = 255
-        nblocks = (length + _BLOCK - 1) // _BLOCK
-        _sums_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, sums)
-        for c in range(channels):
-            count[n, c] = length
-            total[n, c] = sums[1, c]
-            total_sq[n, c] = sums[2, c]
-            vmin[n, c] = sums[3, c] if length else 1 << 40
-            vmax[n, c] = sums[4, c] if length else -(1 << 40)
-        return
+    """One uint8 row of :func:`int_rows` (with a histogram or co-moments; :func:`u8_sum_rows` makes rows
+    without them): its histogram (the fast loop of :func:`hist_u8`) gives count, sums, min and max
+    exactly; covariance adds one pass for the products of different channels."""
     out = hist[n] if want_hist else np.zeros((channels, 256), np.int64)
     fused = want_cross and channels == 3 and not cp
     if fused:
@@ -362,6 +353,26 @@ def _row_for_dtype(x, n, cp, channels, length, want_cross, want_hist, count, tot
         row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
 
     return impl
+
+
+@_jit(nogil=True)
+def u8_sum_rows(x, cp, count, total, total_sq, vmin, vmax, t, nthreads):  # pragma: no cover - compiled
+    """Exact per-row count, sum, sum of squares, min and max of uint8 ``x`` (per-image statistics without
+    a histogram or co-moments): :func:`u8_sums`' vectorized loop row by row, rows as in :func:`int_rows`.
+    Its own loop, so that a call with a histogram or co-moments does not compile this one."""
+    n_rows, channels, length = _dims(x, cp)
+    nblocks = (length + _BLOCK - 1) // _BLOCK
+    sums = np.zeros((5, channels), np.int64)
+    for n in range(t, n_rows, nthreads):
+        sums[:] = 0
+        sums[3, :] = 255
+        _sums_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, sums)
+        for c in range(channels):
+            count[n, c] = length
+            total[n, c] = sums[1, c]
+            total_sq[n, c] = sums[2, c]
+            vmin[n, c] = sums[3, c] if length else 1 << 40
+            vmax[n, c] = sums[4, c] if length else -(1 << 40)
 
 
 @_jit(nogil=True)

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from ._cpu_jit import _BLOCK, _dims, _jit  # noqa: F401 (_BLOCK: read by the backend)
-from ._cpu_int import hist_u8, int_rows, rgbx_rows_here, u8_sums  # noqa: F401
+from ._cpu_int import hist_u8, int_rows, rgbx_rows_here, u8_sum_rows, u8_sums  # noqa: F401
 
 
 @njit(inline="always", nogil=True)

@@ -178,8 +178,11 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        in_threads(lambda t, m: k.int_rows(a, cp, cross, hist is not None, *out, products, hist_rows, t, m),
-                   _split(a.size, n, threads))
+        if a.dtype == np.uint8 and not cross and hist is None:  # sums alone: their own (vectorized) loop
+            in_threads(lambda t, m: k.u8_sum_rows(a, cp, *out, t, m), _split(a.size, n, threads))
+        else:
+            in_threads(lambda t, m: k.int_rows(a, cp, cross, hist is not None, *out, products, hist_rows, t, m),
+                       _split(a.size, n, threads))
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
         if hist is not None:
