@@ -7,7 +7,9 @@ For each ``--python`` (the interpreter of an install of gpustats; default this o
   so nothing is written into the install) times ``compute_stats`` on a uint8 batch, then on a
   float32 batch (``--shape``, NCHW, device cpu); a second process with the same, now warm, folder
   times the same calls; the figure is cold minus warm: the compile time of the first call (the
-  issue's "first call after install minus the same call with a warm cache");
+  issue's "first call after install minus the same call with a warm cache"), in wall seconds and
+  in the process's CPU seconds (``*_cpu_s``: less sensitive to other work on a shared machine;
+  compiling runs on one thread);
 * ``first_call_extras_s``: the same with ``histogram=True, covariance=True, per_image=True``
   (float32 with ``hist_bins=256, hist_range=(0, 1)``);
 * ``help_s``: wall time of ``python -m gpustats --help`` (a fresh process; interpreter start included);
@@ -46,10 +48,11 @@ u8 = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
 f32 = torch.rand(shape, generator=g)
 kw = dict(histogram=True, covariance=True, per_image=True) if extras else {}
 fkw = dict(kw, hist_bins=256, hist_range=(0.0, 1.0)) if extras else kw
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 a = compute_stats([u8], device="cpu", **kw)
 b = compute_stats([f32], device="cpu", **fkw)
-print(json.dumps({"calls_s": time.perf_counter() - started, "check": [float(a.mean[0]), float(b.mean[0])]}))
+print(json.dumps({"calls_s": time.perf_counter() - started, "calls_cpu_s": time.process_time() - cpu,
+                  "check": [float(a.mean[0]), float(b.mean[0])]}))
 """
 
 
@@ -80,7 +83,9 @@ def first_call(python: str, shape: str, kind: str) -> dict:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     cold, warm = runs
-    return {"cold_s": cold["calls_s"], "warm_s": warm["calls_s"], "compile_s": cold["calls_s"] - warm["calls_s"]}
+    return {"cold_s": cold["calls_s"], "warm_s": warm["calls_s"], "compile_s": cold["calls_s"] - warm["calls_s"],
+            "cold_cpu_s": cold["calls_cpu_s"], "warm_cpu_s": warm["calls_cpu_s"],
+            "compile_cpu_s": cold["calls_cpu_s"] - warm["calls_cpu_s"]}
 
 
 def measure(python: str, shape: str) -> dict:
@@ -122,7 +127,8 @@ def main(argv=None) -> int:
             loads.append(os.getloadavg())
             last = raw[python][-1]
             print(f"round {r + 1} {installs[python]['label']}: first call moments "
-                  f"{last['first_call_moments']['compile_s']:.2f} s, extras {last['first_call_extras']['compile_s']:.2f} s, "
+                  f"{last['first_call_moments']['compile_s']:.2f} s ({last['first_call_moments']['compile_cpu_s']:.2f} CPU), "
+                  f"extras {last['first_call_extras']['compile_s']:.2f} s ({last['first_call_extras']['compile_cpu_s']:.2f} CPU), "
                   f"--help {last['help_s']:.2f} s, import {last['import_s']:.2f} s", file=sys.stderr, flush=True)
     rows = []
     for python in pythons:
@@ -134,10 +140,14 @@ def main(argv=None) -> int:
         rows.append({"python": python, **installs[python],
                      "first_call_moments_s": med(lambda x: x["first_call_moments"]["compile_s"]),
                      "first_call_extras_s": med(lambda x: x["first_call_extras"]["compile_s"]),
+                     "first_call_moments_cpu_s": med(lambda x: x["first_call_moments"]["compile_cpu_s"]),
+                     "first_call_extras_cpu_s": med(lambda x: x["first_call_extras"]["compile_cpu_s"]),
                      "help_s": med(lambda x: x["help_s"]), "import_s": med(lambda x: x["import_s"]), "runs": runs})
     for row in rows:
-        print(f"{row['label']}: first call (compile) moments {row['first_call_moments_s']:.2f} s, extras "
-              f"{row['first_call_extras_s']:.2f} s; --help {row['help_s']:.2f} s; import gpustats {row['import_s']:.2f} s")
+        print(f"{row['label']}: first call (compile) moments {row['first_call_moments_s']:.2f} s "
+              f"({row['first_call_moments_cpu_s']:.2f} CPU s), extras {row['first_call_extras_s']:.2f} s "
+              f"({row['first_call_extras_cpu_s']:.2f} CPU s); --help {row['help_s']:.2f} s; "
+              f"import gpustats {row['import_s']:.2f} s")
     if args.json:
         from gpustats.benchmark import machine_info
 
