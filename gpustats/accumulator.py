@@ -27,6 +27,16 @@ def _process_group_ready(required: bool) -> bool:
     return ready
 
 
+def _common_dtype(old: str, new: str) -> str:
+    """The integer dtype that holds both ``old`` and ``new`` exactly (``float32`` when none of ours does)."""
+    import numpy as np
+
+    from .numerics import INTEGER_DTYPES
+
+    common = np.promote_types(old, new).name
+    return common if common in INTEGER_DTYPES else "float32"
+
+
 class Accumulator:
     """Streaming statistics: ``update(batch)`` per batch, ``result()`` when you want the answer.
 
@@ -82,6 +92,12 @@ class Accumulator:
             raise InputError(
                 f"batch {batch_index} is {dtype} but earlier batches were {self._dtype}: integer and float batches "
                 "are reduced differently (integers exactly); convert every batch to one dtype"
+            )
+        if self._dtype is not None and dtype != self._dtype and _family(dtype) == "int":
+            raise InputError(
+                f"batch {batch_index} is {dtype} but earlier batches were {self._dtype}; one Accumulator takes one "
+                f"integer dtype (its histogram, range and exact sums are that dtype's): convert every batch to one "
+                f"dtype ({_common_dtype(self._dtype, dtype)} holds both exactly)"
             )
         scale = self.settings.scale_for(dtype)
         if self._scale is not None and scale != self._scale:

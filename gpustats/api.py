@@ -67,10 +67,17 @@ def compute_stats(
     folder engine then runs, exactly as ``gpustats stats`` does (same numbers, bit for bit),
     with its options as keywords: ``workers``, ``batch_size``, ``decode``, ``mode``, ``resize``,
     ``center_crop``, ``max_pixels``, ``strict``, ``checkpoint``, ``checkpoint_every``, ``column``
-    (the image column of Parquet files; found when not given), besides
+    (the image column of Parquet files; found when not given), ``rendezvous_timeout`` (under
+    ``torchrun``), besides
     ``strategy``, ``histogram``, ``covariance`` and ``per_image`` (see
     :func:`gpustats.sources.engine.run_folder`). The result is then a ``FolderStats``: the Stats
-    plus ``images``, ``files``, ``bad_files`` and ``warnings``.
+    plus ``images``, ``files``, ``bad_files`` and ``warnings``. Paths may be remote: ``s3://``,
+    ``gs://``, ``https://`` (:mod:`gpustats.sources.remote`), and TFRecord shards are read too.
+
+    ``loader`` may also be an iterable of samples holding images -- a Hugging Face dataset (streaming
+    or not) with ``key="image"``, or any iterable of dicts whose ``key`` entry is a PIL image, encoded
+    bytes, ``{"bytes": ..., "path": ...}`` or a path: the same engine then decodes them, exactly as the
+    same images in a folder (:mod:`gpustats.sources.samples`), with the same options.
 
     >>> import numpy as np
     >>> compute_stats([np.zeros((2, 3, 5, 5), np.uint8)], device="cpu", covariance=True).cov.shape
@@ -86,6 +93,20 @@ def compute_stats(
                              "to uint8 RGB or L, scale 1/255); drop them")
         return run_folder(paths, device="auto" if device is None else device, ddof=ddof, progress=progress,
                           **options).stats
+    if sample is None:  # an iterable of samples holding images (PIL, bytes, paths): the folder engine too
+        from .sources.samples import sample_stream
+
+        stream, loader = sample_stream(loader, options.get("key"))
+        if stream is not None:
+            from .sources.engine import ENGINE_OPTIONS, run_folder
+
+            engine = {k: v for k, v in options.items() if k != "key"}
+            loader_only = sorted(set(engine) & (set(StatsOptions.names()) - set(ENGINE_OPTIONS)))
+            if loader_only:
+                raise InputError(f"{', '.join(loader_only)} apply to batches of arrays, not to samples holding "
+                                 "images (decoded to uint8 RGB or L, scale 1/255); drop them")
+            return run_folder(stream, device="auto" if device is None else device, ddof=ddof, progress=progress,
+                              **engine).stats
     settings = _loader_options(options)
     if sample is not None:
         from .sampling import sample_for_compute_stats

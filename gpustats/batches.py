@@ -23,9 +23,9 @@ Accepted per batch:
 The canonical shape is a list of 3-D *parts*: ``[N, C, L]`` (layout ``"CP"``, channel rows) or
 ``[N, L, C]`` (layout ``"PC"``, channel last), one row ``n`` per image, ``L`` pixels per image.
 Both are views of the user's memory whenever the input is contiguous in H and W (NCHW, NHWC, CHW,
-HWC and channels_last tensors all are). DESIGN.md describes a 2-D ``[C, P]``/``[P, C]`` view; the
-third axis is what lets an NCHW batch be viewed without a copy and marks image boundaries for
-per-image statistics.
+HWC and channels_last tensors all are). The third axis (rather than a 2-D ``[C, P]``/``[P, C]``
+view) is what lets an NCHW batch be viewed without a copy and marks image boundaries for
+per-image statistics (docs/design.md, "Data flow").
 
 Layout is inferred only when unambiguous: the channel axis has size 1, 3 or 4 in exactly one
 candidate position (axis 1 or 3 of a 4-D batch, axis 0 or 2 of a 3-D image). Once a layout is
@@ -41,6 +41,7 @@ known, later batches of the same rank reuse it, so an ambiguous last batch is re
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -116,10 +117,17 @@ def _to_tensor(x: Any) -> torch.Tensor | None:
     import torch
 
     if isinstance(x, torch.Tensor):
+        if x.is_nested or x.layout != torch.strided:
+            kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
+            raise InputError(f"a {kind} tensor holds no plain pixel grid; pass a dense tensor "
+                             + ("(a list of its images: list(x.unbind()))" if x.is_nested else "(x.to_dense())"))
+        if x.device.type == "meta":
+            raise InputError("a tensor on the 'meta' device has no data to reduce; pass a tensor with values "
+                             "(on the CPU or a GPU)")
         return x
     if isinstance(x, np.ndarray):
-        if x.dtype == np.bool_ or x.dtype.kind not in "uif":
-            raise InputError(f"unsupported numpy dtype {x.dtype}; cast to uint8 or float32")
+        if x.dtype == np.bool_ or x.dtype.kind not in "uif" or x.dtype.itemsize > 8:
+            raise InputError(f"unsupported numpy dtype {x.dtype}; cast to uint8 or float32 (float64 at most)")
         if x.dtype.byteorder == ">":
             x = x.astype(x.dtype.newbyteorder("="))
         if any(s < 0 or s % x.itemsize for s in x.strides):
@@ -146,11 +154,13 @@ class BatchAdapter:
 
     def __init__(self, layout: str | None = None, channels: int | None = None, key: str | None = None):
         if layout is not None:
-            layout = layout.upper()
-            if layout not in LAYOUTS:
+            if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
                 raise InputError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-        if channels is not None and (not isinstance(channels, int) or channels < 1):
-            raise InputError(f"channels must be a positive int, got {channels!r}")
+            layout = layout.upper()
+        if channels is not None:
+            if not isinstance(channels, numbers.Integral) or isinstance(channels, (bool, np.bool_)) or channels < 1:
+                raise InputError(f"channels must be a positive int, got {channels!r}")
+            channels = int(channels)
         self.layout = layout
         self.channels = channels
         self.key = key

@@ -2,9 +2,11 @@
 
 A checkpoint holds the exact :class:`~gpustats.stats.ChannelStats` (floats as hex strings), the
 position in the sorted file list where the run goes on (``next_index``), the file list's
-fingerprint (:func:`file_list_fingerprint`), the options that change the result and the bad files
+fingerprint (:func:`file_list_fingerprint`: every file's resolved path, size and modification
+time, so a file rewritten since is noticed), the options that change the result and the bad files
 met so far. Writes are atomic (temporary file in the same folder, fsync, ``os.replace``, fsync of
-the folder): a run killed at any moment, even by SIGKILL, leaves the old or the new checkpoint. A
+the folder): a run killed at any moment, even by SIGKILL, leaves the old or the new checkpoint,
+and the next write removes the temporary file a killed process left (:func:`remove_stale_temps`). A
 new file gets the permissions the umask allows (as ``open`` does), a rewritten one keeps its
 permission bits, a symlinked one stays a symlink. A resumed run reduces the same file batches in
 the same order (batches are cut at ``start + k * batch_size``; a checkpoint is written only after
@@ -34,7 +36,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
+import socket
 import stat
 from typing import Any, Sequence
 
@@ -50,17 +54,19 @@ from .checkpoint_checks import (
     _kind,
     _options,
     _short,
-    _state,
+    check_state,
 )
-from .stats import ChannelStats
+from .stats import ChannelStats, StatsError
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "check_compatible",
-           "file_list_fingerprint", "rank_path", "read_checkpoint", "write_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "atomic_target",
+           "atomic_write_bytes",
+           "check_compatible", "file_list_fingerprint", "probe_atomic_write", "rank_path", "read_checkpoint",
+           "remove_stale_temps", "temp_path", "write_checkpoint", "write_problem"]
 
 CHECKPOINT_FORMAT = "gpustats.checkpoint/1"
 _STATE_FORMAT = "gpustats.ChannelStats/1"
 _INT64_MAX = 2**63 - 1
-_FINGERPRINT_VERSION = "v2"
+_FINGERPRINT_VERSION = "v3"  # file lists: resolved path, size, st_mtime_ns per file
 
 
 class _Hostile(Exception):
@@ -81,6 +87,9 @@ class Checkpoint:
     bytes: int = 0  # file bytes read so far (for MB/s)
     elapsed_s: float = 0.0  # processing time summed over the runs that made this checkpoint
     complete: bool = False
+    # items of each stream (a compressed or remote tar, a TFRecord shard) read to its end, by its segment
+    # number: a resumed run does not read them again (sources.plan.Plan.streams_read)
+    streams: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "state"}
@@ -118,41 +127,59 @@ class Checkpoint:
             if not state.is_empty and isinstance(options.get(option), bool) and options[option] != has:
                 raise CheckpointError(f"options.{option} is {options[option]}, the state has {('no ', '')[has]}{part}")
         bad_files = _each({"bad_files": [], **d}, "bad_files", _bad_file, prefix="")
+        streams = d.get("streams", {})
+        _expect(isinstance(streams, dict) and all(isinstance(k, str) and k.isdigit() and len(k) < 19 for k in streams),
+                "streams", streams, "an object of segment numbers")
+        streams = {k: _int(v, f"streams.{k}", hi=files_total) for k, v in streams.items()}
+        if sum(streams.values()) > files_total:
+            raise CheckpointError(f"the streams hold {sum(streams.values())} items, more than files_total {files_total}")
         return Checkpoint(state=state, next_index=next_index, files_total=files_total, fingerprint=fingerprint,
                           options=options, bad_files=bad_files, images=images, bytes=_int(d.get("bytes", 0), "bytes"),
-                          elapsed_s=float(elapsed), complete=complete)
+                          elapsed_s=float(elapsed), complete=complete, streams=streams)
+
+
+def _state(d: Any) -> ChannelStats:
+    """The checkpoint's state: checked entry by entry (:func:`~gpustats.checkpoint_checks.check_state`, which
+    names the entry at fault), then built."""
+    check_state(d)
+    try:  # the checks cover what from_dict reads; this is the net under them
+        return ChannelStats.from_dict(d)
+    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError, RecursionError,
+            StatsError) as exc:
+        raise CheckpointError(f"state cannot be rebuilt ({type(exc).__name__}: {_short(str(exc), 120)})") from None
 
 
 def file_list_fingerprint(files: Sequence[str | os.PathLike[str]]) -> str:
-    """Identity of a file list: ``"v2:" + sha256(resolved paths, sizes) + ":" + sha256(paths as listed, sizes)``.
+    """Identity of a file list and of the files' contents as the file system tells them:
+    ``"v3:" + sha256`` over each file's path (its folder resolved: absolute, symlinks and ``..``
+    followed; the file name as listed), size in bytes and modification time in nanoseconds
+    (``st_mtime_ns``), in order.
 
-    The first digest is what :func:`check_compatible` compares: each path with its folder
-    resolved (absolute, symlinks and ``..`` followed; the file name as listed) and its size in
-    bytes, in order. So ``corpus`` and ``/abs/path/corpus`` give the same file list. The second
-    digest is the fingerprint gpustats wrote before ``v2`` (paths as typed); it is kept so that a
-    checkpoint written by an earlier version still resumes when the paths are typed as then.
+    So ``corpus`` and ``/abs/path/corpus`` give the same fingerprint, and a file rewritten since
+    the checkpoint (even with the same size) gives another one: the run is refused rather than
+    resumed with a changed file. What cannot be seen this way: a file changed with its size and
+    its modification time put back (``touch -d``, some copy tools).
     """
-    resolved, typed = hashlib.sha256(), hashlib.sha256()
+    digest = hashlib.sha256()
     folders: dict[str, str] = {}
     for path in files:
         name = os.fspath(path)
-        size = -1  # a file that vanished, unless:
+        size = mtime = -1  # a file that vanished, unless:
         with contextlib.suppress(OSError):
-            size = os.stat(name).st_size
+            info = os.stat(name)
+            size, mtime = info.st_size, info.st_mtime_ns
         folder, base = os.path.split(name)
         if folder not in folders:
             folders[folder] = os.path.realpath(folder or os.curdir)
-        for digest, shown in ((resolved, os.path.join(folders[folder], base)), (typed, name)):
-            digest.update(shown.encode("utf-8", "surrogateescape") + b"\0" + str(size).encode() + b"\n")
-    return f"{_FINGERPRINT_VERSION}:{resolved.hexdigest()}:{typed.hexdigest()}"
+        shown = os.path.join(folders[folder], base)
+        digest.update(shown.encode("utf-8", "surrogateescape") + f"\0{size}\0{mtime}\n".encode())
+    return f"{_FINGERPRINT_VERSION}:{digest.hexdigest()}"
 
 
-def _same_file_list(saved: str, now: str) -> bool:
-    """v2 fingerprints match on the resolved digest; one written before v2 (one bare digest) on the typed one."""
-    saved_parts, now_parts = saved.split(":"), now.split(":")
-    if saved == now or len(now_parts) != 3 or now_parts[0] != _FINGERPRINT_VERSION:
-        return saved == now
-    return saved_parts[1:2] == now_parts[1:2] if saved_parts[0] == _FINGERPRINT_VERSION else saved == now_parts[2]
+def _older_fingerprint(saved: str) -> bool:
+    """A fingerprint written before modification times were recorded: ``v2:...`` or a bare sha256 (file
+    lists), ``a1:...`` (archives)."""
+    return saved.startswith(("v2:", "a1:")) or (len(saved) == 64 and all(c in "0123456789abcdef" for c in saved))
 
 
 def _resolved_paths(options: dict[str, Any]) -> dict[str, Any]:
@@ -167,8 +194,143 @@ def rank_path(path: str | os.PathLike[str], rank: int, world: int) -> str:
 
 
 # ------------------------------------------------------------------------------ the file
+#: temporary files of atomic writes: ``.<name>.gpustats-<host>-<pid>-<random>.tmp`` in the target's folder
+#: (hidden, so that a folder walk never lists them; the host and process say whose they are)
+_TEMP_TAG = ".gpustats-"
+_TEMP = re.compile(r"\.gpustats-([0-9a-f]{8})-(\d{10})-[0-9a-f]{16}\.tmp\Z")
+_TEMP_SUFFIX_BYTES = len(_TEMP_TAG) + 8 + 1 + 10 + 1 + 16 + len(".tmp")
+_swept: set[tuple[str, str]] = set()  # (folder, stem) already cleaned of stale temporary files
+
+
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _name_max(folder: str) -> int:
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no such folder
+        return 255
+
+
+def _temp_stem(folder: str, base: str) -> str:
+    """``base`` cut (at a character boundary) so that the temporary name fits the folder's name limit."""
+    raw = base.encode("utf-8", "surrogateescape")
+    room = max(1, _name_max(folder) - 1 - _TEMP_SUFFIX_BYTES)
+    if len(raw) > room:
+        cut = room
+        while cut > 1 and (raw[cut] & 0xC0) == 0x80:  # not inside a UTF-8 sequence
+            cut -= 1
+        raw = raw[:cut]
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def temp_path(path: str | os.PathLike[str]) -> str:
+    """The temporary file an atomic write of ``path`` goes through: in the same folder, hidden, named after
+    ``path`` (cut to fit the file-name limit: a legal name always gets a legal temporary name), this host
+    and process (:func:`remove_stale_temps` finds those of dead processes)."""
+    folder, base = os.path.split(os.path.abspath(os.fspath(path)))
+    return os.path.join(folder, f".{_temp_stem(folder, base)}{_TEMP_TAG}{_host_tag()}-{os.getpid():010d}-"
+                                f"{secrets.token_hex(8)}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[str]:
+    """Delete the temporary files that atomic writes of ``path`` left behind when their process was killed
+    (``kill -9``, a power cut): only files named by :func:`temp_path` for ``path``, made on this host by a
+    process that no longer runs. Returns the names removed. Once per file and process; not on Windows
+    (where probing a process id would end it)."""
+    folder, base = os.path.split(os.path.abspath(os.fspath(path)))
+    stem = _temp_stem(folder, base)
+    if os.name == "nt" or (folder, stem) in _swept:
+        return []
+    _swept.add((folder, stem))
+    head, host, removed = f".{stem}", _host_tag(), []
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.name.startswith(head + _TEMP_TAG)]
+    except OSError:
+        return []
+    for name in names:
+        match = _TEMP.match(name, len(head))
+        if match is None or match.group(1) != host:
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(folder, name))
+                removed.append(name)
+    return removed
+
+
+def atomic_target(path: str | os.PathLike[str]) -> str | None:
+    """The file an atomic write of ``path`` replaces: ``path`` resolved (a symlink, even a dangling one,
+    stays a link and its target is written), or None when ``path`` exists and is not a regular file (a
+    folder, a device such as ``/dev/null``, a pipe): such a path can only be written through, or refused."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        return None
+    return os.path.realpath(path)
+
+
+def _open_temp(path: str) -> tuple[str, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+    remove_stale_temps(path)
+    tmp = temp_path(path)
+    return tmp, os.open(tmp, flags, 0o666)  # 64 random bits: no retry loop
+
+
+def probe_atomic_write(path: str | os.PathLike[str]) -> None:
+    """Create and remove the temporary file an atomic write of ``path`` (a regular file's path, see
+    :func:`atomic_target`) would create, exactly as :func:`_atomic_write_text` does (same folder, same name
+    length, same flags): raises that write's ``OSError`` before any work is done."""
+    tmp, fd = _open_temp(os.fspath(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def write_problem(path: str | os.PathLike[str], what: str) -> str | None:
+    """Why writing ``path`` (named ``what``, e.g. ``--output``) at the end of a run would fail, found now: for
+    a regular file (new, existing, or behind a symlink) the very temporary file the atomic write makes is
+    created and removed where it goes (:func:`probe_atomic_write`); None when the write can succeed."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return f"{what} {path!r} is a folder; give a file name"
+    target = atomic_target(path)
+    if target is None:  # /dev/null, a pipe: written through
+        return None if os.access(path, os.W_OK) else f"{what} {path!r} is not writable"
+    if os.path.lexists(target) and not os.access(target, os.W_OK):
+        return f"{what} {path!r} is not writable"
+    folder = os.path.dirname(target)
+    via = f" (where the symlink {path!r} points)" if os.path.islink(path) else ""
+    if not os.path.isdir(folder):
+        return f"{what} {path!r}: the folder {folder!r}{via} does not exist"
+    try:
+        probe_atomic_write(target)
+    except OSError as exc:
+        return (f"{what} {path!r}: cannot write in the folder {folder!r}{via} ({exc.strerror or exc}; the file is "
+                "written through a temporary file there)")
+    return None
+
+
 def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, flush, fsync, replace.
+    """Write ``text`` (UTF-8) to ``path`` atomically: :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder (:func:`temp_path`), flush,
+    fsync, replace. The temporary file is removed on any error or interrupt; one left by a killed process
+    is removed by the next write (:func:`remove_stale_temps`).
 
     A new file gets ``0o666`` less the umask (applied by the kernel, default ACLs too), as
     ``open(path, "w")`` would; an existing file keeps its permission bits."""
@@ -177,14 +339,12 @@ def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     mode = None  # a new file, unless:
     with contextlib.suppress(OSError):
         mode = stat.S_IMODE(os.stat(path).st_mode)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
-    tmp = os.path.join(folder, f"{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
-    fh = os.fdopen(os.open(tmp, flags, 0o666), "w", encoding="utf-8")  # 64 random bits: no retry loop
+    tmp, fd = _open_temp(path)
     try:
-        with fh:
+        with os.fdopen(fd, "wb") as fh:
             if mode is not None:
                 os.chmod(tmp, mode)  # before any byte is written: nobody reads it with other permissions
-            fh.write(text)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -206,8 +366,8 @@ def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> No
     A symlink is written through (its target is replaced, the link stays); a path that exists but
     is no regular file (a folder, ``/dev/null``) raises :class:`CheckpointError`.
     """
-    target = os.path.realpath(path)
-    if os.path.exists(target) and not os.path.isfile(target):
+    target = atomic_target(path)
+    if target is None:
         raise CheckpointError(f"checkpoint path {os.fspath(path)!r} is not a regular file; pass a file path")
     _atomic_write_text(target, json.dumps(checkpoint.to_dict(), separators=(",", ":")))
 
@@ -292,11 +452,15 @@ def check_compatible(path: str, checkpoint: Checkpoint, *, fingerprint: str, fil
                  for old, new in [(checkpoint.options.get(key, "<unset>"), options.get(key, "<unset>"))]
                  if _resolved_paths({key: old}) != _resolved_paths({key: new})]
         raise CheckpointError(f"checkpoint {path!r} was made with other options ({'; '.join(diffs)}); {fix}")
-    if (files_total is not None and checkpoint.files_total != files_total) or not _same_file_list(
-            checkpoint.fingerprint, fingerprint):
+    if checkpoint.fingerprint != fingerprint and _older_fingerprint(checkpoint.fingerprint):
+        raise CheckpointError(f"checkpoint {path!r} was made by an earlier gpustats, which did not record the files' "
+                              f"modification times, so it cannot tell whether a file changed since; delete {path!r} "
+                              "to start over")
+    if (files_total is not None and checkpoint.files_total != files_total) or checkpoint.fingerprint != fingerprint:
         raise CheckpointError(
             f"checkpoint {path!r} was made for another file list ({checkpoint.files_total} files then, "
-            f"{files_total} now, or names/sizes changed); {fix}")
+            f"{files_total} now, or names, sizes or modification times changed: a file was added, removed or "
+            f"rewritten); {fix}")
     if files_total is not None and not 0 <= checkpoint.next_index <= files_total:
         raise CheckpointError(f"checkpoint {path!r} is damaged (next_index {checkpoint.next_index} of "
                               f"{files_total} files); delete it to start over")

@@ -3,8 +3,10 @@
 Every check raises :class:`CheckpointError` naming the entry (``state.count[2]``) and what it
 should be; nothing a hand-edited or damaged file holds may give a traceback. Integer states are
 checked exactly (sums must fit the counts and the min/max, means and M2 must be those of the
-sums); float states within a small slack; per-image aggregates against the min/max. Used by
-:mod:`gpustats.checkpoint`.
+sums); float states within a small slack; per-image aggregates against the min/max. The one home
+of these rules: :mod:`gpustats.checkpoint` checks a checkpoint's entries with them, and
+:meth:`gpustats.stats.ChannelStats.from_dict` (``from_json``) checks a state with
+:func:`check_state` (so this module must not import :mod:`gpustats.stats`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from .stats import FLOAT_DTYPES, INTEGER_DTYPES, ChannelStats, StatsError, exact_row_moments
+from .numerics import FLOAT_DTYPES, INTEGER_DTYPES, exact_moments
 
 _STATE_FORMAT = "gpustats.ChannelStats/1"
 _INT64_MAX = 2**63 - 1
@@ -102,19 +104,15 @@ def _bad_file(entry: Any, where: str) -> dict[str, str]:
     return {"path": entry["path"], "reason": entry["reason"]}
 
 
-def _state(d: Any) -> ChannelStats:
-    """Validate the JSON of a :class:`ChannelStats` (types, lengths, invariants), then build it."""
+def check_state(d: Any) -> None:
+    """Validate the JSON dict of a :class:`~gpustats.stats.ChannelStats` (types, lengths, invariants);
+    :class:`CheckpointError` names the first entry that is wrong (``state.count[2] is -1, ...``)."""
     _expect(isinstance(d, dict), "state", d, "an object")
     _expect(d.get("format") == _STATE_FORMAT, "state.format", d.get("format", _MISSING), repr(_STATE_FORMAT))
     dtype = d.get("dtype", _MISSING)
     _expect(dtype in (None,) + INTEGER_DTYPES + FLOAT_DTYPES, "state.dtype", dtype, "a dtype name or null")
     if dtype is not None:
         _check_state(d, dtype)
-    try:  # the checks above cover what from_dict reads; this is the net under them
-        return ChannelStats.from_dict(d)
-    except (KeyError, IndexError, TypeError, ValueError, ArithmeticError, AttributeError, RecursionError,
-            StatsError) as exc:
-        raise CheckpointError(f"state cannot be rebuilt ({type(exc).__name__}: {_short(str(exc), 120)})") from None
 
 
 def _check_state(d: dict, dtype: str) -> None:
@@ -149,8 +147,13 @@ def _check_images(images: Any, channels: int, count: list[int], nonfinite: list[
 
     _expect(isinstance(images, dict), "state.images", images, "an object")
     k = _int(images.get("images", _MISSING), "state.images.images")
+    counts = [k] * channels
     if "counts" in images:
-        _each(images, "counts", lambda v, where: _int(v, where, hi=k), channels, prefix="state.images.")
+        counts = _each(images, "counts", lambda v, where: _int(v, where, hi=k), channels, prefix="state.images.")
+    if "counts_ddof1" in images:  # images with two values or more: at most those with one
+        for c, (n1, n) in enumerate(zip(_each(images, "counts_ddof1", _int, channels, prefix="state.images."), counts)):
+            if n1 > n:
+                raise CheckpointError(f"state.images.counts_ddof1[{c}] is {n1}, more than the {n} images counted there")
     if "sums" in images:  # integer data: [3][C] exact sums as "<hex mantissa>p<shift>"
         for name in ("sums", "sumsqs"):
             for r, row in enumerate(_list(images.get(name, _MISSING), f"state.images.{name}", 3)):
@@ -192,7 +195,7 @@ def _check_int_state(d: dict, dtype: str, count: list[int], rows: dict, nonfinit
         smallest_sq = 0 if lo <= 0 <= hi else min(lo * lo, hi * hi)
         if not (n * lo <= s <= n * hi and n * smallest_sq <= q <= n * max(lo * lo, hi * hi) and n * q >= s * s):
             raise CheckpointError(f"state channel {c}: sums {s} and {q} of {n} values do not fit min {lo} and max {hi}")
-    mean, m2 = exact_row_moments(count, isum, isumsq)
+    mean, m2 = exact_moments(count, isum, isumsq)
     for c in range(channels):
         if mean[c] != rows["mean"][c] or m2[c] != rows["m2"][c]:
             raise CheckpointError(f"state channel {c}: mean/m2 disagree with the exact sums {isum[c]} and {isumsq[c]}")

@@ -9,7 +9,9 @@ first file is decoded.
 
 Exit codes: 0 success; 1 failure (bad file under ``--strict``, no decodable image, unusable
 device, checkpoint of another run, ...), printed as one ``gpustats: error: ...`` line on
-stderr; 2 usage error (argparse); 130 interrupted (Ctrl-C; the checkpoint is saved first).
+stderr (under ``torchrun`` by rank 0 only); 2 usage error (argparse); 130 interrupted (Ctrl-C)
+and 143 terminated (SIGTERM, what job schedulers send): the checkpoint is saved first and
+``gpustats: interrupted`` printed once.
 
 >>> build_parser().parse_args(["stats", "imgs", "--format", "json"]).format
 'json'
@@ -25,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .cli_checks import CliError, StopSignals, check_before_run
+
 __all__ = ["main", "build_parser", "JSON_SCHEMA"]
 
 
@@ -38,10 +42,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
-
-
-class CliError(Exception):
-    """An expected failure: printed as one line, exit status 1."""
 
 
 # ============================================================================ arguments
@@ -74,6 +74,34 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.95), got {text!r}")
+    return value
+
+
+def _strategy(text: str) -> str:
+    from .options import STRATEGY_NAMES
+
+    if text not in STRATEGY_NAMES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(STRATEGY_NAMES)}, got {text!r}")
+    return text
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
 def _device(text: str) -> str:
     if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
         return text
@@ -84,11 +112,13 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="image folders and files; archives read in place (.tar incl. tars inside it, .tar.gz, "
-                             ".zip, .parquet); brace patterns such as 'train-{000000..001023}.tar'")
+                             ".zip, .parquet, TFRecord shards); brace patterns such as 'train-{000000..001023}.tar'; "
+                             "s3://, gs://, https:// paths (see docs/cli.md)")
     dev = parser.add_argument_group("device and decoding")
     dev.add_argument("--device", type=_device, default="auto",
                      help="auto (a usable GPU, else the CPU with the reason shown), cpu, cuda or cuda:N")
-    dev.add_argument("--strategy", default="auto", help="CUDA reduction strategy (default auto)")
+    dev.add_argument("--strategy", type=_strategy, default="auto",
+                     help="CUDA reduction strategy: auto (default), atomic, tree, warp, welford, hist8 or vec")
     dev.add_argument("--workers", type=_non_negative_int, default=None,
                      help="CPU decoding processes (default min(8, cores); 0 decodes in this process; "
                           "runs of fewer than 64 files always use 0)")
@@ -108,6 +138,9 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     img.add_argument("--column", default=None, metavar="NAME",
                      help="Parquet: the column holding the encoded images (default: found; binary, or a struct "
                           "with a 'bytes' field)")
+    img.add_argument("--all-extensions", action="store_true",
+                     help="in folders, also read .gif, .jfif, .jpe, .pbm, .pnm (default: exactly the extensions "
+                          "torchvision's ImageFolder reads; the report counts what was left out)")
     img.add_argument("--histogram", action="store_true", help="exact 256-bin histograms, percentiles, saturation")
     img.add_argument("--covariance", action="store_true", help="channel covariance, correlation and PCA")
     img.add_argument("--per-image", action="store_true",
@@ -120,21 +153,26 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
                           "(a paste-ready transforms.Normalize line)")
     out.add_argument("--output", "-o", metavar="FILE", default=None, help="write the output to FILE instead of stdout")
     out.add_argument("--plot", metavar="FILE.png", default=None,
-                     help="per-channel histogram plot (implies --histogram; needs pip install 'gpustats[plot]')")
+                     help="per-channel histogram plot in the format its name asks for (.png, .pdf, .svg, ...; "
+                          "implies --histogram; needs pip install 'gpustats[plot]')")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes on stderr")
     smp = parser.add_argument_group("sampling (an estimate with confidence intervals; see the README's Sampling section)")
     smp.add_argument("--sample-tolerance", type=_non_negative_float, default=None, metavar="T",
                      help="visit images in random order and stop once every channel's mean and std is known to "
                           "± T (e.g. 0.001) at --confidence; prints intervals and says the result is an estimate")
-    smp.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    smp.add_argument("--confidence", type=_probability, default=None,
+                     help="confidence level of the intervals, between 0 and 1 (default 0.95)")
     smp.add_argument("--max-images", type=_positive_int, default=None, metavar="N", help="visit at most N images")
-    smp.add_argument("--seed", type=int, default=0, help="seed of the random visiting order (default 0)")
+    smp.add_argument("--seed", type=_int_at_least(0, "an integer >= 0"), default=None,
+                     help="seed of the random visiting order (default 0)")
     run = parser.add_argument_group("robustness")
     run.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first bad file")
     run.add_argument("--checkpoint", metavar="FILE", default=None,
                      help="save progress to FILE; rerunning the same command resumes (identical result)")
     run.add_argument("--checkpoint-every", type=_non_negative_float, default=30.0, metavar="SECONDS",
                      help="seconds between checkpoint writes (default 30; 0: after every batch)")
+    run.add_argument("--rendezvous-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+                     help="under torchrun: seconds a rank waits for the others to join (default 300)")
 
 
 def build_parser(bench_arguments: bool = False) -> argparse.ArgumentParser:
@@ -163,39 +201,23 @@ def build_parser(bench_arguments: bool = False) -> argparse.ArgumentParser:
 
 
 # ============================================================================ output
-def _check_writable(path: str | None, what: str) -> None:
-    """Fail before the run, naming the path as given, when ``path`` cannot be written."""
-    if path is None:
-        return
-    target = Path(path)
-    if target.exists():
-        if target.is_dir():
-            raise CliError(f"{what} {path!r} is a folder; give a file name")
-        if not os.access(target, os.W_OK):
-            raise CliError(f"{what} {path!r} is not writable")
-        return
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise CliError(f"{what} {path!r}: the folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CliError(f"{what} {path!r}: the folder {str(folder)!r} is not writable")
-
-
 def _emit(text: str, output: str | None, quiet: bool) -> None:
     text = text if text.endswith("\n") else text + "\n"
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    if os.path.lexists(output) and (os.path.islink(output) or not os.path.isfile(output)):
-        # /dev/null, a FIFO, a symlink: write through it, never replace it with a file
+    from .checkpoint import _atomic_write_text, atomic_target
+
+    target = atomic_target(output)
+    if target is None:
+        # /dev/null, a FIFO, a pipe (/dev/fd/N): write through it, never replace it with a file
         with open(output, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
     else:
-        from .checkpoint import _atomic_write_text
-
-        # a reader never sees half a report; names that are not valid UTF-8 are escaped, not fatal
-        _atomic_write_text(output, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        # a reader never sees half a report; names that are not valid UTF-8 are escaped, not fatal; a symlink
+        # stays a link (its target is replaced), as the early check (cli_checks) expects
+        _atomic_write_text(target, text.encode("utf-8", "backslashreplace").decode("utf-8"))
     if not quiet:
         print(f"gpustats: wrote {output}", file=sys.stderr)
 
@@ -206,30 +228,36 @@ def _note(quiet: bool):
 
 # ============================================================================ commands
 _ENGINE_ARGS = ("device", "strategy", "workers", "batch_size", "decode", "mode", "resize", "center_crop",
-                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column")
+                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column",
+                "all_extensions", "rendezvous_timeout")
+
+
+#: set when this process is a rank other than 0 of a run whose failure rank 0 reports: it prints nothing
+_quiet_rank = False
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .distributed import is_main_process, shutdown
+    global _quiet_rank
+    from .distributed import is_main_process, rank_and_world, shutdown
     from .report import format_run
     from .sources.engine import run_folder
 
+    check_before_run(args)
     if getattr(args, "sample_tolerance", None) is not None:
         return cmd_sample(args)
-    for path, what in ((args.output, "--output"), (args.plot, "--plot"), (args.checkpoint, "--checkpoint")):
-        _check_writable(path, what)
-    if args.plot:
-        from .plot import require_matplotlib
-
-        require_matplotlib()  # fail before the long run, not after
     try:
         run = run_folder(args.paths, note=_note(args.quiet), histogram=bool(args.histogram or args.plot),
                          progress=not args.quiet, **{name: getattr(args, name) for name in _ENGINE_ARGS})
         if not is_main_process():
             return 0  # only rank 0 prints and writes
+    except BaseException:
+        rank, world = rank_and_world()
+        _quiet_rank = world > 1 and rank != 0  # every rank learnt the failure; rank 0 says it
+        raise
     finally:
         shutdown()  # a no-op unless the run made a process group
     _emit(format_run(run, args.format), args.output, args.quiet)
+    _warn_constant(run.stats.std, run.channels, args.quiet)
     if args.plot:
         from .plot import plot_histograms
 
@@ -238,32 +266,40 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_constant(std, channels, quiet: bool) -> None:
+    """A channel with std 0 makes the Normalize line divide by zero: say so (the line also carries a comment)."""
+    from .report import zero_std_channels
+
+    flat = zero_std_channels(std, channels)
+    if flat:
+        _note(quiet)(f"warning: std is 0 in channel(s) {', '.join(flat)} (every pixel has the same value): "
+                     "Normalize would divide by zero; use std 1.0 for those channels or drop them")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
     from .report import format_sampled
     from .sampling import estimate_stats
     from .sources import DEFAULT_MAX_PIXELS
-    from .sources.engine import StrictBadFile
 
     exact_only = [flag for flag, on in (("--histogram", args.histogram), ("--covariance", args.covariance),
                                         ("--per-image", args.per_image), ("--plot", args.plot),
                                         ("--checkpoint", args.checkpoint), ("--ddof 1", args.ddof != 0)) if on]
     if exact_only:
         raise CliError(f"{', '.join(exact_only)} need(s) every image; drop --sample-tolerance or these options")
-    if not 0.0 < args.confidence < 1.0:
-        raise CliError(f"--confidence must lie strictly between 0 and 1, got {args.confidence}")
-    _check_writable(args.output, "--output")
+    confidence = 0.95 if args.confidence is None else args.confidence
+    workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
     result = estimate_stats(
-        args.paths, tolerance=args.sample_tolerance, confidence=args.confidence, max_images=args.max_images,
-        seed=args.seed, batch_size=args.batch_size or 64, device=None if args.device == "auto" else args.device,
-        workers=min(8, os.cpu_count() or 1) if args.workers is None else args.workers,
+        args.paths, tolerance=args.sample_tolerance, confidence=confidence, max_images=args.max_images,
+        seed=0 if args.seed is None else args.seed, batch_size=args.batch_size or 64,
+        device=None if args.device == "auto" else args.device, workers=workers,
         progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
-        center_crop=args.center_crop, column=args.column)
-    if args.strict and result.bad_files:
-        path, reason = result.bad_files[0]
-        raise StrictBadFile(f"bad file {path}: {reason} (strict)")
-    _emit(format_sampled(result, args.format, _CHANNEL_NAMES.get(args.mode)), args.output, args.quiet)
+        center_crop=args.center_crop, column=args.column, strict=args.strict,  # --strict: at the first bad file
+        all_extensions=args.all_extensions)
+    names = _CHANNEL_NAMES.get(args.mode)
+    _emit(format_sampled(result, args.format, names), args.output, args.quiet)
+    _warn_constant(result.std, names, args.quiet)
     return 0
 
 
@@ -294,7 +330,7 @@ def forum_recipe(files: Sequence[Path]) -> tuple[list[float], list[float], int]:
 def cmd_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .report import _row, format_table
+    from .report import _row, format_python, format_table
     from .sources import list_images
     from .sources.engine import run_folder
     from .sources.synthetic import make_demo_folder
@@ -325,6 +361,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("why they differ: the recipe weights every image equally whatever its size (a 96x32 image counts as")
     print("much as a 16x16 one), and averaging per-image stds leaves out how much the images differ from each other")
     print("(the spread of their means), so its std is too small. gpustats uses every pixel once, exactly.")
+    print()
+    print("the line to paste (gpustats, these sample images):")
+    print(format_python(run))
+    print()
+    print("on your own images:  gpustats stats /path/to/train --format python")
     return 0
 
 
@@ -340,13 +381,16 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .plot import PlotUnavailable
     from .sources import SourceError
+    from .sources.remote import RemoteReadError
     from .stats import StatsError
 
-    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable)
+    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable,
+            RemoteReadError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gpustats`` and ``python -m gpustats``; returns the exit status."""
+    global _quiet_rank
     argv = list(sys.argv[1:] if argv is None else argv)
     for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 terminal gets escapes, not a traceback
         if hasattr(stream, "reconfigure"):
@@ -366,18 +410,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = {"stats": cmd_stats, "demo": cmd_demo, "bench": cmd_bench}[args.command]
     expected = _expected_errors()
+    _quiet_rank = False
     try:
-        return handler(args)
-    except KeyboardInterrupt:
-        print("gpustats: interrupted", file=sys.stderr)
-        return 130
+        with StopSignals():
+            return handler(args)
+    except KeyboardInterrupt as exc:
+        import signal
+
+        if not _quiet_rank:
+            print("gpustats: interrupted", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     except expected as exc:
         # SourceNotFoundError is also a FileNotFoundError, whose str() shows "[Errno None] None"
         message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
-        print(f"gpustats: error: {message}", file=sys.stderr)
+        if type(exc).__name__ == "RemoteReadError":  # a store failed past its retries (sampling: no checkpoint)
+            from .sources.remote import message_of
+
+            message = message_of(exc)
+        if not _quiet_rank:  # under torchrun rank 0 reports every rank's failure
+            print(f"gpustats: error: {message}", file=sys.stderr)
         return 1
     except OSError as exc:  # e.g. --output into a missing folder
-        print(f"gpustats: error: {exc}", file=sys.stderr)
+        if not _quiet_rank:
+            print(f"gpustats: error: {exc}", file=sys.stderr)
         return 1
 
 

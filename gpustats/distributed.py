@@ -37,11 +37,9 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import timedelta
-from typing import Any, Sequence
-
 import sys
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -59,6 +57,7 @@ __all__ = [
     "rank_and_world",
     "is_main_process",
     "HEADER_FIELDS",
+    "DEFAULT_RENDEZVOUS_TIMEOUT",
 ]
 
 #: Names of the int64 header slots every rank sends before its payload (see the module docstring).
@@ -256,7 +255,84 @@ def all_gather_json(value: Any, group: Any = None) -> list[Any]:
     return [json.loads(data.decode("utf-8")) for data in _gather_bytes(payload, lengths, world, group, device)]
 
 
-def init_from_env(backend: str | None = None, timeout: timedelta | None = None) -> tuple[int, int]:
+#: seconds a rank waits for the others to join the process group (``--rendezvous-timeout``)
+DEFAULT_RENDEZVOUS_TIMEOUT = 300.0
+
+
+def _env_int(name: str, problems: list[str]) -> int | None:
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        problems.append(f"{name}={text!r} is not an integer")
+        return None
+
+
+def _checked_env(world: int) -> tuple[int, str, int]:
+    """``(RANK, MASTER_ADDR, MASTER_PORT)`` of a ``WORLD_SIZE`` > 1 environment, or one :class:`StatsError`
+    line naming everything missing or out of range and what to do."""
+    problems: list[str] = []
+    rank = _env_int("RANK", problems)
+    port = _env_int("MASTER_PORT", problems)
+    local_rank = _env_int("LOCAL_RANK", problems)
+    local_world = _env_int("LOCAL_WORLD_SIZE", problems)
+    addr = os.environ.get("MASTER_ADDR", "")
+    missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        problems.insert(0, f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set")
+    if rank is not None and not 0 <= rank < world:
+        problems.append(f"RANK={rank} is outside 0..{world - 1}")
+    if port is not None and not 0 < port < 65536:
+        problems.append(f"MASTER_PORT={port} is not a port (1..65535)")
+    if local_world is not None and local_world < 1:
+        problems.append(f"LOCAL_WORLD_SIZE={local_world} is not positive")
+    if local_rank is not None and (local_rank < 0 or (local_world is not None and local_rank >= local_world)):
+        problems.append(f"LOCAL_RANK={local_rank} is outside 0..{(local_world or 1) - 1}")
+    if problems:
+        raise StatsError(f"WORLD_SIZE={world} asks for {world} processes, but {'; '.join(problems)}: start gpustats "
+                         f"with a launcher (torchrun --nproc-per-node {world} -m gpustats stats ...), which sets them, "
+                         "or unset WORLD_SIZE to run in one process")
+    return int(rank), addr, int(port)  # type: ignore[arg-type]
+
+
+class _stderr_held:
+    """Hold what is written to file descriptor 2 (C++ logs too) in a temporary file; on leaving, copy it
+    back to stderr when ``keep`` was set, else drop it (the caller says what went wrong in one line)."""
+
+    keep = False
+
+    def __enter__(self) -> "_stderr_held":
+        import tempfile
+
+        self.saved = None
+        try:
+            sys.stderr.flush()
+            self.file = tempfile.TemporaryFile()
+            self.saved = os.dup(2)
+            os.dup2(self.file.fileno(), 2)
+        except (OSError, ValueError, AttributeError):  # no fd 2 (a closed stderr): nothing to hold
+            if self.saved is not None:
+                os.close(self.saved)
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.saved is None:
+            return
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        with self.file:
+            if self.keep:
+                self.file.seek(0)
+                text = self.file.read()
+                if text:
+                    os.write(2, text)
+
+
+def init_from_env(backend: str | None = None, timeout: timedelta | None = None,
+                  rendezvous_timeout: float = DEFAULT_RENDEZVOUS_TIMEOUT) -> tuple[int, int]:
     """Join the process group that ``torchrun`` describes in the environment; return ``(rank, world)``.
 
     With ``WORLD_SIZE`` > 1 in the environment (torchrun sets it, with ``RANK``, ``LOCAL_RANK``,
@@ -265,6 +341,12 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None) 
     ``LOCAL_WORLD_SIZE`` <= the GPU count; rank r uses GPU ``LOCAL_RANK``), else gloo: NCCL refuses
     two ranks on one GPU. An existing group is used as is. Otherwise (a plain single process)
     returns ``(0, 1)``.
+
+    The variables are checked first (one :class:`StatsError` line says what is missing or out of
+    range), and a rank waits at most ``rendezvous_timeout`` seconds (default
+    :data:`DEFAULT_RENDEZVOUS_TIMEOUT`) for the others to join, then raises a :class:`StatsError`
+    instead of waiting for torch's 30-minute default. ``timeout`` bounds each collective afterwards
+    (torch's default when None): a rank that finishes early waits that long for the slowest.
     """
     global _created_group
     if _group_ready():
@@ -275,6 +357,9 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None) 
         raise StatsError(f"WORLD_SIZE must be an integer, got {os.environ['WORLD_SIZE']!r}") from None
     if world <= 1:
         return 0, 1
+    if not (isinstance(rendezvous_timeout, (int, float)) and 0 < rendezvous_timeout < float("inf")):
+        raise ValueError(f"rendezvous_timeout must be a positive number of seconds, got {rendezvous_timeout!r}")
+    rank, addr, port = _checked_env(world)
     import torch
 
     dist = _dist()
@@ -287,7 +372,22 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None) 
     if backend == "nccl":
         local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    kwargs: dict[str, Any] = {"backend": backend, "init_method": "env://"}
+    from torch.distributed import rendezvous
+    from torch.distributed.constants import default_pg_timeout
+
+    try:  # the rendezvous alone is bounded by rendezvous_timeout; the collectives by `timeout`
+        with _stderr_held() as held:  # torch's C++ retry logs and stacks: shown on success, replaced by one line
+            store, rank, world = next(rendezvous("env://", rank, world,
+                                                 timeout=timedelta(seconds=float(rendezvous_timeout))))
+            held.keep = True
+    except Exception as exc:  # DistStoreError (timed out), DistNetworkError, ValueError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StatsError(f"rank {rank} of {world} could not meet the other ranks at {addr}:{port} within "
+                         f"{rendezvous_timeout:g} s ({first[:200]}); start every rank (torchrun does), check "
+                         "MASTER_ADDR and MASTER_PORT, or wait longer with --rendezvous-timeout "
+                         "(rendezvous_timeout=)") from None
+    store.set_timeout(timeout if timeout is not None else default_pg_timeout)
+    kwargs: dict[str, Any] = {"backend": backend, "store": store, "rank": rank, "world_size": world}
     if timeout is not None:
         kwargs["timeout"] = timeout
     dist.init_process_group(**kwargs)

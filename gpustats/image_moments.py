@@ -1,8 +1,8 @@
 """Per-image statistics (``per_image=True``): aggregates over images of each image's mean and std.
 
 Each image contributes, per channel where it has at least one finite value, three values: its
-mean, its std with ddof=0 and its std with ddof=1 (an image with one value there: std 0, see
-:func:`gpustats.numerics.image_values_exact`). :class:`ImageMoments` keeps, per channel, the
+mean, its std with ddof=0 and its std with ddof=1 (an image with one value there has no ddof-1
+std and is left out of that row, ``counts_ddof1``; see :func:`gpustats.numerics.image_values_exact`). :class:`ImageMoments` keeps, per channel, the
 image-weighted mean and sum of squared deviations (M2) of those values. An image counts in a
 channel's figures only when it has finite values in that channel (``counts``), so under
 ``nan_policy="omit"`` an all-NaN channel of one image neither drops the image from the other
@@ -77,6 +77,8 @@ class ImageMoments:
     Attributes:
         images: images reduced.
         counts: int64 [C], images with at least one finite value in each channel.
+        counts_ddof1: int64 [C], images with at least two (those in the ddof-1 std's row); None in
+            states saved before it was kept (there an image with one value counted with std 0).
         mean, m2: float64 [3, C], image-weighted mean and M2 of the per-image values (raw units).
         mean_lo: float64 [3, C], rounding error of ``mean`` (float data; zeros for integer data).
         sums, sumsqs: integer data only, exact sums of the values (units ``2**-SUM_BITS``) and of
@@ -90,6 +92,12 @@ class ImageMoments:
     mean_lo: np.ndarray
     sums: tuple[tuple[int, ...], ...] | None = None
     sumsqs: tuple[tuple[int, ...], ...] | None = None
+    counts_ddof1: np.ndarray | None = None
+
+    def row_counts(self) -> np.ndarray:
+        """Images counted in each row (mean, std, std ddof 1) and channel: int64 [3, C]."""
+        ddof1 = self.counts if self.counts_ddof1 is None else self.counts_ddof1
+        return np.stack([self.counts, self.counts, ddof1]).astype(np.int64)
 
     @property
     def mean(self) -> np.ndarray:
@@ -106,7 +114,7 @@ class ImageMoments:
     def _round(self) -> None:
         """Integer data: mean and M2 rounded once from the exact sums (on first read: a decode worker's
         states are only added and sent, and rounding ~4,000-bit integers costs ~0.2 ms a state)."""
-        k = np.broadcast_to(np.asarray(self.counts, dtype=object), (3, self.channels))
+        k = self.row_counts().astype(object)
         mean, m2 = exact_moments(k, self.sums, self.sumsqs, scale=Fraction(2**SUM_BITS))
         object.__setattr__(self, "_mean", _frozen(np.where(np.isnan(mean), 0.0, mean)))
         object.__setattr__(self, "_m2", _frozen(m2))
@@ -126,15 +134,17 @@ class ImageMoments:
         zeros = np.zeros((3, channels))
         ints = tuple((0,) * channels for _ in range(3)) if exact else None
         return ImageMoments(0, _frozen(np.zeros(channels), np.int64), _frozen(zeros), _frozen(zeros), _frozen(zeros),
-                            ints, ints)
+                            ints, ints, _frozen(np.zeros(channels), np.int64))
 
     @staticmethod
-    def from_exact_sums(images: int, counts: Any, sums: Any, sumsqs: Any) -> "ImageMoments":
+    def from_exact_sums(images: int, counts: Any, sums: Any, sumsqs: Any,
+                        counts_ddof1: Any = None) -> "ImageMoments":
         """Integer-data state from exact sums ([3][C] Python ints); mean and M2 rounded once (when read)."""
         sums = tuple(tuple(int(v) for v in row) for row in sums)
         sumsqs = tuple(tuple(int(v) for v in row) for row in sumsqs)
         return ImageMoments(int(images), _frozen(counts, np.int64), None, None,
-                            _frozen(np.zeros((3, len(sums[0])))), sums, sumsqs)
+                            _frozen(np.zeros((3, len(sums[0])))), sums, sumsqs,
+                            None if counts_ddof1 is None else _frozen(counts_ddof1, np.int64))
 
     @staticmethod
     def from_integer_rows(count: Any, total: Any, total_sq: Any) -> "ImageMoments":
@@ -142,7 +152,7 @@ class ImageMoments:
         count = np.asarray(count)
         values = image_values_exact(count, total, total_sq)  # [3, K, C], NaN where not counted
         counts, sums, sumsqs = exact_value_sums(values.transpose(1, 0, 2))  # over images
-        return ImageMoments.from_exact_sums(count.shape[0], counts[0], sums, sumsqs)
+        return ImageMoments.from_exact_sums(count.shape[0], counts[0], sums, sumsqs, counts[2])
 
     @staticmethod
     def from_images(img_count: Any, img_mean: Any, img_m2: Any, img_mean_lo: Any = 0.0) -> "ImageMoments":
@@ -155,7 +165,8 @@ class ImageMoments:
         merged = chan_merge_rows(Moments(valid.astype(np.int64).transpose(1, 0, 2), np.nan_to_num(values).transpose(1, 0, 2),
                                          np.zeros(values.transpose(1, 0, 2).shape), lo.transpose(1, 0, 2)))
         return ImageMoments(int(count.shape[0]), _frozen((count > 0).sum(axis=0), np.int64), _frozen(merged.mean),
-                            _frozen(merged.m2), _frozen(merged.mean_lo))
+                            _frozen(merged.m2), _frozen(merged.mean_lo),
+                            counts_ddof1=_frozen(valid[2].sum(axis=0), np.int64))
 
     # ------------------------------------------------------------------ merge
     def merge(self, other: "ImageMoments") -> "ImageMoments":
@@ -168,16 +179,17 @@ class ImageMoments:
             raise StatsError("cannot merge per-image statistics of integer data with ones saved by an older gpustats "
                              "(without exact per-image sums); recompute the older state with per_image=True")
         counts = self.counts + other.counts
+        k_old, k_new = self.row_counts(), other.row_counts()
+        ddof1 = None if self.counts_ddof1 is None and other.counts_ddof1 is None else k_old[2] + k_new[2]
         if self.exact:
             add = lambda a, b: [[x + y for x, y in zip(ra, rb)] for ra, rb in zip(a, b)]  # noqa: E731
             return ImageMoments.from_exact_sums(self.images + other.images, counts, add(self.sums, other.sums),
-                                                add(self.sumsqs, other.sumsqs))
-        k_old = np.broadcast_to(self.counts, self.mean.shape)
-        k_new = np.broadcast_to(other.counts, other.mean.shape)
+                                                add(self.sumsqs, other.sumsqs), ddof1)
         updated = chan_merge(Moments(k_old, self.mean, self.m2, self.mean_lo),
                              Moments(k_new, other.mean, other.m2, other.mean_lo))
         return ImageMoments(self.images + other.images, _frozen(counts, np.int64), _frozen(updated.mean),
-                            _frozen(updated.m2), _frozen(updated.mean_lo))
+                            _frozen(updated.m2), _frozen(updated.mean_lo),
+                            counts_ddof1=None if ddof1 is None else _frozen(ddof1, np.int64))
 
     # ------------------------------------------------------------------ results
     def summary(self, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -185,10 +197,10 @@ class ImageMoments:
         population std across images; NaN for a channel no image has values in. Integer data: rounded once
         from the exact sums."""
         if self.exact:
-            k = np.broadcast_to(np.asarray(self.counts, dtype=object), (3, self.channels))
+            k = self.row_counts().astype(object)
             mean, var = exact_moments(k, self.sums, self.sumsqs, ddof=0, scale=Fraction(2**SUM_BITS) * Fraction(scale))
             return mean, np.sqrt(np.maximum(var, 0.0))
-        k = self.counts.astype(np.float64)
+        k = self.row_counts().astype(np.float64)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(k > 0, self.mean / scale, np.nan)
             spread = np.where(k > 0, np.sqrt(np.maximum(self.m2 / k, 0.0)) / scale, np.nan)
@@ -197,6 +209,8 @@ class ImageMoments:
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"images": self.images, "counts": [int(v) for v in self.counts]}
+        if self.counts_ddof1 is not None:
+            d["counts_ddof1"] = [int(v) for v in self.counts_ddof1]
         if self.exact:
             d["sums"] = [[_dyadic_out(v) for v in row] for row in self.sums]
             d["sumsqs"] = [[_dyadic_out(v) for v in row] for row in self.sumsqs]
@@ -209,10 +223,13 @@ class ImageMoments:
         if "sums" in d:
             return ImageMoments.from_exact_sums(int(d["images"]), d["counts"],
                                                 [[_dyadic_in(v) for v in row] for row in d["sums"]],
-                                                [[_dyadic_in(v) for v in row] for row in d["sumsqs"]])
+                                                [[_dyadic_in(v) for v in row] for row in d["sumsqs"]],
+                                                d.get("counts_ddof1"))
         channels = len(d["mean"]) // 3
         # states saved before per-channel counts: every image counted in every channel
         counts = d.get("counts", [int(d["images"])] * channels)
         mean_lo = _unhex(d["mean_lo"], channels) if "mean_lo" in d else np.zeros((3, channels))
+        ddof1 = d.get("counts_ddof1")
         return ImageMoments(int(d["images"]), _frozen(counts, np.int64), _frozen(_unhex(d["mean"], channels)),
-                            _frozen(_unhex(d["m2"], channels)), _frozen(mean_lo))
+                            _frozen(_unhex(d["m2"], channels)), _frozen(mean_lo),
+                            counts_ddof1=None if ddof1 is None else _frozen(ddof1, np.int64))

@@ -249,12 +249,12 @@ def image_values_exact(count: Any, total: Any, total_sq: Any) -> np.ndarray:
     """Per-image ``[mean, std ddof=0, std ddof=1]`` ([3, K, C]) of integer images from exact totals [K, C].
 
     Means and variances are rounded once (:func:`exact_moments`), stds are their square roots.
-    An image with no value in a channel is NaN there; one with a single value has std 0 (both
-    ddofs: the convention of the mean of per-image stds, which counts every image).
+    An image with no value in a channel is NaN there; one with a single value has std 0 with
+    ddof 0 and no std with ddof 1 (NaN: one value has no sample spread), so it is left out of the
+    ddof-1 aggregates instead of counting as 0.
     """
     mean, var0 = exact_moments(count, total, total_sq, ddof=0)
-    var1 = exact_moments(count, total, total_sq, ddof=1)[1]
-    var1 = np.where(np.asarray(count) == 1, 0.0, var1)
+    var1 = exact_moments(count, total, total_sq, ddof=1)[1]  # NaN where count <= 1
     return np.stack([mean, np.sqrt(np.maximum(var0, 0.0)), np.sqrt(np.maximum(var1, 0.0))])
 
 
@@ -262,12 +262,13 @@ def image_values(rows: Moments) -> tuple[np.ndarray, np.ndarray]:
     """Per-image ``[mean, std ddof=0, std ddof=1]`` ([3, K, C]) and their ``lo`` parts, from float rows.
 
     ``rows`` holds one summary per image ([K, C]); the same conventions as
-    :func:`image_values_exact` (NaN where an image has no finite value in the channel).
+    :func:`image_values_exact` (NaN where an image has no finite value in the channel, and for the
+    ddof-1 std where it has only one).
     """
     n = np.asarray(rows.count).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         std0 = np.sqrt(np.maximum(rows.m2, 0.0) / n)
-        std1 = np.where(n > 1, np.sqrt(np.maximum(rows.m2, 0.0) / np.maximum(n - 1, 1)), 0.0)
+        std1 = np.where(n > 1, np.sqrt(np.maximum(rows.m2, 0.0) / np.maximum(n - 1, 1)), np.nan)
     values = np.where(n > 0, np.stack([np.asarray(rows.mean, np.float64), std0, std1]), np.nan)
     lo = np.zeros_like(values)
     lo[0] = np.where(n > 0, rows.mean_lo, 0.0)

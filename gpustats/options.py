@@ -10,19 +10,33 @@ Both validate on construction and raise ``ValueError`` naming the option and wha
 >>> StatsOptions(scale=float("inf"))
 Traceback (most recent call last):
 ...
-ValueError: scale must be 'auto' or a finite positive number, got inf
+ValueError: scale must be 'auto' or a number from 1e-30 to 1e+30 (e.g. 255.0), got inf
+>>> import numpy as np
+>>> StatsOptions(channels=np.int64(3), scale=np.int64(2), layout="nchw").changed()
+{'layout': 'NCHW', 'channels': 3, 'scale': 2.0}
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["StatsOptions", "ReduceOptions", "NAN_POLICIES", "default_scale"]
+__all__ = ["StatsOptions", "ReduceOptions", "NAN_POLICIES", "LAYOUT_NAMES", "SCALE_RANGE", "STRATEGY_NAMES",
+           "default_scale"]
 
 NAN_POLICIES = ("raise", "omit", "propagate")
+#: the CUDA reduction strategies (``strategy=``; "auto" picks per dtype): the names of
+#: :data:`gpustats.kernels.STRATEGIES`, listed here so that checking one does not import numba
+STRATEGY_NAMES = ("auto", "atomic", "tree", "warp", "welford", "hist8", "vec")
+#: the layouts ``layout=`` accepts (any case); :data:`gpustats.batches.LAYOUTS` maps each to its channel axis
+LAYOUT_NAMES = ("NCHW", "NHWC", "CHW", "HWC", "NHW", "HW")
+#: the scales accepted: every mean, variance and std of 8/16-bit or float32 data divided by one of
+#: them (or its square) stays a normal float64 (a scale of 1e308 would make a variance underflow to 0,
+#: one of 1e-200 overflow to inf)
+SCALE_RANGE = (1e-30, 1e30)
 
 #: scale="auto": what ToTensor / ToDtype(float32, scale=True) divide by
 _AUTO_SCALE = {"uint8": 255.0, "uint16": 65535.0}
@@ -31,6 +45,13 @@ _AUTO_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 def default_scale(dtype: str) -> float:
     """The divisor ``scale="auto"`` uses: 255 for uint8, 65535 for uint16, 1 for everything else."""
     return _AUTO_SCALE.get(dtype, 1.0)
+
+
+def _np_bool() -> type:
+    """numpy's bool scalar type (not an ``int``, but ``numbers.Integral`` must not accept it either)."""
+    import numpy as np
+
+    return np.bool_
 
 
 @dataclass(frozen=True)
@@ -49,6 +70,9 @@ class ReduceOptions:
     def __post_init__(self) -> None:
         if self.nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+        if self.strategy not in STRATEGY_NAMES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)} (the CUDA reduction; the CPU "
+                             f"ignores it), got {self.strategy!r}")
         if self.hist_range is not None:
             try:
                 lo, hi = (float(v) for v in self.hist_range)
@@ -87,9 +111,24 @@ class StatsOptions:
 
     def __post_init__(self) -> None:
         scale = self.scale
-        if not (scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool)
-                                    and math.isfinite(scale) and scale > 0)):
-            raise ValueError(f"scale must be 'auto' or a finite positive number, got {scale!r}")
+        if not isinstance(scale, str):  # numpy scalars count like Python numbers
+            if isinstance(scale, numbers.Real) and not isinstance(scale, (bool, _np_bool())):
+                scale = float(scale)
+                object.__setattr__(self, "scale", scale)
+        if not (scale == "auto" or (isinstance(scale, float) and SCALE_RANGE[0] <= scale <= SCALE_RANGE[1])):
+            raise ValueError(f"scale must be 'auto' or a number from {SCALE_RANGE[0]:g} to {SCALE_RANGE[1]:g} (e.g. "
+                             f"255.0), got {self.scale!r}")
+        layout = self.layout
+        if layout is not None:
+            if not isinstance(layout, str) or layout.upper() not in LAYOUT_NAMES:
+                raise ValueError(f"layout must be one of {', '.join(LAYOUT_NAMES)} (or None: inferred), got {layout!r}")
+            object.__setattr__(self, "layout", layout.upper())
+        channels = self.channels
+        if channels is not None:
+            if (not isinstance(channels, numbers.Integral) or isinstance(channels, (bool, _np_bool()))
+                    or int(channels) < 1):
+                raise ValueError(f"channels must be a positive int (e.g. 3 to drop alpha) or None, got {channels!r}")
+            object.__setattr__(self, "channels", int(channels))
         object.__setattr__(self, "reduce", ReduceOptions(
             nan_policy=self.nan_policy, histogram=self.histogram, hist_bins=self.hist_bins,
             hist_range=None if self.hist_range is None else tuple(self.hist_range), clip=self.clip,

@@ -1,4 +1,5 @@
-"""Per-channel histogram plots (``gpustats stats --plot FILE.png``); matplotlib is the optional ``plot`` extra.
+"""Per-channel histogram plots (``gpustats stats --plot FILE.png``, or ``.pdf``, ``.svg``, ...); matplotlib is the
+optional ``plot`` extra.
 
 matplotlib is imported only here, only when a plot is drawn, and through its object-oriented
 API with the Agg canvas (no ``pyplot``, no GUI, no change to the caller's global backend).
@@ -15,10 +16,11 @@ True
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Sequence
 
-__all__ = ["PlotUnavailable", "plot_histograms", "require_matplotlib"]
+__all__ = ["PLOT_FORMATS", "PlotUnavailable", "plot_format", "plot_histograms", "require_matplotlib"]
 
 _INSTALL = "pip install 'gpustats[plot]'"
 _COLOURS = {"R": "#d62728", "G": "#2ca02c", "B": "#1f77b4", "L": "#555555"}
@@ -38,14 +40,36 @@ def require_matplotlib() -> None:
         raise PlotUnavailable(f"plotting needs matplotlib ({type(exc).__name__}: {exc}); {_INSTALL}") from None
 
 
+#: formats a plot is written in, by file-name extension (matplotlib's Agg canvas and its vector backends;
+#: a name without an extension gets PNG)
+PLOT_FORMATS = {"png": "png", "pdf": "pdf", "svg": "svg", "svgz": "svgz", "eps": "eps", "ps": "ps", "jpg": "jpeg",
+                "jpeg": "jpeg", "tif": "tiff", "tiff": "tiff", "webp": "webp"}
+
+
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The format ``path``'s extension asks for (:data:`PLOT_FORMATS`; none: ``"png"``), or ``ValueError``.
+
+    >>> plot_format("h.PDF"), plot_format("hist")
+    ('pdf', 'png')
+    """
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if not ext:
+        return "png"
+    if ext not in PLOT_FORMATS:
+        raise ValueError(f"cannot write a plot as .{ext}; name it .png, .pdf, .svg, .jpg, .tif, .webp, .eps or .ps")
+    return PLOT_FORMATS[ext]
+
+
 def plot_histograms(stats: Any, path: str | os.PathLike[str], *, channel_names: Sequence[str] | None = None,
                     images: int | None = None, dpi: int = 100) -> None:
-    """Draw one histogram panel per channel of ``stats`` (needs ``histogram=True``) to ``path`` (PNG).
+    """Draw one histogram panel per channel of ``stats`` (needs ``histogram=True``) to ``path``, in the format
+    its extension asks for (:func:`plot_format`: PNG, PDF, SVG, ...).
 
     Each panel shows the exact histogram in the channel's colour, the mean as a solid line with
     mean ± std shaded, and the 1st and 99th percentiles as dashed lines; the title gives the
     image and pixel counts.
     """
+    fmt = plot_format(path)
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -86,4 +110,13 @@ def plot_histograms(stats: Any, path: str | os.PathLike[str], *, channel_names: 
     count = f"{images:,} images, " if images is not None else ""
     fig.suptitle(f"gpustats: per-channel histograms ({count}{int(stats.count[0]):,} pixels per channel)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(os.fspath(path), format="png")
+    image = io.BytesIO()
+    fig.savefig(image, format=fmt)
+    from .checkpoint import atomic_target, atomic_write_bytes
+
+    target = atomic_target(path)
+    if target is None:  # /dev/null, a pipe: written through
+        with open(path, "wb") as fh:
+            fh.write(image.getvalue())
+    else:  # a reader never sees half a plot; a symlink stays a link
+        atomic_write_bytes(target, image.getvalue())

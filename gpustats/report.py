@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = ["JSON_SCHEMA", "SAMPLE_JSON_SCHEMA", "PERCENTILES", "format_run", "format_sampled", "format_python",
-           "run_to_dict", "jsonable"]
+           "run_to_dict", "jsonable", "zero_std_channels"]
 
 JSON_SCHEMA = "gpustats.stats/1"
 #: JSON schema name of :func:`format_sampled`'s ``"json"`` output.
@@ -31,10 +31,27 @@ SAMPLE_JSON_SCHEMA = "gpustats.sample/1"
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
+def _text(value: str) -> str:
+    """A string strict JSON parsers accept: bytes of a file name that are not UTF-8 (held by Python as lone
+    surrogates, which ``json.dumps`` writes as ``\\udcff`` escapes that strict parsers reject) become
+    ``\\xff`` text."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def jsonable(value: Any) -> Any:
-    """numpy -> Python; NaN/inf -> None (strict JSON)."""
+    """numpy -> Python; NaN/inf -> None (strict JSON); strings made valid UTF-8 (:func:`_text`)."""
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {_text(str(k)): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
@@ -47,15 +64,28 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _normalize_line(mean: Sequence[float], std: Sequence[float], comment: str = "") -> str:
+def zero_std_channels(std: Sequence[float], channels: Sequence[str] | None = None) -> list[str]:
+    """Names of the channels whose std is 0 (constant data): ``Normalize`` would divide by zero there."""
+    names = list(channels) if channels is not None and len(channels) == len(std) else [f"c{i}" for i in range(len(std))]
+    return [name for name, v in zip(names, std) if float(v) == 0.0]
+
+
+def _normalize_line(mean: Sequence[float], std: Sequence[float], comment: str = "",
+                    channels: Sequence[str] | None = None) -> str:
     line = (f"transforms.Normalize(mean=[{', '.join(repr(float(v)) for v in mean)}], "
             f"std=[{', '.join(repr(float(v)) for v in std)}])")
+    flat = zero_std_channels(std, channels)
+    if flat:  # said where it is pasted
+        warning = (f"# WARNING: std 0 in {', '.join(flat)} (constant): Normalize would divide by zero; use 1.0 "
+                   "there")
+        comment = f"{comment}; {warning[2:]}" if comment else warning
     return f"{line}  {comment}" if comment else line
 
 
 def format_python(run: Any) -> str:
-    """``transforms.Normalize(mean=[...], std=[...])`` with every float at full (round-trip) precision."""
-    return _normalize_line(*run.stats.normalize_args())
+    """``transforms.Normalize(mean=[...], std=[...])`` with every float at full (round-trip) precision (a
+    comment warns when a channel's std is 0)."""
+    return _normalize_line(*run.stats.normalize_args(), channels=run.channels)
 
 
 def run_to_dict(run: Any) -> dict[str, Any]:
@@ -72,6 +102,7 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "bytes": run.bytes,
         "bad_files": run.bad_files,
         "warnings": [{"message": text, "files": count} for text, count in sorted(run.warnings.items())],
+        "skipped_by_extension": dict(sorted(run.skipped.items())),
         "elapsed_s": run.elapsed_s,
         "images_per_s": run.images_per_s,
         "mb_per_s": run.mb_per_s,
@@ -90,7 +121,7 @@ def run_to_dict(run: Any) -> dict[str, Any]:
 
 
 def _row(label: str, values: Iterable[float], width: int = 10, digits: int = 6) -> str:
-    return f"  {label:<18}" + "".join(f"{v:>{width}.{digits}f}" if math.isfinite(v) else f"{'nan':>{width}}"
+    return f"  {label:<18}" + "".join(f"{v:>{width}.{digits}f}" if math.isfinite(v) else f"{v:>{width}}"
                                       for v in values)
 
 
@@ -130,6 +161,10 @@ def _stats_rows(s: Any, names: Sequence[str]) -> list[str]:
         lines.append(_row("  mean of means", per["mean_of_means"]))
         lines.append(_row("  mean of stds", per["mean_of_stds"]))
         lines.append(_row("  mean of stds dd1", per["mean_of_stds_ddof1"]))
+        single = np.asarray(per["images_per_channel"]) - np.asarray(per["images_per_channel_ddof1"])
+        if single.any():
+            lines.append(f"  ({_plural(int(single.max()), 'image')} of a single pixel left out of dd1: one value "
+                         "has no ddof=1 std)")
         lines.append("  (mean of per-image stds with ddof=1 is how the often-copied CIFAR-10 std "
                      "0.2023, 0.1994, 0.2010 was made;")
         lines.append("   Normalize wants the std over all pixels, above)")
@@ -183,8 +218,30 @@ def format_table(run: Any) -> str:
         out += [f"  {_printable(b['path'])}: {_printable(b['reason'])}" for b in run.bad_files]
     for text, count in sorted(run.warnings.items()):
         out.append(f"warning ({_plural(count, 'file')}): {_printable(text)}")
+    out += skipped_lines(run.skipped, bool(run.options.get("all_extensions")))
     out += [speed, device, decode, "", format_python(run)]
     return "\n".join(out)
+
+
+def skipped_lines(skipped: dict[str, int], all_extensions: bool) -> list[str]:
+    """What walking the folders left out, per extension: files ImageFolder would not read either, and
+    archives (a folder walk does not open them)."""
+    from .sources.listing import EXTRA_EXTENSIONS
+    from .sources.units import is_archive_name
+
+    archives = {ext: n for ext, n in skipped.items() if is_archive_name("x" + ext)}
+    other = {ext: n for ext, n in skipped.items() if ext not in archives}
+    out = []
+    if other:
+        listed = ", ".join(f"{n:,} {ext or '(no extension)'}" for ext, n in sorted(other.items(), key=lambda e: -e[1]))
+        wider = "" if all_extensions or not set(other) & set(EXTRA_EXTENSIONS) else (
+            f"; --all-extensions also reads {', '.join(EXTRA_EXTENSIONS)}")
+        out.append(f"not counted, by extension (torchvision's ImageFolder does not read them either): {listed}{wider}")
+    if archives:
+        listed = ", ".join(f"{n:,} {ext}" for ext, n in sorted(archives.items()))
+        out.append(f"archives inside the folders, not opened: {listed}; name an archive (or a brace pattern) to "
+                   "read its images")
+    return out
 
 
 def format_run(run: Any, fmt: str = "table") -> str:
@@ -204,6 +261,11 @@ def format_run(run: Any, fmt: str = "table") -> str:
     raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
 
 
+#: what every format says when an interval is unbounded (one image: no spread between images to measure)
+_UNBOUNDED = ("; the intervals are unbounded (inf; null in JSON): one image shows no spread between images, "
+              "sample more")
+
+
 def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | None = None) -> str:
     """The report of a sampled run: ``"table"``, ``"json"`` (schema ``gpustats.sample/1``) or ``"python"``.
 
@@ -215,23 +277,26 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
     if fmt == "json":
         doc = {"schema": SAMPLE_JSON_SCHEMA, "channels": names, **result.to_dict(),
                "normalize": {"mean": mean, "std": std}}
+        if not all(np.isfinite(v).all() for v in result.half_widths.values()):
+            doc["note"] += _UNBOUNDED  # JSON has no inf: the intervals' null ends are said in words
         return json.dumps(jsonable(doc), indent=2, allow_nan=False)
-    comment = (f"# ESTIMATE: ± {max(np.max(result.half_widths['mean']), np.max(result.half_widths['std'])):.2g} "
-               f"at {pct} confidence from {result.units_visited} images" if result.is_estimate
-               else f"# exact: all {result.units_visited} images")
-    python = _normalize_line(mean, std, comment)
+    half = max(np.max(result.half_widths["mean"]), np.max(result.half_widths["std"]))
+    comment = (f"# ESTIMATE: ± {half:.2g} at {pct} confidence from {result.counted()}"
+               + ("" if math.isfinite(half) else _UNBOUNDED) if result.is_estimate
+               else f"# exact: {result.counted()}")
+    python = _normalize_line(mean, std, comment, names)
     if fmt == "python":
         return python
     if fmt != "table":
         raise ValueError(f"format must be 'table', 'json' or 'python', got {fmt!r}")
-    lines = [result.describe(), "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
+    unbounded = "" if all(np.isfinite(v).all() for v in result.half_widths.values()) else _UNBOUNDED
+    lines = [result.describe() + unbounded, "  " + " " * 18 + "".join(f"{n:>10}" for n in names)]
     for what, est, ci in (("mean", result.mean, result.mean_ci), ("std", result.std, result.std_ci)):
         lines += [_row(what, est), _row(f"  ± ({pct})", result.half_widths[what]),
                   _row(f"  {pct} CI low", ci[0]), _row(f"  {pct} CI high", ci[1])]
-    of = f" of {result.population_size}" if result.population_size is not None else ""
-    share = f" ({result.images_used / result.population_size:.1%})" if result.population_size else ""
-    lines.append(f"images used: {result.images_used}{of}{share}, {result.pixels_used:,} pixels per channel; "
-                 f"{result.images_per_second:.1f} images/s, {result.elapsed_s:.1f} s")
+    share = f" ({result.units_visited / result.population_size:.1%})" if result.population_size else ""
+    lines.append(f"read: {result.counted()}{share}, {result.pixels_used:,} pixels per channel; "
+                 f"{result.images_per_second:.1f} {result.units}/s, {result.elapsed_s:.1f} s")
     if result.bad_files:
         lines.append(f"bad files ({len(result.bad_files)}, skipped, not counted):")
         lines += [f"  {_printable(str(path))}: {_printable(str(reason))}" for path, reason in result.bad_files]

@@ -213,10 +213,11 @@ class Stats:
 
         ``mean_of_means`` (each image counts once, whatever its size), ``mean_of_stds`` (ddof=0)
         and ``mean_of_stds_ddof1`` (how the often-copied CIFAR-10 std (0.2023, 0.1994, 0.2010)
-        was made; an image with a single value counts with std 0), each with its spread across
-        images (``*_spread``, population std). Per channel: an image counts in a channel when it
-        has finite values there (``images_per_channel``); NaN where no image does. Exact (rounded
-        once, any batch split) for integer data.
+        was made; an image with a single value has no ddof-1 std and is left out of it:
+        ``images_per_channel_ddof1``), each with its spread across images (``*_spread``,
+        population std). Per channel: an image counts in a channel when it has finite values there
+        (``images_per_channel``); NaN where no image does. Exact (rounded once, any batch split)
+        for integer data.
         """
         img = self.state.images
         if img is None:
@@ -224,6 +225,7 @@ class Stats:
         mean, spread = img.summary(self.scale)
         return {
             "images": img.images, "images_per_channel": img.counts.copy(),
+            "images_per_channel_ddof1": img.row_counts()[2],
             "mean_of_means": mean[0], "mean_of_means_spread": spread[0],
             "mean_of_stds": mean[1], "mean_of_stds_spread": spread[1],
             "mean_of_stds_ddof1": mean[2], "mean_of_stds_ddof1_spread": spread[2],

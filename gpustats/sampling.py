@@ -22,8 +22,8 @@ without cancellation when the data has a large offset). A file that cannot be de
 with ``n_i = 0``: it is part of the population and contributes no pixels, which the ratio estimator
 below handles exactly.
 
-Estimators and intervals: :mod:`gpustats.intervals` (ratio estimator, delta method,
-finite-population correction, fixed-width sequential stopping; with references).
+Estimators and intervals: :mod:`gpustats.intervals`; the visiting order, stratified by size:
+:mod:`gpustats.sample_design` (both with references).
 
 Where the data comes from
 -------------------------
@@ -31,9 +31,8 @@ Where the data comes from
   :func:`gpustats.sources.list_images`, visited in a seeded random order and decoded with
   :func:`gpustats.sources.decode_image` (``**decode_opts``: ``mode``, ``max_pixels``, ``resize``,
   ``center_crop``; ``workers`` processes decode in parallel). Bad files are skipped and listed.
-  Archives read in place (zip, uncompressed tar incl. nested tars, Parquet with ``column=``;
-  :mod:`gpustats.sources.units`) are sampled by member or row the same way; a compressed tar has
-  no random access and is refused with what to do.
+  Archives read in place (zip, uncompressed tar incl. nested tars, Parquet with ``column=``) are
+  sampled by member or row the same way; a compressed tar has no random access: refused.
 * A map-style dataset (``len()`` and ``__getitem__``, e.g. a list of arrays or a torchvision
   dataset): a seeded random permutation of its indices. Items may be anything
   :mod:`gpustats.batches` accepts (an image, an ``(image, label)`` pair, a dict); an item that
@@ -66,7 +65,9 @@ import numpy as np
 import torch
 
 from .batches import BatchAdapter, Chunk, InputError
-from .intervals import STOP_REASONS, SampledStats, UnitSums, _frozen, ratio_intervals
+from .intervals import (STOP_REASONS, SampledStats, UnitSums, combine_rows, exact_result, may_stop, next_check,
+                        ratio_intervals, sampled_stats)
+from .sample_design import checked_sizes, size_strata, sizes_of_items, unit_sizes, visiting_order
 from .stats import INTEGER_DTYPES
 
 __all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
@@ -79,9 +80,9 @@ DEFAULT_MIN_IMAGES = 30
 # ============================================================================ per-unit sums
 
 
-def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int,
-                 scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``.
+def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int, scale: float) -> tuple:
+    """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``, and
+    for integer data the exact integer totals ``(sum, sum of squares)`` [N, C] (raw units; else None).
 
     The CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`: exact for
     integers, corrected two-pass float64 for floats), the one rule there is; a sampled CUDA image
@@ -89,27 +90,15 @@ def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int,
     """
     from .backends.cpu import image_moments
 
-    count, mean, m2, bad = image_moments(Chunk((part.cpu(),), layout, dtype, channels))
+    count, mean, m2, bad, ints = image_moments(Chunk((part.cpu(),), layout, dtype, channels))
     if bad.any():
         raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
                          "(use compute_stats with nan_policy='omit' for exact statistics)")
     n = count.astype(np.float64)
-    return n[:, 0], n * mean / scale, m2 / (scale * scale)
-
-
-def _combine_rows(count: np.ndarray, total: np.ndarray, m2: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Merge several images' (count, sum, M2) into one unit (:func:`gpustats.numerics.chan_merge_rows`)."""
-    from .numerics import Moments, chan_merge_rows
-
-    n = np.broadcast_to(count[:, None], total.shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, total / np.where(n > 0, n, 1.0), 0.0)
-    merged = chan_merge_rows(Moments(n.astype(np.int64), mean, m2, np.zeros_like(mean)))
-    return float(merged.count[0]), merged.mean * merged.count, merged.m2
+    return n[:, 0], n * mean / scale, m2 / (scale * scale), ints
 
 
 # ============================================================================ the sources
-
 
 @dataclass(frozen=True)
 class SampleSpec:
@@ -128,12 +117,13 @@ class SampleSpec:
     assume_shuffled: bool = False
     workers: int = 0
     decode_opts: dict = field(default_factory=dict)
+    sizes: Any = None
 
     def run(self, source: Any, **options: Any) -> "SampledStats":
         return estimate_stats(source, tolerance=self.tolerance, confidence=self.confidence,
                               max_images=self.max_images, seed=self.seed, batch_size=self.batch_size,
                               min_images=self.min_images, assume_shuffled=self.assume_shuffled,
-                              workers=self.workers, **options, **self.decode_opts)
+                              workers=self.workers, sizes=self.sizes, **options, **self.decode_opts)
 
 
 #: One visited unit: ("item", obj) | ("bad", path, reason) | ("rows", batch of several units).
@@ -150,8 +140,9 @@ def _is_map_style(x: Any) -> bool:
     return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (dict, str, bytes))
 
 
-def _list_files(source: Any, column: str | None = None) -> Any:
+def _list_files(source: Any, column: str | None = None, all_extensions: bool = False) -> Any:
     """The file list when ``source`` names files/folders (a ``Segment`` when it names archives), else None."""
+    from .sources.listing import extensions_for
     from .sources.segment import Segment
     from .sources.units import StreamUnit, list_units
 
@@ -159,14 +150,16 @@ def _list_files(source: Any, column: str | None = None) -> Any:
         source = [source]
     elif not (isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source)):
         return None
-    units = list_units(list(source), column=column)
-    if all(_is_pathlike(u) for u in units):
+    units = list_units(list(source), column=column, extensions=extensions_for(all_extensions))
+    if all(_is_pathlike(u) and not hasattr(u, "url") for u in units):  # local files (remote ones: a Segment)
         return [os.fspath(u) for u in units]
-    streams = [u.label for u in units if isinstance(u, StreamUnit)]
+    streams = [u for u in units if isinstance(u, StreamUnit)]
     if streams:
-        raise InputError(f"sampling needs random access to the images, and {streams[0]} is a compressed tar (read "
-                         "only from start to end); decompress it to a .tar (e.g. gunzip), which is indexed, or drop "
-                         "the sampling for the exact pass")
+        fix = ("a tar or TFRecord shard in a store: indexing it would read it all); copy it to a local disk"
+               if "://" in streams[0].container else "a compressed tar or TFRecord shard); decompress it to a .tar "
+               "or a plain shard (e.g. gunzip), which is indexed")
+        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is read only from start "
+                         f"to end ({fix}, or drop the sampling for the exact pass")
     return Segment(units, range(len(units)))
 
 
@@ -214,13 +207,17 @@ def _iterable_units(iterable: Iterable[Any]) -> Iterator[list[_Unit]]:
 
 # ============================================================================ the driver
 
-
 class _Reducer:
     """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
 
     def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
-        if not (scale == "auto" or (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0)):
-            raise ValueError(f"scale must be 'auto' or a positive number, got {scale!r}")
+        from .options import StatsOptions  # one home for option validation
+
+        try:
+            settings = StatsOptions(layout=layout, channels=channels, key=key, scale=scale)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        layout, channels, scale = settings.layout, settings.channels, settings.scale
         self.device = None if device is None else torch.device(device)
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
@@ -250,25 +247,23 @@ class _Reducer:
         self.calls += 1
         return chunk
 
-    def rows(self, obj: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per-image moments of every image in ``obj``."""
+    def rows(self, obj: Any) -> tuple:
+        """Per-image moments of every image in ``obj`` (:func:`_row_moments`' four values)."""
         chunk = self._chunk(obj)
         pieces = []
         for part in chunk.parts:
             if self.device is not None and part.device != self.device:
                 part = part.to(self.device)
             pieces.append(_row_moments(part, chunk.layout, chunk.dtype, chunk.channels, self.scale))
-        if len(pieces) == 1:
-            count, total, m2 = pieces[0]
-        elif not pieces:
+        if not pieces:
             c = chunk.channels
-            return np.zeros(0), np.zeros((0, c)), np.zeros((0, c))
-        else:
-            count, total, m2 = (np.concatenate(p) for p in zip(*pieces))
+            return np.zeros(0), np.zeros((0, c)), np.zeros((0, c)), None
+        count, total, m2 = (np.concatenate(p) for p in list(zip(*pieces))[:3])
+        ints = None if pieces[0][3] is None else tuple(np.concatenate(p) for p in zip(*(q[3] for q in pieces)))
         if not (np.isfinite(total).all() and np.isfinite(m2).all()):
             raise InputError(f"item {self.calls - 1} contains NaN or infinite values; sampling needs finite "
                              "pixels (use compute_stats with nan_policy='omit' for exact statistics)")
-        return count, total, m2
+        return count, total, m2, ints
 
 
 def estimate_stats(
@@ -289,6 +284,9 @@ def estimate_stats(
     key: str | None = None,
     progress: bool = False,
     column: str | None = None,
+    strict: bool = False,
+    sizes: Any = None,
+    all_extensions: bool = False,
     **decode_opts: Any,
 ) -> SampledStats:
     """Estimate per-channel mean and std from a seeded random subset of images, with intervals.
@@ -305,7 +303,14 @@ def estimate_stats(
     ``batch_size`` images are read between checks. ``device``: where per-image sums are taken
     (``None``: where each image already is -- the CPU for files and numpy arrays). ``scale``,
     ``layout``, ``channels``, ``key`` as in :func:`gpustats.compute_stats`. ``workers``: decoding
-    processes for files (DataLoader workers for datasets). ``**decode_opts`` go to
+    processes for files (DataLoader workers for datasets). ``strict``: the first bad file met
+    raises :class:`~gpustats.sources.engine.StrictBadFile` at once (else bad files are skipped and
+    listed). ``sizes``: one number per item that grows with its pixel count (its pixels, or its file
+    size), to stratify by size (:mod:`gpustats.sample_design`); files, archive members and lists of
+    arrays are measured without it, other datasets are sampled without strata then (the result says
+    that its intervals assume the unseen images are like the seen ones). ``all_extensions``: folders
+    also yield GIF and the other :data:`~gpustats.sources.listing.EXTRA_EXTENSIONS` (default:
+    exactly ImageFolder's extensions). ``**decode_opts`` go to
     :func:`gpustats.sources.decode_image` (files only).
     """
     started = time.perf_counter()
@@ -323,7 +328,7 @@ def estimate_stats(
     source = dataset_or_files
     loader_workers = workers
 
-    files = _list_files(source, column)
+    files = _list_files(source, column, all_extensions)
     if files is not None and layout is None:
         layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
     if files is None and column is not None:
@@ -339,17 +344,22 @@ def estimate_stats(
         source = source.dataset
 
     population: int | None
+    known = None  # each unit's size, when known before it is read (strata by size)
     if files is not None:
         population = len(files)
-        order = np.random.default_rng(seed).permutation(population)
+        known = unit_sizes(files) if sizes is None else checked_sizes(sizes, population)
+        order = visiting_order(population, known, seed)
         stop = population if cap is None else min(cap, population)
         units = _file_units(files, order, stop, batch_size, loader_workers, decode_opts)
     elif _is_map_style(source) and not (assume_shuffled and isinstance(source, torch.utils.data.DataLoader)):
         population = len(source)
-        order = np.random.default_rng(seed).permutation(population)
+        known = sizes_of_items(source) if sizes is None else checked_sizes(sizes, population)
+        order = visiting_order(population, known, seed)
         stop = population if cap is None else min(cap, population)
         units = _dataset_units(source, order, stop, batch_size, loader_workers)
     elif assume_shuffled and isinstance(source, Iterable):
+        if sizes is not None:
+            raise TypeError("sizes= gives the size of each item of a dataset or file list; a stream has none")
         population = None
         units = _iterable_units(source)
     elif isinstance(source, Iterable):
@@ -360,12 +370,17 @@ def estimate_stats(
     else:
         raise InputError(f"cannot sample from a {type(source).__name__}; pass a folder, a list of image files, "
                          "a map-style dataset or (with assume_shuffled=True) an iterable of batches")
+    design: dict[str, Any] = {}
+    if known is not None:
+        labels, stratum_sizes = size_strata(known)
+        design = {"strata": labels[order], "stratum_sizes": stratum_sizes}
 
     reducer = _Reducer(device, layout, channels, key, scale)
     sums = UnitSums()
     bad: list[tuple[str, str]] = []
-    pending_bad = 0  # bad units seen before the channel count is known
+    pending_bad = 0  # units without pixels seen before the channel count is known
     stopped = "exhausted"
+    check_at = 0  # stopping checks: after each batch, at most every 2% more units (intervals.next_check)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -376,42 +391,57 @@ def estimate_stats(
     def visited() -> int:
         return sums.k + pending_bad
 
+    def empty_unit() -> None:  # a unit of the population without pixels (a bad file, an item of no image)
+        nonlocal pending_bad
+        if sums.k == 0:
+            pending_bad += 1
+        else:
+            zeros = np.zeros((1, sums.channels))
+            sums.append(np.zeros(1), zeros, zeros)
+
+    def check() -> dict:
+        strata = {} if not design else {"strata": design["strata"][:sums.k], "stratum_sizes": design["stratum_sizes"]}
+        return ratio_intervals(*sums.arrays(), population_size=population, confidence=confidence, **strata)
+
     try:
         for batch in units:
             for unit in batch:
                 if cap is not None and visited() >= cap:
                     break
                 if unit[0] == "bad":
+                    if strict:
+                        from .sources.engine import StrictBadFile
+
+                        raise StrictBadFile(f"bad file {unit[1]}: {unit[2]} (strict)")
                     bad.append((unit[1], unit[2]))
-                    if sums.k == 0:
-                        pending_bad += 1
-                    else:  # a unit of the population without pixels
-                        zeros = np.zeros((1, sums.channels))
-                        sums.append(np.zeros(1), zeros, zeros)
+                    empty_unit()
                     continue
-                count, total, m2 = reducer.rows(unit[1])
+                count, total, m2, ints = reducer.rows(unit[1])
                 if count.shape[0] == 0:
+                    if unit[0] == "item":
+                        empty_unit()
                     continue
                 if pending_bad:
                     zeros = np.zeros((pending_bad, total.shape[1]))
                     sums.append(np.zeros(pending_bad), zeros, zeros)
                     pending_bad = 0
                 if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
-                    n, s, q = _combine_rows(count, total, m2)
-                    sums.append(np.array([n]), s[None, :], q[None, :])
+                    n, s, q = combine_rows(count, total, m2)
+                    sums.append(np.array([n]), s[None, :], q[None, :], ints)
                 elif unit[0] == "item":
-                    sums.append(count, total, m2)
+                    sums.append(count, total, m2, ints)
                 else:  # an iterable's batch: one unit per image, up to the cap
                     room = count.shape[0] if cap is None else min(count.shape[0], cap - visited())
-                    sums.append(count[:room], total[:room], m2[:room])
+                    sums.append(count[:room], total[:room], m2[:room], None if ints is None else
+                                tuple(a[:room] for a in ints))
             if bar is not None:
                 bar.update(len(batch))
             if cap is not None and visited() >= cap:
                 stopped = "max_images"
                 break
-            if sums.images >= min_images:
-                r = ratio_intervals(*sums.arrays(), population_size=population, confidence=confidence)
-                if np.all(r["half_mean"] <= tolerance) and np.all(r["half_std"] <= tolerance):
+            if sums.images >= min_images and sums.k >= check_at:
+                check_at = next_check(sums.k)
+                if may_stop(check(), tolerance, min_images):
                     stopped = "tolerance"
                     break
     finally:
@@ -432,24 +462,12 @@ def estimate_stats(
             stopped = "exhausted"
         elif stopped == "exhausted":  # the visiting order ended at the cap
             stopped = "max_images"
-    count, total, m2 = sums.arrays()
-    exact = stopped == "exhausted"
-    # every unit was seen (a stream's size is known once it ends): the finite-population
-    # correction makes the answer exact
-    r = ratio_intervals(count, total, m2, population_size=sums.k if exact else population, confidence=confidence)
-    half_mean = np.zeros_like(r["mean"]) if exact else r["half_mean"]
-    half_std = np.zeros_like(r["std"]) if exact else r["half_std"]
-    mean, std = r["mean"], r["std"]
-    return SampledStats(
-        mean=_frozen(mean), std=_frozen(std),
-        mean_ci=(_frozen(mean - half_mean), _frozen(mean + half_mean)),
-        std_ci=(_frozen(np.maximum(std - half_std, 0.0)), _frozen(std + half_std)),
-        half_widths={"mean": _frozen(half_mean), "std": _frozen(half_std)},
-        images_used=sums.images, units_visited=sums.k, pixels_used=int(count.sum()),
-        population_size=population, stopped_because=stopped, confidence=float(confidence),
-        tolerance=float(tolerance), is_estimate=not exact, scale=float(reducer.scale), seed=int(seed),
-        elapsed_s=time.perf_counter() - started, bad_files=tuple(bad),
-    )
+    exact = stopped == "exhausted"  # every unit was seen (a stream's size is known once it ends)
+    r = exact_result(sums, reducer.scale) if exact else check()
+    return sampled_stats(r, sums, exact=exact, population=population, stopped=stopped, confidence=confidence,
+                         tolerance=tolerance, scale=reducer.scale, seed=seed, bad=bad, sizes_known=known is not None,
+                         strata=len(design.get("stratum_sizes", [1])), elapsed_s=time.perf_counter() - started,
+                         units="files" if files is not None else "items" if population is not None else "images")
 
 
 def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = None, options: Any = None,

@@ -1,6 +1,6 @@
 """The mergeable state :class:`ChannelStats` (the result :class:`Stats` lives in ``results.py``).
 
-One accumulator rule, stated once (DESIGN.md, "The state and its numerics"; the formulas are in
+One accumulator rule, stated once (docs/design.md, "The state and its numeric rules"; the formulas are in
 :mod:`gpustats.numerics`):
 
 * **Integer input** (uint8, int8, uint16, int16) is reduced exactly: the state keeps the
@@ -234,6 +234,11 @@ class ChannelStats:
                 f"cannot merge {self.dtype} data with {other.dtype} data: integer and float batches are "
                 "reduced differently (integers exactly); convert all batches to one dtype first"
             )
+        if self.family == "int" and self.dtype != other.dtype:
+            raise StatsError(
+                f"cannot merge {self.dtype} data with {other.dtype} data: an integer state is one dtype's (its "
+                "histogram, range and label); convert all batches to one dtype first"
+            )
         if self.scale != other.scale:
             raise StatsError(f"cannot merge states with scales {self.scale} and {other.scale}; pass the same scale=")
         for name in ("hist", "comoment", "images"):
@@ -294,13 +299,24 @@ class ChannelStats:
         if ddof not in (0, 1):
             raise StatsError(f"ddof must be 0 or 1, got {ddof!r}")
         count = self.count.copy()
-        if self.family == "int":
-            mean_a, var_a = exact_moments(count.tolist(), self.isum, self.isumsq, ddof=ddof, scale=self.scale)
-        else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                mean_a = np.where(count > 0, self.mean, np.nan) / self.scale
-                var_a = np.where(count - ddof > 0, self.m2 / np.maximum(count - ddof, 1), np.nan) / self.scale**2
+        try:
+            if self.family == "int":
+                mean_a, var_a = exact_moments(count.tolist(), self.isum, self.isumsq, ddof=ddof, scale=self.scale)
+            else:
+                with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+                    mean_a = np.where(count > 0, self.mean, np.nan) / self.scale
+                    var_a = np.where(count - ddof > 0, self.m2 / np.maximum(count - ddof, 1), np.nan) / self.scale**2
+        except OverflowError:  # int / int beyond float64
+            mean_a = var_a = np.full(count.shape, np.inf)
         var_a = np.maximum(var_a, 0.0)  # guards -0.0 from rounding; NaN stays NaN
+        # a variance that the scale alone pushes out of float64 (0 for data with spread, or inf) is a
+        # wrong number, not a result: refuse it (StatsOptions keeps scales where 8/16-bit and float32 fit)
+        spread = np.isfinite(self.m2) & (self.m2 > 0) & (count - ddof > 0)
+        lost = spread & ((var_a == 0) | ~np.isfinite(var_a))
+        lost |= np.isfinite(self.mean) & ~np.isfinite(mean_a) & (count > 0)
+        if lost.any():
+            raise StatsError(f"scale={self.scale!r} puts the statistics of this data out of float64's range (a "
+                             "variance or mean would read 0 or inf); pass a scale closer to the data's magnitude")
         return Stats(
             mean=mean_a, std=np.sqrt(var_a), var=var_a, min=self.min / self.scale, max=self.max / self.scale,
             count=count, scale=self.scale, ddof=ddof, state=self,
@@ -340,11 +356,24 @@ class ChannelStats:
 
     @staticmethod
     def from_dict(d: dict) -> "ChannelStats":
-        """The state :meth:`to_dict` wrote; anything else raises :class:`StatsError`."""
+        """The state :meth:`to_dict` wrote; anything else raises :class:`StatsError` naming the entry.
+
+        Every entry is checked as a checkpoint's state is (:func:`gpustats.checkpoint_checks.check_state`:
+        types, lengths, and invariants such as non-negative counts, exact sums that fit the counts
+        and the min/max, means and M2 that are those of the sums), so a damaged or edited state
+        cannot give numbers its own fields contradict.
+        """
+        from .checkpoint_checks import CheckpointError, check_state
+
         if not isinstance(d, dict) or d.get("format") != _FORMAT:
             found = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise StatsError(f"not a gpustats state (format {found!r}, expected {_FORMAT!r}); "
                              "pass the text ChannelStats.to_json() wrote")
+        try:
+            check_state(d)
+        except CheckpointError as exc:
+            raise StatsError(f"not a valid gpustats state ({exc}); pass the unmodified text ChannelStats.to_json() "
+                             "wrote") from None
         try:
             return ChannelStats._from_dict(d)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -413,10 +442,8 @@ def _floats_in(values: Sequence[str]) -> np.ndarray:
 
 
 def exact_row_moments(count: Any, total: Any, total_sq: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and M2 of integer data from exact totals, each rounded once; 0 where ``n == 0``.
-
-    Kept for callers of the old name: the rule is :func:`gpustats.numerics.exact_moments`.
-    """
+    """Mean and M2 of integer data from exact totals, each rounded once (the rule is
+    :func:`gpustats.numerics.exact_moments`), with the state's mean 0 (not NaN) where ``n == 0``."""
     mean, m2 = exact_moments(count, total, total_sq)
     return np.where(np.isnan(mean), 0.0, mean), m2
 

@@ -1,6 +1,6 @@
 """Shared pieces of the reduction strategies: dtypes, decoding, launch config, block combines.
 
-The one accumulator rule (DESIGN.md, "The state and its numerics"), stated here once and cited
+The one accumulator rule (docs/design.md, "The state and its numeric rules"), stated here once and cited
 by every strategy:
 
 * Integer input (uint8, uint16) is reduced exactly: per-thread int64 sums of ``x`` and ``x*x``

@@ -28,8 +28,10 @@ cross           [C, C]          optional co-moments at the same pixel: int64 sum
 ==============  ==============  ===========================================================
 
 Per-image outputs (:class:`PerImage`, strategy ``atomic`` only) belong to one launch: image ``n``
-of that launch's input adds into row ``n``. ``img_sum``/``img_sumsq`` are float64 sums of
-``x - shift[c]`` for float input and of raw ``x`` for integer input (exact below 2**53).
+of that launch's input adds into row ``n``. ``img_sum``/``img_sumsq`` are exact int64 sums of raw
+``x`` and ``x*x`` for integer input (a uint16 image's sum of squares passes 2**53 at 2.1 M pixels,
+where float64 would round it; int64 holds 2.1e9 pixels at 65535), float64 sums of ``x - shift[c]``
+for float input.
 
 Example (under the simulator or on a GPU)::
 
@@ -110,8 +112,8 @@ class Accumulators:
         self.ftotals[:4].copy_to_device(ftotals, stream=self.stream)  # row 4, the shift, stays
 
     def per_image(self, images: int) -> "PerImage":
-        """Zeroed per-image outputs for a launch over ``images`` images."""
-        return PerImage.zeros(images, self.channels, stream=self.stream)
+        """Zeroed per-image outputs for a launch over ``images`` images (int64 sums for integer input)."""
+        return PerImage.zeros(images, self.channels, integer=self.integer, stream=self.stream)
 
     def scratch(self, name: str, shape, dtype):
         """A zeroed device work array owned by these accumulators (reused across launches)."""
@@ -146,19 +148,22 @@ class Accumulators:
 
 
 class PerImage:
-    """Per-image outputs of one launch: ``img_count`` int64[N, C], ``img_sum``/``img_sumsq`` float64[N, C]."""
+    """Per-image outputs of one launch: ``img_count`` int64[N, C], ``img_sum``/``img_sumsq`` [N, C]:
+    int64 for integer input (exact totals), float64 for float input."""
 
-    def __init__(self, images: int, channels: int, stream=0):
+    def __init__(self, images: int, channels: int, stream=0, integer: bool = False):
         self.images = int(images)
         self.channels = int(channels)
         self.stream = stream
+        self.integer = bool(integer)
+        sums = np.int64 if self.integer else np.float64
         self.img_count = _zeros((self.images, self.channels), np.int64, stream)
-        self.img_sum = _zeros((self.images, self.channels), np.float64, stream)
-        self.img_sumsq = _zeros((self.images, self.channels), np.float64, stream)
+        self.img_sum = _zeros((self.images, self.channels), sums, stream)
+        self.img_sumsq = _zeros((self.images, self.channels), sums, stream)
 
     @classmethod
-    def zeros(cls, images: int, channels: int, stream=0):
-        return cls(images, channels, stream)
+    def zeros(cls, images: int, channels: int, integer: bool = False, stream=0):
+        return cls(images, channels, stream, integer)
 
     def to_host(self) -> dict:
         _synchronize(self.stream)

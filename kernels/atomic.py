@@ -56,7 +56,8 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image, ru
 
     @device_function
     def image_done(n, img_tally, img_bank, image_out):
-        """Combine the block's sums of image ``n`` and store them (block n owns the image: no atomics)."""
+        """Combine the block's sums of image ``n`` and store them (block n owns the image: no atomics).
+        The bank type is the outputs' (int64 for integer input: exact; float64 for float input)."""
         sh_count, sh_sum, img_count, img_sum, img_sumsq = image_out
         tid = cuda.threadIdx.x
         block_sum(sh_count, tid, img_tally, C)
@@ -64,8 +65,8 @@ def _build(dtype_tag, layout, channels, threads, histogram, cross, per_image, ru
         if tid == 0:
             for c in range(C):
                 img_count[n, c] += img_tally[c]
-                img_sum[n, c] += float64(img_bank[c])
-                img_sumsq[n, c] += float64(img_bank[C + c])
+                img_sum[n, c] += img_bank[c]
+                img_sumsq[n, c] += img_bank[C + c]
 
     accumulate = make_accumulate(dtype_tag, layout, C, HIST, CROSS, image_done if PER_IMAGE else None, run)[0]
 

@@ -18,6 +18,8 @@ from numba import cuda, int64
 from gpustats import kernels as K
 from gpustats.kernels._common import launch_config
 
+from reference import rtol
+
 SIM = K.simulator_enabled()
 if SIM:
     sys.setswitchinterval(1e-4)  # simulated barriers wait on the GIL switch interval (5 ms default)
@@ -27,13 +29,6 @@ pytestmark = pytest.mark.cudasim
 STRATEGIES = [s for s in K.SIMULATOR_STRATEGIES if s != "hist8"]  # every dtype
 FLOAT_TAGS = ("float16", "bfloat16", "float32", "float64")
 
-#: per dtype: (mean rtol, std rtol); integer paths are compared exactly
-TOLERANCE = {
-    "float16": (1e-6, 1e-5),
-    "bfloat16": (1e-6, 1e-5),
-    "float32": (1e-6, 1e-5),
-    "float64": (1e-12, 1e-10),
-}
 
 #: grid stride of the default launch: (blocks, threads) under the simulator
 BLOCKS, THREADS = launch_config(10**9)
@@ -148,7 +143,7 @@ def check(host: dict, ref: dict, dtype: str) -> None:
         assert [int(v) for v in host["isum"]] == [int(v) for v in ref["sum"]], "isum not exact"
         assert [int(v) for v in host["isumsq"]] == [int(v) for v in ref["sumsq"]], "isumsq not exact"
         return
-    mean_rtol, std_rtol = TOLERANCE[dtype]
+    mean_rtol, std_rtol = rtol(dtype, "kernel"), rtol(dtype, "kernel", "std")  # integers are compared exactly
     n = host["count"].astype(np.float64)
     mean = host["shift"] + host["mean_d"]
     std = np.sqrt(np.maximum(host["m2"] / n, 0.0))
@@ -373,6 +368,30 @@ def test_vec_vector_paths_match_the_reference(dtype, shape, layout):
     check(run("vec", stored, layout, dtype, values), reference(values), dtype)
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "float16", "bfloat16", "float32"])
+def test_vec_nhwc_tail_holds_the_extremes(dtype):
+    """The scalar tail of an NHWC input (thread 0 adds the last total % width elements) must update
+    min and max: each channel's extreme lies in the tail here (issue 25: a mutation that dropped the
+    tail's max update passed the whole suite, random data rarely put an extreme there)."""
+    width = {"uint8": 16, "uint16": 8, "float16": 8, "bfloat16": 8, "float32": 4}[dtype]
+    length = next(n for n in range(40, 90) if (3 * n) % width >= 3)  # the tail holds one pixel of 3 channels
+    rng = np.random.default_rng(14)
+    if K.is_integer(dtype):
+        values = rng.integers(10, 200, size=(1, 3, length)).astype(np.float64)
+        values[0, :, -1] = [255 if dtype == "uint8" else 65535, 0, 254 if dtype == "uint8" else 65000]
+        stored = values.astype(dtype)
+    else:
+        values = rng.uniform(-1, 1, size=(1, 3, length)).astype(np.float32)
+        values[0, :, -1] = [9.0, -9.0, 8.0]
+        stored, values = (_bf16_bits(values), _bf16_decode(_bf16_bits(values)).astype(np.float64)) \
+            if dtype == "bfloat16" else (values.astype(dtype), values.astype(dtype).astype(np.float64))
+    plan = _vec_plan(stored, "PC", dtype)
+    assert plan is not None and plan["tail_start"] < plan["total"] - 2, "the last pixel must lie in the scalar tail"
+    ref = reference(values)
+    assert ref["max"][0] == values[0, 0, -1] and ref["min"][1] == values[0, 1, -1] and ref["max"][2] == values[0, 2, -1]
+    check(run("vec", stored, "PC", dtype, values), ref, dtype)
+
+
 def test_vec_uint8_is_bitwise_equal_to_the_other_strategies():
     rng = np.random.default_rng(17)
     stored, values = make_data("uint8", (3, 3, 96), rng)
@@ -500,6 +519,27 @@ def test_per_image_against_numpy(dtype, layout):
         np.testing.assert_allclose(np.sqrt(var), ref["std"], rtol=1e-4)
         if acc.integer:
             assert got["img_sum"][n].tolist() == [float(v) for v in ref["sum"]]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_per_image_integer_sums_are_exact_int64(dtype):
+    """Issue 25, item 5: per-image sums of integer input were float64 (one image of 2,200,001 pixels at
+    65535 gave a sum of squares ending ...224 instead of ...225). They are int64 totals now. The
+    simulator cannot afford 2.2 M pixels, so the image's sums are added into rows that already hold
+    2**53 (a launch adds into its rows): a float64 row would round the odd totals away."""
+    top = 65535 if dtype == "uint16" else 255
+    acc = K.Accumulators.zeros(1, integer=True)
+    images = acc.per_image(1)
+    assert images.img_sum.dtype == np.int64 and images.img_sumsq.dtype == np.int64
+    start = np.full((1, 1), 2**53, np.int64)
+    images.img_sum.copy_to_device(start)
+    images.img_sumsq.copy_to_device(start)
+    x = np.array([top, top, 1, 0, 2], dtype=dtype).reshape(1, 1, 5)
+    K.get_strategy("atomic").reduce(x, "CP", dtype, acc, per_image=images, launch=(1, 32))
+    got = images.to_host()
+    assert int(got["img_count"][0, 0]) == 5
+    assert int(got["img_sum"][0, 0]) == 2**53 + 2 * top + 3  # odd: a float64 would round it
+    assert int(got["img_sumsq"][0, 0]) == 2**53 + 2 * top * top + 5
 
 
 def test_per_image_single_image_many_blocks_requested():

@@ -9,7 +9,7 @@ import torch
 from gpustats import Accumulator, BackendUnavailable, InputError, compute_stats
 from gpustats.backends.cpu import NonFiniteError
 
-from reference import RTOL, assert_matches, moments, pixels
+from reference import assert_matches, moments, pixels, rtol
 
 RAGGED = (11, 20, 37, 1)
 
@@ -29,7 +29,7 @@ def u8():
 def test_uint8_ragged_batches_match_reference_and_any_split_is_bitwise(u8, layout):
     x = u8 if layout == "NCHW" else np.ascontiguousarray(u8.transpose(0, 2, 3, 1))
     r = compute_stats(ragged(x), device="cpu")
-    assert_matches(r, moments(pixels([x], layout), scale=255), rtol=RTOL["uint8"])
+    assert_matches(r, moments(pixels([x], layout), scale=255), rtol=rtol("uint8"))
     assert r.scale == 255.0
     whole = compute_stats([x], device="cpu")
     singles = compute_stats(list(x), device="cpu")  # CHW / HWC images one by one
@@ -41,7 +41,7 @@ def test_other_integers_exact(dtype):
     info = np.iinfo(dtype)
     x = np.random.default_rng(1).integers(info.min, info.max, size=(9, 3, 5, 5), endpoint=True).astype(dtype)
     r = compute_stats(ragged(x, (2, 3, 4)), device="cpu", scale=1.0)
-    assert_matches(r, moments(pixels([x], "NCHW")), rtol=RTOL["uint8"])
+    assert_matches(r, moments(pixels([x], "NCHW")), rtol=rtol("uint8"))
     assert r.state.family == "int"
 
 
@@ -57,7 +57,7 @@ def test_float_dtypes_ragged(dtype):
     r = compute_stats(ragged(x.numpy() if dtype != torch.bfloat16 else x, RAGGED) if dtype != torch.bfloat16
                       else list(torch.split(x, list(RAGGED))), device="cpu")
     ref = moments(pixels([x.double().numpy()], "NCHW"))
-    assert_matches(r, ref, rtol=RTOL[str(dtype).replace("torch.", "")])
+    assert_matches(r, ref, rtol=rtol(str(dtype)))
 
 
 def test_float32_large_offset_small_std():
@@ -65,7 +65,7 @@ def test_float32_large_offset_small_std():
     x = (1e4 + 1e-2 * rng.standard_normal(size=(50, 3, 16, 16))).astype(np.float32)
     r = compute_stats(ragged(x, (11, 20, 18, 1)), device="cpu")
     ref = moments(pixels([x], "NCHW"))
-    np.testing.assert_allclose(r.std, ref["std"], rtol=1e-5)
+    np.testing.assert_allclose(r.std, ref["std"], rtol=rtol("float32", "cpu", "std"))
     np.testing.assert_allclose(r.mean, ref["mean"], rtol=1e-12)
 
 
@@ -165,13 +165,13 @@ def test_variable_size_images_are_concatenated_not_resized():
     ims = [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8) for h, w in [(5, 7), (9, 2), (1, 1), (16, 16)]]
     r = compute_stats([ims[:2], ims[2:]], device="cpu")
     px = np.concatenate([im.reshape(-1, 3) for im in ims]).astype(np.float64)
-    assert_matches(r, moments(px, scale=255), rtol=RTOL["uint8"])
+    assert_matches(r, moments(px, scale=255), rtol=rtol("uint8"))
 
 
 def test_channels_drops_alpha_and_layout_resolves_ambiguity():
     rgba = np.random.default_rng(7).integers(0, 256, size=(2, 5, 5, 4), dtype=np.uint8)
     r = compute_stats([rgba], device="cpu", channels=3, layout="NHWC")
-    assert_matches(r, moments(rgba[..., :3].reshape(-1, 3).astype(float), scale=255), rtol=RTOL["uint8"])
+    assert_matches(r, moments(rgba[..., :3].reshape(-1, 3).astype(float), scale=255), rtol=rtol("uint8"))
     amb = np.zeros((3, 3, 3, 3), np.uint8)
     with pytest.raises(InputError, match="pass layout='NCHW' or layout='NHWC'"):
         compute_stats([amb], device="cpu")
@@ -216,6 +216,25 @@ def test_failed_batch_leaves_state_untouched_for_every_error():
         assert acc.state() == before and acc.batches == 1
     acc.update(np.ones((1, 3, 5, 5), np.uint8))
     assert acc.result().count.tolist() == [75] * 3
+
+
+@pytest.mark.parametrize("first, second, common", [("int8", "uint8", "int16"), ("uint8", "uint16", "uint16"),
+                                                    ("int16", "uint16", "float32")])
+def test_mixed_integer_dtypes_are_refused_with_what_to_do(first, second, common):
+    """Issue 25, item 4: int8 then uint8 (with an explicit scale) gave percentile(50) = 0.5 with an error
+    bound of 0, and uint8 then uint16 a uint8 state with max 60000. One Accumulator takes one integer dtype."""
+    from gpustats import StatsError
+
+    acc = Accumulator(device="cpu", scale=1.0, layout="NCHW", histogram=True, hist_bins=16, hist_range=(-128, 65536))
+    acc.update(np.zeros((1, 1, 4, 4), first))
+    before = acc.state()
+    with pytest.raises(InputError, match=f"batch 1 is {second} but earlier batches were {first}.*one dtype .*{common}"):
+        acc.update(np.full((1, 1, 4, 4), 100, second))
+    assert acc.state() == before and acc.batches == 1
+    other = Accumulator(device="cpu", scale=1.0, layout="NCHW", histogram=True, hist_bins=16, hist_range=(-128, 65536))
+    other.update(np.full((1, 1, 4, 4), 100, second))
+    with pytest.raises(StatsError, match=f"cannot merge {first} data with {second} data"):
+        before.merge(other.state())
 
 
 def test_device_selection():

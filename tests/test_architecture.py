@@ -1,4 +1,4 @@
-"""The package's shape stays as DESIGN.md draws it: no import cycles (function-level imports
+"""The package's shape stays as docs/design.md draws it: no import cycles (function-level imports
 included), no module over 500 lines, and the kernels know nothing of torch or the rest.
 
 Imports are read from the source (``ast``), so a cycle hidden in a function body counts too.
@@ -119,3 +119,16 @@ def test_kernels_know_nothing_of_torch_or_the_package():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             for imported in names:
                 assert not imported.startswith(("torch", "gpustats")), (name, imported)
+
+
+def test_no_file_refers_to_a_folder_outside_the_repository():
+    """A user's clone has only the repository: the design record is docs/design.md, in it."""
+    outside = ("../shared", "/work/shared", "shared/DESIGN.md")
+    for path in ROOT.rglob("*"):
+        parts = path.relative_to(ROOT).parts
+        if not path.is_file() or parts[0].startswith(".") or path.suffix not in (".py", ".md", ".toml", ".txt", ".sh"):
+            continue
+        text = path.read_text(errors="replace")
+        found = [name for name in outside if name in text and path.name != "test_architecture.py"]
+        assert not found, f"{path.relative_to(ROOT)} refers to {found[0]}"
+    assert (ROOT / "docs" / "design.md").is_file()

@@ -138,7 +138,8 @@ def test_each_archive_kind_gives_the_folders_exact_state(corpus, kind):
     run = run_folder([corpus[kind]], **OPTS)
     assert run.stats.state.to_dict() == ref.stats.state.to_dict()  # bit for bit, per-image aggregates too
     assert (run.images, run.files_total) == (ref.images, ref.files_total) == (13, 16)
-    assert [b["reason"] for b in run.bad_files] == [b["reason"] for b in ref.bad_files]
+    # (a bad Parquet row is also named by the row's path, when it has one)
+    assert [b["reason"].split(" (the row's path: ")[0] for b in run.bad_files] == [b["reason"] for b in ref.bad_files]
     label = os.fspath(corpus[kind]) if kind != "pattern" else None
     names = [b["path"] for b in run.bad_files]
     if kind in ("plain.tar", "plain.tar.gz", "data.zip"):

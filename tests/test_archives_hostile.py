@@ -140,7 +140,8 @@ def test_a_compressed_tar_whose_member_claims_terabytes_ends_quickly(sandbox):
     (sandbox / "claims.tar.gz").write_bytes(buf.getvalue())
     run = _run(sandbox / "claims.tar.gz")
     assert run.images == 1
-    assert run.bad_files[0]["reason"] == f"too large: member of {1 << 40} bytes > 1073741824 bytes; refused"
+    assert run.bad_files[0]["reason"] == (f"too large: member of {1 << 40:,} bytes > 268,435,456 bytes (half of "
+                                          "GPUSTATS_WORKER_MEMORY_MB=512); refused unread")
     assert "past the end" in run.bad_files[1]["reason"]
 
 
@@ -195,7 +196,7 @@ def _zip(entries: list[tuple], locals_: bytes) -> bytes:
 
 def test_zip_bombs_are_refused_before_any_inflating(sandbox):
     """Overlapping entries (many names, one kernel), a member that inflates past its declared size, and a
-    member declared larger than 1 GiB."""
+    member declared larger than the limit (256 MiB by default)."""
     good = _png(1)
     zeros = zlib.compressobj(9, zlib.DEFLATED, -15)
     kernel = zeros.compress(bytes(50_000_000)) + zeros.flush()  # 50 MB of zeros in ~50 kB
@@ -212,7 +213,8 @@ def test_zip_bombs_are_refused_before_any_inflating(sandbox):
     assert run.images == 1
     reasons = _reasons(run)
     assert "overlaps another member" in reasons["b.png"] and "overlaps another member" in reasons["d.png"]
-    assert reasons["c.png"] == "too large: member of 2147483648 bytes > 1073741824 bytes; refused"
+    assert reasons["c.png"] == ("too large: member of 2,147,483,648 bytes > 268,435,456 bytes (half of "
+                                "GPUSTATS_WORKER_MEMORY_MB=512); refused unread")
     (sandbox / "alone.zip").write_bytes(_zip(entries[:2], local_good + local_bomb))  # no overlap: inflate, bounded
     reasons = _reasons(_run(sandbox / "alone.zip"))
     assert reasons["b.png"] == "corrupt zip member (101 bytes where the directory says 100)"

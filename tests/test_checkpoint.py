@@ -93,7 +93,53 @@ def test_fingerprint_and_rank_path(tmp_path):
     assert first == file_list_fingerprint([a, b]) != file_list_fingerprint([b, a])
     b.write_bytes(b"3456")
     assert file_list_fingerprint([a, b]) != first  # sizes count
+    second = file_list_fingerprint([a, b])
+    os.utime(b, ns=(b.stat().st_atime_ns, b.stat().st_mtime_ns + 1))
+    assert file_list_fingerprint([a, b]) != second  # and modification times, to the nanosecond
     assert rank_path("run.ckpt", 0, 1) == "run.ckpt" and rank_path("run.ckpt", 3, 4) == "run.ckpt.rank3"
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_a_file_rewritten_with_the_same_size_is_noticed(capsys, tmp_path, archive):
+    """Issue 25, item 2: rewriting a counted BMP with the same size resumed silently with another mean.
+    The fingerprint records each file's (and each archive's) size and modification time."""
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((4, 5, 3), 10 * i, np.uint8)).save(data / f"{i}.bmp")
+    target = data
+    if archive:
+        target = tmp_path / "shard.tar"
+        with tarfile.open(target, "w") as tar:
+            for i in range(4):
+                tar.add(data / f"{i}.bmp", arcname=f"{i}.bmp")
+    ck = tmp_path / "c.ckpt"
+    opts = [str(target), "--device", "cpu", "--workers", "0", "--checkpoint", str(ck), "--quiet"]
+    assert main(["stats", *opts]) == 0
+    capsys.readouterr()
+    changed = target if archive else data / "1.bmp"
+    size, mtime = changed.stat().st_size, changed.stat().st_mtime_ns
+    blob = changed.read_bytes()
+    pixel = blob.rindex(bytes([10, 10, 10]))  # one pixel of image 1, in place: same size, other values
+    changed.write_bytes(blob[:pixel] + bytes([200, 200, 200]) + blob[pixel + 3:])
+    os.utime(changed, ns=(mtime + 10**9, mtime + 10**9))  # a rewrite moves the modification time
+    assert changed.stat().st_size == size
+    assert main(["stats", *opts]) == 1
+    err = capsys.readouterr().err
+    assert "another file list" in err and "modification times" in err and "delete" in err and err.count("\n") == 1
+
+
+def test_a_checkpoint_without_modification_times_is_refused(tmp_path):
+    files = make_tiny_folder(tmp_path / "d", 3)
+    for older in ("v2:" + "0" * 64 + ":" + "1" * 64, "a" * 64, "a1:" + "2" * 64):
+        ck = Checkpoint(state=ChannelStats.empty(), next_index=0, files_total=3, fingerprint=older, options={})
+        with pytest.raises(CheckpointError, match="earlier gpustats.*modification times.*delete"):
+            check_compatible("c", ck, fingerprint=file_list_fingerprint(files), files_total=3, options={})
 
 
 # ---------------------------------------------------------------------------------- resume

@@ -26,6 +26,7 @@ from gpustats.sources.synthetic import make_demo_folder, make_tiny_folder, tiny_
 
 ROOT = Path(__file__).resolve().parent.parent
 TOP_KEYS = {"schema", "channels", "stats", "normalize", "images", "pixels", "files", "bytes", "bad_files", "warnings", "decoders",
+            "skipped_by_extension",
             "elapsed_s", "images_per_s", "mb_per_s", "device", "backend", "strategy", "cpu_reason", "decode",
             "decode_reason", "workers", "resumed_from", "options", "state"}
 
@@ -216,9 +217,9 @@ def test_histogram_covariance_per_image_match_numpy(capsys, mixed):
     per = doc["stats"]["per_image"]
     assert per["images"] == len(files)
     np.testing.assert_allclose(per["mean_of_means"], np.mean([a.mean(0) for a in per_image], axis=0), atol=1e-12)
-    np.testing.assert_allclose(per["mean_of_stds_ddof1"],
-                               np.mean([a.std(0, ddof=1) if len(a) > 1 else np.zeros(3) for a in per_image], axis=0),
-                               atol=1e-12)
+    np.testing.assert_allclose(per["mean_of_stds_ddof1"],  # a 1-pixel image has no ddof-1 std: left out
+                               np.mean([a.std(0, ddof=1) for a in per_image if len(a) > 1], axis=0), atol=1e-12)
+    assert per["images_per_channel_ddof1"] == [sum(len(a) > 1 for a in per_image)] * 3
     rc, table, err = run_main(capsys, "stats", *args, "--quiet")
     assert rc == 0, err
     for word in ("percentiles", "p99", "saturated at 255", "covariance", "correlation", "PCA eigenvalues",
@@ -362,6 +363,11 @@ def test_demo_runs_and_prints_normalize_and_forum_comparison():
     out = proc.stdout
     assert "transforms.Normalize(mean=[" in out and "forum recipe" in out and "why they differ" in out
     assert "bad files (3" in out
+    # it ends with gpustats' own paste-ready line (not the forum recipe's) and the command for your folder
+    last = [line for line in out.splitlines() if line.strip()][-2:]
+    table_line = [line for line in out.splitlines() if line.startswith("transforms.Normalize(")][0]
+    assert last[0] == table_line and "<-" not in last[0]
+    assert last[1].strip() == "on your own images:  gpustats stats /path/to/train --format python"
 
 
 def test_forum_recipe_is_the_per_image_average(demo):

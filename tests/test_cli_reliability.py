@@ -93,9 +93,40 @@ def test_16_bit_files_are_reported_once_with_their_count(capsys, tmp_path):
     assert Image.open(folder / "deep0.png").mode.startswith("I")
     rc, out, err = _run(capsys, "stats", str(folder), "--device", "cpu", "--workers", "0", "-q")
     assert rc == 0 and err == ""
-    assert out.count("16-bit image") == 1 and "warning (3 files): 16-bit image" in out
+    assert out.count("16-bit grayscale image") == 1 and "warning (3 files): 16-bit grayscale image" in out
     rc, out, _ = _run(capsys, "stats", str(folder), "--device", "cpu", "--workers", "0", "-q", "--format", "json")
     assert json.loads(out)["warnings"] == [{"message": json.loads(out)["warnings"][0]["message"], "files": 3}]
+
+
+def test_deep_image_warnings_count_only_changed_files_and_say_what_happened(capsys, tmp_path):
+    """Issue 25, item 9: the 16-bit warning counted files that did not clip (an MRI scan with maximum 215),
+    was also given to 32-bit int/float TIFFs, and a 48-bit PNG (which Pillow reduces to 8 bits) got none."""
+    import struct
+    import zlib
+
+    folder = _folder(tmp_path, n=2)
+    Image.fromarray(np.array([[0, 215], [7, 9]], np.uint16)).save(folder / "mri.png")  # 16-bit, nothing clips
+    Image.fromarray(np.array([[0, 4000], [7, 9]], np.uint16)).save(folder / "scan.png")  # clips at 255
+    Image.fromarray(np.array([[0, 200], [7, 9]], np.int32)).save(folder / "int_ok.tif")
+    Image.fromarray(np.array([[-3, 200], [7, 9]], np.int32)).save(folder / "int_neg.tif")
+    Image.fromarray(np.array([[0.0, 200.0], [7.0, 9.0]], np.float32)).save(folder / "float_ok.tif")
+    Image.fromarray(np.array([[0.5, 200.0], [7.0, 9.0]], np.float32)).save(folder / "float_frac.tif")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\0" + struct.pack(">HHHHHH", 0x1234, 2, 0xFFFF, 0x80, 0x8000, 3) for _ in range(2))
+    (folder / "colour48.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 16, 2, 0, 0, 0))
+                                       + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert Image.open(folder / "colour48.png").mode == "RGB"
+    rc, out, err = _run(capsys, "stats", str(folder), "--device", "cpu", "--workers", "0", "-q", "--format", "json")
+    assert rc == 0, err
+    said = {w["message"].split(":")[0]: w["files"] for w in json.loads(out)["warnings"]}
+    assert said == {"16-bit grayscale image with values above 255": 1, "32-bit integer image with values outside 0..255": 1,
+                    "32-bit float image with values that are not integers in 0..255": 1,
+                    "16-bit-per-channel colour image": 1}
+    messages = " ".join(w["message"] for w in json.loads(out)["warnings"])
+    assert "clipped to 255" in messages and "truncated to integers" in messages and "value // 256" in messages
 
 
 def test_unreadable_subfolder_is_listed_like_a_bad_file(capsys, monkeypatch, tmp_path):
@@ -208,20 +239,15 @@ def test_bench_table_says_why_memcpy_and_roofline_are_dashes():
 
 
 def test_sampled_share_counts_images_used():
+    from gpustats.intervals import SampledStats
     from gpustats.report import format_sampled
 
-    class Result:  # 19 images used of 24 files: 5 were bad
-        channels, confidence, is_estimate, units_visited, images_used = 1, 0.95, False, 24, 19
-        population_size, pixels_used, images_per_second, elapsed_s, bad_files = 24, 190, 10.0, 2.4, ()
-        mean, std = np.array([0.5]), np.array([0.1])
-        mean_ci = std_ci = (np.array([0.5]), np.array([0.5]))
-        half_widths = {"mean": np.array([0.0]), "std": np.array([0.0])}
-
-        def normalize_args(self):
-            return [0.5], [0.1]
-
-        def describe(self):
-            return "EXACT"
-
-    text = format_sampled(Result(), "table")
-    assert "images used: 19 of 24 (79.2%)" in text
+    one = np.array([0.5])
+    result = SampledStats(  # 24 files visited: 19 images, 5 bad
+        mean=one, std=one / 5, mean_ci=(one, one), std_ci=(one / 5, one / 5),
+        half_widths={"mean": one * 0, "std": one * 0}, images_used=19, units_visited=24, pixels_used=190,
+        population_size=24, stopped_because="exhausted", confidence=0.95, tolerance=0.0, is_estimate=False,
+        scale=255.0, seed=0, elapsed_s=2.4, bad_files=tuple((f"b{i}.png", "not an image") for i in range(5)),
+        units="files")
+    text = format_sampled(result, "table")
+    assert "24 of 24 files visited (19 images, 5 bad files) (100.0%)" in text

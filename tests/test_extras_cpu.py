@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gpustats import Accumulator, InputError, StatsError, compute_stats
+from gpustats import Accumulator, ChannelStats, InputError, StatsError, compute_stats
 
 from reference import pixels
 
@@ -256,6 +256,30 @@ def test_saturation_counts_only_values_at_the_range_ends():
     np.testing.assert_array_equal(rc.saturation()["high"], (fx == 1).mean(axis=0))
     d = r.to_dict()["histogram"]
     assert d["saturated_low"] == sat["low"].tolist() and d["percentile_error_bound"] == 100.0
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_a_one_pixel_image_has_no_ddof1_std(dtype):
+    """Issue 25, item 7: a 1-pixel image's per-image ddof=1 std counted as 0 and pulled the mean of
+    per-image stds down. One value has no sample std: it is left out of that row (and counted)."""
+    rng = np.random.default_rng(12)
+    images = [rng.integers(0, 256, size=(3, h, w)).astype(dtype) for h, w in ((4, 5), (1, 1), (3, 3), (1, 1))]
+    if dtype == "float32":
+        images = [im / 255 for im in images]
+    r = compute_stats([images], device="cpu", per_image=True, layout="CHW")
+    pi = r.per_image
+    scale = 255.0 if dtype == "uint8" else 1.0
+    flat = [im.reshape(3, -1).astype(np.float64) / scale for im in images]
+    with_spread = [f for f in flat if f.shape[1] > 1]
+    assert pi["images"] == 4 and pi["images_per_channel"].tolist() == [4] * 3
+    assert pi["images_per_channel_ddof1"].tolist() == [2] * 3
+    np.testing.assert_allclose(pi["mean_of_stds_ddof1"], np.mean([f.std(axis=1, ddof=1) for f in with_spread], 0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(pi["mean_of_stds"], np.mean([f.std(axis=1) for f in flat], 0), rtol=1e-12)
+    back = ChannelStats.from_json(r.state.to_json()).finalize().per_image  # kept through JSON and merges
+    assert back["images_per_channel_ddof1"].tolist() == [2] * 3
+    split = compute_stats([images[:2], images[2:]], device="cpu", per_image=True, layout="CHW").per_image
+    np.testing.assert_allclose(split["mean_of_stds_ddof1"], pi["mean_of_stds_ddof1"], rtol=1e-15)
 
 
 def test_per_image_omit_counts_each_image_in_the_channels_it_has():

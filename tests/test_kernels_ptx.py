@@ -101,12 +101,13 @@ def kernels(strategy: str, dtype: str, layout: str, channels: int):
                 (tag + "-finish", finish, (I2, types.boolean, I2, I1, I1, I1, F1, F1))]
     histogram, cross, per_image = {"atomic": (False, False, False), "atomic+all": (dtype == "uint8", True, True)}[strategy]
     k = atomic._build(dtype, layout, channels, THREADS, histogram, cross, per_image)
-    return [(tag, k, (x, F1, I1, I1, b1, b1, F1, F1, I2, b2, I2, F2, F2))]
+    sums = I2 if per_image and dtype in ("uint8", "uint16") else F2  # per-image sums: int64 for integer input
+    return [(tag, k, (x, F1, I1, I1, b1, b1, F1, F1, I2, b2, I2, sums, sums))]
 
 
 CASES = [
     ("atomic", "uint8", "CP", 3), ("atomic", "float32", "PC", 3), ("atomic", "float16", "CP", 1),
-    ("atomic+all", "uint8", "PC", 3), ("atomic+all", "float32", "CP", 4),
+    ("atomic+all", "uint8", "PC", 3), ("atomic+all", "uint16", "CP", 3), ("atomic+all", "float32", "CP", 4),
     ("tree", "uint8", "CP", 3), ("tree", "bfloat16", "PC", 3),
     ("warp", "float32", "CP", 3), ("warp", "uint16", "PC", 4),
     ("welford", "float32", "PC", 3), ("welford", "float64", "CP", 1),

@@ -18,7 +18,7 @@ from gpustats.sources.decode import BadImage, decode_bytes, decode_file
 from gpustats.sources.mapside import _Decoded, _Reduce, reduce_records
 from gpustats.sources.pixelview import image_view, rgbx_base
 
-pytestmark = pytest.mark.filterwarnings("ignore:16-bit image converted:UserWarning")  # deep16.png, expected
+pytestmark = pytest.mark.filterwarnings("ignore:16-bit grayscale image:UserWarning")  # deep16.png, expected
 
 
 @pytest.fixture(scope="module")

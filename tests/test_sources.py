@@ -111,6 +111,45 @@ def test_all_extensions_any_case(tmp_path):
     assert rel(list_images([tmp_path]), tmp_path) == sorted(names)
 
 
+#: torchvision.datasets.folder.IMG_EXTENSIONS, copied from torchvision's source (torchvision is not a
+#: dependency): what ImageFolder reads, and so what a folder run counts by default
+TORCHVISION_IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def test_the_default_file_set_is_imagefolders(tmp_path, capsys):
+    """Issue 25, item 8: gpustats read .gif and skipped .ppm/.pgm, the opposite of ImageFolder (which changed
+    mean/std by 1e-3 on real data). By default exactly ImageFolder's files count; --all-extensions adds
+    the wider set; the report counts what was left out by extension, and archives inside a folder."""
+    import json
+
+    from gpustats.cli import main
+    from gpustats.sources.listing import EXTRA_EXTENSIONS
+
+    assert IMAGE_EXTENSIONS == TORCHVISION_IMG_EXTENSIONS
+    for i, name in enumerate(["a.png", "b.ppm", "c.PGM", "d.gif", "e.jfif"]):
+        Image.new("RGB" if i != 2 else "L", (4, 3), (10 * i, 20, 30) if i != 2 else 40).save(
+            tmp_path / name, format={"ppm": "PPM", "pgm": "PPM", "gif": "GIF", "jfif": "JPEG"}.get(
+                name.split(".")[1].lower(), "PNG"))
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "shard.tar").write_bytes(b"\0" * 1024)
+    skipped = {}
+    assert rel(list_images([tmp_path], skipped=skipped), tmp_path) == ["a.png", "b.ppm", "c.PGM"]
+    assert skipped == {".gif": 1, ".jfif": 1, ".txt": 1, ".tar": 1}
+    wide = list_images([tmp_path], extensions=IMAGE_EXTENSIONS + EXTRA_EXTENSIONS)
+    assert rel(wide, tmp_path) == ["a.png", "b.ppm", "c.PGM", "d.gif", "e.jfif"]
+    args = [str(tmp_path), "--device", "cpu", "--workers", "0", "-q"]
+    assert main(["stats", *args, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["images"] == 3 and doc["skipped_by_extension"] == {".gif": 1, ".jfif": 1, ".tar": 1, ".txt": 1}
+    assert main(["stats", *args]) == 0
+    table = capsys.readouterr().out
+    assert "not counted, by extension" in table and "1 .gif" in table and "--all-extensions" in table
+    assert "archives inside the folders, not opened: 1 .tar" in table
+    assert main(["stats", *args, "--all-extensions", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["images"] == 5 and doc["skipped_by_extension"] == {".tar": 1, ".txt": 1}
+
+
 def test_explicit_files_any_extension_and_hidden(tmp_path):
     raw = tmp_path / "data.raw"
     raw.write_bytes(b"x")

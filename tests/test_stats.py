@@ -126,6 +126,40 @@ def test_json_roundtrip_with_every_option():
     assert back.finalize().per_image["mean_of_stds"].shape == (3,)
 
 
+def _doctored(state: ChannelStats, change) -> str:
+    d = json.loads(state.to_json())
+    change(d)
+    return json.dumps(d)
+
+
+@pytest.mark.parametrize("change, entry", [
+    (lambda d: d.update(count=[-v for v in d["count"]]), r"state\.count\[0\] is -"),
+    (lambda d: d.update(isum=[v + "0" for v in d["isum"]]), "sums .* do not fit"),  # one digit more: mean 3.098
+    (lambda d: d.update(mean=[(float.fromhex(v) + 1).hex() for v in d["mean"]]), "mean/m2 disagree"),
+    (lambda d: d.update(max=[float(0).hex()] * 3), "min <= max"),
+    (lambda d: d["hist"][0].__setitem__(0, d["hist"][0][0] + 1), r"state\.hist\[0\] holds"),
+])
+def test_from_json_refuses_self_contradictory_integer_states(change, entry):
+    """from_json checks what the checkpoint reader checks (issue 25, item 3): no state whose fields
+    contradict each other is accepted (before, a digit added to an exact sum gave a mean of 3.098)."""
+    x = np.random.default_rng(5).integers(0, 256, size=(2, 3, 4, 4), dtype=np.uint8)
+    state = compute_stats([x], device="cpu", histogram=True, layout="NCHW").state
+    assert ChannelStats.from_json(_doctored(state, lambda d: None)) == state  # the untouched text is accepted
+    with pytest.raises(StatsError, match=entry):
+        ChannelStats.from_json(_doctored(state, change))
+
+
+@pytest.mark.parametrize("change, entry", [
+    (lambda d: d.update(count=[-1] * len(d["count"])), r"state\.count\[0\] is -1"),
+    (lambda d: d.update(mean=[(float.fromhex(v) * 1e3).hex() for v in d["mean"]]), "do not fit min"),
+    (lambda d: d.update(m2=[(-1.0).hex()] * len(d["m2"])), "do not fit min"),
+])
+def test_from_dict_refuses_self_contradictory_float_states(change, entry):
+    state = float_state(np.random.default_rng(6).normal(size=(20, 3)) + 5.0)
+    with pytest.raises(StatsError, match=entry):
+        ChannelStats.from_dict(json.loads(_doctored(state, change)))
+
+
 def test_from_json_rejects_foreign_text():
     with pytest.raises(StatsError):
         ChannelStats.from_json('{"format": "something else"}')

@@ -5,8 +5,8 @@ is kept on failure. uint8 moments come from vectorized exact sums (``u8_sums``),
 histograms (``hist_u8``) when a histogram is asked for; both read every byte once. Other integers
 and per-image/covariance requests use exact per-image integer totals (``int_rows``); floats use
 per-image corrected two-pass float64 moments (the mean as a double-double) merged with the
-compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`; DESIGN.md, "The state and its
-numerics").
+compensated Chan formula (:func:`gpustats.numerics.chan_merge_rows`; docs/design.md, "The state and
+its numeric rules").
 """
 
 from __future__ import annotations
@@ -205,12 +205,13 @@ def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: boo
     return {name: np.concatenate(v) for name, v in rows.items()}
 
 
-def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image ``(count, mean, M2, nonfinite)``, each [K, C], raw units, for every image of ``chunk``.
+def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any]:
+    """Per-image ``(count, mean, M2, nonfinite, totals)``, each [K, C], raw units, for every image of ``chunk``.
 
     The CPU backend's own per-image rule: exact integer totals rounded once
     (:func:`~gpustats.numerics.exact_moments`) for integer data, corrected two-pass float64 for
-    floats (non-finite values left out and counted in ``nonfinite``). Used by sampling.
+    floats (non-finite values left out and counted in ``nonfinite``). ``totals``: the exact integer
+    ``(sum, sum of squares)`` of integer data (int64 [K, C] each), None for floats. Used by sampling.
     """
     from . import _cpu_kernels as k
 
@@ -218,9 +219,10 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     if chunk.dtype in INTEGER_DTYPES:
         r = _int_rows(k, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
         mean, m2 = exact_moments(r["count"], r["total"], r["total_sq"])
-        return r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"])
+        return (r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"]),
+                (r["total"], r["total_sq"]))
     r = _float_rows(k, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
-    return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"]
+    return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"], None
 
 
 def _fresh_sums(channels: int) -> np.ndarray:

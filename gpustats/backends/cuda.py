@@ -371,8 +371,8 @@ class CudaReducer(Reducer):
 
     @staticmethod
     def _image_rows(images, shift):
-        """One launch's rows [K, C]: ``(count, total, total_sq)`` for integers (float64 sums, exact
-        below 2**53), ``(count, mean, M2, mean_lo)`` for floats (sums of ``x - shift``)."""
+        """One launch's rows [K, C]: ``(count, total, total_sq)`` for integers (the kernel's exact int64
+        totals), ``(count, mean, M2, mean_lo)`` for floats (sums of ``x - shift``)."""
         got = images.to_host()
         c, s, q = got["img_count"], got["img_sum"], got["img_sumsq"]
         if shift is None:

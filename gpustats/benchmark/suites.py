@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -192,10 +191,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, choices=("cpu", "cuda"),
                         help="backend to measure (default: cuda when usable, else cpu)")
     parser.add_argument("--quick", action="store_true", help="one small size, few repeats (< 30 s on 2 CPU cores)")
-    parser.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. 8MiB,64MiB (a bare number is MiB)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per measurement (default 5, quick 3)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="write machine info and every row to FILE")
+    parser.add_argument("--sizes", type=_sizes, default=None,
+                        help=f"comma-separated sizes, e.g. 8MiB,64MiB (a bare number is MiB; each from "
+                             f"{MIN_SIZE >> 20} MiB to a quarter of this machine's memory)")
+    parser.add_argument("--repeats", type=_repeats, default=None,
+                        help="timed rounds per measurement, 1 or more (default 5, quick 3)")
+    parser.add_argument("--json", metavar="FILE", default=None,
+                        help="write machine info and every row to FILE (its folder must exist)")
     return parser
+
+
+#: the smallest workload size ``--sizes`` accepts (smaller ones would round to one image: another size)
+MIN_SIZE = 1 << 20
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None when it cannot be read."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _sizes(text: str) -> list[int]:
+    """argparse type of ``--sizes``: sizes in bytes, each from :data:`MIN_SIZE` to a quarter of the memory (a
+    workload is held whole, beside its float copies)."""
+    try:
+        sizes = parse_sizes(text, ())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected sizes such as 8MiB,64MiB, got {text!r}")
+    memory = memory_bytes()
+    most = memory // 4 if memory else None
+    for size in sizes:
+        if size < MIN_SIZE or (most is not None and size > most):
+            limit = f" and at most {size_label(most)} (a quarter of this machine's memory)" if most else ""
+            raise argparse.ArgumentTypeError(f"size {size_label(size) if size > 0 else size} is out of range: each "
+                                             f"size must be at least {size_label(MIN_SIZE)}{limit}")
+    return sizes
+
+
+def _repeats(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of rounds >= 1, got {text!r}")
+    return value
 
 
 def _default_device() -> str:
@@ -208,8 +252,17 @@ def run(args: argparse.Namespace) -> int:
     """Run ``gpustats bench``; prints the table, writes ``--json``; returns the exit status."""
     device = getattr(args, "device", None) or _default_device()
     quick = bool(getattr(args, "quick", False))
-    sizes = parse_sizes(getattr(args, "sizes", None), ()) or None
+    sizes = getattr(args, "sizes", None)
+    sizes = (_sizes(sizes) if isinstance(sizes, str) else list(sizes)) if sizes else None
     repeats = getattr(args, "repeats", None)
+    json_path = getattr(args, "json", None)
+    if json_path:  # before the run, not after it: the very write it will do is tried now
+        from ..checkpoint import write_problem
+
+        problem = write_problem(json_path, "--json")
+        if problem is not None:
+            print(f"gpustats bench: error: {problem}", file=sys.stderr)
+            return 2
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -252,11 +305,16 @@ def run(args: argparse.Namespace) -> int:
     if device == "cpu" and load > (info.get("cpu_usable") or 1):
         print(f"note: load average {load:.1f} on {info.get('cpu_usable')} usable cores: other processes shared the "
               "CPU, so absolute GB/s are low and noisy; the ratios were measured round-robin and are fairer")
-    if getattr(args, "json", None):
-        path = Path(args.json)
-        if path.parent and not path.parent.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=1) + "\n")
+    if json_path:
+        from ..checkpoint import atomic_target, atomic_write_bytes
+
+        data = (json.dumps(result, indent=1) + "\n").encode("utf-8")
+        target = atomic_target(json_path)
+        if target is None:  # /dev/null, a pipe
+            with open(json_path, "wb") as fh:
+                fh.write(data)
+        else:
+            atomic_write_bytes(target, data)
     return 0
 
 

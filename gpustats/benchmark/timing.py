@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -149,15 +151,17 @@ def parse_sizes(text: str | None, default: Sequence[int]) -> list[int]:
         if not item:
             continue
         low = item.lower()
-        for suffix, mult in (("gib", GIB), ("gb", GIB), ("g", GIB), ("mib", MIB), ("mb", MIB), ("m", MIB),
-                             ("kib", 1 << 10), ("kb", 1 << 10), ("k", 1 << 10)):
+        number, mult = low, MIB
+        for suffix, factor in (("gib", GIB), ("gb", GIB), ("g", GIB), ("mib", MIB), ("mb", MIB), ("m", MIB),
+                               ("kib", 1 << 10), ("kb", 1 << 10), ("k", 1 << 10)):
             if low.endswith(suffix):
-                sizes.append(int(float(low[: -len(suffix)]) * mult))
+                number, mult = low[: -len(suffix)], factor
                 break
-        else:
-            try:
-                sizes.append(int(float(low) * MIB))
-            except ValueError:
-                raise ValueError(f"cannot read size {item!r}: use e.g. 1MiB, 256MiB, 1GiB "
-                                 "(a bare number is MiB)") from None
+        try:
+            value = float(number) * mult
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):  # "abc", "inf", "nan"
+            raise ValueError(f"cannot read size {item!r}: use e.g. 1MiB, 256MiB, 1GiB (a bare number is MiB)")
+        sizes.append(int(value))
     return sizes

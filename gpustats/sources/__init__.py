@@ -3,7 +3,8 @@
 Public surface::
 
     list_images(paths) -> list[Path]
-    list_units(paths, *, column=None) -> units     # folders, files, archives, brace patterns (units.py)
+    list_units(paths, *, column=None) -> units     # folders, files, archives, brace patterns (units.py),
+                                                  # TFRecord shards (tfrecord.py), s3:// gs:// https:// (remote.py)
     decode_image(path, *, mode="RGB", max_pixels=DEFAULT_MAX_PIXELS, resize=None,
                  center_crop=None) -> np.ndarray  # (H, W, C) uint8, or raises BadImage
     decode_bytes(data, ...) -> (array, decoder)   # the same for an image held in memory
@@ -11,6 +12,7 @@ Public surface::
     iter_decoded(files, *, workers, batch_size, start=0, stop=None, **decode_opts)
     gpu.gpu_decode_available() / gpu.decode_files_gpu(...)   # import gpustats.sources.gpu
     synthetic.make_demo_folder / make_jpeg_corpus / make_tiny_folder
+    samples.sample_stream(iterable, key)         # iterables of samples holding images (HF datasets)
 
 :mod:`.gpu` and :mod:`.synthetic` are not imported here: import them explicitly. The dataset names
 (:mod:`.dataset`, torch's DataLoader) load on first use: a CPU folder run never imports torch.

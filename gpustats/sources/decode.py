@@ -16,16 +16,24 @@ statistics describe what a standard ``ImageFolder`` pipeline feeds the model:
 Bad files never crash and are never partially counted:
 
 * zero-byte file -> ``"zero-byte file"``;
-* not an image -> ``"not an image"``;
+* not an image -> ``"not an image"``; a file in a format Pillow knows but cannot read (a TIFF with
+  12-bit samples, ...) -> ``"unsupported TIFF file: unknown pixel mode"``;
 * header larger than ``max_pixels`` -> ``"too large: WxH > max_pixels=N"``, checked from the
-  header *before* any pixel is decoded (guards against decompression bombs). ``max_pixels``
+  header *before* any pixel is decoded (guards against decompression bombs). The limit also holds
+  after ``resize`` and ``center_crop`` (``"too large after resize: ..."``), checked from the header
+  too, so that a large ``resize`` never allocates a huge image (:func:`check_geometry` refuses
+  values that would make every image too large before a run). ``max_pixels``
   replaces Pillow's own limit (``Image.MAX_IMAGE_PIXELS``, lifted while the file is opened), so
   it can also allow larger images than Pillow would; ``max_pixels=None`` sets no limit of ours
   and leaves Pillow's (its ``DecompressionBombError`` is then reported as "too large").
   Pillow's ``DecompressionBombWarning`` is silenced: ``max_pixels`` is the limit that decides;
-* 16-bit images (modes ``I;16``, ``I``) are converted as torchvision's loader converts them:
-  values above 255 clip to 255 (most pixels of a typical 16-bit photo). Each such file raises a
-  ``UserWarning`` saying so; a folder run reports it once with the number of files;
+* images of more than 8 bits are converted as torchvision's loader converts them, and a file whose
+  values that changes raises a ``UserWarning`` saying what happened (a folder run reports each kind
+  once, with the number of files): 16-bit grayscale (``I;16``) values above 255 are clipped to 255;
+  32-bit integer (``I``) values outside 0..255 are clipped; 32-bit float (``F``) values are clipped to
+  0..255 and truncated to integers; 16-bit-per-channel colour (48-bit RGB, 64-bit RGBA PNGs) is read by
+  Pillow as 8 bits per channel, the high byte kept (``value // 256``). A 16-bit scan whose values all
+  lie in 0..255 is read unchanged and raises nothing;
 * truncated or corrupt data -> ``"truncated or corrupt: <Pillow's message>"``; the pixels are
   decoded with ``.load()`` inside the ``try``, and Pillow's ``LOAD_TRUNCATED_IMAGES`` is never
   enabled by gpustats (if *your* code enables it globally, truncated files decode with grey
@@ -68,15 +76,16 @@ import contextlib
 import io
 import os
 import warnings
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from .errors import BadImage
+from .geometry import center_crop_array, check_output_size, crop_box, crop_hw, pixel_limit, resized_size
 
-__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_with_info", "resized_size",
-           "center_crop_array"]
+__all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_pil", "decode_with_info", "resized_size",
+           "center_crop_array", "check_geometry", "pixel_limit"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
 #: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.
@@ -85,71 +94,20 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 _MODES = ("RGB", "L")
 _OUTS = ("array", "readonly", "view", "histogram")  # what _decode returns
 _SIMPLEJPEG = None  # simplejpeg.decode_jpeg, False when unavailable (see _fast_jpeg)
-#: Pillow modes of more than 8 bits per pixel that convert("RGB") clips to 255
+#: What converting an image of more than 8 bits did to its values, by Pillow mode (one text per kind:
+#: a folder run counts the files of each); raised only for a file whose values it changed
+_CHANGED = {
+    "I;16": "16-bit grayscale image with values above 255: converted as torchvision's loader does, they were "
+            "clipped to 255 (the statistics describe the clipped pixels)",
+    "I": "32-bit integer image with values outside 0..255: converted as torchvision's loader does, they were "
+         "clipped to 0..255 (the statistics describe the clipped pixels)",
+    "F": "32-bit float image with values that are not integers in 0..255: converted as torchvision's loader "
+         "does, they were clipped to 0..255 and truncated to integers (the statistics describe the result)",
+    "deep": "16-bit-per-channel colour image: Pillow reads it as 8 bits per channel, keeping the high byte "
+            "(value // 256), as torchvision's loader does (the statistics describe those 8-bit values)",
+}
 _CLIPPED_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-_CLIPPED_WARNING = ("16-bit image converted as torchvision's loader does: values above 255 clip to 255 "
-                    "(the statistics describe the clipped pixels)")
 _warned_truncated = False
-
-
-def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
-    """(new_width, new_height) of torchvision ``Resize(size)`` for an int ``size``.
-
-    >>> resized_size(500, 375, 256)
-    (341, 256)
-    """
-    if size <= 0:
-        raise ValueError(f"resize must be a positive int, got {size!r}")
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    return (new_short, new_long) if width <= height else (new_long, new_short)
-
-
-def _crop_hw(center_crop: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(center_crop, (int, np.integer)):
-        crop_h = crop_w = int(center_crop)
-    else:
-        dims = [int(v) for v in center_crop]
-        if len(dims) == 1:
-            dims = dims * 2
-        if len(dims) != 2:
-            raise ValueError(f"center_crop must be an int or (height, width), got {center_crop!r}")
-        crop_h, crop_w = dims
-    if crop_h <= 0 or crop_w <= 0:
-        raise ValueError(f"center_crop must be positive, got {center_crop!r}")
-    return crop_h, crop_w
-
-
-def center_crop_array(array: np.ndarray, center_crop: int | Sequence[int]) -> np.ndarray:
-    """torchvision ``CenterCrop`` on an ``(H, W, C)`` array, zero padding included."""
-    crop_h, crop_w = _crop_hw(center_crop)
-    height, width = array.shape[:2]
-    if crop_w > width or crop_h > height:
-        pad_left = (crop_w - width) // 2 if crop_w > width else 0
-        pad_top = (crop_h - height) // 2 if crop_h > height else 0
-        pad_right = (crop_w - width + 1) // 2 if crop_w > width else 0
-        pad_bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
-        array = np.pad(array, ((pad_top, pad_bottom), (pad_left, pad_right), (0, 0)))
-        height, width = array.shape[:2]
-        if (crop_h, crop_w) == (height, width):
-            return array
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
-    return np.ascontiguousarray(array[top:top + crop_h, left:left + crop_w])
-
-
-def _crop_box(width: int, height: int, center_crop: int | Sequence[int]) -> tuple[tuple[int, int, int, int], int]:
-    """Where :func:`center_crop_array` takes its pixels from a ``width`` x ``height`` image: the box
-    (left, upper, right, lower) in the image, and the number of zero pixels its padding adds."""
-    crop_h, crop_w = _crop_hw(center_crop)
-    # in padded coordinates (a dimension smaller than the crop is padded to the crop's size, the
-    # image then at offset (crop - size) // 2), the crop starts at round((padded - crop) / 2)
-    pad_left = (crop_w - width) // 2 if crop_w > width else 0
-    pad_top = (crop_h - height) // 2 if crop_h > height else 0
-    left = int(round((max(width, crop_w) - crop_w) / 2.0)) - pad_left
-    top = int(round((max(height, crop_h) - crop_h) / 2.0)) - pad_top
-    box = (max(left, 0), max(top, 0), min(left + crop_w, width), min(top + crop_h, height))
-    return box, crop_h * crop_w - (box[2] - box[0]) * (box[3] - box[1])
 
 
 def _histogram(image: Image.Image, center_crop: int | Sequence[int] | None) -> np.ndarray:
@@ -158,11 +116,32 @@ def _histogram(image: Image.Image, center_crop: int | Sequence[int] | None) -> n
     channels = len(image.getbands())
     if center_crop is None:
         return np.array(image.histogram(), np.int64).reshape(channels, 256)
-    box, zeros = _crop_box(image.width, image.height, center_crop)
+    box, zeros = crop_box(image.width, image.height, center_crop)
     inside = image if box == (0, 0, image.width, image.height) else image.crop(box)
     counts = np.array(inside.histogram(), np.int64).reshape(channels, 256)
     counts[:, 0] += zeros
     return counts
+
+
+def check_geometry(resize: int | None, center_crop, max_pixels: int | None) -> None:
+    """Raise ``ValueError`` when ``resize``/``center_crop`` would make *every* image larger than the pixel
+    limit (:func:`pixel_limit`): ``resize=N`` gives at least N x N pixels, a crop exactly its size. Each
+    image is also checked from its header before it is decoded (the limit applies after resizing and
+    cropping as well as to the file), so nothing absurd is ever allocated."""
+    _check_options("RGB", resize, center_crop)
+    limit = pixel_limit(max_pixels)
+    if limit is None:
+        return
+    if resize is not None and int(resize) ** 2 > limit:
+        raise ValueError(f"resize={resize} makes every image at least {resize}x{resize} = {int(resize) ** 2:,} "
+                         f"pixels, over the limit of {limit:,} (max_pixels, --max-pixels); use a smaller resize "
+                         "or raise the limit")
+    if center_crop is not None:
+        crop_h, crop_w = crop_hw(center_crop)
+        if crop_h * crop_w > limit:
+            raise ValueError(f"center_crop={center_crop} makes every image {crop_h}x{crop_w} = {crop_h * crop_w:,} "
+                             f"pixels, over the limit of {limit:,} (max_pixels, --max-pixels); use a smaller crop or "
+                             "raise the limit")
 
 
 def _check_options(mode: str, resize: int | None, center_crop) -> None:
@@ -171,7 +150,7 @@ def _check_options(mode: str, resize: int | None, center_crop) -> None:
     if resize is not None and (not isinstance(resize, (int, np.integer)) or resize <= 0):
         raise ValueError(f"resize must be a positive int (shorter side), got {resize!r}")
     if center_crop is not None:
-        _crop_hw(center_crop)
+        crop_hw(center_crop)
 
 
 def _fast_jpeg():
@@ -332,7 +311,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                 try:
                     img = Image.open(fh)
                 except UnidentifiedImageError:
-                    raise BadImage("not an image", path) from None
+                    raise BadImage(_unsupported(fh) or "not an image", path) from None
                 except Image.DecompressionBombError as exc:
                     raise BadImage(f"too large: {exc}", path) from None
                 with img:
@@ -340,8 +319,8 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                     if max_pixels is not None and width * height > max_pixels:
                         raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}",
                                        path)
-                    if img.mode in _CLIPPED_MODES:
-                        warnings.warn(_CLIPPED_WARNING, UserWarning, stacklevel=2)
+                    check_output_size(width, height, resize, center_crop, max_pixels, path)
+                    deep = _deep_colour(img)  # from the header: load() forgets how the data was stored
                     fast = _libjpeg_turbo(fh, img) if mode == "RGB" and out in ("array", "readonly") else None
                     decoder = "pillow" if fast is None else "libjpeg-turbo"
                     try:
@@ -349,6 +328,7 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
                             converted = Image.fromarray(fast, "RGB") if resize is not None else fast
                         else:
                             img.load()
+                            _warn_if_changed(img, deep)
                             if img.mode == mode and resize is None:  # no convert: it would only copy
                                 # (taken before the with block closes img, which frees its pixels)
                                 converted = (_histogram(img, center_crop) if out == "histogram"
@@ -369,7 +349,13 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
             raise BadImage(f"truncated or corrupt: {msg}", path) from None
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
+    return _finish(converted, decoder, resize, center_crop, out)
 
+
+def _finish(converted: Any, decoder: str, resize: int | None, center_crop: int | Sequence[int] | None,
+            out: str) -> tuple[np.ndarray, str]:
+    """The geometry and the output of :func:`_decode` (and :func:`decode_pil`) once the pixels are converted:
+    ``converted`` is a PIL image in the asked mode, or already an array or a histogram."""
     if resize is not None:
         new_size = resized_size(converted.width, converted.height, int(resize))
         if new_size != converted.size:
@@ -383,6 +369,82 @@ def _decode(opener: Callable[[], BinaryIO], path: str | os.PathLike[str] | None,
     if center_crop is not None:
         array = center_crop_array(array, center_crop)
     return (array if out == "view" else np.ascontiguousarray(array)), decoder
+
+
+def _unsupported(fh: BinaryIO) -> str | None:
+    """``"unsupported <FORMAT> file: <why>"`` when a format Pillow knows claims the first bytes of ``fh``
+    but cannot open it (a TIFF with 12-bit samples, an odd pixel layout); None when nothing does (then it
+    is not an image at all). Only formats that check a signature are asked."""
+    try:
+        fh.seek(0)
+        prefix = fh.read(16)
+        Image.init()
+        for name in Image.ID:
+            factory, accept = Image.OPEN[name]
+            if accept is None or accept(prefix) is not True:
+                continue
+            fh.seek(0)
+            try:
+                factory(fh, "").close()
+            except Exception as exc:  # what Image.open swallowed
+                return f"unsupported {name} file: {str(exc) or type(exc).__name__}"
+            return f"unsupported {name} file"
+    except Exception:  # the probe must never fail the run: the file is just reported as not an image
+        return None
+    return None
+def _deep_colour(img: Image.Image) -> bool:
+    """True for colour stored with 16 bits per channel, which Pillow opens as 8-bit RGB/RGBA (its raw
+    mode, e.g. ``RGB;16B``, says so until the pixels are loaded)."""
+    if img.mode in _CLIPPED_MODES or not getattr(img, "tile", None):
+        return False
+    args = img.tile[0].args
+    raw = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ""
+    return isinstance(raw, str) and ";16" in raw
+
+
+def _warn_if_changed(img: Image.Image, deep: bool) -> None:
+    """Warn (:data:`_CHANGED`) when converting ``img``'s loaded pixels to 8 bits changes values."""
+    if deep:
+        warnings.warn(_CHANGED["deep"], UserWarning, stacklevel=3)
+    elif img.mode in _CLIPPED_MODES:
+        kind = "I;16" if img.mode.startswith("I;16") else img.mode
+        low, high = img.getextrema()
+        changed = low < 0 or high > 255
+        if kind == "F" and not changed:
+            values = np.asarray(img)
+            changed = bool(np.any(values != np.floor(values)))
+        if changed:
+            warnings.warn(_CHANGED[kind], UserWarning, stacklevel=3)
+
+
+def decode_pil(image: Image.Image, *, name: str | None = None, mode: str = "RGB",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: int | None = None,
+               center_crop: int | Sequence[int] | None = None, out: str = "array") -> tuple[np.ndarray, str]:
+    """:func:`decode_bytes` for an image a dataset already opened (a Hugging Face ``Image`` feature's PIL
+    image): the same conversion, checks and geometry, on the pixels Pillow decodes from it.
+
+    >>> array, decoder = decode_pil(Image.new("P", (2, 1)))
+    >>> array.shape, decoder
+    ((1, 2, 3), 'pillow')
+    """
+    _check_options(mode, resize, center_crop)
+    if out not in _OUTS:
+        raise ValueError(f"out must be one of {_OUTS}, got {out!r}")
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise BadImage(f"too large: {width}x{height} > max_pixels={max_pixels}", name)
+    check_output_size(width, height, resize, center_crop, max_pixels, name)
+    deep = _deep_colour(image)  # before load(), which forgets how the data was stored
+    try:
+        image.load()
+        _warn_if_changed(image, deep)
+        if image.mode == mode and resize is None:
+            converted = _histogram(image, center_crop) if out == "histogram" else _array_of(image, out)
+        else:
+            converted = image.convert(mode)
+    except Exception as exc:  # OSError, SyntaxError, EOFError, zlib.error, ...
+        raise BadImage(f"truncated or corrupt: {str(exc) or type(exc).__name__}", name) from None
+    return _finish(converted, "pillow", resize, center_crop, out)
 
 
 def _array_of(image: Image.Image, out: str) -> np.ndarray:

@@ -24,7 +24,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from ..stats import Stats
 from .errors import SourceError
@@ -40,7 +40,7 @@ ENGINE_OPTIONS: dict[str, Any] = {
     "device": "auto", "strategy": "auto", "workers": None, "batch_size": None, "decode": "auto", "mode": "RGB",
     "resize": None, "center_crop": None, "max_pixels": None, "histogram": False, "covariance": False,
     "per_image": False, "ddof": 0, "strict": False, "checkpoint": None, "checkpoint_every": 30.0,
-    "progress": False, "column": None,
+    "progress": False, "column": None, "all_extensions": False, "rendezvous_timeout": 300.0,
 }
 
 
@@ -58,13 +58,16 @@ class FolderStats(Stats):
 
     ``images``: images counted; ``files``: files listed (all ranks); ``bad_files``: ``{path,
     reason}`` of each file skipped, in listing order; ``warnings``: each decoder warning and the
-    number of files that raised it.
+    number of files that raised it; ``skipped``: ``(extension, files)`` left out while walking the
+    folders (not images to ``torchvision.datasets.ImageFolder``, or archives, which a folder walk
+    does not open), sorted.
     """
 
     images: int = 0
     files: int = 0
     bad_files: tuple = ()
     warnings: tuple = ()
+    skipped: tuple = ()
 
 
 @dataclasses.dataclass
@@ -90,6 +93,7 @@ class StatsRun:
     from_complete_checkpoint: bool = False
     warnings: dict[str, int] = dataclasses.field(default_factory=dict)
     decoders: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)  # files a folder walk left out, per extension
 
     @property
     def pixels(self) -> int:
@@ -145,29 +149,6 @@ def _choose_decode(opts: dict, acc: Any) -> tuple[str, str | None]:
     return ("gpu", None) if ok else ("cpu", why)
 
 
-def _gpu_batches(plan: Any, start: int, opts: dict, device: str, decode_opts: dict) -> Iterator:
-    """nvJPEG batches: ``(first, stop, good CHW tensors on the device, bad [BadItem], nbytes)``."""
-    from .gpu import decode_sources_gpu
-    from .mapside import BadItem
-
-    for first, stop, items in plan.byte_batches(start, opts["batch_size"] or DEFAULT_BATCH_SIZE):
-        records = decode_sources_gpu([item[3] for item in items], indices=[item[0] for item in items], device=device,
-                                     mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
-        good = [r.tensor for r in records if r.tensor is not None]
-        bad = [BadItem(r.index, str(r.bad_reason), item[1], item[2]) for r, item in zip(records, items)
-               if r.tensor is None]
-        yield first, stop, good, bad, sum(r.nbytes for r in records)
-
-
-def _gpu_strip(images: list) -> Any:
-    """A batch of variable-size CHW images as one 1-pixel-high image: one reduction per batch."""
-    import torch
-
-    if len(images) == 1:
-        return images[0]
-    return torch.cat([t.reshape(t.shape[0], -1) for t in images], dim=1)[:, None, :]
-
-
 def _progress(total: int, initial: int, enabled: bool):
     disable = not enabled or not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
     if disable:  # tqdm.auto's notebook detection costs a run ~0.2 s of imports: not for a bar never shown
@@ -197,6 +178,15 @@ def _options(overrides: dict) -> dict:
         raise ValueError(f"decode must be 'auto', 'cpu' or 'gpu', got {opts['decode']!r}")
     if opts["ddof"] not in (0, 1):
         raise ValueError(f"ddof must be 0 or 1, got {opts['ddof']!r}")
+    from ..options import STRATEGY_NAMES
+    from .decode import check_geometry
+
+    if opts["strategy"] not in STRATEGY_NAMES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGY_NAMES)}, got {opts['strategy']!r}")
+    timeout = opts["rendezvous_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise ValueError(f"rendezvous_timeout must be a positive number of seconds, got {timeout!r}")
+    check_geometry(opts["resize"], opts["center_crop"], opts["max_pixels"])
     return opts
 
 
@@ -210,26 +200,39 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     "L"), ``resize``, ``center_crop``, ``max_pixels``, ``histogram``, ``covariance``,
     ``per_image``, ``ddof``, ``strict``, ``checkpoint`` (a file path: resumable),
     ``checkpoint_every`` (seconds), ``progress`` (a bar on a terminal), ``column`` (the image column
-    of Parquet files; found when None). ``paths`` may name archives and brace patterns
-    (:mod:`.units`). ``note`` receives one-line
+    of Parquet files or feature of TFRecord shards; found when None), ``all_extensions`` (also read GIF and
+    the other :data:`~.listing.EXTRA_EXTENSIONS`; default: exactly ImageFolder's), ``rendezvous_timeout``
+    (seconds a ``torchrun`` rank waits for the others to join, :func:`gpustats.distributed.init_from_env`).
+    ``paths`` may name archives, TFRecord shards, brace patterns (:mod:`.units`) and remote paths
+    (:mod:`.remote`), or be an iterable of samples (a :class:`~.samples.SampleStream`). ``note`` receives one-line
     remarks (resumed from a checkpoint, ...). Raises :class:`RunError` and the library's errors.
     """
     from ..backends import no_driver_reason, resolve_device
     from ..checkpoint import Checkpoint, check_compatible, rank_path, read_checkpoint, write_checkpoint
     from ..distributed import agree_on_failure, gather_run_totals, init_from_env
     from .decode import DEFAULT_MAX_PIXELS
+    from .listing import extensions_for
     from .plan import Plan
+    from .remote import RemoteReadError, message_of, shown_path
     from .units import list_units
 
     note = note or (lambda s: None)
     opts = _options(options)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    stream = paths if hasattr(paths, "samples") else None  # an iterable of samples (sources.samples)
     histogram = bool(opts["histogram"])
-    rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None)
+    rank, world = init_from_env("gloo" if opts["device"] == "cpu" else None,
+                                rendezvous_timeout=opts["rendezvous_timeout"])
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
-    plan = Plan(list_units(paths, unreadable=unreadable, column=opts["column"]), rank, world)
+    skipped: dict[str, int] = {}
+    inner_archives: list[tuple[str, str]] = []  # zip/Parquet files inside tars: not read, said once the run ends
+    # each rank reads the iterable of samples it is given (in the order of the ranks)
+    units = [stream] * world if stream is not None else list_units(
+        paths, unreadable=unreadable, column=opts["column"], extensions=extensions_for(bool(opts["all_extensions"])),
+        skipped=skipped, inner_archives=inner_archives)
+    plan = Plan(units, rank, world)
     device = None if opts["device"] == "auto" else opts["device"]
     extras = {"histogram": histogram, "covariance": opts["covariance"], "per_image": opts["per_image"]}
     # where the statistics would run, without building a reducer yet: the CPU path reduces in the
@@ -254,19 +257,29 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     workers = _default_workers() if opts["workers"] is None else opts["workers"]
     if opts["workers"] is None and plan.total is not None and plan.total < 64:
         workers = 0  # starting worker processes costs more than decoding a few files
+    tasks = plan.tasks_at_most(batch_size)
+    if tasks is not None and decode == "cpu":
+        workers = min(workers, tasks)  # a process per task at most: more would start and wait idle
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if decode == "cpu" and opts["workers"] is not None and workers > usable:  # asked for: said once
+        note(f"{workers} decode workers on {usable} usable CPU cores: decoding goes no faster than with {usable} "
+             "(--workers)")
 
     # Options that change the result: a checkpoint made with others is refused.
     result_options = {
-        "paths": [os.path.abspath(p) for p in paths], "mode": opts["mode"], "resize": opts["resize"],
+        "paths": [stream.label] if stream is not None else [shown_path(p) for p in paths],
+        "mode": opts["mode"], "resize": opts["resize"],
         "center_crop": opts["center_crop"], "max_pixels": max_pixels, "histogram": histogram,
         "covariance": opts["covariance"], "per_image": opts["per_image"], "decode": decode,
-        # per-image sums are exact for uint8, so batch_size cannot change them; it stays in the
-        # fingerprint (as before) so that checkpoints written by earlier versions keep resuming
+        # per-image sums are exact for uint8, so batch_size cannot change them; per-image runs
+        # record it all the same (a resumed run then cuts the very same batches)
         "batch_size": batch_size if opts["per_image"] else None,
         "rank": rank, "world": world,
     }
     if opts["column"] is not None:  # only when given: checkpoints of runs without it stay valid
         result_options["column"] = opts["column"]
+    if opts["all_extensions"]:
+        result_options["all_extensions"] = True
     report_options = dict(result_options, ddof=opts["ddof"], batch_size=batch_size, workers=workers,
                           workers_asked=opts["workers"], device=opts["device"], strategy=opts["strategy"],
                           strict=opts["strict"])
@@ -301,6 +314,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                 else:
                     state = previous.state
                 images, nbytes, start = previous.images, previous.bytes, previous.next_index
+                plan.resume_streams(previous.streams)
                 bad_files = list(previous.bad_files)
                 position = plan.orders_by_name() if world > 1 and bad_files else {}
                 bad_order = [position.get(os.path.realpath(b["path"]), position.get(b["path"], [-1, 0]))
@@ -322,7 +336,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     state=current_state(), next_index=next_index, fingerprint=fingerprint,
                     files_total=plan.total if plan.total is not None else plan.items_so_far,
                     options=result_options, bad_files=bad_files, images=images, bytes=nbytes,
-                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done))
+                    elapsed_s=prior_elapsed + time.perf_counter() - t0, complete=done, streams=plan.streams_read()))
 
         if rank == 0 and resumed_from is None:
             for folder, reason in unreadable:  # listed like bad files (rank 0: once per run)
@@ -336,7 +350,9 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
             last_save = time.monotonic()
             run_bytes = 0
             if decode == "gpu":
-                batches = _gpu_batches(plan, start, opts, acc.device, decode_opts)
+                from .gpu import gpu_batches, gpu_strip
+
+                batches = gpu_batches(plan, start, opts["batch_size"] or DEFAULT_BATCH_SIZE, acc.device, decode_opts)
             else:
                 batches = ((r.start, r.stop, r, r.bad, r.nbytes) for r in
                            plan.cpu_results(start, workers=workers, batch_size=batch_size, extras=extras,
@@ -351,7 +367,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                         batch_bad.append(({"path": item.name, "reason": item.reason}, item.order))
                     if decode == "gpu":
                         if good:  # the whole batch counts, or (on error) none of it
-                            acc.update(good if opts["per_image"] else _gpu_strip(good))
+                            acc.update(good if opts["per_image"] else gpu_strip(good))
                         images += len(good)
                     else:
                         if good.state is not None:
@@ -373,18 +389,33 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                     if ck_path and time.monotonic() - last_save >= opts["checkpoint_every"]:
                         save(next_index, False)
                         last_save = time.monotonic()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the command makes it one)
                 bar.close()
                 if ck_path:
                     save(next_index, False)
-                    note(f"interrupted; progress saved in {ck_path} (rerun the same command to resume)")
+                    note(f"progress saved in {ck_path} (rerun the same command to resume)")
                 raise
+            except RemoteReadError as exc:  # a store failed past its retries (sources.remote): one line
+                bar.close()
+                saved = "; rerun with --checkpoint FILE (checkpoint= in Python) to resume after such a failure"
+                if ck_path:
+                    save(next_index, False)
+                    saved = f"; progress saved in {ck_path} (rerun the same command to resume)"
+                raise RunError(f"{message_of(exc)}{saved}") from None
             except RuntimeError as exc:
                 from concurrent.futures.process import BrokenProcessPool
 
                 if "DataLoader worker" not in str(exc) and not isinstance(exc, BrokenProcessPool):
                     raise
                 bar.close()  # a decode worker died (the OOM killer, a signal): one line, progress kept
+                if "signal: Terminated" in str(exc) or "signal: Interrupt" in str(exc):
+                    # SIGTERM/SIGINT sent to the whole process group (a scheduler, a terminal): an interrupt
+                    if ck_path:
+                        save(next_index, False)
+                        note(f"progress saved in {ck_path} (rerun the same command to resume)")
+                    interrupt = KeyboardInterrupt()
+                    interrupt.signum = 15 if "Terminated" in str(exc) else 2  # SIGTERM / SIGINT: the exit status
+                    raise interrupt from None
                 saved = ""
                 if ck_path:
                     save(next_index, False)
@@ -401,6 +432,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     if world > 1:
         agree_on_failure(failure, RunError)
 
+    _note_inner_archives((inner_archives if rank == 0 else []) + plan.inner_archives, note)
     elapsed = prior_elapsed + time.perf_counter() - t0 if not complete else prior_elapsed
     final = current_state()
     if world > 1:
@@ -426,13 +458,23 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     base = final.finalize(opts["ddof"])
     stats = FolderStats(**{f.name: getattr(base, f.name) for f in dataclasses.fields(Stats)},
                         images=images, files=files_total, bad_files=tuple(bad_files),
-                        warnings=tuple(sorted(seen_warnings.items())))
+                        warnings=tuple(sorted(seen_warnings.items())), skipped=tuple(sorted(skipped.items())))
     stats = dataclasses.replace(stats, device=run_device, strategy=strategy)
     return StatsRun(stats=stats, channels=_CHANNEL_NAMES[opts["mode"]], images=images, files_total=files_total,
                     bytes=nbytes, bad_files=bad_files, elapsed_s=elapsed, device=run_device, backend=backend,
                     strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
-                    from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders)
+                    from_complete_checkpoint=complete, warnings=seen_warnings, decoders=decoders, skipped=skipped)
+
+
+def _note_inner_archives(found: list[tuple[str, str]], note: Callable[[str], None]) -> None:
+    """One note per tar holding zip or Parquet files, which are not read inside a tar."""
+    by_archive: dict[str, list[str]] = {}
+    for archive, member in found:
+        by_archive.setdefault(archive, []).append(member)
+    for archive, members in by_archive.items():
+        note(f"{archive} holds {len(members)} zip/Parquet file(s) (first: {members[0]!r}), which are not read inside "
+             "a tar (only tars are): extract them and name them")
 
 
 def _files_total(plan: Any, previous_total: int | None, complete: bool) -> int:

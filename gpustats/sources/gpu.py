@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -33,7 +33,8 @@ from PIL import Image
 from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes
 from .errors import BadImage
 
-__all__ = ["GpuDecoded", "gpu_decode_available", "decode_files_gpu", "decode_sources_gpu", "is_complete_jpeg"]
+__all__ = ["GpuDecoded", "gpu_decode_available", "decode_files_gpu", "decode_sources_gpu", "gpu_batches", "gpu_strip",
+           "is_complete_jpeg"]
 
 #: ``decoder(list_of_uint8_cpu_tensors, mode, device) -> list of CHW uint8 tensors``.
 JpegBatchDecoder = Callable[[list[torch.Tensor], str, str], list[torch.Tensor]]
@@ -176,3 +177,24 @@ def decode_sources_gpu(
 
 #: the same function, under the name it had when only files were decoded
 decode_files_gpu = decode_sources_gpu
+
+
+def gpu_batches(plan: Any, start: int, batch_size: int, device: str, decode_opts: dict) -> Iterator:
+    """A folder run's nvJPEG batches of ``batch_size`` items from ``start`` (:meth:`.plan.Plan.byte_batches`):
+    ``(first, stop, good CHW tensors on the device, bad [BadItem], nbytes)``."""
+    from .mapside import BadItem
+
+    for first, stop, items in plan.byte_batches(start, batch_size):
+        records = decode_sources_gpu([item[3] for item in items], indices=[item[0] for item in items], device=device,
+                                     mode=decode_opts["mode"], max_pixels=decode_opts["max_pixels"])
+        good = [r.tensor for r in records if r.tensor is not None]
+        bad = [BadItem(r.index, str(r.bad_reason), item[1], item[2]) for r, item in zip(records, items)
+               if r.tensor is None]
+        yield first, stop, good, bad, sum(r.nbytes for r in records)
+
+
+def gpu_strip(images: list) -> Any:
+    """A batch of variable-size CHW images as one 1-pixel-high image: one reduction per batch."""
+    if len(images) == 1:
+        return images[0]
+    return torch.cat([t.reshape(t.shape[0], -1) for t in images], dim=1)[:, None, :]

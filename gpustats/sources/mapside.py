@@ -38,8 +38,9 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ..backends.cpu import _SMALL_PART
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file
+from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
+from .remote import RemoteReadError
 from .segment import Segment
 from .workers import ordered_results
 
@@ -105,6 +106,8 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, 
                 if isinstance(source, str):
                     array, decoder, size = decode_file(source, out=pixels, **decode_opts)
                     out.nbytes += size
+                elif not isinstance(source, (bytes, bytearray, memoryview)):  # a PIL image (sources.samples)
+                    array, decoder = decode_pil(source, name=name, out=pixels, **decode_opts)
                 else:
                     out.nbytes += len(source)
                     array, decoder = decode_bytes(source, name=name, out=pixels, **decode_opts)
@@ -117,6 +120,8 @@ def _decode_records(records: Iterable[tuple], decode_opts: dict, out: _Decoded, 
                 out.decoders[decoder] = out.decoders.get(decoder, 0) + 1
             except BadImage as exc:
                 out.bad.append(BadItem(index, exc.reason, name, order))
+            except RemoteReadError:
+                raise  # a network failure stops the run (the engine saves the checkpoint); never a bad item
             except Exception as exc:  # never let one item end the run
                 out.bad.append(BadItem(index, f"unexpected error: {type(exc).__name__}: {exc}", name, order))
             for text in {str(w.message) for w in log[before:]}:
@@ -227,14 +232,14 @@ def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None
         source = os.fspath(unit)
         from PIL import Image
 
-        from .decode import _crop_hw, resized_size
+        from .geometry import crop_hw, resized_size
 
         with Image.open(source) as im:
             width, height = im.size
         if decode_opts.get("resize") is not None:
             width, height = resized_size(width, height, int(decode_opts["resize"]))
         if decode_opts.get("center_crop") is not None:
-            height, width = _crop_hw(decode_opts["center_crop"])
+            height, width = crop_hw(decode_opts["center_crop"])
         return width * height * (1 if decode_opts.get("mode") == "L" else 3)
     except Exception:  # unreadable or not an image: decoding will report it
         return None
@@ -320,7 +325,7 @@ class ReducedBatches:
         seg, offset = self.segment, self.segment.offset
         if rowgroup:
             return self._rowgroup(first, stop, int(b))
-        records = ((offset + p, *seg.record(p)) for p in range(first, stop))
+        records = ((offset + p, *record) for p, record in enumerate(seg.records(first, stop), first))
         return reduce_records(offset + first, offset + stop, records, self.extras, self.decode_opts, int(b),
                               self.pixels)
 
@@ -359,35 +364,54 @@ class ReducedBatches:
         seg, offset = self.segment, self.segment.offset
         unit, local = seg.rowgroup(first)
         done, state, pos = _Decoded(), ChannelStats.empty(), first
-        for values in _rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size),
-                               local, stop - first, self.batch_size):
+        from .tarindex import max_member_bytes
+
+        for values in _rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size,
+                                           paths=True), local, stop - first, self.batch_size, max_member_bytes()):
             records = [(offset + pos + i, seg.name(pos + i), seg.order(pos + i), BadImage(reason) if data is None
-                        else data) for i, (data, reason) in enumerate(values)]
+                        else data) for i, (data, reason, _) in enumerate(values)]
+            row_paths = {offset + pos + i: path for i, (_, _, path) in enumerate(values) if path is not None}
             pos += len(values)
             reduce = _Reduce.get(self.extras)
             done.arrays, done.hists, done.sink = [], [], reduce.sink(self.pixels)
+            bad_before = len(done.bad)
             _decode_records(records, self.decode_opts, done, self.pixels)
+            for k in range(bad_before, len(done.bad)):  # a bad row is named by its number and its path
+                path = row_paths.get(done.bad[k].index)
+                if path is not None:
+                    done.bad[k] = done.bad[k]._replace(reason=f"{done.bad[k].reason} (the row's path: {path!r})")
             counted = reduce.decoded(done, b)
             if counted is not None:
                 state = state.merge(counted)
+            values = records = None  # the chunk's bytes are not held while the next chunk is read
         images = sum(done.decoders.values())
         return BatchResult(offset + first, offset + stop, None if state.is_empty else state.to_dict(), images,
                            done.nbytes, done.bad, done.warnings, done.decoders)
 
 
-def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int) -> Iterator[list]:
-    """Lists of exactly ``size`` values (the last may be shorter) after dropping ``skip`` and keeping ``take``."""
+def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int, cap: int | None = None) -> Iterator[list]:
+    """Lists of ``size`` ``(bytes | None, reason)`` values (fewer at the end, or where ``cap`` bytes would be
+    passed: a value over ``cap`` goes alone) after dropping ``skip`` and keeping ``take``."""
     pending: list = []
+    held = 0
     for chunk in chunks:
         if skip:
             cut = min(skip, len(chunk))
             chunk, skip = chunk[cut:], skip - cut
         chunk = chunk[:take]
         take -= len(chunk)
-        pending.extend(chunk)
-        while len(pending) >= size:
-            yield pending[:size]
-            pending = pending[size:]
+        for value in chunk:
+            nbytes = 0 if value[0] is None else len(value[0])
+            if pending and cap is not None and held + nbytes > cap:
+                yield pending
+                pending, held = [], 0
+            pending.append(value)
+            value = None
+            held += nbytes
+            if len(pending) == size:
+                yield pending
+                pending, held = [], 0
+        chunk = None
         if take <= 0:
             break
     if pending:
@@ -463,5 +487,5 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
         return
     context = _start_method()
     dataset.warm_up()  # compiled (or loaded) here once: forked workers inherit it, spawned ones load its disk cache
-    yield from ordered_results(functools.partial(operator.getitem, dataset), range(len(dataset)), workers=workers,
-                               method=context)
+    yield from ordered_results(functools.partial(operator.getitem, dataset), range(len(dataset)),
+                               workers=min(workers, len(dataset)), method=context)  # no idle processes

@@ -56,6 +56,9 @@ class Segment:
         else:
             self.starts = array.array("q", itertools.accumulate([0] + counts[:-1]))
         self.total = sum(counts)
+        # units of a remote store (sources.remote): a task's items are fetched concurrently (records())
+        self.remote = any("://" in (unit if isinstance(unit, str) else getattr(unit, "container", ""))
+                          for unit in self.units)
 
     @classmethod
     def of_files(cls, files: Sequence[str | os.PathLike[str]], offset: int = 0) -> "Segment":
@@ -69,6 +72,7 @@ class Segment:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self.__dict__.setdefault("remote", False)
 
     def locate(self, pos: int) -> tuple[int, int]:
         """(unit number, position inside the unit) of ``pos``."""
@@ -91,14 +95,27 @@ class Segment:
         """``(name, order, source)`` of ``pos``: :meth:`name`, :meth:`order` and :meth:`source` in one lookup."""
         k, local = self.locate(pos)
         unit = self.units[k]
-        if isinstance(unit, str):
+        if isinstance(unit, str) and not hasattr(unit, "url"):
             return unit, [self.orders[k], local], unit
         return self.name(pos), [self.orders[k], local], self.source(pos)
+
+    def records(self, first: int, stop: int) -> Any:
+        """:meth:`record` of positions ``first .. stop-1`` in order; a remote store's items are fetched
+        concurrently (one request's latency per task, not per item), local ones read as they are asked."""
+        if not self.remote:
+            return (self.record(pos) for pos in range(first, stop))
+        from .remote import prefetch
+
+        return prefetch([lambda pos=pos: self.record(pos) for pos in range(first, stop)])
 
     def source(self, pos: int) -> Any:
         """What decoding reads: a file path (``str``), the item's ``bytes``, or a :class:`BadImage`."""
         k, local = self.locate(pos)
         unit = self.units[k]
+        if hasattr(unit, "url"):  # a remote image file (sources.remote.RemotePath): its bytes
+            from .storelist import read_object
+
+            return read_object(unit)
         if isinstance(unit, (str, os.PathLike)):
             return os.fspath(unit)
         try:

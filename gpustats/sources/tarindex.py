@@ -11,7 +11,8 @@ from :mod:`tarfile` so that every limit is ours:
   end of the archive: the archive stops there with a reason (members before it still count);
 * tars inside tars are followed :data:`MAX_DEPTH` levels deep at most (ILSVRC2012 needs 2);
 * the caller refuses links (never followed), sparse members, unsafe names (absolute, ``..``) and
-  members over :data:`MAX_MEMBER_BYTES` (:func:`refusal`).
+  members over :func:`max_member_bytes` (:func:`refusal`: half the per-worker budget,
+  :func:`worker_memory`; 256 MiB by default), from the size in the header, before reading them.
 
 Formats: POSIX ustar (with its name prefix), pax (``path``, ``size``), GNU (long names, base-256
 sizes, old sparse headers); the end is the first all-zero block or the end of the data.
@@ -31,11 +32,13 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 from typing import Any, BinaryIO, Iterator, NamedTuple
 
-__all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "TAR_SUFFIXES", "TarError", "Entry", "SeqReader", "is_hidden", "pread",
+__all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "DEFAULT_WORKER_MEMORY_MB", "TAR_SUFFIXES",
+           "max_member_bytes", "too_large", "worker_memory", "TarError", "Entry", "SeqReader", "is_hidden", "pread",
            "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name",
            "refusal"]
 
@@ -44,8 +47,46 @@ BLOCK = 512
 MAX_HEADER_BYTES = 1 << 20
 #: archives inside archives are read this many levels deep (the outermost archive is level 1)
 MAX_DEPTH = 4
-#: largest member (an image file) read into memory; larger ones are refused (also for zip)
-MAX_MEMBER_BYTES = 1 << 30
+#: encoded bytes (archive members, Parquet values) a decode worker holds at once, in MiB, unless the
+#: environment variable ``GPUSTATS_WORKER_MEMORY_MB`` says otherwise (:func:`worker_memory`)
+DEFAULT_WORKER_MEMORY_MB = 512
+#: largest member read into memory with the default budget (half of it: two batches per worker are in
+#: flight); :func:`max_member_bytes` is the one in force
+MAX_MEMBER_BYTES = DEFAULT_WORKER_MEMORY_MB << 19
+_ENV_BUDGET = "GPUSTATS_WORKER_MEMORY_MB"
+
+
+def worker_memory() -> int:
+    """Bytes of encoded images a decode worker holds at once (``GPUSTATS_WORKER_MEMORY_MB``, default 512 MiB).
+
+    A compressed tar's members go to the workers in batches of at most half of it (two batches per
+    worker in flight), and no single member, zip member, Parquet value or row group's image column over
+    half of it (:func:`max_member_bytes`) is read: each is refused, before it is inflated wherever the
+    format states its size (tar header, zip directory, Parquet metadata)."""
+    text = os.environ.get(_ENV_BUDGET, "").strip()
+    if not text:
+        return DEFAULT_WORKER_MEMORY_MB << 20
+    try:
+        mib = int(text)
+    except ValueError:
+        mib = 0
+    if mib < 2:
+        from .errors import SourceError
+
+        raise SourceError(f"{_ENV_BUDGET} must be a whole number of MiB >= 2 (default {DEFAULT_WORKER_MEMORY_MB}), "
+                          f"got {text!r}")
+    return mib << 20
+
+
+def max_member_bytes() -> int:
+    """The largest member, value or Parquet row-group image column read: half of :func:`worker_memory`."""
+    return worker_memory() // 2
+
+
+def too_large(size: int, what: str = "member") -> str:
+    """The reason a ``what`` of ``size`` bytes is refused (over :func:`max_member_bytes`)."""
+    return (f"too large: {what} of {size:,} bytes > {max_member_bytes():,} bytes (half of "
+            f"{_ENV_BUDGET}={worker_memory() >> 20}); refused unread")
 #: names read as tar archives (any case); the content decides the compression
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
 
@@ -98,8 +139,8 @@ def refusal(name: str, kind: str, size: int) -> str | None:
         return "sparse member (not supported); refused"
     if kind != "file":
         return f"not a regular file ({kind}); refused"
-    if size > MAX_MEMBER_BYTES:
-        return f"too large: member of {size} bytes > {MAX_MEMBER_BYTES} bytes; refused"
+    if size > max_member_bytes():
+        return too_large(size)
     return None
 
 
@@ -110,14 +151,16 @@ class SeqReader:
         self.fh, self.pos = fh, 0
 
     def read(self, n: int) -> bytes:
-        chunks, want = [], n
-        while want > 0:
-            data = self.fh.read(min(want, 1 << 24))
-            if not data:
-                break
-            chunks.append(data)
-            want -= len(data)
-        data = b"".join(chunks)
+        data = self.fh.read(min(n, 1 << 24)) if n > 0 else b""
+        if 0 < len(data) < n:  # a large member: gathered in one growing buffer, not in pieces then joined
+            out = io.BytesIO()  # (which would hold it twice); getvalue() hands the buffer over without a copy
+            out.write(data)
+            want, data = n - len(data), None
+            while want > 0 and (chunk := self.fh.read(min(want, 1 << 24))):
+                out.write(chunk)
+                want -= len(chunk)
+            chunk = None
+            data = out.getvalue()
         self.pos += len(data)
         return data
 
@@ -131,7 +174,10 @@ class SeqReader:
 
 def pread(fd: int, n: int, offset: int) -> bytes:
     """``n`` bytes at ``offset`` of ``fd`` (fewer at the end) without moving a shared position where the
-    platform has ``os.pread``; elsewhere (Windows) a seek and a read, fine for one thread per process."""
+    platform has ``os.pread``; elsewhere (Windows) a seek and a read, fine for one thread per process.
+    ``fd`` may also be an object with a ``pread(n, offset)`` method (a remote object: :mod:`.remote`)."""
+    if not isinstance(fd, int):
+        return fd.pread(n, offset)
     if hasattr(os, "pread"):
         return os.pread(fd, n, offset)
     os.lseek(fd, offset, os.SEEK_SET)
@@ -269,7 +315,8 @@ def iter_entries(reader: SeqReader | PreadReader) -> Iterator[Entry]:
                 raise TarError(f"corrupt pax size {pending['size'][:20]!r} at byte {where}") from None
             if size < 0:
                 raise TarError(f"negative pax size at byte {where}")
-        name = pending.get("path", name)
+        name = pending.get("GNU.sparse.name", pending.get("path", name))  # pax sparse: the real name, not
+        # the placeholder (./GNUSparseFile.N/...) that tar writes in the header for readers without sparse support
         kind = "sparse" if any(k.startswith("GNU.sparse") for k in pending) else (
             "file" if typeflag in _FILE_TYPES else _KINDS.get(typeflag, "other"))
         pending = {}

@@ -13,8 +13,10 @@ The order is deterministic and documented: paths in the order given (a brace pat
 expansion order); folders as ``list_images`` walks them (archives in a folder are not opened:
 name them); tar members in archive order, a nested tar's members in its place; zip members in
 central-directory order; Parquet rows by row group, then row. Archive members and rows are
-picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`); other
-members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored, and so are hidden
+picked by the image extensions of folders (:data:`~gpustats.sources.IMAGE_EXTENSIONS`, or the
+``extensions`` given); other
+members (``.cls``, ``.json``, ``.txt``, as WebDataset pairs them) are ignored (zip and Parquet files
+inside a tar too, but the run says so: only tars are read inside tars), and so are hidden
 ones (a name component starting with ``.``, e.g. ``__MACOSX/._a.jpg``), as in folders. An item's name,
 used for bad files and checkpoints, is ``archive.tar:member/path`` (``outer.tar:inner.tar:x.JPEG``
 when nested, ``data.parquet:ROW`` for Parquet rows); a problem with an archive itself (a corrupt
@@ -39,28 +41,35 @@ b'\\x89PNG'
 from __future__ import annotations
 
 import array
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .braces import expand_braces, has_braces
+from .braces import expand_braces, has_braces, letter_range
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
-from .listing import IMAGE_EXTENSIONS, is_image_name, walk_root
+from .listing import IMAGE_EXTENSIONS, is_image_name, refuse_special, walk_root
 from .tarindex import (MAX_DEPTH, PreadReader, TarError, compression_of, is_hidden, is_tar_name, iter_entries,
                        pread, refusal)
 
-__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "Unit", "expand_paths", "list_units",
-           "read_item", "unit_count", "unit_fingerprint", "is_archive_name"]
+__all__ = ["ARCHIVE_SUFFIXES", "MemberUnit", "RowGroupUnit", "StreamUnit", "TFRecordStream", "TFRecordUnit", "Unit",
+           "expand_paths", "list_units", "read_item", "remote_units", "unit_count",
+           "is_archive_name"]
 
 #: names opened as archives (any case); everything else given explicitly is an image file
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".zip", ".parquet")
 _MAX_OPEN = 256  # file descriptors a process keeps open for reading members
 
 
+def is_zip_or_parquet(name: str) -> bool:
+    """True for the archive names not read inside a tar (``.zip``, ``.parquet``; any case)."""
+    return name.lower().endswith((".zip", ".parquet"))
+
+
 def is_archive_name(name: str) -> bool:
-    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case)."""
-    return name.lower().endswith(ARCHIVE_SUFFIXES)
+    """True for the names read as archives (:data:`ARCHIVE_SUFFIXES`, any case, and TFRecord shards)."""
+    from .tfrecord import is_tfrecord_name
+
+    return name.lower().endswith(ARCHIVE_SUFFIXES) or is_tfrecord_name(name)
 
 
 class MemberUnit:
@@ -77,8 +86,8 @@ class MemberUnit:
         self.zip_members: list = []
         self.refused: dict[int, str] = {}
 
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+    def __getstate__(self):  # every slot, a subclass's too
+        return {name: getattr(self, name) for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())}
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -130,14 +139,15 @@ class RowGroupUnit:
 class StreamUnit:
     """A compressed tar: ``size`` bytes from ``base`` of ``container`` (a window when nested), read in order."""
 
-    __slots__ = ("container", "label", "base", "size", "compression", "depth")
+    __slots__ = ("container", "label", "base", "size", "compression", "depth", "extensions")
 
-    def __init__(self, container: str, label: str, base: int, size: int, compression: str, depth: int):
+    def __init__(self, container: str, label: str, base: int, size: int, compression: str, depth: int,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS):
         self.container, self.label, self.base, self.size = container, label, base, size
-        self.compression, self.depth = compression, depth
+        self.compression, self.depth, self.extensions = compression, depth, extensions
 
-    def __getstate__(self):
-        return {name: getattr(self, name) for name in self.__slots__}
+    def __getstate__(self):  # every slot, a subclass's too
+        return {name: getattr(self, name) for cls in type(self).__mro__ for name in getattr(cls, "__slots__", ())}
 
     def __setstate__(self, state):
         for name, value in state.items():
@@ -147,7 +157,32 @@ class StreamUnit:
         return f"StreamUnit({self.label!r}, {self.compression})"
 
 
-Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit
+class TFRecordUnit(MemberUnit):
+    """The records of a local uncompressed TFRecord shard (kind ``"tfrecord"``, :mod:`.tfrecord`): per record
+    its header's offset and its data's length; ``feature``: the ``column`` asked for, or None."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, container: str, label: str, feature: str | None):
+        super().__init__(container, label, "tfrecord")
+        self.feature = feature
+
+
+class TFRecordStream(StreamUnit):
+    """A TFRecord shard read from start to end (gzip-compressed, or remote); ``compression`` "" when it is
+    found from the first bytes as they are read (a remote one)."""
+
+    __slots__ = ("feature",)
+
+    def __init__(self, container: str, label: str, size: int, compression: str | None, feature: str | None):
+        super().__init__(container, label, 0, size, compression, 1)
+        self.feature = feature
+
+    def __repr__(self) -> str:
+        return f"TFRecordStream({self.label!r})"
+
+
+Unit = Any  # Path | MemberUnit | RowGroupUnit | StreamUnit (and their TFRecord kinds) | remote.RemotePath
 
 
 def unit_count(unit: Unit) -> int | None:
@@ -158,15 +193,27 @@ def unit_count(unit: Unit) -> int | None:
 
 
 # ------------------------------------------------------------------------------------------ listing
-def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The paths given, each brace pattern that names no existing path expanded; every result must exist."""
-    out = []
+def expand_paths(paths: Sequence[str | os.PathLike[str]], hints: list[str] | None = None,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS, skipped: dict | None = None) -> list[Any]:
+    """The paths given, each brace pattern that names no existing path expanded; every result must exist.
+    A remote path (``s3://``, ``https://``, ...) gives what :func:`.remote.list_remote` lists there
+    (``hints`` receives its notes; ``extensions`` and ``skipped`` as for a folder, :func:`list_units`)."""
+    out: list[Any] = []
     for path in paths:
         text = os.fspath(path)
+        if isinstance(text, str) and "://" in text:
+            from .remote import is_url
+            from .storelist import list_remote
+
+            if is_url(text):
+                out.extend(list_remote(text, hints if hints is not None else [], is_archive_name, extensions, skipped))
+                continue
+            text = path = text.split("://", 1)[1] if text.lower().startswith("file://") else text
         if not os.path.exists(text) and has_braces(text):
             names = expand_braces(text)
             missing = [n for n in names if not os.path.exists(n)]
             if missing:
+                _letters_not_expanded(missing[0])
                 raise SourceNotFoundError(missing[0]) if len(names) == 1 else SourceError(
                     f"{len(missing)} of the {len(names)} paths of the pattern {text!r} do not exist (first: "
                     f"{missing[0]!r})")
@@ -175,27 +222,53 @@ def expand_paths(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise SourceNotFoundError(text)
         else:
             out.append(Path(text))
+    for root in out:
+        if isinstance(root, Path):  # objects in a store are no local files
+            refuse_special(root)
     return out
 
 
+def _letters_not_expanded(missing: str) -> None:
+    """A missing path holding ``{a..c}``: say that letter ranges are not expanded, not just "does not exist"."""
+    group = letter_range(missing)
+    if group is not None:
+        first, last = sorted((ord(group[1]), ord(group[4])))
+        letters = ",".join(chr(c) for c in range(first, last + 1)) if last - first < 26 else f"{chr(first)},..."
+        raise SourceError(f"path does not exist: {missing!r}; letter ranges such as {group} are not expanded "
+                          f"(integer ranges like {{0..9}} and lists are): write the letters as a list, {{{letters}}}")
+
+
 def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], *, unreadable: list | None = None,
-               column: str | None = None) -> list[Unit]:
+               column: str | None = None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+               skipped: dict | None = None, inner_archives: list | None = None) -> list[Unit]:
     """The units under ``paths`` (folders, image files, archives, brace patterns), in order (module docstring).
 
     ``unreadable`` receives ``(folder, reason)`` of unreadable folders (as in ``list_images``);
-    ``column`` names the image column of Parquet files (else it is found). Raises
-    :class:`SourceNotFoundError`, :class:`NoImagesFoundError` and :class:`SourceError`.
+    ``column`` names the image column of Parquet files (else it is found); ``extensions``: the
+    names read in folders and archives (ImageFolder's by default); ``skipped`` receives the files
+    that walking a folder left out, per extension (archives inside a folder among them: they are
+    not opened); ``inner_archives`` receives ``(archive, member)`` of each zip or Parquet file inside
+    a tar, which is not read (only tars inside tars are). Raises :class:`SourceNotFoundError`,
+    :class:`NoImagesFoundError` and
+    :class:`SourceError`.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    roots = expand_paths(paths)
+    hints: list[str] = []
+    roots = expand_paths(paths, hints, extensions, skipped)
     visited_dirs: set[str] = set()
     seen: set[str] = set()
     units: list[Unit] = []
     parquet_seen = False
     for root in roots:
+        if not isinstance(root, Path):  # a remote object or file (sources.remote)
+            if root.url not in seen:
+                seen.add(root.url)
+                units.extend(found := remote_units(root, column, extensions))
+                parquet_seen |= any(isinstance(u, (RowGroupUnit, TFRecordStream)) for u in found)
+            continue
         if os.path.isdir(root) or not is_archive_name(root.name):
-            units.extend(walk_root(root, visited_dirs, seen, unreadable))
+            units.extend(walk_root(root, visited_dirs, seen, unreadable, extensions, skipped))
             continue
         real = os.path.realpath(root)
         if real in seen:
@@ -203,22 +276,25 @@ def list_units(paths: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
         seen.add(real)
         name = root.name.lower()
         if name.endswith(".zip"):
-            units.append(_zip_unit(root))
+            units.append(zip_unit(os.fspath(root), os.fspath(root), extensions=extensions))
         elif name.endswith(".parquet"):
             parquet_seen = True
-            units.extend(_parquet_units(root, column))
+            units.extend(parquet_units(os.fspath(root), os.fspath(root), column))
+        elif not is_tar_name(name):  # a TFRecord shard (sources.tfrecord)
+            parquet_seen = True
+            units.extend(_tfrecord_units(root, column))
         else:
-            units.extend(_tar_units(root))
+            units.extend(_tar_units(root, extensions, inner_archives))
     if column is not None and not parquet_seen:
-        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files, and no .parquet "
-                          "file was given; drop it")
+        raise SourceError(f"column={column!r} (--column) names the image column of Parquet files (or the image "
+                          "feature of TFRecord shards), and no .parquet file was given, nor a TFRecord shard; drop it")
     units = [u for u in units if unit_count(u) != 0]  # an archive without images adds nothing
     if not units:
         where = ", ".join(repr(os.fspath(p)) for p in paths) or "(no paths given)"
         raise NoImagesFoundError(
             f"no images found under {where}; accepted extensions (any case, also for archive members): "
-            f"{', '.join(IMAGE_EXTENSIONS)}; hidden files and folders (leading '.') are skipped"
-            + _archives_in_folders(roots))
+            f"{', '.join(extensions)}; hidden files and folders (leading '.') are skipped"
+            + (hints[0] if hints else _archives_in_folders([r for r in roots if isinstance(r, Path)])))
     return units
 
 
@@ -235,36 +311,87 @@ def _archives_in_folders(roots: list[Path]) -> str:
     return ""
 
 
-def _zip_unit(path: Path) -> MemberUnit:
+def zip_unit(container: str, label: str, opened: Any = None, *,
+             extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> MemberUnit:
+    """The image members of the zip ``container`` (``opened``: a file object of it, e.g. a remote one)."""
     from .ziplist import ZipListError, list_zip
 
-    label = os.fspath(path)
-    unit = MemberUnit(label, label, "zip")
+    unit = MemberUnit(container, label, "zip")
     try:
-        members = list_zip(label)
+        members = list_zip(container, opened)
     except ZipListError as exc:
         unit.add("", refused=str(exc))
         return unit
     for member in members:
-        if is_image_name(member.name) and not is_hidden(member.name):
+        if is_image_name(member.name, extensions) and not is_hidden(member.name):
             unit.add(member.name, member.header_offset, member.compressed, member.refused, member)
     return unit
 
 
-def _parquet_units(path: Path, column: str | None) -> list[RowGroupUnit]:
+def parquet_units(container: str, label: str, column: str | None) -> list[RowGroupUnit]:
+    """The row groups of the Parquet file ``container`` (a path or a remote URL), named ``label``."""
     from .parquetsrc import inspect
 
-    label = os.fspath(path)
-    layout = inspect(label, column)
+    layout = inspect(container, column, label)
     units, first = [], 0
     for group, rows in enumerate(layout.row_groups):
         if rows:
-            units.append(RowGroupUnit(label, label, layout, group, first))
+            units.append(RowGroupUnit(container, label, layout, group, first))
         first += rows
     return units
 
 
-def _tar_units(path: Path) -> list[Unit]:
+def remote_units(obj: Any, column: str | None, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Unit]:
+    """The units of one object listed in a store (:mod:`.remote`), as for a local file: a zip's members and
+    a Parquet file's row groups (read at random, by byte range), a tar or a TFRecord shard as a stream (its
+    compression found from its first bytes as it is read), an image file (``RemotePath``) as itself."""
+    from .remote import RemoteReadError
+    from .storelist import RemotePath, listing_error, random_file
+    from .tfrecord import is_tfrecord_name, require_crc32c
+
+    if isinstance(obj, RemotePath):
+        return [obj]
+    name = obj.name.lower()
+    try:
+        if name.endswith(".zip"):
+            return [zip_unit(obj.url, obj.label, random_file(obj.url), extensions=extensions)]
+        if name.endswith(".parquet"):
+            return parquet_units(obj.url, obj.label, column)
+    except RemoteReadError as exc:  # its directory or footer could not be read: one line, before the run
+        raise listing_error(exc, obj.label) from None
+    if is_tar_name(name):
+        return [StreamUnit(obj.url, obj.label, 0, obj.size, "", 1, extensions)]
+    if is_tfrecord_name(name):
+        require_crc32c()
+        return [TFRecordStream(obj.url, obj.label, obj.size, "", column)]
+    return [RemotePath(obj)]
+
+
+def _tfrecord_units(path: Path, column: str | None) -> list[Unit]:
+    from .tfrecord import index_shard, require_crc32c
+
+    require_crc32c()
+    label = os.fspath(path)
+    unit = TFRecordUnit(label, label, column)
+    try:
+        fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        unit.add("", refused=f"unreadable file: {exc.strerror or exc}")
+        return [unit]
+    try:
+        size = os.fstat(fd).st_size
+        compression = compression_of(pread(fd, 8, 0))
+        if compression is not None:
+            return [TFRecordStream(label, label, size, compression, column)]
+        index_shard(fd, unit, size)
+    except OSError as exc:
+        unit.add("", refused=f"unreadable file: {exc.strerror or exc}; the rest of it is not read")
+    finally:
+        os.close(fd)
+    return [unit]
+
+
+def _tar_units(path: Path, extensions: tuple[str, ...], inner_archives: list | None = None) -> list[Unit]:
     label = os.fspath(path)
     try:
         fd = os.open(label, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
@@ -276,15 +403,16 @@ def _tar_units(path: Path) -> list[Unit]:
         size = os.fstat(fd).st_size
         compression = compression_of(pread(fd, 8, 0))
         if compression is not None:
-            return [StreamUnit(label, label, 0, size, compression, 1)]
+            return [StreamUnit(label, label, 0, size, compression, 1, extensions)]
         units: list[Unit] = []
-        _walk_tar(fd, label, 0, size, label, 1, units)
+        _walk_tar(fd, label, 0, size, label, 1, units, extensions, inner_archives)
         return units
     finally:
         os.close(fd)
 
 
-def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit]) -> None:
+def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: int, out: list[Unit],
+              extensions: tuple[str, ...], inner_archives: list | None = None) -> None:
     """Units of the uncompressed tar at ``base``: runs of its own image members, split by the tars it holds."""
     run = MemberUnit(container, label, "tar")
     try:
@@ -302,11 +430,16 @@ def _walk_tar(fd: int, container: str, base: int, size: int, label: str, depth: 
                 inner = f"{label}:{entry.name}"
                 compression = compression_of(pread(fd, 8, base + entry.offset))
                 if compression is not None:
-                    out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1))
+                    out.append(StreamUnit(container, inner, base + entry.offset, entry.size, compression, depth + 1,
+                                          extensions))
                 else:
-                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out)
-            elif is_image_name(entry.name) and not is_hidden(entry.name):
+                    _walk_tar(fd, container, base + entry.offset, entry.size, inner, depth + 1, out, extensions,
+                              inner_archives)
+            elif is_image_name(entry.name, extensions) and not is_hidden(entry.name):
                 run.add(entry.name, base + entry.offset, entry.size, refusal(entry.name, entry.kind, entry.size))
+            elif inner_archives is not None and entry.kind == "file" and is_zip_or_parquet(entry.name) \
+                    and not is_hidden(entry.name):
+                inner_archives.append((label, entry.name))  # a zip or Parquet file inside a tar: said, not read
     except TarError as exc:
         run.add("", refused=f"{exc}; the rest of this archive is not read")
     except OSError as exc:
@@ -335,11 +468,20 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
     if reason is not None:
         raise BadImage(reason)
     try:
-        fd = _fd(unit.container)
+        if "://" in unit.container:
+            from .storelist import random_file
+
+            fd = random_file(unit.container)
+        else:
+            fd = _fd(unit.container)
         if unit.kind == "zip":
             from .ziplist import read_member
 
             return read_member(fd, unit.zip_members[i])
+        if unit.kind == "tfrecord":
+            from .tfrecord import read_record
+
+            return read_record(fd, unit, i)
         size = unit.sizes[i]
         data = pread(fd, size, unit.offsets[i])
     except OSError as exc:
@@ -347,29 +489,3 @@ def read_item(unit: MemberUnit, i: int) -> bytes:
     if len(data) < size:
         raise BadImage(f"truncated archive: {len(data)} of the member's {size} bytes are there")
     return data
-
-
-# ------------------------------------------------------------------------------------------ identity
-def unit_fingerprint(unit: Unit, digest: Any) -> None:
-    """Feed ``unit``'s identity into ``digest`` (hashlib): the archive resolved, its size, each item's name
-    and size, so that a checkpoint resumes only the same items. Files: resolved path and size."""
-    def size_of(path: str) -> int:
-        try:
-            return os.stat(path).st_size
-        except OSError:
-            return -1
-
-    if isinstance(unit, (str, os.PathLike)):
-        text = os.path.realpath(unit)
-        digest.update(f"f\0{text}\0{size_of(text)}\n".encode("utf-8", "surrogateescape"))
-        return
-    real = os.path.realpath(unit.container)
-    head = f"{type(unit).__name__}\0{real}\0{size_of(real)}\0{unit.label[len(unit.container):]}\0"
-    if isinstance(unit, MemberUnit):
-        names = "\0".join(unit.names).encode("utf-8", "surrogateescape")
-        digest.update(head.encode("utf-8", "surrogateescape") + hashlib.sha256(names).digest()
-                      + unit.sizes.tobytes() + repr(sorted(unit.refused)).encode() + b"\n")
-    elif isinstance(unit, RowGroupUnit):
-        digest.update(f"{head}{unit.layout.column}\0{unit.group}\0{unit.count}\n".encode("utf-8", "surrogateescape"))
-    else:
-        digest.update(f"{head}{unit.base}\0{unit.size}\n".encode("utf-8", "surrogateescape"))

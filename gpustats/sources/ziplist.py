@@ -4,7 +4,8 @@ nothing but an open file descriptor -- no ``ZipFile`` per decode worker.
 
 Members are refused, with a reason, when they are encrypted, symbolic links, stored with a
 compression method other than stored/deflate, larger than
-:data:`~gpustats.sources.tarindex.MAX_MEMBER_BYTES` (1 GiB), named unsafely (absolute, ``..``) or overlap
+:func:`~gpustats.sources.tarindex.max_member_bytes` (256 MiB by default; the size the directory
+declares, checked before inflating), named unsafely (absolute, ``..``) or overlap
 another member's data (the trick of "zip bombs" that reuse one compressed kernel for many members).
 Deflated data is inflated to at most the size the directory declares (one byte more is an error),
 and the CRC-32 is checked, so a member can never expand beyond its declared size.
@@ -29,7 +30,7 @@ import stat
 import struct
 import zipfile
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import BadImage
 from .tarindex import pread, refusal
@@ -38,6 +39,7 @@ __all__ = ["ZipMember", "ZipListError", "list_zip", "read_member"]
 
 _LOCAL = struct.Struct("<4sHHHHHIIIHH")  # local file header, 30 bytes
 _STORED, _DEFLATED = 0, 8
+_EXTRA_SLACK = 64  # bytes of a local header's extra field read with it (zip64 and timestamps fit)
 
 
 class ZipListError(Exception):
@@ -56,16 +58,17 @@ class ZipMember(NamedTuple):
     refused: str | None
 
 
-def list_zip(path: str) -> list[ZipMember]:
-    """The file members of the zip at ``path`` in directory order (folders left out); refusals marked."""
+def list_zip(path: str, opened: Any = None) -> list[ZipMember]:
+    """The file members of the zip at ``path`` in directory order (folders left out); refusals marked.
+    ``opened``: a seekable file object of it to read instead (a remote object: :mod:`.remote`)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path if opened is None else opened) as archive:
             infos = archive.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, MemoryError,
             OverflowError, struct.error, UnicodeDecodeError) as exc:
         raise ZipListError(f"not a readable zip archive ({type(exc).__name__}: {exc})") from None
     infos = [i for i in infos if not i.is_dir()]
-    overlapping = _overlapping(infos, os.path.getsize(path))
+    overlapping = _overlapping(infos, os.path.getsize(path) if opened is None else opened.size)
     members = []
     for n, info in enumerate(infos):
         mode = info.external_attr >> 16
@@ -104,13 +107,21 @@ def read_member(fd: int, member: ZipMember) -> bytes:
     """The uncompressed bytes of ``member`` from the zip open as ``fd``; :class:`BadImage` when they cannot be."""
     if member.refused:
         raise BadImage(member.refused)
-    header = pread(fd, _LOCAL.size, member.header_offset)
+    # one read for the local header and the data, when its name and extra field are the directory's size
+    # (as zip writers make them; a remote member is then one request), else a second one
+    guess = len(member.name.encode("utf-8")) + _EXTRA_SLACK
+    chunk = pread(fd, _LOCAL.size + guess + member.compressed, member.header_offset)
+    header = chunk[:_LOCAL.size]
     if len(header) < _LOCAL.size:
         raise BadImage("truncated zip member (no local header)")
     signature, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(header)
     if signature != b"PK\x03\x04":
         raise BadImage("corrupt zip member (bad local header signature)")
-    data = pread(fd, member.compressed, member.header_offset + _LOCAL.size + name_len + extra_len)
+    if name_len + extra_len <= guess:
+        start = _LOCAL.size + name_len + extra_len
+        data = chunk[start:start + member.compressed]
+    else:
+        data = pread(fd, member.compressed, member.header_offset + _LOCAL.size + name_len + extra_len)
     if len(data) < member.compressed:
         raise BadImage("truncated zip member (data ends early)")
     if member.method == _STORED:
