@@ -10,6 +10,7 @@ change on a shared machine hits every method alike), the median of:
   whole process (start-up, import and listing included);
 * ``gpustats-fast``: the same with libjpeg-turbo (simplejpeg) where it applies, when installed;
 * ``gpustats-extras``: ``--histogram --covariance --per-image`` (Pillow decoder), against ``gpustats``;
+* ``--baseline LABEL=PYTHON``: the ``gpustats`` run of another install (e.g. main's), as method LABEL;
 
 and the peak resident memory of each decode worker, sampled every 0.2 s, in the first and the last
 quarter of the run (flat memory: the two are close).
@@ -94,11 +95,14 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def gpustats_run(folder: Path, workers: int, extra: list[str], env: dict) -> dict:
-    cmd = [sys.executable, "-m", "gpustats", "stats", str(folder), "--workers", str(workers), "-q", "--format",
+def gpustats_run(folder: Path, workers: int, extra: list[str], env: dict, python: str = sys.executable) -> dict:
+    """One ``gpustats stats`` process of the install of ``python``, run from a neutral folder (so that
+    ``-m gpustats`` imports that install's package, not a checkout's)."""
+    cmd = [python, "-m", "gpustats", "stats", str(folder), "--workers", str(workers), "-q", "--format",
            "json", "--device", "cpu", *extra]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=tempfile.gettempdir(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     samples: list[tuple[float, int]] = []  # (seconds since start, max worker RSS in KiB)
 
     def watch():
@@ -124,7 +128,7 @@ def gpustats_run(folder: Path, workers: int, extra: list[str], env: dict) -> dic
             "worker_rss_kib_last_quarter": max((r for _, r in samples[-quarter:]), default=None)}
 
 
-def measure(kind: str, files: int, workers: int, rounds: int, log) -> dict:
+def measure(kind: str, files: int, workers: int, rounds: int, log, baselines: dict | None = None) -> dict:
     from gpustats.sources import list_images
 
     folder = corpus(kind, files)
@@ -138,6 +142,8 @@ def measure(kind: str, files: int, workers: int, rounds: int, log) -> dict:
         "gpustats-extras": lambda: gpustats_run(folder, workers, ["--histogram", "--covariance", "--per-image"],
                                                 pillow_env),
     }
+    for label, python in (baselines or {}).items():  # another install (e.g. main) side by side
+        methods[label] = lambda python=python: gpustats_run(folder, workers, [], pillow_env, python)
     try:
         import simplejpeg  # noqa: F401
 
@@ -166,6 +172,8 @@ def measure(kind: str, files: int, workers: int, rounds: int, log) -> dict:
         # robust to a load that drifts between rounds on a shared machine: each round against its own Pillow
         row[f"{name}_vs_pillow_same_round"] = statistics.median(
             g["images_per_s"] / p["images_per_s"] for g, p in zip(results[name], results["pillow"]))
+        row[f"{name}_process_vs_pillow_same_round"] = statistics.median(
+            g["images_per_s_process"] / p["images_per_s"] for g, p in zip(results[name], results["pillow"]))
     row["extras_vs_moments"] = row["gpustats-extras_images_per_s"] / row["gpustats_images_per_s"]
     row["extras_vs_moments_same_round"] = statistics.median(
         x["images_per_s"] / m["images_per_s"] for x, m in zip(results["gpustats-extras"], results["gpustats"]))
@@ -179,7 +187,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--files", type=int, default=None, help="files per corpus (default 3,000 / 20,000)")
     parser.add_argument("--json", default=None, help="write the results to this file")
+    parser.add_argument("--baseline", action="append", default=[], metavar="LABEL=PYTHON",
+                        help="also run another install's gpustats (its interpreter), as method LABEL (repeatable)")
     args = parser.parse_args(argv)
+    baselines = dict(item.split("=", 1) for item in args.baseline)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     counts = sorted({int(w) for w in args.workers.split(",")}) if args.workers else sorted({2, cores})
 
@@ -189,14 +200,16 @@ def main(argv=None) -> int:
     rows = []
     for kind in args.corpora.split(","):
         for n in counts:
-            rows.append(measure(kind, args.files or CORPORA[kind][0], n, args.rounds, log))
+            rows.append(measure(kind, args.files or CORPORA[kind][0], n, args.rounds, log, baselines))
     for row in rows:
         print(f"{row['description']:>18} x{row['files']:<6} N={row['workers']}: pillow {row['pillow_images_per_s']:8.0f}/s; "
               f"gpustats {row['gpustats_vs_pillow']:.2f} (same round {row['gpustats_vs_pillow_same_round']:.2f}, "
               f"process {row['gpustats_process_vs_pillow']:.2f})"
               + (f", fast {row['gpustats-fast_vs_pillow']:.2f} (same round {row['gpustats-fast_vs_pillow_same_round']:.2f})"
                  if "gpustats-fast_vs_pillow" in row else "")
-              + f"; extras/moments {row['extras_vs_moments']:.2f} (same round {row['extras_vs_moments_same_round']:.2f})")
+              + f"; extras/moments {row['extras_vs_moments']:.2f} (same round {row['extras_vs_moments_same_round']:.2f})"
+              + "".join(f"; {label} {row[f'{label}_vs_pillow']:.2f} (process {row[f'{label}_process_vs_pillow']:.2f})"
+                        for label in baselines))
     write_results(args.json, "gpustats-folder-bench/1", rows=rows)
     return 0
 

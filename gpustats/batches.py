@@ -46,10 +46,15 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import functools
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .stats import FLOAT_DTYPES, INTEGER_DTYPES
+
+if TYPE_CHECKING:  # torch loads with the first batch (InputError and the layouts need no torch)
+    import torch
 
 __all__ = ["BatchAdapter", "Chunk", "InputError", "LAYOUTS", "dtype_name"]
 
@@ -57,12 +62,17 @@ __all__ = ["BatchAdapter", "Chunk", "InputError", "LAYOUTS", "dtype_name"]
 LAYOUTS = {"NCHW": 1, "NHWC": 3, "CHW": 0, "HWC": 2, "NHW": None, "HW": None}
 _DEFAULT_KEYS = ("image", "images", "img", "pixel_values")
 
-_TORCH_DTYPES = {
-    torch.uint8: "uint8", torch.int8: "int8", torch.int16: "int16", torch.float16: "float16",
-    torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64",
-}
-if hasattr(torch, "uint16"):
-    _TORCH_DTYPES[torch.uint16] = "uint16"
+@functools.lru_cache(maxsize=None)
+def _torch_dtypes() -> dict:
+    import torch
+
+    names = {
+        torch.uint8: "uint8", torch.int8: "int8", torch.int16: "int16", torch.float16: "float16",
+        torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float64: "float64",
+    }
+    if hasattr(torch, "uint16"):
+        names[torch.uint16] = "uint16"
+    return names
 
 
 class InputError(ValueError):
@@ -70,7 +80,7 @@ class InputError(ValueError):
 
 
 def dtype_name(tensor: torch.Tensor) -> str:
-    name = _TORCH_DTYPES.get(tensor.dtype)
+    name = _torch_dtypes().get(tensor.dtype)
     if name is None:
         raise InputError(
             f"unsupported dtype {str(tensor.dtype).replace('torch.', '')}: gpustats reduces "
@@ -104,6 +114,8 @@ class Chunk:
 
 
 def _to_tensor(x: Any) -> torch.Tensor | None:
+    import torch
+
     if isinstance(x, torch.Tensor):
         if x.is_nested or x.layout != torch.strided:
             kind = "nested" if x.is_nested else str(x.layout).replace("torch.", "")
@@ -127,6 +139,8 @@ def _to_tensor(x: Any) -> torch.Tensor | None:
 
 
 def _is_array(x: Any) -> bool:
+    import torch
+
     return isinstance(x, (torch.Tensor, np.ndarray))
 
 

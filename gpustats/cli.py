@@ -28,9 +28,18 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli_checks import CliError, StopSignals, check_before_run
-from .report import JSON_SCHEMA, format_run, format_sampled
 
 __all__ = ["main", "build_parser", "JSON_SCHEMA"]
+
+
+def __getattr__(name: str):
+    """``JSON_SCHEMA`` (from :mod:`gpustats.report`, which imports numpy: loaded only when asked for,
+    so that parsing arguments and ``--help`` import neither numpy nor torch)."""
+    if name == "JSON_SCHEMA":
+        from .report import JSON_SCHEMA
+
+        return JSON_SCHEMA
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
 
@@ -230,6 +239,7 @@ _quiet_rank = False
 def cmd_stats(args: argparse.Namespace) -> int:
     global _quiet_rank
     from .distributed import is_main_process, rank_and_world, shutdown
+    from .report import format_run
     from .sources.engine import run_folder
 
     check_before_run(args)
@@ -268,6 +278,7 @@ def _warn_constant(std, channels, quiet: bool) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
+    from .report import format_sampled
     from .sampling import estimate_stats
     from .sources import DEFAULT_MAX_PIXELS
 

@@ -39,12 +39,14 @@ import json
 import os
 import sys
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
 
 from .stats import FLOAT_DTYPES, INTEGER_DTYPES, ChannelStats, StatsError
+
+if TYPE_CHECKING:  # torch loads when a process group is used: a single-process CPU run never imports it
+    import torch
 
 __all__ = [
     "all_reduce_stats",
@@ -79,6 +81,8 @@ def _dist():
 
 
 def _group_ready() -> bool:
+    if "torch" not in sys.modules:  # no group can exist before torch is imported
+        return False
     dist = _dist()
     return dist.is_available() and dist.is_initialized()
 
@@ -106,6 +110,8 @@ def _from_bits(bits: int) -> float:
 
 def _comm_device(group: Any) -> torch.device:
     """Where the group's collectives want their tensors: the current GPU for NCCL, else the CPU."""
+    import torch
+
     backend = str(_dist().get_backend(group)).lower()
     uses_nccl = "nccl" in backend
     if uses_nccl and "gloo" not in backend:  # "cpu:gloo,cuda:nccl" still moves CPU tensors with gloo
@@ -133,6 +139,8 @@ def _header(state: ChannelStats, payload_bytes: int) -> list[int]:
 
 
 def _all_gather(tensor: torch.Tensor, world: int, group: Any) -> list[torch.Tensor]:
+    import torch
+
     out = [torch.empty_like(tensor) for _ in range(world)]
     _dist().all_gather(out, tensor, group=group)
     return out
@@ -192,6 +200,8 @@ def all_reduce_stats(state: ChannelStats, group: Any = None) -> ChannelStats:
     """
     if not _group_ready():
         return state
+    import torch
+
     dist = _dist()
     world = dist.get_world_size(group)
     device = _comm_device(group)
@@ -219,6 +229,8 @@ def all_reduce_stats(state: ChannelStats, group: Any = None) -> ChannelStats:
 
 def _gather_bytes(payload: bytes, lengths: Sequence[int], world: int, group: Any, device: torch.device) -> list[bytes]:
     """Every rank's ``payload`` (``lengths`` already gathered), padded to the longest in one uint8 all_gather."""
+    import torch
+
     buffer = np.zeros(max(max(lengths), 1), dtype=np.uint8)
     buffer[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
     gathered = _all_gather(torch.from_numpy(buffer).to(device), world, group)
@@ -232,6 +244,8 @@ def all_gather_json(value: Any, group: Any = None) -> list[Any]:
     """
     if not _group_ready():
         return [value]
+    import torch
+
     dist = _dist()
     world = dist.get_world_size(group)
     device = _comm_device(group)
@@ -346,6 +360,8 @@ def init_from_env(backend: str | None = None, timeout: timedelta | None = None,
     if not (isinstance(rendezvous_timeout, (int, float)) and 0 < rendezvous_timeout < float("inf")):
         raise ValueError(f"rendezvous_timeout must be a positive number of seconds, got {rendezvous_timeout!r}")
     rank, addr, port = _checked_env(world)
+    import torch
+
     dist = _dist()
     if not dist.is_available():
         raise StatsError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")

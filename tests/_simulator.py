@@ -29,31 +29,35 @@ def in_process() -> bool:
         return False
 
 
-def collect(namespace: dict, cases: str) -> None:
+def collect(namespace: dict, cases: str, shards: int = 1) -> None:
     """In a test file's ``namespace``: the cases of ``tests/<cases>.py`` themselves when they can run
-    here (simulator on, or a GPU), else one test that runs them under the simulator in a child."""
+    here (simulator on, or a GPU), else ``shards`` tests that each run every ``shards``-th case under
+    the simulator in a child (several children, so that pytest-xdist runs them side by side)."""
     if in_process():
         module = __import__(cases)
         namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
         return
+    for shard in range(shards):
+        def test_cases_under_the_simulator(shard=shard):
+            run_in_simulator(f"{cases}.py", shard, shards)
 
-    def test_cases_under_the_simulator():
-        run_in_simulator(f"{cases}.py")
-
-    test_cases_under_the_simulator.__name__ = f"test_{cases}_under_the_simulator"
-    namespace[test_cases_under_the_simulator.__name__] = test_cases_under_the_simulator
+        name = f"test_{cases}_under_the_simulator" + (f"_{shard + 1}_of_{shards}" if shards > 1 else "")
+        test_cases_under_the_simulator.__name__ = name
+        namespace[name] = test_cases_under_the_simulator
 
 
-def run_in_simulator(cases: str) -> None:
-    """Run ``tests/<cases>`` in a child pytest with the simulator on; fail with its report."""
+def run_in_simulator(cases: str, shard: int = 0, shards: int = 1) -> None:
+    """Run ``tests/<cases>`` (every ``shards``-th case from ``shard``: conftest.py selects them) in a child
+    pytest with the simulator on; fail with its report."""
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(_HERE / cases), "-q", "-p", "no:cacheprovider", "-x", "-ra"],
+        [sys.executable, "-m", "pytest", str(_HERE / cases), "-q", "-p", "no:cacheprovider", "-x",
+         "-ra", f"--sim-shard={shard}/{shards}"],
         cwd=_HERE.parent, env=env, capture_output=True, text=True, timeout=600,
     )
     report = proc.stdout[-12000:] + proc.stderr[-3000:]
     print(report)
-    assert proc.returncode == 0, f"simulator cases {cases} failed:\n{report}"
+    assert proc.returncode == 0, f"simulator cases {cases} (shard {shard + 1} of {shards}) failed:\n{report}"
 
 
 def make_shared_arrays_thread_safe() -> None:

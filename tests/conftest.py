@@ -2,9 +2,46 @@
 
 import os
 
+import pytest
+
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     # The simulator cases' child pytest: guard the simulator's shared-array allocation against
     # its thread race (see _simulator.make_shared_arrays_thread_safe).
     from _simulator import make_shared_arrays_thread_safe
 
     make_shared_arrays_thread_safe()
+
+
+#: files whose module fixture is a long run of its own (the GPU check's dry run, 2 + 3 gloo ranks): under
+#: pytest-xdist (``--dist loadgroup`` in pyproject.toml) each of them runs on one worker, so the fixture runs once
+_ONE_WORKER_FILES = ("test_gpu_check.py", "test_distributed.py")
+
+
+def pytest_configure(config):
+    """In a pytest-xdist worker: the pytest runs a test starts (simulator shards, the benchmark smoke run, the
+    GPU check's dry run) are not workers of this session, so they must not inherit its worker variables
+    (bench/gpu_check_plugin.py, for one, reads PYTEST_XDIST_WORKER and then leaves its report to a controller
+    that does not exist). Tests that need the worker's id have xdist's ``worker_id`` fixture."""
+    if hasattr(config, "workerinput"):
+        for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+            os.environ.pop(name, None)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--sim-shard", default="0/1", metavar="I/K",
+                     help="run every K-th test from the I-th (tests/_simulator.py's children)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """:data:`_ONE_WORKER_FILES` grouped; ``--sim-shard=i/k`` (a simulator child of tests/_simulator.py): keep
+    every k-th case from the i-th (neighbouring cases are alike, so each shard gets a fair share of the work)."""
+    for item in items:
+        if item.path.name in _ONE_WORKER_FILES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    index, count = (int(v) for v in config.getoption("--sim-shard").split("/"))
+    if count == 1:
+        return
+    kept = [item for i, item in enumerate(items) if i % count == index]
+    dropped = [item for i, item in enumerate(items) if i % count != index]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept

@@ -8,4 +8,4 @@ import pytest
 from _simulator import collect
 
 pytestmark = pytest.mark.cudasim
-collect(globals(), "sim_kernels_cases")
+collect(globals(), "sim_kernels_cases", shards=4)

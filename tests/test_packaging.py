@@ -35,9 +35,14 @@ def test_non_editable_install_provides_gpustats_kernels(tmp_path):
     assert build.returncode == 0, build.stderr[-2000:]
     assert (target / "gpustats" / "kernels" / "__init__.py").is_file()
     assert not (target / "kernels").exists()  # no clashing top-level "kernels" module
-    env = {**os.environ, "PYTHONPATH": str(target), "NUMBA_ENABLE_CUDASIM": "1"}
-    code = "import gpustats, gpustats.kernels as k; print(k.__file__); print(gpustats.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(target), "NUMBA_ENABLE_CUDASIM": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    code = ("import gpustats, gpustats.kernels as k; from gpustats.backends import _cpu_int; print(k.__file__); "
+            "print(gpustats.__file__); print(_cpu_int.u8_sums.stats.cache_path)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    kfile, gfile = out.stdout.split()
+    kfile, gfile, cache = out.stdout.split()
     assert kfile.startswith(str(target)) and gfile.startswith(str(target))  # the installed copy, not the checkout
+    # numba's compiled loops go to the per-user cache, not next to the installed sources (pip uninstall would
+    # leave them behind, and the leftover folder shadowed a later editable install)
+    assert cache.startswith(str(tmp_path / "xdg" / "gpustats" / "numba")), cache

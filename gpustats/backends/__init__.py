@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..batches import Chunk
 from ..options import ReduceOptions
 from ..stats import ChannelStats
+
+if TYPE_CHECKING:  # torch loads where a device is resolved: a CPU folder run never imports it
+    import torch
+
+    from ..batches import Chunk
 
 __all__ = ["Options", "Reducer", "MergingReducer", "BackendUnavailable", "make_reducer", "resolve_device", "cuda_unavailable_reason", "BACKENDS"]
 
@@ -93,6 +96,21 @@ def _simulator() -> bool:
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
 
 
+#: what an NVIDIA driver puts on a Linux machine (WSL 2: /dev/dxg); without any, CUDA cannot run
+_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
+
+
+def no_driver_reason() -> str | None:
+    """Why CUDA cannot run here, known without importing torch (a Linux machine with no NVIDIA driver),
+    or None when only torch can tell."""
+    if sys.platform != "linux" or _simulator():
+        return None
+    if any(os.path.exists(path) for path in _DRIVER_PATHS):
+        return None
+    return ("no NVIDIA driver on this machine (no /proc/driver/nvidia, /dev/nvidiactl or /dev/dxg); install an "
+            "NVIDIA driver and a CUDA build of torch, or use device='cpu'")
+
+
 def cuda_unavailable_reason() -> str | None:
     """None when the CUDA backend can run; otherwise the cause and the fix, in one sentence."""
     if _simulator():
@@ -101,6 +119,8 @@ def cuda_unavailable_reason() -> str | None:
         except Exception as exc:  # pragma: no cover - depends on the install
             return f"NUMBA_ENABLE_CUDASIM=1 is set but numba.cuda cannot be imported ({exc}); pip install 'gpustats[cuda]'"
         return None
+    import torch
+
     if not torch.cuda.is_available():
         return (
             "torch sees no CUDA device (torch.cuda.is_available() is False: no NVIDIA GPU/driver, or a CPU-only "
@@ -124,6 +144,8 @@ def resolve_device(device: Any) -> tuple[str, torch.device, str | None]:
     ``None`` picks CUDA when a GPU and the CUDA backend are usable, else the CPU (with the
     reason); an explicit CUDA device that cannot be served raises :class:`BackendUnavailable`.
     """
+    import torch
+
     if device is None or device == "auto":
         reason = "no GPU requested" if _simulator() else cuda_unavailable_reason()
         if _simulator() or reason is not None:

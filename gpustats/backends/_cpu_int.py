@@ -7,19 +7,21 @@ One file, so that numba's on-disk cache of each loop is invalidated with the cod
 * :func:`u8_sums`: exact count, sum, sum of squares, min and max in 16 uint32 lanes per channel,
   which the compiler vectorizes (twice the histogram's speed), for moments without a histogram;
 * :func:`int_rows`: exact per-image (row) totals and cross products of any integer dtype; for uint8
-  a row's totals come from its histogram or sums and the RGB cross products ride along the
-  histogram's pass (:func:`_u8_row`), chosen by dtype at compile time;
+  a row's totals come from its histogram and the RGB cross products ride along the histogram's
+  pass (:func:`_u8_row`), chosen by dtype at compile time; :func:`u8_sum_rows`: uint8 rows without
+  histogram or co-moments, from the vectorized sums;
 * :func:`rgbx_rows_here`: those rows with co-moments for RGB pixels held 4 bytes each (a decoder's
   memory read in place).
 
-The parallel loops have a ``*_here`` twin that runs in the calling thread (see :mod:`._cpu_kernels`). Layout and
-``cp`` as in :mod:`._cpu_kernels`.
+Each loop runs in the calling thread and does the share ``t`` of ``nthreads`` of the work it is
+given (``0, 1``: all of it); :func:`gpustats.backends.cpu.in_threads` runs the shares in Python
+threads (the loops release the GIL). Layout and ``cp`` as in :mod:`._cpu_kernels`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange, types
+from numba import njit, types
 from numba.extending import overload
 
 from ._cpu_jit import _BLOCK, _dims, _jit
@@ -67,34 +69,22 @@ def _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # 
                     p[c, b] = 0
 
 
-@_jit(nogil=True, parallel=True)
-def hist_u8(x, cp, hist, nthreads):  # pragma: no cover - compiled
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
-    items = n_rows * nblocks
-    nthreads = max(min(nthreads, items), 1)
-    private = np.zeros((nthreads, channels, 256), np.int64)
-    for t in prange(nthreads):
-        _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, private[t])
-    for t in range(nthreads):
-        for c in range(channels):
-            for b in range(256):
-                hist[c, b] += private[t, c, b]
-
-
 @_jit(nogil=True)
-def hist_u8_here(x, cp, hist):  # pragma: no cover - compiled
-    """:func:`hist_u8` in this thread: no parallel region (one costs ~5 us with OpenMP threads and
-    ~0.2 ms with numba's fork-safe workqueue, which decode workers run)."""
+def hist_u8(x, cp, hist, t, nthreads):  # pragma: no cover - compiled
+    """Per-channel 256-bin histograms of uint8 ``x`` added into ``hist`` ([C, 256] int64): the share of
+    thread ``t`` of ``nthreads`` (work items ``t, t + nthreads, ...``; ``0, 1``: all of it). Each thread
+    adds into its own ``hist`` (:func:`gpustats.backends.cpu.in_threads`)."""
     n_rows, channels, length = _dims(x, cp)
     nblocks = (length + _BLOCK - 1) // _BLOCK
-    _hist_thread(x, cp, 0, 1, n_rows * nblocks, nblocks, length, channels, hist)
+    _hist_thread(x, cp, t, nthreads, n_rows * nblocks, nblocks, length, channels, hist)
 
 
 @njit(nogil=True)
-def _u8_sums_flat(flat, channels, out):  # pragma: no cover - compiled
+def _u8_sums_flat(flat, channels, out, first):  # pragma: no cover - compiled
     """Add the exact count, sum, sum of squares, min and max of pixel-interleaved uint8 ``flat``
-    (value ``i`` in channel ``i % channels``) into ``out`` ([5, C] int64: rows count, s, q, min, max).
+    (value ``i`` in channel ``first + i % channels``) into ``out`` ([5, C] int64: rows count, s, q, min,
+    max). One signature for both layouts (``first``: the channel of a channel-plane), so numba compiles
+    this loop, the slowest of all to compile, once.
 
     16 lanes per channel of uint32 partial sums (at most 32,768 steps: 32,768 * 255**2 < 2**32) and
     uint8 extremes, which the compiler turns into vector instructions: twice the histogram's speed."""
@@ -117,25 +107,26 @@ def _u8_sums_flat(flat, channels, out):  # pragma: no cover - compiled
                 lo[k] = min(lo[k], v)
                 hi[k] = max(hi[k], v)
         for k in range(width):
-            out[1, k % channels] += acc_s[k]
-            out[2, k % channels] += acc_q[k]
+            out[1, first + k % channels] += acc_s[k]
+            out[2, first + k % channels] += acc_q[k]
             acc_s[k] = 0
             acc_q[k] = 0
         done += m
     if steps:
         for k in range(width):
-            out[3, k % channels] = min(out[3, k % channels], lo[k])
-            out[4, k % channels] = max(out[4, k % channels], hi[k])
+            c = first + k % channels
+            out[3, c] = min(out[3, c], lo[k])
+            out[4, c] = max(out[4, c], hi[k])
     tail = flat[steps * width:]
     for i in range(tail.shape[0]):
-        c = i % channels
+        c = first + i % channels
         v = np.int64(tail[i])
         out[1, c] += v
         out[2, c] += v * v
         out[3, c] = min(out[3, c], v)
         out[4, c] = max(out[4, c], v)
     for c in range(channels):
-        out[0, c] += flat.shape[0] // channels
+        out[0, first + c] += flat.shape[0] // channels
 
 
 @njit(nogil=True)
@@ -145,57 +136,26 @@ def _sums_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # 
         n = item // nblocks
         start = (item % nblocks) * _BLOCK
         stop = min(start + _BLOCK, length)
-        if cp:
-            for c in range(channels):
-                _u8_sums_flat(x[n, c, start:stop], 1, out[:, c:c + 1])
-        else:
-            _u8_sums_flat(x[n, start:stop].reshape(-1), channels, out)
-
-
-@_jit(nogil=True, parallel=True)
-def u8_sums(x, cp, out, nthreads):  # pragma: no cover - compiled
-    """Exact per-channel count, sum, sum of squares, min and max of C-contiguous uint8 ``x`` added into
-    ``out`` ([5, C] int64; min/max rows start at 255/0, or hold earlier values)."""
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
-    items = n_rows * nblocks
-    nthreads = max(min(nthreads, items), 1)
-    private = np.zeros((nthreads, 5, channels), np.int64)
-    for t in prange(nthreads):
-        private[t, 3, :] = 255
-        _sums_thread(x, cp, t, nthreads, items, nblocks, length, channels, private[t])
-    for t in range(nthreads):
-        for c in range(channels):
-            for r in range(3):
-                out[r, c] += private[t, r, c]
-            out[3, c] = min(out[3, c], private[t, 3, c])
-            out[4, c] = max(out[4, c], private[t, 4, c])
+        for c in range(channels if cp else 1):  # one call of the loop (it is inlined: compiled once)
+            flat = x[n, c, start:stop] if cp else x[n, start:stop].reshape(-1)
+            _u8_sums_flat(flat, 1 if cp else channels, out, c)
 
 
 @_jit(nogil=True)
-def u8_sums_here(x, cp, out):  # pragma: no cover - compiled
-    """:func:`u8_sums` in this thread."""
+def u8_sums(x, cp, out, t, nthreads):  # pragma: no cover - compiled
+    """Exact per-channel count, sum, sum of squares, min and max of C-contiguous uint8 ``x`` added into
+    ``out`` ([5, C] int64; min/max rows start at 255/0, or hold earlier values): thread ``t``'s share
+    of ``nthreads``, as in :func:`hist_u8`."""
     n_rows, channels, length = _dims(x, cp)
     nblocks = (length + _BLOCK - 1) // _BLOCK
-    _sums_thread(x, cp, 0, 1, n_rows * nblocks, nblocks, length, channels, out)
+    _sums_thread(x, cp, t, nthreads, n_rows * nblocks, nblocks, length, channels, out)
 
 
 @njit(nogil=True)
 def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
-    """One uint8 row of :func:`u8_rows`: its histogram (the fast loop of :func:`hist_u8`) gives count,
-    sums, min and max exactly; covariance adds one pass for the products of different channels."""
-    if not want_hist and not want_cross:  # sums alone: the vectorized loop
-        sums = np.zeros((5, channels), np.int64)
-        sums[3, :] = 255
-        nblocks = (length + _BLOCK - 1) // _BLOCK
-        _sums_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, sums)
-        for c in range(channels):
-            count[n, c] = length
-            total[n, c] = sums[1, c]
-            total_sq[n, c] = sums[2, c]
-            vmin[n, c] = sums[3, c] if length else 1 << 40
-            vmax[n, c] = sums[4, c] if length else -(1 << 40)
-        return
+    """One uint8 row of :func:`int_rows` (with a histogram or co-moments; :func:`u8_sum_rows` makes rows
+    without them): its histogram (the fast loop of :func:`hist_u8`) gives count, sums, min and max
+    exactly; covariance adds one pass for the products of different channels."""
     out = hist[n] if want_hist else np.zeros((channels, 256), np.int64)
     fused = want_cross and channels == 3 and not cp
     if fused:
@@ -249,7 +209,7 @@ def _set_cross3(cross, n, total_sq, q01, q02, q12):  # pragma: no cover - compil
 
 @_jit(nogil=True)
 def rgbx_rows_here(x, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
-    """:func:`int_rows_here` with co-moments for RGB images held 4 bytes a pixel (``x``: [N, L, 4] uint8, the
+    """:func:`int_rows` (in this thread) with co-moments for RGB images held 4 bytes a pixel (``x``: [N, L, 4] uint8, the
     fourth byte not a channel: Pillow's own layout, read in place); the outputs have 3 channels."""
     for n in range(x.shape[0]):
         out = hist[n] if want_hist else np.zeros((3, 256), np.int64)
@@ -395,22 +355,35 @@ def _row_for_dtype(x, n, cp, channels, length, want_cross, want_hist, count, tot
     return impl
 
 
-@_jit(nogil=True, parallel=True)
-def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64.
+@_jit(nogil=True)
+def u8_sum_rows(x, cp, count, total, total_sq, vmin, vmax, t, nthreads):  # pragma: no cover - compiled
+    """Exact per-row count, sum, sum of squares, min and max of uint8 ``x`` (per-image statistics without
+    a histogram or co-moments): :func:`u8_sums`' vectorized loop row by row, rows as in :func:`int_rows`.
+    Its own loop, so that a call with a histogram or co-moments does not compile this one."""
+    n_rows, channels, length = _dims(x, cp)
+    nblocks = (length + _BLOCK - 1) // _BLOCK
+    sums = np.zeros((5, channels), np.int64)
+    for n in range(t, n_rows, nthreads):
+        sums[:] = 0
+        sums[3, :] = 255
+        _sums_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, sums)
+        for c in range(channels):
+            count[n, c] = length
+            total[n, c] = sums[1, c]
+            total_sq[n, c] = sums[2, c]
+            vmin[n, c] = sums[3, c] if length else 1 << 40
+            vmax[n, c] = sums[4, c] if length else -(1 << 40)
+
+
+@_jit(nogil=True)
+def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist, t, nthreads):  # pragma: no cover
+    """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64; rows ``t, t + nthreads, ...``
+    (thread ``t`` of ``nthreads``; each row is written by one thread only).
 
     With ``want_hist`` (uint8 input) the 256-bin histograms ([N, C, 256]) are built in the same
     loop as the sums. Per-channel scalar accumulators keep this loop in registers: a fused
     all-channels-per-pixel loop with array accumulators measured 2.5x slower.
     """
     n_rows, channels, length = _dims(x, cp)
-    for n in prange(n_rows):
-        _row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)
-
-
-@_jit(nogil=True)
-def int_rows_here(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover
-    """:func:`int_rows` in this thread (one image, or one numba thread: a parallel region costs more than it saves)."""
-    n_rows, channels, length = _dims(x, cp)
-    for n in range(n_rows):
+    for n in range(t, n_rows, nthreads):
         _row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)

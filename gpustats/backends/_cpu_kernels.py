@@ -13,14 +13,15 @@ torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mea
   the caller. Non-finite values are counted and left out.
 
 Every kernel takes a 3-D array ``x`` and a flag ``cp``: ``x`` is ``[N, C, L]`` when ``cp`` else
-``[N, L, C]``. The parallel kernels have a ``*_here`` twin that runs in the calling thread: a
-parallel region costs ~5 us with OpenMP threads and ~0.2 ms under numba's fork-safe workqueue
-(what decode workers run), so one image, or one thread, never opens one. Inner loops index
-slices from 0: numba then proves the index non-negative and drops its wrap-around check (loops
-over ``range(start, stop)`` on ``x`` itself ran at half the speed).
+``[N, L, C]``. No kernel opens a numba parallel region: each runs in the calling thread and does
+the share ``t`` of ``nthreads`` it is given, and :func:`gpustats.backends.cpu.in_threads` runs the
+shares in Python threads (the loops release the GIL). So numba's threading layer never starts
+(forking decode workers stays safe, and no parallel variant of a loop is compiled: the first call
+compiles each loop once). Inner loops index slices from 0: numba then proves the index
+non-negative and drops its wrap-around check (loops over ``range(start, stop)`` on ``x`` itself ran
+at half the speed).
 
-Compiled code is cached on disk where numba finds a writable place (next to this file, or the
-user-wide cache); a read-only install without a writable home compiles without a cache (:func:`_jit`).
+Compiled code is cached on disk in a per-user folder, never next to these files (:mod:`._cpu_jit`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ._cpu_jit import _BLOCK, _dims, _jit  # noqa: F401 (_BLOCK: read by the backend)
-from ._cpu_int import (hist_u8, hist_u8_here, int_rows, int_rows_here, rgbx_rows_here, u8_sums,  # noqa: F401
-                       u8_sums_here)
+from ._cpu_int import hist_u8, int_rows, rgbx_rows_here, u8_sum_rows, u8_sums  # noqa: F401
 
 
 @njit(inline="always", nogil=True)
@@ -104,23 +104,16 @@ def _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2,
                 comoment[n, b, a] = q
 
 
-@_jit(nogil=True, parallel=True)
-def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
+@_jit(nogil=True)
+def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment, t,
+               nthreads):  # pragma: no cover
     """Per-row float64 (count, mean + mean_lo, M2) by two passes; non-finite values counted and skipped.
+    Rows ``t, t + nthreads, ...`` (thread ``t`` of ``nthreads``, as :func:`int_rows`).
 
     ``comoment`` ([N, C, C]) is filled only when ``want_cross`` and the row is all finite.
     """
     n_rows, channels, length = _dims(x, cp)
-    for n in prange(n_rows):
-        _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
-                   comoment)
-
-
-@_jit(nogil=True)
-def float_rows_here(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment):  # pragma: no cover
-    """:func:`float_rows` in this thread (one image, or one numba thread)."""
-    n_rows, channels, length = _dims(x, cp)
-    for n in range(n_rows):
+    for n in range(t, n_rows, nthreads):
         _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
                    comoment)
 

@@ -11,15 +11,20 @@ its numeric rules").
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
 
-from ..batches import Chunk, InputError
+from ..batches import InputError
 from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
 from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
+
+if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing small images never import it
+    import torch
+
+    from ..batches import Chunk
 
 __all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments", "merge_rows"]
 
@@ -77,6 +82,8 @@ def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
     Only valid when image boundaries do not matter (no per-image statistics): a list of many
     small variable-size images then costs one kernel call instead of one per image.
     """
+    import torch
+
     small = [p for p in chunk.parts if p.numel() < _SMALL_PART]
     if len(small) < 2:
         return list(chunk.parts)
@@ -88,7 +95,21 @@ def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
     return large + [strip]
 
 
+def readonly(a: np.ndarray) -> np.ndarray:
+    """``a`` as a read-only view (no copy). The loops only read their input, and numba compiles a loop
+    once per argument type, writable and read-only arrays being two: so every input is passed
+    read-only, and the loop a process compiled (or warmed up) is the one its decode workers run
+    (decoders hand out read-only pixels)."""
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarray]:
+    """The chunk's parts as read-only numpy arrays (:func:`readonly`)."""
+    import torch
+
     parts = []
     for p in (list(chunk.parts) if keep_images else _coalesce(chunk)):
         p = p.detach()
@@ -96,15 +117,53 @@ def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarra
             p = p.cpu()
         if widen and p.dtype in (torch.float16, torch.bfloat16):
             p = p.float()  # numba has no half types on the CPU; exact widening
-        parts.append(p.numpy())
+        parts.append(readonly(p.numpy()))
     return parts
 
 
 def _threads(threads: int | None) -> int:
-    """``threads``, or numba's thread count now (decode workers set theirs to 1 after fork)."""
-    import numba
+    """``threads``, or numba's thread count setting (``NUMBA_NUM_THREADS``, default: the CPUs this
+    process may use); read from numba's configuration, which starts no threads."""
+    if threads is not None:
+        return threads
+    from numba.core import config
 
-    return numba.get_num_threads() if threads is None else threads
+    return max(1, int(config.NUMBA_NUM_THREADS))
+
+
+#: values per thread from which a loop runs in several threads: starting and joining a Python
+#: thread costs ~0.1 ms, the time the loops take for ~0.3 M values
+_PER_THREAD = 1 << 19
+
+
+def in_threads(call: Callable[[int, int], None], threads: int) -> None:
+    """``call(t, threads)`` for ``t`` in ``range(threads)``: ``t = 0`` in this thread, the others in
+    Python threads, joined before returning (the loops release the GIL, so the threads run in
+    parallel; no thread outlives the call, so forking later stays safe). The first error is raised."""
+    if threads <= 1:
+        call(0, 1)
+        return
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            call(t, threads)
+        except BaseException as exc:  # pragma: no cover - the loops do not raise
+            errors.append(exc)
+
+    pool = [threading.Thread(target=run, args=(t,), name=f"gpustats-cpu-{t}", daemon=True) for t in range(1, threads)]
+    for thread in pool:
+        thread.start()
+    run(0)
+    for thread in pool:
+        thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _split(values: int, items: int, threads: int | None) -> int:
+    """Threads for a loop over ``values`` values in ``items`` independent work items (rows or blocks)."""
+    return max(1, min(_threads(threads), items, values // _PER_THREAD))
 
 
 def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, hist: np.ndarray | None,
@@ -119,8 +178,11 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         out = [np.zeros((n, channels), np.int64) for _ in range(5)]
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
-        rows_fn = k.int_rows if n > 1 and _threads(threads) > 1 else k.int_rows_here  # no parallel region to pay for
-        rows_fn(a, cp, cross, hist is not None, *out, products, hist_rows)
+        if a.dtype == np.uint8 and not cross and hist is None:  # sums alone: their own (vectorized) loop
+            in_threads(lambda t, m: k.u8_sum_rows(a, cp, *out, t, m), _split(a.size, n, threads))
+        else:
+            in_threads(lambda t, m: k.int_rows(a, cp, cross, hist is not None, *out, products, hist_rows, t, m),
+                       _split(a.size, n, threads))
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
         if hist is not None:
@@ -137,8 +199,7 @@ def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: boo
         out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
                for name in names]
         com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
-        rows_fn = k.float_rows if n > 1 and _threads(threads) > 1 else k.float_rows_here
-        rows_fn(a, cp, cross, *out, com)
+        in_threads(lambda t, m: k.float_rows(a, cp, cross, *out, com, t, m), _split(a.size, n, threads))
         for name, arr in zip(rows, [*out, com]):
             rows[name].append(arr)
     return {name: np.concatenate(v) for name, v in rows.items()}
@@ -162,6 +223,13 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
                 (r["total"], r["total_sq"]))
     r = _float_rows(k, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
     return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"], None
+
+
+def _fresh_sums(channels: int) -> np.ndarray:
+    """``u8_sums``' empty totals ([5, C]: count, sum, sum of squares 0; min 255; max 0)."""
+    sums = np.zeros((5, channels), np.int64)
+    sums[3] = 255
+    return sums
 
 
 def u8_state_from_sums(sums: np.ndarray, scale: float) -> ChannelStats:
@@ -224,7 +292,7 @@ class RgbxSink:
 
     def add(self, image: np.ndarray) -> None:
         self.images += 1
-        x = image.reshape(1, -1, 4)
+        x = readonly(image.reshape(1, -1, 4))
         row = [np.zeros((1, 3), np.int64) for _ in range(5)] + [np.zeros((1, 3, 3), np.int64)]
         hist = np.zeros((1, 3, 256) if self.options.histogram else (1, 1, 1), np.int64)
         self._k.rgbx_rows_here(x, self.options.histogram, *row, hist)
@@ -257,11 +325,18 @@ class CpuReducer(MergingReducer):
         self._k = _cpu_kernels
         self.threads = threads
 
-    def _parallel(self, a: np.ndarray, channels: int) -> int:
-        """Threads for one uint8 loop over ``a``, or 0 to run it in this thread (one thread, or fewer
-        than two pixel blocks: a parallel region would cost more than it saves)."""
-        threads = _threads(self.threads)
-        return threads if threads > 1 and a.size >= 2 * self._k._BLOCK * channels else 0
+    def _blocks(self, a: np.ndarray, cp: bool) -> int:
+        """Threads for one uint8 loop over ``a`` (work items: one pixel block of one row)."""
+        length = a.shape[2] if cp else a.shape[1]
+        return _split(a.size, a.shape[0] * -(-length // self._k._BLOCK), self.threads)
+
+    def _per_thread(self, a: np.ndarray, cp: bool, loop: Callable, first: np.ndarray) -> list[np.ndarray]:
+        """``loop(a, cp, out, t, threads)`` in :func:`in_threads`, each thread into its own copy of
+        ``first`` (``first`` itself for thread 0); returns the outputs to combine."""
+        threads = self._blocks(a, cp)
+        outs = [first] + [first.copy() for _ in range(threads - 1)]
+        in_threads(lambda t, m: loop(a, cp, outs[t], t, m), threads)
+        return outs
 
     def reduce_chunk(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
         if chunk.dtype in INTEGER_DTYPES:
@@ -278,11 +353,8 @@ class CpuReducer(MergingReducer):
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
             for a in arrays:
-                threads = self._parallel(a, chunk.channels)
-                if threads:
-                    self._k.hist_u8(a, cp, hist, threads)
-                else:
-                    self._k.hist_u8_here(a, cp, hist)
+                parts = self._per_thread(a, cp, self._k.hist_u8, np.zeros_like(hist))
+                hist += sum(parts)
             return hist, (0.0, 256.0), None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
         low_end, high_end = range_ends(lo, hi, chunk.dtype)
@@ -302,14 +374,12 @@ class CpuReducer(MergingReducer):
         rows_needed = opts.per_image or opts.covariance
         if chunk.dtype == "uint8" and not rows_needed and not opts.histogram \
                 and all(a.flags.c_contiguous for a in arrays):
-            sums = np.zeros((5, C), np.int64)
-            sums[3] = 255
+            sums = _fresh_sums(C)
             for a in arrays:  # vectorized exact sums: twice the histogram's speed
-                threads = self._parallel(a, C)
-                if threads:
-                    k.u8_sums(a, cp, sums, threads)
-                else:
-                    k.u8_sums_here(a, cp, sums)
+                for part in self._per_thread(a, cp, k.u8_sums, _fresh_sums(C)):
+                    sums[:3] += part[:3]
+                    sums[3] = np.minimum(sums[3], part[3])
+                    sums[4] = np.maximum(sums[4], part[4])
             return u8_state_from_sums(sums, scale)
         if chunk.dtype == "uint8" and not rows_needed:
             # the histogram alone gives exact count, sums, min and max: one fast pass

@@ -14,10 +14,10 @@ Public surface::
     synthetic.make_demo_folder / make_jpeg_corpus / make_tiny_folder
     samples.sample_stream(iterable, key)         # iterables of samples holding images (HF datasets)
 
-:mod:`.gpu` and :mod:`.synthetic` are not imported here: import them explicitly.
+:mod:`.gpu` and :mod:`.synthetic` are not imported here: import them explicitly. The dataset names
+(:mod:`.dataset`, torch's DataLoader) load on first use: a CPU folder run never imports torch.
 """
 
-from .dataset import DecodedImage, ImageFileDataset, iter_decoded
 from .decode import DEFAULT_MAX_PIXELS, decode_bytes, decode_image
 from .errors import BadImage, NoImagesFoundError, SourceError, SourceNotFoundError
 from .listing import IMAGE_EXTENSIONS, list_images
@@ -38,3 +38,11 @@ __all__ = [
     "list_images",
     "list_units",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("DecodedImage", "ImageFileDataset", "iter_decoded"):
+        from . import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

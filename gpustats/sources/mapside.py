@@ -29,19 +29,20 @@ per-image statistics, each image stays its own row.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import sys
 import warnings
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
-import torch.utils.data
 
 from ..backends.cpu import _SMALL_PART
 from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
 from .remote import RemoteReadError
 from .segment import Segment
+from .workers import ordered_results
 
 __all__ = ["BadItem", "BatchResult", "ReducedBatches", "iter_reduced", "reduce_records"]
 
@@ -158,20 +159,26 @@ class _Reduce:
         """Build the numba reducer (imports numba; its loops load on their first call)."""
         if self.reducer is None:
             import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
+            import torch
 
             from ..backends.cpu import CpuReducer
 
             prefer_forksafe_threads()
-            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates;
-            # a parallel region under the fork-safe workqueue layer costs ~0.2 ms a call
+            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates
             self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1)
 
     def sink(self, pixels: str) -> Any:
-        """Where a batch decoded as ``pixels`` reduces RGB views as they come (``RgbxSink``), or None."""
+        """Where a batch decoded as ``pixels`` reduces RGB views as they come (``RgbxSink``: numba's loop
+        without the array reducer, so without torch), or None."""
         if pixels != "view" or not self.options.covariance:
             return None
-        self.load_numba()
-        return self.reducer.rgbx_sink()
+        import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
+
+        from ..backends import _cpu_kernels
+        from ..backends.cpu import RgbxSink
+
+        prefer_forksafe_threads()
+        return RgbxSink(_cpu_kernels, self.options)
 
     def decoded(self, done: _Decoded, b: int) -> Any:
         """The state of a batch's decoded images (arrays, histograms, the sink's), or None when it has none."""
@@ -274,7 +281,7 @@ def reduce_records(first: int, stop: int, records: Iterable[tuple], extras: dict
     return BatchResult(first, stop, state, images, done.nbytes, done.bad, done.warnings, done.decoders)
 
 
-class ReducedBatches(torch.utils.data.Dataset):
+class ReducedBatches:
     """Map-style dataset over tasks: ``ds[b]`` decodes and reduces task ``b`` (a batch of items, or a
     Parquet row group read ``batch_size`` rows at a time; see :mod:`.segment`).
 
@@ -335,13 +342,13 @@ class ReducedBatches(torch.utils.data.Dataset):
 
         reduce = _Reduce.get(self.extras)
         if _numba_pays(self):
-            reduce.load_numba()
             channels = 1 if self.decode_opts.get("mode") == "L" else 3
             sink = reduce.sink(self.pixels) if channels == 3 else None
             if sink is not None:  # RGB views: their own loop
                 sink.add(np.zeros((2, 2, 4), np.uint8))
                 sink.state(_UINT8_SCALE)
             else:
+                reduce.load_numba()
                 reduce([np.zeros((2, 2, channels), np.uint8)], 0)
         png = io.BytesIO()
         Image.new("RGB", (2, 2)).save(png, format="PNG")
@@ -411,19 +418,6 @@ def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int, cap: int |
         yield pending
 
 
-def _one_thread(worker_id: int) -> None:
-    """Decode workers reduce with one thread each: the workers are the parallelism (their reducers
-    also ask for one thread: a worker that imports numba later needs nothing more)."""
-    if "numba" in sys.modules:
-        import numba
-
-        numba.set_num_threads(1)
-
-
-def _identity(result: BatchResult) -> BatchResult:
-    return result
-
-
 def _threads_started() -> str | None:
     """The numba threading layer this process runs, or None when no parallel region has run yet
     (nor numba been imported: then none can have run, and finding out would cost its import)."""
@@ -448,15 +442,26 @@ def prefer_forksafe_threads() -> None:
         numba.config.THREADING_LAYER = "forksafe"
 
 
-def _start_method() -> str | None:
-    """``"spawn"`` when this process already runs numba's GNU OpenMP threads, else the default (fork).
+def _start_method() -> str:
+    """How decode workers start: ``"fork"`` where the platform has it and this process does not run
+    numba's GNU OpenMP threads, else ``"spawn"``; raises :class:`~.mainguard.UnguardedMain` first when
+    fresh processes would re-run a script that calls gpustats outside ``if __name__ == "__main__":``.
 
     A forked child of a process that has used GNU OpenMP must not use it again (numba aborts it:
     "fork() called from a process already using GNU OpenMP"), and the workers reduce with numba.
-    Fresh processes cost about a second to start; fork costs nothing, so it is kept when safe (see
-    :func:`prefer_forksafe_threads`).
+    gpustats' own loops never start numba's threads (:mod:`gpustats.backends._cpu_kernels`), so only
+    the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
+    start; fork costs nothing, so it is asked for explicitly where safe (not left to the platform's
+    default, which is ``forkserver`` from Python 3.14 on Linux and ``spawn`` on macOS).
     """
-    return "spawn" if _threads_started() == "omp" else None
+    import multiprocessing
+
+    from .mainguard import check_main_guard
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() and _threads_started() != "omp" \
+        else "spawn"
+    check_main_guard(method)
+    return method
 
 
 def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch_size: int, start: int = 0,
@@ -464,8 +469,9 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     """Yield the :class:`BatchResult` of every task of ``files[start:stop]`` (paths or a
     :class:`~gpustats.sources.segment.Segment`), in item order.
 
-    ``workers=0`` decodes and reduces in this process; ``workers>0`` in that many DataLoader worker
-    processes (not persistent). ``options``: :class:`ReducedBatches`' keyword arguments.
+    ``workers=0`` decodes and reduces in this process; ``workers>0`` in that many worker processes
+    (:func:`.workers.ordered_results`; not persistent). ``options``: :class:`ReducedBatches`' keyword
+    arguments.
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers!r}")
@@ -473,21 +479,13 @@ def iter_reduced(files: Sequence[str | os.PathLike[str]], *, workers: int, batch
     if len(dataset) == 0:
         return
     prefer_forksafe_threads()
-    context = _start_method()
-    if workers > 0 and context is None:
-        dataset.warm_up()  # compiled here once; forked workers inherit it instead of each loading it
     if workers == 0:
-        if _numba_pays(dataset):
+        if _numba_pays(dataset) and dataset.pixels != "view":  # (views go to RgbxSink, which needs no reducer)
             _Reduce.get(dataset.extras).load_numba()
         for b in range(len(dataset)):
             yield dataset[b]
         return
-    with warnings.catch_warnings():  # torch's "suggested max number of worker" (twice): the engine says it once
-        warnings.filterwarnings("ignore", message=r"This DataLoader will create", category=UserWarning)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False,
-                                             num_workers=min(workers, len(dataset)),  # no idle processes
-                                             collate_fn=_identity, worker_init_fn=_one_thread,
-                                             multiprocessing_context=context,
-                                             persistent_workers=False, pin_memory=False)
-        results = iter(loader)
-    yield from results
+    context = _start_method()
+    dataset.warm_up()  # compiled (or loaded) here once: forked workers inherit it, spawned ones load its disk cache
+    yield from ordered_results(functools.partial(operator.getitem, dataset), range(len(dataset)),
+                               workers=min(workers, len(dataset)), method=context)  # no idle processes

@@ -39,7 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from .listing import is_image_name
-from .mapside import BatchResult, _one_thread, _start_method, prefer_forksafe_threads, reduce_records
+from .mapside import BatchResult, _start_method, prefer_forksafe_threads, reduce_records
 from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_of, is_hidden, is_tar_name,
                        iter_entries, max_member_bytes, open_decompressed, refusal)
 from .units import StreamUnit, is_zip_or_parquet
@@ -158,9 +158,8 @@ def _stream_tar(fileobj: Any, compression: str | None, label: str, depth: int,
 
 
 def _worker_init() -> None:
-    """Decode workers: one numba thread each, and Ctrl-C is the main process's to handle."""
+    """Decode workers: Ctrl-C is the main process's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _one_thread(0)
 
 
 class StreamPool:
@@ -173,7 +172,7 @@ class StreamPool:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             prefer_forksafe_threads()
-            context = multiprocessing.get_context(_start_method())  # None: the platform default
+            context = multiprocessing.get_context(_start_method())
             self._executor = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_worker_init)
         return self._executor
 
