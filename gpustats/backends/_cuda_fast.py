@@ -104,23 +104,22 @@ def recorded_nonfinite(row, seen: int):
 
 
 def vec_reads(part, chunk, *, on_gpu: bool) -> bool:
-        """Whether the vec kernels will read ``part`` (so they can check it for NaN/inf themselves): its
-        device copy is C-contiguous (a CUDA tensor as it is; host tensors are staged contiguous) and
-        16-byte aligned, with NCHW rows a multiple of the vector width. ``on_gpu``: ``part`` is a CUDA
+    """Whether the vec kernels will read ``part`` (so they can check it for NaN/inf themselves): its
+    device copy is C-contiguous (a CUDA tensor as it is; host tensors are staged contiguous) and
+    16-byte aligned, with NCHW rows a multiple of the vector width. ``on_gpu``: ``part`` is a CUDA
     tensor read in place (its own strides and address count), not a host tensor to be staged."""
-        on_gpu = part.device.type == "cuda" and not self.simulator
-        if on_gpu and not part.is_contiguous():
-            return False
-        from ..kernels import vec
+    if on_gpu and not part.is_contiguous():
+        return False
+    from ..kernels import vec
 
-        shape = tuple(int(n) for n in part.shape)
-        itemsize = part.element_size()
-        strides, step = [], itemsize
-        for n in reversed(shape):
-            strides.insert(0, step)
-            step *= n
-        info = vec._Input(shape, tuple(strides), np.dtype(f"u{itemsize}"), part.data_ptr() if on_gpu else 0)
-        return vec.plan(info, chunk.layout, chunk.dtype) is not None
+    shape = tuple(int(n) for n in part.shape)
+    itemsize = part.element_size()
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
+    info = vec._Input(shape, tuple(strides), np.dtype(f"u{itemsize}"), part.data_ptr() if on_gpu else 0)
+    return vec.plan(info, chunk.layout, chunk.dtype) is not None
 
 
 def launcher_for(reducer, dtype: str, layout: str):
