@@ -12,10 +12,6 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     make_shared_arrays_thread_safe()
 
 
-#: files whose module fixture is a long run of its own (the GPU check's dry run, 2 + 3 gloo ranks): under
-#: pytest-xdist (``--dist loadgroup`` in pyproject.toml) each of them runs on one worker, so the fixture runs once
-_ONE_WORKER_FILES = ("test_gpu_check.py", "test_distributed.py")
-
 
 def pytest_configure(config):
     """In a pytest-xdist worker: the pytest runs a test starts (simulator shards, the benchmark smoke run, the
@@ -33,11 +29,8 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """:data:`_ONE_WORKER_FILES` grouped; ``--sim-shard=i/k`` (a simulator child of tests/_simulator.py): keep
+    """``--sim-shard=i/k`` (a simulator child of tests/_simulator.py): keep
     every k-th case from the i-th (neighbouring cases are alike, so each shard gets a fair share of the work)."""
-    for item in items:
-        if item.path.name in _ONE_WORKER_FILES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
     index, count = (int(v) for v in config.getoption("--sim-shard").split("/"))
     if count == 1:
         return

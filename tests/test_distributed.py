@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import _dist_worker as worker
+from _once import shared_folder
 from gpustats import ChannelStats, compute_stats
 from gpustats import distributed as gdist
 
@@ -103,18 +104,21 @@ def read_results(out_dir: Path, world: int) -> list[dict]:
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[int, list[dict]]:
-    """{world: [rank 0 results, rank 1 results, ...]} for worlds 2 and 3, launched side by side."""
-    launches = {}
+def _launch_worlds(folder: Path) -> None:
+    launches = []
     for world in (2, 3):
-        out = tmp_path_factory.mktemp(f"world{world}")
-        launches[world] = (out, start_workers(world, out, SCENARIOS))
-    results = {}
-    for world, (out, launch) in launches.items():
+        (folder / f"world{world}").mkdir()
+        launches.append(start_workers(world, folder / f"world{world}", SCENARIOS))
+    for launch in launches:  # side by side
         launch.wait()
-        results[world] = read_results(out, world)
-    return results
+
+
+@pytest.fixture(scope="module")
+def runs(request) -> dict[int, list[dict]]:
+    """{world: [rank 0 results, rank 1 results, ...]} for worlds 2 and 3, launched side by side, once per
+    session (tests/_once.py)."""
+    folder = shared_folder(request, "distributed_worlds", _launch_worlds)
+    return {world: read_results(folder / f"world{world}", world) for world in (2, 3)}
 
 
 # ---------------------------------------------------------------------------------- references

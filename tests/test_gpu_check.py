@@ -13,9 +13,11 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+from _once import shared_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,17 +33,26 @@ def _installed_files() -> dict:
     return {str(f): dist.locate_file(f).stat().st_mtime_ns for f in (dist.files or []) if dist.locate_file(f).exists()}
 
 
-@pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu_check")
+def _dry_run_into(folder):
+    out = folder / "out"
+    out.mkdir()
     env = dict(os.environ, GPUSTATS_GPU_CHECK_DRY_RUN="1", PYTHON=sys.executable, GPUSTATS_GPU_CHECK_BUDGET_S="400")
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     env.pop("GPUSTATS_GPU_CHECK_INSTALL", None)
     before = _installed_files()
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
-    proc.installed_before, proc.installed_after = before, _installed_files()
-    return out, proc
+    (folder / "proc.json").write_text(json.dumps({
+        "returncode": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr,
+        "installed_before": before, "installed_after": _installed_files()}))
+
+
+@pytest.fixture(scope="module")
+def dry_run(request):
+    """The GPU check's dry run (about a minute), once per session (tests/_once.py): its output folder and
+    the process's return code, output and the installed files before and after."""
+    folder = shared_folder(request, "gpu_check_dry_run", _dry_run_into)
+    return folder / "out", types.SimpleNamespace(**json.loads((folder / "proc.json").read_text()))
 
 
 def test_dry_run_writes_every_section(dry_run):
