@@ -87,7 +87,7 @@ def _make_finish(channels, threads, integer):
     # 24 KiB with the other strategies' SHARED_SLOTS), so shared memory never limits the resident blocks;
     # the combines take 2C passes instead of ceil(2C / 4), once per block at the end (same additions, same
     # order). The simulator keeps SHARED_SLOTS: its barriers are slow, the results the same
-    # (tests/sim_kernels_cases.py checks the one-slot combine on its own)
+    # (tests/sim_vec_extras_cases.py checks the one-slot combine on its own)
     SLOTS = SHARED_SLOTS if simulator_enabled() else threads
     block_totals = make_block_ops(threads, SLOTS)[2]
 

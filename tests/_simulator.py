@@ -10,9 +10,12 @@ NUMBA_ENABLE_CUDASIM=1 and its report is attached to the failure message.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from typing import Sequence
 
 _HERE = Path(__file__).resolve().parent
 
@@ -29,35 +32,48 @@ def in_process() -> bool:
         return False
 
 
-def collect(namespace: dict, cases: str, shards: int = 1) -> None:
-    """In a test file's ``namespace``: the cases of ``tests/<cases>.py`` themselves when they can run
-    here (simulator on, or a GPU), else ``shards`` tests that each run every ``shards``-th case under
-    the simulator in a child (several children, so that pytest-xdist runs them side by side)."""
+def collect(namespace: dict, cases: str | Sequence[str], shards: int = 1) -> None:
+    """In a test file's ``namespace``: the cases of ``tests/<case>.py`` (one name or several) themselves
+    when they can run here (simulator on, or a GPU), else ``shards`` tests that each run every
+    ``shards``-th case under the simulator in a child (several children, so that pytest-xdist runs them
+    side by side; several case files share each child's start-up)."""
+    files = [cases] if isinstance(cases, str) else list(cases)
     if in_process():
-        module = __import__(cases)
-        namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+        for name in files:
+            module = __import__(name)
+            namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
         return
     for shard in range(shards):
         def test_cases_under_the_simulator(shard=shard):
-            run_in_simulator(f"{cases}.py", shard, shards)
+            run_in_simulator([f"{name}.py" for name in files], shard, shards)
 
-        name = f"test_{cases}_under_the_simulator" + (f"_{shard + 1}_of_{shards}" if shards > 1 else "")
+        name = f"test_{files[0]}_under_the_simulator" + (f"_{shard + 1}_of_{shards}" if shards > 1 else "")
         test_cases_under_the_simulator.__name__ = name
         namespace[name] = test_cases_under_the_simulator
 
 
-def run_in_simulator(cases: str, shard: int = 0, shards: int = 1) -> None:
+class SimulatorSkips(UserWarning):
+    """Cases of a simulator child that skipped (GPU-only cases): shown in the parent's warnings summary."""
+
+
+def run_in_simulator(cases: str | Sequence[str], shard: int = 0, shards: int = 1) -> None:
     """Run ``tests/<cases>`` (every ``shards``-th case from ``shard``: conftest.py selects them) in a child
-    pytest with the simulator on; fail with its report."""
+    pytest with the simulator on; fail with its report. The child's skips (cases that need a real GPU)
+    become one :class:`SimulatorSkips` warning per reason, so the parent's summary shows them."""
+    files = [cases] if isinstance(cases, str) else list(cases)
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(_HERE / cases), "-q", "-p", "no:cacheprovider", "-x",
+        [sys.executable, "-m", "pytest", *(str(_HERE / f) for f in files), "-q", "-p", "no:cacheprovider", "-x",
+         "-p", "no:hypothesispytest",  # no case uses it; its summary hook imports hypothesis (seconds per child)
          "-ra", f"--sim-shard={shard}/{shards}"],
         cwd=_HERE.parent, env=env, capture_output=True, text=True, timeout=600,
     )
     report = proc.stdout[-12000:] + proc.stderr[-3000:]
     print(report)
-    assert proc.returncode == 0, f"simulator cases {cases} (shard {shard + 1} of {shards}) failed:\n{report}"
+    label = ", ".join(files) + (f" (shard {shard + 1} of {shards})" if shards > 1 else "")
+    assert proc.returncode == 0, f"simulator cases {label} failed:\n{report}"
+    for count, where, reason in re.findall(r"^SKIPPED \[(\d+)\] ([^:]+:\d+): (.*)$", proc.stdout, flags=re.M):
+        warnings.warn(SimulatorSkips(f"{count} simulator case(s) of {label} skipped at {where}: {reason}"))
 
 
 def make_shared_arrays_thread_safe() -> None:

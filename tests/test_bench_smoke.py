@@ -23,7 +23,8 @@ def test_bench_suites_run_tiny(tmp_path):
     env = dict(os.environ, GPUSTATS_BENCH_TINY="1", GPUSTATS_BENCH_SIZES="1MiB", GPUSTATS_BENCH_ROUNDS="1",
                TMPDIR=str(tmp_path))  # the decode corpus is cached under TMPDIR: keep it private
     env.pop("NUMBA_ENABLE_CUDASIM", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", "-rs"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/", "-q", "-p", "no:cacheprovider", "-rs",
+                           "-p", "no:hypothesispytest"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     tail = proc.stdout[-3000:] + proc.stderr[-2000:]
     assert proc.returncode == 0, tail
