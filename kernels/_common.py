@@ -193,7 +193,10 @@ def check_input(x, layout: str, dtype_tag: str, acc) -> int:
 def _device_limits(device_id: int):
     """(threads per block, resident blocks per SM, SM count) for the current device."""
     if simulator_enabled():
-        return 32, 1, 2
+        # 8 threads a block: the simulator runs every CUDA thread as a Python thread, so fewer make the
+        # tests about twice as fast; no kernel but ``warp`` (real GPUs only) assumes a 32-thread warp, and
+        # the tests' explicit ``launch=(blocks, threads)`` cover other block sizes
+        return 8, 1, 2
     dev = cuda.get_current_device()
     max_threads = int(dev.MAX_THREADS_PER_BLOCK)
     threads = 1 << (min(256, max_threads).bit_length() - 1)  # power of two, <= 256
