@@ -464,8 +464,8 @@ def test_fixed_cost_launcher_end_to_end(dtype, layout):
     if not SIM:
         return
     assert [w for w, _ in errors] == [2] and reducer.launcher_launches == len(driver.launches)
-    # simulator: 32 threads a block, the stand-in's 2 SMs x 1 block. NCHW: a grid row per channel, 2 images x
-    # 16 vectors a row fit one block. NHWC: 96 vectors need 3 blocks; the block count is a multiple of 3
+    # simulator: 8 threads a block, the stand-in's 2 SMs x 1 block cap the grid. NCHW: a grid row per channel,
+    # one block a row (grid-stride). NHWC: 3 blocks; the block count is a multiple of 3
     # (C / gcd(C, threads x 4 lanes)) so that each thread keeps one channel per lane
     grids = {launch[1] for launch in driver.launches}
     assert grids == {(1, 3) if layout == "NCHW" else (3, 1)}, grids
