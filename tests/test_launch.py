@@ -15,6 +15,7 @@ import ctypes
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -241,3 +242,33 @@ def test_block_buffer_is_stable_across_writes():
     for i in range(100):
         block.slot(0).value = ADDRESS + 16 * i
     assert list(pointers) == first and np.all(np.diff(first) > 0)
+
+
+# ------------------------------------------------------------------ which parts vec checks itself
+class _CudaTensorStandIn:
+    """What :func:`vec_reads` reads of a CUDA tensor (no GPU here): its device, layout, size and address."""
+
+    def __init__(self, shape, itemsize, address, contiguous=True):
+        self.shape, self._itemsize, self._address, self._contiguous = shape, itemsize, address, contiguous
+        self.device = SimpleNamespace(type="cuda")
+
+    def is_contiguous(self):
+        return self._contiguous
+
+    def element_size(self):
+        return self._itemsize
+
+    def data_ptr(self):
+        return self._address
+
+
+@pytest.mark.parametrize("address, contiguous, expected", [(1 << 20, True, True), ((1 << 20) + 4, True, False),
+                                                           (1 << 20, False, False)])
+def test_vec_reads_a_cuda_part_by_its_own_address_and_layout(address, contiguous, expected):
+    """A CUDA tensor read in place (on_gpu=True): vec checks it for NaN/inf itself only when it is contiguous
+    and 16-byte aligned (this path once raised NameError on a GPU: a leftover ``self``)."""
+    from gpustats.backends._cuda_fast import vec_reads
+
+    part = _CudaTensorStandIn((2, 3, 64), 4, address, contiguous)
+    chunk = SimpleNamespace(layout="CP", dtype="float32")
+    assert vec_reads(part, chunk, on_gpu=True) is expected
