@@ -12,7 +12,7 @@ files, default 400, cached in a temp dir), the exact per-image statistics are co
   so the run overshoots by up to one batch;
 * ``images_per_s`` of the whole run (decode with ``WORKERS`` processes + per-image sums);
 * whether the intervals covered the exact values (one run: a sanity check, not a coverage
-  measurement -- tests/test_sampling.py measures coverage).
+  measurement -- tests/test_sampling_coverage.py measures coverage).
 
 The corpus's ``sigma_between`` is printed: real photo collections have about 0.13 (ImageNet's
 per-image means spread that much), so they need (0.13 / sigma_between)^2 times as many images.

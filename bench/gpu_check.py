@@ -16,7 +16,8 @@ section leaves unused passes to the next ones):
    and compile time with a cold and a warm cubin cache (bench/gpu_calls.py).
 5. ``engine`` (28%): ``gpustats stats`` on 30,000 generated JPEGs, CPU workers and nvJPEG, cold and
    warm compile cache, beside plain Pillow processes and nvJPEG alone.
-6. ``pipeline`` (7%), ``decode`` (5%), ``sync`` (5%): see gpu_check_sections.py.
+6. ``pipeline`` (7%), ``decode`` (5%), ``sync`` (5%): see gpu_check_sections.py, the sections'
+   registry (the sweep is in gpu_check_sweep.py, decode and engine in gpu_check_decode.py).
 
 Each section runs in its own process with a hard timeout and saves as it goes, so a crash or a
 hang loses only that section's unsaved part; whatever does not fit is listed under ``skipped``

@@ -109,6 +109,15 @@ def test_no_module_over_500_lines():
     assert not long, long
 
 
+def test_no_test_or_bench_file_over_500_lines():
+    """The same limit for tests/ and bench/: a long file is split by subject (shared helpers in an
+    underscore module that pytest does not collect, e.g. tests/_never_crash_helpers.py)."""
+    long = [f"{path.relative_to(ROOT).as_posix()} ({n} lines)" for folder in ("tests", "bench")
+            for path in sorted((ROOT / folder).rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > MAX_LINES]
+    assert not long, f"over {MAX_LINES} lines, split by subject: {', '.join(long)}"
+
+
 def test_kernels_know_nothing_of_torch_or_the_package():
     for name, path in _modules().items():
         if not name.startswith("gpustats.kernels"):
