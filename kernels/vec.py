@@ -83,8 +83,6 @@ NAME = "vec"
 SUPPORTS_SIMULATOR = True
 SUPPORTS = frozenset()
 
-#: loads in flight per loop turn
-UNROLL = {"uint8": 4, "uint16": 2, "float16": 2, "bfloat16": 2, "float32": 2}
 #: uint8 NHWC: at most this many channels get per-channel byte masks (more: the tree kernels)
 U8_PC_MAX_CHANNELS = 4
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing s
 
     from ..batches import Chunk
 
-__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments", "merge_rows"]
+__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments"]
 
 _VALUES = np.arange(256, dtype=np.int64)
 
@@ -61,15 +61,6 @@ def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index
         f"batch {batch_index} has {below} values below and {above} above hist_range=({lo}, {hi}); "
         "widen hist_range or pass clip=True to count them in the edge bins"
     )
-
-
-def merge_rows(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, comoment: np.ndarray | None = None,
-               mean_lo: np.ndarray | float = 0.0):
-    """Rows [R, C] -> totals ``(count, mean, M2, comoment)`` [C] (old name of
-    :func:`gpustats.numerics.chan_merge_rows`, which also returns the mean's ``mean_lo``)."""
-    count = np.asarray(count)
-    merged = chan_merge_rows(Moments(count, mean, m2, np.broadcast_to(mean_lo, count.shape), comoment))
-    return merged.count, merged.mean, merged.m2, merged.comoment
 
 
 #: parts smaller than this (values) are joined into one strip: a numba call costs ~0.1-2 ms
