@@ -56,10 +56,10 @@ def _run(capsys, *args):
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Fails the test if a file is decoded: checks must come before the run."""
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     decoded = []
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", lambda self, b: decoded.append(b))
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", lambda self, b: decoded.append(b))
     return decoded
 
 
@@ -365,12 +365,12 @@ def test_a_report_may_go_into_the_input_folder(capsys, tmp_path):
 # ====================================================================== 8. SIGTERM saves like Ctrl-C
 _SLOW = textwrap.dedent("""
     import sys, time
-    from gpustats.sources import mapside
-    reduce_records = mapside.reduce_records
+    from gpustats.sources import reduce_tasks
+    reduce_records = reduce_tasks.reduce_records
     def slow(*args, **kwargs):
         time.sleep(0.4)
         return reduce_records(*args, **kwargs)
-    mapside.reduce_records = slow
+    reduce_tasks.reduce_records = slow
     from gpustats.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

@@ -204,15 +204,17 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     floats (non-finite values left out and counted in ``nonfinite``). ``totals``: the exact integer
     ``(sum, sum of squares)`` of integer data (int64 [K, C] each), None for floats. Used by sampling.
     """
-    from . import _cpu_kernels as k
-
     cp = chunk.layout == "CP"
     if chunk.dtype in INTEGER_DTYPES:
-        r = _int_rows(k, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
+        from . import cpu_int_loops
+
+        r = _int_rows(cpu_int_loops, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
         mean, m2 = exact_moments(r["count"], r["total"], r["total_sq"])
         return (r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"]),
                 (r["total"], r["total_sq"]))
-    r = _float_rows(k, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
+    from . import cpu_float_loops
+
+    r = _float_rows(cpu_float_loops, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
     return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"], None
 
 
@@ -272,7 +274,7 @@ class RgbxSink:
     so that each is reduced while its memory is hot and can then be freed (a batch of them held until
     its end measured 20% slower: fresh memory for every image); :meth:`state` is then bitwise
     :meth:`CpuReducer.reduce_chunk`'s state of their RGB pixels as uint8 ``HWC``. For co-moments (with
-    any other statistic): without them Pillow's own histogram serves (:mod:`gpustats.sources.mapside`)."""
+    any other statistic): without them Pillow's own histogram serves (:mod:`gpustats.sources.reduce_tasks`)."""
 
     def __init__(self, kernels: Any, options: Options):
         if not options.covariance:
@@ -311,15 +313,15 @@ class CpuReducer(MergingReducer):
         """``threads``: numba threads per call (``None``: numba's count at each call; 1: never open a
         parallel region, as decode workers do, which are the parallelism themselves)."""
         super().__init__(device, options)
-        from . import _cpu_kernels  # numba loads here, not at import gpustats
+        from . import cpu_float_loops, cpu_int_loops  # numba loads here, not at import gpustats
 
-        self._k = _cpu_kernels
+        self._ints, self._floats = cpu_int_loops, cpu_float_loops
         self.threads = threads
 
     def _blocks(self, a: np.ndarray, cp: bool) -> int:
         """Threads for one uint8 loop over ``a`` (work items: one pixel block of one row)."""
         length = a.shape[2] if cp else a.shape[1]
-        return _split(a.size, a.shape[0] * -(-length // self._k._BLOCK), self.threads)
+        return _split(a.size, a.shape[0] * -(-length // self._ints.BLOCK), self.threads)
 
     def _per_thread(self, a: np.ndarray, cp: bool, loop: Callable, first: np.ndarray) -> list[np.ndarray]:
         """``loop(a, cp, out, t, threads)`` in :func:`in_threads`, each thread into its own copy of
@@ -344,7 +346,7 @@ class CpuReducer(MergingReducer):
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
             for a in arrays:
-                parts = self._per_thread(a, cp, self._k.hist_u8, np.zeros_like(hist))
+                parts = self._per_thread(a, cp, self._ints.hist_u8, np.zeros_like(hist))
                 hist += sum(parts)
             return hist, (0.0, 256.0), None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
@@ -352,14 +354,14 @@ class CpuReducer(MergingReducer):
         hist = np.zeros((chunk.channels, bins), np.int64)
         ends = np.zeros((chunk.channels, 2), np.int64)
         for a in arrays:
-            below, above = self._k.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end, ends)
+            below, above = self._floats.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end, ends)
             if (below or above) and not self.options.clip:
                 raise out_of_range_error(below, above, lo, hi, batch_index)
         return hist, (lo, hi), ends
 
     # ----------------------------------------------------------------- integers
     def _reduce_int(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
-        opts, k, C = self.options, self._k, chunk.channels
+        opts, k, C = self.options, self._ints, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=False, keep_images=opts.per_image)
         rows_needed = opts.per_image or opts.covariance
@@ -388,11 +390,11 @@ class CpuReducer(MergingReducer):
 
     def rgbx_sink(self) -> "RgbxSink":
         """A :class:`RgbxSink` with this reducer's loops and options."""
-        return RgbxSink(self._k, self.options)
+        return RgbxSink(self._ints, self.options)
 
     # ----------------------------------------------------------------- floats
     def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
-        opts, k, C = self.options, self._k, chunk.channels
+        opts, k, C = self.options, self._floats, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=True, keep_images=opts.per_image)
         r = _float_rows(k, arrays, cp, C, opts.covariance, self.threads)

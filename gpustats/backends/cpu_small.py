@@ -7,7 +7,7 @@ integers (sums, minima and maxima along each channel plane, squares and cross pr
 histograms from ``np.bincount``), given to the CPU backend's own state builders, so the state is bitwise the
 one :class:`~gpustats.backends.cpu.CpuReducer` makes (tested). Per image it costs a few
 microseconds more than the numba loops, so processes that reduce many images load numba instead
-(:mod:`gpustats.sources.mapside` decides).
+(:mod:`gpustats.sources.reduce_tasks` decides).
 
 >>> import numpy as np
 >>> from gpustats.backends import Options

@@ -174,11 +174,11 @@ class _Reduce:
             return None
         import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
 
-        from ..backends import _cpu_kernels
+        from ..backends import cpu_int_loops
         from ..backends.cpu import RgbxSink
 
         prefer_forksafe_threads()
-        return RgbxSink(_cpu_kernels, self.options)
+        return RgbxSink(cpu_int_loops, self.options)
 
     def decoded(self, done: _Decoded, b: int) -> Any:
         """The state of a batch's decoded images (arrays, histograms, the sink's), or None when it has none."""
@@ -449,7 +449,7 @@ def _start_method() -> str:
 
     A forked child of a process that has used GNU OpenMP must not use it again (numba aborts it:
     "fork() called from a process already using GNU OpenMP"), and the workers reduce with numba.
-    gpustats' own loops never start numba's threads (:mod:`gpustats.backends._cpu_kernels`), so only
+    gpustats' own loops never start numba's threads (:mod:`gpustats.backends.cpu_int_loops`, :mod:`~gpustats.backends.cpu_float_loops`), so only
     the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
     start; fork costs nothing, so it is asked for explicitly where safe (not left to the platform's
     default, which is ``forkserver`` from Python 3.14 on Linux and ``spawn`` on macOS).
