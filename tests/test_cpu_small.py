@@ -148,3 +148,20 @@ def test_the_size_guess_reads_no_archive_member_or_parquet_row(monkeypatch):
     dataset = reduce_tasks.ReducedBatches(Segment([Members()], [0]), batch_size=2, small_tasks=True, covariance=True)
     assert reads == []  # (a Parquet row would cost reading its row group's column)
     assert not dataset.small and reduce_tasks._numba_pays(dataset) and len(dataset) == 2
+
+
+def test_moments_of_a_histogram_are_those_of_its_values():
+    """``int_state.hist_rows``, the one rule for moments from uint8 histograms, against the values
+    themselves (numpy on the expanded pixels); a row without values leaves min and max alone."""
+    from gpustats.backends.int_state import EMPTY_MAX, EMPTY_MIN, hist_rows
+
+    rng = np.random.default_rng(3)
+    values = [rng.integers(lo, hi, size, dtype=np.uint8) for lo, hi, size in ((0, 256, 500), (7, 8, 3), (250, 256, 9))]
+    hists = np.stack([np.bincount(v, minlength=256) for v in values] + [np.zeros(256, np.int64)])[:, None, :]
+    rows = hist_rows(hists)
+    wide = [v.astype(np.int64) for v in values]
+    assert rows["count"][:, 0].tolist() == [v.size for v in wide] + [0]
+    assert rows["total"][:, 0].tolist() == [int(v.sum()) for v in wide] + [0]
+    assert rows["total_sq"][:, 0].tolist() == [int((v * v).sum()) for v in wide] + [0]
+    assert rows["vmin"][:, 0].tolist() == [int(v.min()) for v in wide] + [EMPTY_MIN]
+    assert rows["vmax"][:, 0].tolist() == [int(v.max()) for v in wide] + [EMPTY_MAX]

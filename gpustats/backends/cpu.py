@@ -20,6 +20,7 @@ from ..batches import InputError
 from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
 from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
+from .int_state import hist_rows, int_state, sums_rows
 
 if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing small images never import it
     import torch
@@ -27,8 +28,6 @@ if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing s
     from ..batches import Chunk
 
 __all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments"]
-
-_VALUES = np.arange(256, dtype=np.int64)
 
 
 class NonFiniteError(InputError):
@@ -64,7 +63,7 @@ def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index
 
 
 #: parts smaller than this (values) are joined into one strip: a numba call costs ~0.1-2 ms
-_SMALL_PART = 1 << 16
+SMALL_PART = 1 << 16
 
 
 def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
@@ -75,10 +74,10 @@ def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
     """
     import torch
 
-    small = [p for p in chunk.parts if p.numel() < _SMALL_PART]
+    small = [p for p in chunk.parts if p.numel() < SMALL_PART]
     if len(small) < 2:
         return list(chunk.parts)
-    large = [p for p in chunk.parts if p.numel() >= _SMALL_PART]
+    large = [p for p in chunk.parts if p.numel() >= SMALL_PART]
     if chunk.layout == "CP":
         strip = torch.cat([p.permute(1, 0, 2).reshape(chunk.channels, -1) for p in small], dim=1).unsqueeze(0)
     else:
@@ -225,49 +224,6 @@ def _fresh_sums(channels: int) -> np.ndarray:
     return sums
 
 
-def u8_state_from_sums(sums: np.ndarray, scale: float) -> ChannelStats:
-    """The state of uint8 data from ``u8_sums``' exact totals ([5, C]: count, sum, sum of squares, min, max)."""
-    count, total, total_sq = ([int(v) for v in row] for row in sums[:3])
-    empty = sums[0] == 0
-    return ChannelStats.from_integer_sums(count, total, total_sq, np.where(empty, np.inf, sums[3]),
-                                          np.where(empty, -np.inf, sums[4]), dtype="uint8", scale=scale)
-
-
-def u8_state_from_hist(hist: np.ndarray, scale: float, keep: bool) -> ChannelStats:
-    """The state of uint8 data from its exact per-channel histograms ([C, 256]); ``keep``: the state holds them."""
-    count = [int(h.sum()) for h in hist]
-    total = [int(h @ _VALUES) for h in hist]
-    total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
-    nz = [np.flatnonzero(h) for h in hist]
-    vmin = [float(z[0]) if z.size else np.inf for z in nz]
-    vmax = [float(z[-1]) if z.size else -np.inf for z in nz]
-    return ChannelStats.from_integer_sums(count, total, total_sq, vmin, vmax, dtype="uint8", scale=scale,
-                                          hist=hist if keep else None, hist_range=(0.0, 256.0) if keep else None)
-
-
-def _exact_column_sums(rows: np.ndarray) -> list:
-    """Sums over axis 0 of int64 ``rows`` as (nested) lists of Python ints: in int64 when no partial
-    sum can overflow it, else in Python ints."""
-    bound = float(np.abs(rows.astype(np.float64)).max(initial=0.0)) * rows.shape[0]
-    if bound < 2.0**62:
-        return rows.sum(axis=0).tolist()
-    return np.asarray(rows, dtype=object).sum(axis=0).tolist()
-
-
-def int_state_from_rows(r: dict, *, dtype: str, scale: float, covariance: bool, per_image: bool,
-                        hist: np.ndarray | None = None, hist_range: tuple | None = None,
-                        hist_ends: np.ndarray | None = None) -> ChannelStats:
-    """The state of integer data from :func:`_int_rows`' exact per-image rows (and its histogram)."""
-    count = [int(v) for v in r["count"].sum(axis=0)]
-    total, total_sq = _exact_column_sums(r["total"]), _exact_column_sums(r["total_sq"])
-    cross = _exact_column_sums(r["cross"]) if covariance else None
-    images = ImageMoments.from_integer_rows(r["count"], r["total"], r["total_sq"]) if per_image else None
-    return ChannelStats.from_integer_sums(
-        count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
-        dtype=dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images, hist_ends=hist_ends,
-    )
-
-
 class RgbxSink:
     """Reduces RGB images held 4 bytes a pixel (``[H, W, 4]`` C-contiguous uint8, the fourth byte not a
     channel: a decoder's pixels read in place, without copying them into 3-byte pixels) one at a time,
@@ -299,8 +255,7 @@ class RgbxSink:
         names = ("count", "total", "total_sq", "vmin", "vmax", "cross", "hist")
         r = {name: np.concatenate([row[i] for row in self.rows]) for i, name in enumerate(names)}
         hist = r.pop("hist").sum(axis=0) if opts.histogram else None
-        return int_state_from_rows(r, dtype="uint8", scale=scale, covariance=True, per_image=opts.per_image,
-                                   hist=hist, hist_range=(0.0, 256.0) if opts.histogram else None)
+        return int_state(r, dtype="uint8", scale=scale, covariance=True, per_image=opts.per_image, hist=hist)
 
 
 class CpuReducer(MergingReducer):
@@ -373,11 +328,11 @@ class CpuReducer(MergingReducer):
                     sums[:3] += part[:3]
                     sums[3] = np.minimum(sums[3], part[3])
                     sums[4] = np.maximum(sums[4], part[4])
-            return u8_state_from_sums(sums, scale)
+            return int_state(sums_rows(sums), dtype="uint8", scale=scale)
         if chunk.dtype == "uint8" and not rows_needed:
             # the histogram alone gives exact count, sums, min and max: one fast pass
             hist, _, _ = self._histogram(chunk, arrays, batch_index)
-            return u8_state_from_hist(hist, scale, keep=opts.histogram)
+            return int_state(hist_rows(hist[None]), dtype="uint8", scale=scale, hist=hist if opts.histogram else None)
         fused_hist = opts.histogram and chunk.dtype == "uint8"  # built in the same pass as the rows
         hist, hist_range, ends = (None, None, None)
         if opts.histogram and not fused_hist:
@@ -385,8 +340,8 @@ class CpuReducer(MergingReducer):
         if fused_hist:
             hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
         r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
-        return int_state_from_rows(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance,
-                                   per_image=opts.per_image, hist=hist, hist_range=hist_range, hist_ends=ends)
+        return int_state(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance, per_image=opts.per_image,
+                         hist=hist, hist_range=hist_range, hist_ends=ends)
 
     def rgbx_sink(self) -> "RgbxSink":
         """A :class:`RgbxSink` with this reducer's loops and options."""
