@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing s
 
     from ..batches import Chunk
 
-__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments"]
+__all__ = ["CpuReducer", "NonFiniteError", "RgbxSink", "SMALL_PART", "check_nonfinite", "float_hist_spec",
+           "image_moments"]
 
 
 class NonFiniteError(InputError):
@@ -232,10 +233,12 @@ class RgbxSink:
     :meth:`CpuReducer.reduce_chunk`'s state of their RGB pixels as uint8 ``HWC``. For co-moments (with
     any other statistic): without them Pillow's own histogram serves (:mod:`gpustats.sources.reduce_tasks`)."""
 
-    def __init__(self, kernels: Any, options: Options):
+    def __init__(self, options: Options):
         if not options.covariance:
             raise ValueError("RgbxSink makes co-moments; without them use CpuReducer.reduce_chunk")
-        self._k, self.options = kernels, options
+        from . import cpu_int_loops  # numba loads here (without torch: decode workers make sinks)
+
+        self._loops, self.options = cpu_int_loops, options
         self.images = 0
         self.rows: list[list[np.ndarray]] = []  # each image's rows, as _int_rows makes them
 
@@ -244,7 +247,7 @@ class RgbxSink:
         x = readonly(image.reshape(1, -1, 4))
         row = [np.zeros((1, 3), np.int64) for _ in range(5)] + [np.zeros((1, 3, 3), np.int64)]
         hist = np.zeros((1, 3, 256) if self.options.histogram else (1, 1, 1), np.int64)
-        self._k.rgbx_rows_here(x, self.options.histogram, *row, hist)
+        self._loops.rgbx_rows_here(x, self.options.histogram, *row, hist)
         self.rows.append(row + [hist])
 
     def state(self, scale: float) -> ChannelStats | None:
@@ -342,10 +345,6 @@ class CpuReducer(MergingReducer):
         r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
         return int_state(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance, per_image=opts.per_image,
                          hist=hist, hist_range=hist_range, hist_ends=ends)
-
-    def rgbx_sink(self) -> "RgbxSink":
-        """A :class:`RgbxSink` with this reducer's loops and options."""
-        return RgbxSink(self._ints, self.options)
 
     # ----------------------------------------------------------------- floats
     def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:

@@ -191,11 +191,10 @@ class _Reduce:
             return None
         import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
 
-        from ..backends import cpu_int_loops
         from ..backends.cpu import RgbxSink
 
         prefer_forksafe_threads()
-        return RgbxSink(cpu_int_loops, self.options)
+        return RgbxSink(self.options)
 
     def decoded(self, done: _Decoded, b: int) -> Any:
         """The state of a batch's decoded images (arrays, histograms, the sink's), or None when it has none."""
