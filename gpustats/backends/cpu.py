@@ -20,7 +20,7 @@ from ..batches import InputError
 from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
 from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
-from .int_state import hist_rows, int_state, sums_rows
+from .int_state import U8_RANGE, hist_rows, int_state, sums_rows
 
 if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing small images never import it
     import torch
@@ -306,7 +306,7 @@ class CpuReducer(MergingReducer):
             for a in arrays:
                 parts = self._per_thread(a, cp, self._ints.hist_u8, np.zeros_like(hist))
                 hist += sum(parts)
-            return hist, (0.0, 256.0), None
+            return hist, U8_RANGE, None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
         low_end, high_end = range_ends(lo, hi, chunk.dtype)
         hist = np.zeros((chunk.channels, bins), np.int64)
@@ -341,7 +341,7 @@ class CpuReducer(MergingReducer):
         if opts.histogram and not fused_hist:
             hist, hist_range, ends = self._histogram(chunk, arrays, batch_index)
         if fused_hist:
-            hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
+            hist, hist_range = np.zeros((C, 256), np.int64), U8_RANGE
         r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
         return int_state(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance, per_image=opts.per_image,
                          hist=hist, hist_range=hist_range, hist_ends=ends)
