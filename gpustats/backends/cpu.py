@@ -208,7 +208,8 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     if chunk.dtype in INTEGER_DTYPES:
         from . import cpu_int_loops
 
-        r = _int_rows(cpu_int_loops, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
+        parts = _numpy_parts(chunk, widen=False, keep_images=True)
+        r = _int_rows(cpu_int_loops, parts, cp, chunk.channels, False, None)
         mean, m2 = exact_moments(r["count"], r["total"], r["total_sq"])
         return (r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"]),
                 (r["total"], r["total_sq"]))
@@ -312,7 +313,8 @@ class CpuReducer(MergingReducer):
         hist = np.zeros((chunk.channels, bins), np.int64)
         ends = np.zeros((chunk.channels, 2), np.int64)
         for a in arrays:
-            below, above = self._floats.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end, ends)
+            below, above = self._floats.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end,
+                                                   ends)
             if (below or above) and not self.options.clip:
                 raise out_of_range_error(below, above, lo, hi, batch_index)
         return hist, (lo, hi), ends

@@ -436,8 +436,8 @@ def _start_method() -> str:
 
     A forked child of a process that has used GNU OpenMP must not use it again (numba aborts it:
     "fork() called from a process already using GNU OpenMP"), and the workers reduce with numba.
-    gpustats' own loops never start numba's threads (:mod:`gpustats.backends.cpu_int_loops`, :mod:`~gpustats.backends.cpu_float_loops`), so only
-    the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
+    gpustats' own loops never start numba's threads (:mod:`gpustats.backends.cpu_float_loops`), so
+    only the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
     start; fork costs nothing, so it is asked for explicitly where safe (not left to the platform's
     default, which is ``forkserver`` from Python 3.14 on Linux and ``spawn`` on macOS).
     """
