@@ -14,7 +14,7 @@ import torch
 from .backends import make_reducer
 from .batches import BatchAdapter, InputError
 from .options import StatsOptions
-from .stats import ChannelStats, Stats, _family
+from .stats import ChannelStats, Stats, dtype_family
 
 __all__ = ["Accumulator"]
 
@@ -91,12 +91,12 @@ class Accumulator:
 
     # ------------------------------------------------------------- updates
     def _scale_for(self, dtype: str, batch_index: int) -> float:
-        if self._dtype is not None and _family(self._dtype) != _family(dtype):
+        if self._dtype is not None and dtype_family(self._dtype) != dtype_family(dtype):
             raise InputError(
                 f"batch {batch_index} is {dtype} but earlier batches were {self._dtype}: integer and float batches "
                 "are reduced differently (integers exactly); convert every batch to one dtype"
             )
-        if self._dtype is not None and dtype != self._dtype and _family(dtype) == "int":
+        if self._dtype is not None and dtype != self._dtype and dtype_family(dtype) == "int":
             raise InputError(
                 f"batch {batch_index} is {dtype} but earlier batches were {self._dtype}; one Accumulator takes one "
                 f"integer dtype (its histogram, range and exact sums are that dtype's): convert every batch to one "

@@ -40,8 +40,6 @@ from .numerics import (
 
 __all__ = ["ImageMoments"]
 
-ROWS = ("mean", "std", "std_ddof1")
-
 
 def _frozen(arr: Any, dtype: Any = np.float64) -> np.ndarray:
     out = np.array(arr, dtype=dtype, copy=True)

@@ -1,23 +1,40 @@
 """The user-facing result :class:`Stats` (made by :meth:`gpustats.stats.ChannelStats.finalize`).
 
 Percentiles, saturation, covariance/PCA/whitening and per-image figures are read from the state
-here; the numeric rules they use live in :mod:`gpustats.numerics`.
+here; the numeric rules they use live in :mod:`gpustats.numerics`. The step from state to result
+belongs to :mod:`gpustats.stats` (``finalize``), which imports this module; this module imports
+nothing of it (not even for annotations): what a result reads of its state is :class:`StateView`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from .numerics import StatsError, bin_value_spans, hist_percentile, range_ends
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .stats import ChannelStats
+__all__ = ["StateView", "Stats"]
 
-__all__ = ["Stats"]
+
+class StateView(Protocol):
+    """What a :class:`Stats` reads of the state it was made from (a :class:`gpustats.stats.ChannelStats`)."""
+
+    dtype: str | None
+    nonfinite: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    hist: np.ndarray | None
+    hist_range: tuple[float, float] | None
+    comoment: np.ndarray | None
+    images: Any
+
+    @property
+    def family(self) -> str: ...
+
+    def end_counts(self) -> np.ndarray | None: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,7 +43,8 @@ class Stats:
 
     ``mean``/``std``/``var`` use ``ddof``; ``min``/``max`` are the extremes; ``count`` the number of
     values per channel; ``scale`` the divisor applied to raw values (255 for uint8 by default).
-    The full state is kept in ``state`` (merge it, save it with ``state.to_json()``).
+    The full state is kept in ``state``, the :class:`~gpustats.stats.ChannelStats` it was made from
+    (merge it, save it with ``state.to_json()``; annotated by what this class reads of it, :class:`StateView`).
     """
 
     mean: np.ndarray
@@ -37,7 +55,7 @@ class Stats:
     count: np.ndarray
     scale: float
     ddof: int
-    state: "ChannelStats"
+    state: StateView
     device: str = "cpu"
     strategy: str = ""
 

@@ -42,13 +42,13 @@ from .image_moments import ImageMoments
 from .numerics import FLOAT_DTYPES, INTEGER_DTYPES, Moments, StatsError, chan_merge, exact_moments
 from .results import Stats
 
-__all__ = ["ChannelStats", "Stats", "StatsError", "ImageMoments", "INTEGER_DTYPES", "FLOAT_DTYPES",
+__all__ = ["ChannelStats", "Stats", "StatsError", "ImageMoments", "INTEGER_DTYPES", "FLOAT_DTYPES", "dtype_family",
            "exact_row_moments"]
 
 _FORMAT = "gpustats.ChannelStats/1"
 
 
-def _family(dtype: str | None) -> str:
+def dtype_family(dtype: str | None) -> str:
     if dtype is None:
         return "empty"
     return "int" if dtype in INTEGER_DTYPES else "float"
@@ -140,7 +140,7 @@ class ChannelStats:
     @property
     def family(self) -> str:
         """"int" (exact integer state), "float", or "empty"."""
-        return _family(self.dtype)
+        return dtype_family(self.dtype)
 
     @staticmethod
     def from_integer_sums(
@@ -395,7 +395,7 @@ class ChannelStats:
             hist_range = (float.fromhex(d["hist_range"][0]), float.fromhex(d["hist_range"][1]))
         ends = None if "hist_ends" not in d else np.array(d["hist_ends"], dtype=np.int64)
         images = ImageMoments.from_dict(d["images"]) if "images" in d else None
-        if _family(dtype) == "int":
+        if dtype_family(dtype) == "int":
             state = ChannelStats.from_integer_sums(
                 d["count"], [int(v) for v in d["isum"]], [int(v) for v in d["isumsq"]],
                 _floats_in(d["min"]), _floats_in(d["max"]), dtype=dtype, scale=float.fromhex(d["scale"]),

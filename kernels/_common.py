@@ -190,7 +190,7 @@ def check_input(x, layout: str, dtype_tag: str, acc) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _device_limits(device_id: int):
+def device_limits(device_id: int):
     """(threads per block, resident blocks per SM, SM count) for the current device."""
     if simulator_enabled():
         # 8 threads a block: the simulator runs every CUDA thread as a Python thread, so fewer make the
@@ -204,7 +204,7 @@ def _device_limits(device_id: int):
     return threads, per_sm, int(dev.MULTIPROCESSOR_COUNT)
 
 
-def _current_device_id() -> int:
+def current_device_id() -> int:
     if simulator_enabled():
         return 0
     return int(cuda.get_current_device().id)
@@ -222,7 +222,7 @@ def launch_config(work_items: int, launch=None):
         if threads < 1 or threads & (threads - 1):
             raise ValueError(f"threads per block must be a power of two, got {threads}")
         return max(1, blocks), threads
-    threads, per_sm, sms = _device_limits(_current_device_id())
+    threads, per_sm, sms = device_limits(current_device_id())
     wanted = max(1, -(-work_items // threads))
     return max(1, min(per_sm * sms, wanted)), threads
 

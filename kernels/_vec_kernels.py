@@ -63,7 +63,7 @@ def _walk_start(per_row):
 _EMPTY = 1 << 40
 
 @functools.lru_cache(maxsize=None)
-def _make_finish(channels, threads, integer):
+def make_finish(channels, threads, integer):
     """``finish(...)``: combine the block, store its partial row, and let the last block merge them all.
 
     Every block stores one row of partials (``part[row, :]``: counts, sums, mins in three groups of
@@ -168,13 +168,13 @@ def _make_finish(channels, threads, integer):
 
 
 @functools.lru_cache(maxsize=None)
-def _build_u8(mode, channels, threads):
+def build_u8(mode, channels, threads):
     C = channels
     C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
     K = 1 if mode == "CP" else C  # channel groups in a thread's accumulators
     KM = 4 * K
     LIMIT = U8_FLUSH_VECTORS - 4
-    finish = _make_finish(C, threads, True)
+    finish = make_finish(C, threads, True)
 
     @device_function
     def take(w, k, s, sq, mn, mx, ones_m, byte_m):
@@ -305,7 +305,7 @@ def _build_u8(mode, channels, threads):
 
 
 @functools.lru_cache(maxsize=None)
-def _build_wide(dtype_tag, mode, channels, threads, run):
+def build_wide(dtype_tag, mode, channels, threads, run):
     C = channels
     C2 = 2 * C
     V = VECTOR_WIDTH[dtype_tag]
@@ -314,7 +314,7 @@ def _build_wide(dtype_tag, mode, channels, threads, run):
     RT, BT, MT = types_for(dtype_tag)
     RUN = run
     PER_ROW_MODE = mode == "CP"
-    finish = _make_finish(C, threads, not FLOAT)
+    finish = make_finish(C, threads, not FLOAT)
     big = math.inf if FLOAT else 2**62
     if dtype_tag == "float16":
 

@@ -55,7 +55,7 @@ def _zeros(shape, dtype, stream):
     return cuda.to_device(np.zeros(shape, dtype=dtype), stream=stream)
 
 
-def _synchronize(stream):
+def synchronize(stream):
     if hasattr(stream, "synchronize"):
         stream.synchronize()
     else:
@@ -130,7 +130,7 @@ class Accumulators:
         Keys: count, nonfinite, vmin, vmax, shift, and isum/isumsq (integer) or fsum/fsumsq
         (float); hist and cross when they were asked for (cross mirrored to a full matrix).
         """
-        _synchronize(self.stream)
+        synchronize(self.stream)
         itotals = self.itotals.copy_to_host()
         ftotals = self.ftotals.copy_to_host()
         out = {"count": itotals[0], "nonfinite": itotals[1], "vmin": ftotals[2], "vmax": ftotals[3],
@@ -166,7 +166,7 @@ class PerImage:
         return cls(images, channels, stream, integer)
 
     def to_host(self) -> dict:
-        _synchronize(self.stream)
+        synchronize(self.stream)
         return {
             "img_count": self.img_count.copy_to_host(),
             "img_sum": self.img_sum.copy_to_host(),

@@ -28,7 +28,7 @@ Anything else (strided or misaligned views, NCHW rows whose length is not a mult
 width, float64, uint8 NHWC with more than 4 channels) runs the ``tree`` kernels instead, with the
 same results. Blocks combine with the shared-memory tree of ``_common`` and store one row of
 partials each; the last block to finish merges the rows in a fixed order into the totals
-(:func:`_make_finish`), so a call is one launch (the GPU measurements showed host launch work,
+(:func:`make_finish`), so a call is one launch (the GPU measurements showed host launch work,
 not the kernel, dominating a call) and float totals are bitwise reproducible for a fixed launch
 configuration. The grid fills the GPU once: the SM count times the resident blocks per SM of the
 compiled kernel (occupancy API). No histograms, co-moments or per-image sums (the CUDA backend
@@ -56,8 +56,8 @@ import numpy as np
 
 from . import tree
 from ._common import (
-    _current_device_id,
-    _device_limits,
+    current_device_id,
+    device_limits,
     as_device_array,
     check_input,
     is_integer,
@@ -71,20 +71,18 @@ from ._status import STATUS_FIELDS, STATUS_WORDS
 from ._vec_kernels import (
     U8_FLUSH_VECTORS,
     VECTOR_WIDTH,
-    _build_u8,
-    _build_wide,
-    _make_finish,
+    build_u8,
+    build_wide,
+    make_finish,
 )
 
 __all__ = ["NAME", "SUPPORTS", "SUPPORTS_SIMULATOR", "reduce", "plan", "VECTOR_WIDTH", "U8_FLUSH_VECTORS",
-           "STATUS_FIELDS", "STATUS_WORDS", "Launcher", "kernel_argtypes", "_build_u8", "_build_wide", "_make_finish"]
+           "STATUS_FIELDS", "STATUS_WORDS", "Launcher", "kernel_argtypes", "build_u8", "build_wide", "make_finish"]
 
 NAME = "vec"
 SUPPORTS_SIMULATOR = True
 SUPPORTS = frozenset()
 
-#: loads in flight per loop turn
-UNROLL = {"uint8": 4, "uint16": 2, "float16": 2, "bfloat16": 2, "float32": 2}
 #: uint8 NHWC: at most this many channels get per-channel byte masks (more: the tree kernels)
 U8_PC_MAX_CHANNELS = 4
 
@@ -174,14 +172,14 @@ def _resident_blocks(kernel, args, threads) -> int:
     """
     if simulator_enabled():
         return launch_config(10**9)[0]
-    key = (id(kernel), threads, _current_device_id())
+    key = (id(kernel), threads, current_device_id())
     blocks = _GRID_CACHE.get(key)
     if blocks is None:
         try:
             compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
             blocks = int(compiled.max_cooperative_grid_blocks(threads))
         except Exception:  # occupancy API unavailable: the usual estimate
-            _, per_sm, sms = _device_limits(_current_device_id())
+            _, per_sm, sms = device_limits(current_device_id())
             blocks = per_sm * sms
         _GRID_CACHE[key] = blocks = max(1, blocks)
     return blocks
@@ -222,9 +220,9 @@ def reduce(x, layout, dtype_tag, acc, *, histogram=False, cross=False, per_image
         words = bits[: how["vectors"] * width].view(np.uint32)
     grid_y = channels if how["mode"] == "CP" else 1
     if dtype_tag == "uint8":
-        kernel = _build_u8(how["mode"], channels, threads)
+        kernel = build_u8(how["mode"], channels, threads)
     else:
-        kernel = _build_wide(dtype_tag, how["mode"], channels, threads, max(2, run_length(dtype_tag, run)))
+        kernel = build_wide(dtype_tag, how["mode"], channels, threads, max(2, run_length(dtype_tag, run)))
     part_dtype = "int64" if is_integer(dtype_tag) else "float64"
     counter = acc.scratch("vec_counter", (1,), "int32")
     if status is None:
@@ -285,12 +283,12 @@ class Launcher:
         threads = launch_config(10**9)[1]
         width = VECTOR_WIDTH[dtype_tag]
         if dtype_tag == "uint8":
-            dispatcher = _build_u8(layout, channels, threads)
-            parts = {"factory": "vec._build_u8", "mode": layout, "channels": channels, "threads": threads}
+            dispatcher = build_u8(layout, channels, threads)
+            parts = {"factory": "vec.build_u8", "mode": layout, "channels": channels, "threads": threads}
         else:
             length = max(2, run_length(dtype_tag, run))
-            dispatcher = _build_wide(dtype_tag, layout, channels, threads, length)
-            parts = {"factory": "vec._build_wide", "dtype": dtype_tag, "mode": layout, "channels": channels,
+            dispatcher = build_wide(dtype_tag, layout, channels, threads, length)
+            parts = {"factory": "vec.build_wide", "dtype": dtype_tag, "mode": layout, "channels": channels,
                      "threads": threads, "run": length}
         argtypes = kernel_argtypes(dtype_tag)
         function, self.compiled = drv.function(dispatcher, argtypes, parts, device)

@@ -37,7 +37,7 @@ from ._common import (
     refuse_extras,
 )
 from ._thread import make_accumulate
-from .accumulators import _synchronize
+from .accumulators import synchronize
 
 NAME = "welford"
 SUPPORTS_SIMULATOR = True
@@ -154,7 +154,7 @@ def moments_of(acc) -> dict:
     summary (all zeros) when the strategy never reduced float input into ``acc``.
     """
     count, moments = _summary(acc)
-    _synchronize(acc.stream)
+    synchronize(acc.stream)
     summary = moments.copy_to_host()
     return {"count": count.copy_to_host(), "mean": summary[0], "m2": summary[1]}
 

@@ -43,10 +43,10 @@ def _run(capsys, *args):
 @pytest.fixture
 def no_decoding(monkeypatch):
     """Fails the test if a file is decoded: checks must come before the run."""
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     decoded = []
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", lambda self, b: decoded.append(b))
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", lambda self, b: decoded.append(b))
     return decoded
 
 

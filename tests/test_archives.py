@@ -252,11 +252,11 @@ def test_interrupted_archive_run_resumes_bitwise_identical(monkeypatch, tmp_path
     """Ctrl-C in the third task saves the checkpoint; the rerun resumes at the member position and gives
     the uninterrupted state, bit for bit (per-image aggregates included), and the same bad members."""
     from gpustats.checkpoint import read_checkpoint
-    from gpustats.sources import mapside, streamed
+    from gpustats.sources import reduce_tasks, streamed
 
     full = run_folder([corpus[kind]], **OPTS)
     ck = tmp_path / "run.ckpt"
-    target = (streamed, "reduce_records") if kind == "plain.tar.gz" else (mapside.ReducedBatches, "__getitem__")
+    target = (streamed, "reduce_records") if kind == "plain.tar.gz" else (reduce_tasks.ReducedBatches, "__getitem__")
     real, calls = getattr(*target), {"n": 0}
 
     def third_interrupts(*args, **kwargs):

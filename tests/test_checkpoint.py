@@ -146,13 +146,13 @@ def test_a_checkpoint_without_modification_times_is_refused(tmp_path):
 def test_interrupted_run_resumes_bitwise_identical(capsys, monkeypatch, tmp_path, small):
     """Ctrl-C mid-run saves the checkpoint; the rerun gives exactly the uninterrupted state,
     per-image aggregates (float64 merges) included."""
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     opts = [str(small), "--device", "cpu", "--workers", "0", "--batch-size", "8", "--histogram", "--covariance",
             "--per-image"]
     full = _json(capsys, *opts)
     ck = tmp_path / "run.ckpt"
-    real_batch, calls = mapside.ReducedBatches.__getitem__, {"n": 0}
+    real_batch, calls = reduce_tasks.ReducedBatches.__getitem__, {"n": 0}
 
     def batch_then_interrupt(self, b):  # Ctrl-C while the 9th batch is being decoded
         calls["n"] += 1
@@ -160,12 +160,12 @@ def test_interrupted_run_resumes_bitwise_identical(capsys, monkeypatch, tmp_path
             raise KeyboardInterrupt
         return real_batch(self, b)
 
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", batch_then_interrupt)
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", batch_then_interrupt)
     rc = main(["stats", *opts, "--checkpoint", str(ck), "--checkpoint-every", "3600", "--quiet"])
     assert rc == 130
     saved = read_checkpoint(ck)
     assert not saved.complete and saved.next_index == 8 * 8 and saved.images == 8 * 8 - 1
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", real_batch)
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", real_batch)
     resumed = _json(capsys, *opts, "--checkpoint", str(ck))
     assert resumed["resumed_from"] == 8 * 8
     assert resumed["state"] == full["state"] and resumed["stats"] == full["stats"]

@@ -310,14 +310,14 @@ def test_checkpoint_of_an_earlier_version_is_refused_with_what_to_do(tmp_path, m
 
 
 def test_cli_run_checkpointed_as_relative_path_resumes_as_absolute(capsys, monkeypatch, tmp_path, tiny_data):
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     monkeypatch.chdir(tiny_data.parent)
     opts = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--histogram", "--format", "json", "--quiet"]
     assert main(["stats", str(tiny_data), *opts]) == 0
     full = json.loads(capsys.readouterr().out)
     ck = tmp_path / "run.ckpt"
-    real_batch, calls = mapside.ReducedBatches.__getitem__, {"n": 0}
+    real_batch, calls = reduce_tasks.ReducedBatches.__getitem__, {"n": 0}
 
     def batch_then_interrupt(self, b):  # Ctrl-C while the second batch is being decoded
         calls["n"] += 1
@@ -325,9 +325,9 @@ def test_cli_run_checkpointed_as_relative_path_resumes_as_absolute(capsys, monke
             raise KeyboardInterrupt
         return real_batch(self, b)
 
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", batch_then_interrupt)
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", batch_then_interrupt)
     assert main(["stats", "data", *opts, "--checkpoint", str(ck)]) == 130
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", real_batch)
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", real_batch)
     capsys.readouterr()
     assert main(["stats", str(tiny_data), *opts, "--checkpoint", str(ck)]) == 0
     resumed = json.loads(capsys.readouterr().out)

@@ -48,11 +48,11 @@ def _cli(*args, env=None, **kw):
 # ------------------------------------------------------------------ found too late / quietly wrong
 @pytest.mark.parametrize("flag", ["--output", "--checkpoint", "--plot"])
 def test_unwritable_output_fails_before_any_file_is_decoded(capsys, monkeypatch, tmp_path, flag):
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     folder = _folder(tmp_path)
     decoded = []
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", lambda self, b: decoded.append(b))
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", lambda self, b: decoded.append(b))
     target = str(tmp_path / "missing-folder" / "out.file")
     rc, out, err = _run(capsys, "stats", str(folder), "--device", "cpu", "--workers", "0", flag, target)
     assert rc == 1 and decoded == []
@@ -155,14 +155,14 @@ def test_a_killed_decode_worker_is_one_line_and_the_checkpoint_is_kept(tmp_path)
     ck = tmp_path / "run.ckpt"
     script = (
         "import os, sys, signal\n"
-        "from gpustats.sources import mapside\n"
-        "mapside._start_method = lambda: 'fork'\n"
-        "real = mapside.ReducedBatches.__getitem__\n"
+        "from gpustats.sources import reduce_tasks\n"
+        "reduce_tasks._start_method = lambda: 'fork'\n"
+        "real = reduce_tasks.ReducedBatches.__getitem__\n"
         "def dying(self, b):\n"
         "    if b == 1:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(self, b)\n"
-        "mapside.ReducedBatches.__getitem__ = dying\n"
+        "reduce_tasks.ReducedBatches.__getitem__ = dying\n"
         "from gpustats.cli import main\n"
         f"sys.exit(main(['stats', {str(folder)!r}, '--device', 'cpu', '--workers', '1', '--batch-size', '2', "
         f"'--checkpoint', {str(ck)!r}, '-q']))\n")

@@ -70,8 +70,8 @@ def test_only_small_uint8_images_qualify():
 
 _RUN = """
 import json, sys
-from gpustats.sources import mapside
-mapside._NUMBA_FROM_ITEMS = int(sys.argv[2])
+from gpustats.sources import reduce_tasks
+reduce_tasks._NUMBA_FROM_ITEMS = int(sys.argv[2])
 from gpustats import compute_stats
 s = compute_stats(sys.argv[1], device="cpu", workers=int(sys.argv[3]), batch_size=4, progress=False,
                   histogram=True, covariance=True, per_image=True)
@@ -98,14 +98,14 @@ def test_folder_of_small_images_runs_without_numba_and_equals_the_numba_run(tmp_
 
 
 def test_numba_is_loaded_up_front_only_where_it_pays_and_small_images_go_in_bigger_tasks(tmp_path, monkeypatch):
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     small, large = tmp_path / "small.png", tmp_path / "large.png"
     Image.new("RGB", (32, 32)).save(small)
     Image.new("RGB", (300, 200)).save(large)
 
     def pays(files, start=0, **opts):
-        return mapside._numba_pays(mapside.ReducedBatches(files, batch_size=4, start=start, **opts))
+        return reduce_tasks._numba_pays(reduce_tasks.ReducedBatches(files, batch_size=4, start=start, **opts))
 
     cov = {"covariance": True}  # co-moments need arrays; without them large images come as histograms
     assert not pays([small]) and not pays([small], **cov)
@@ -114,13 +114,13 @@ def test_numba_is_loaded_up_front_only_where_it_pays_and_small_images_go_in_bigg
     assert not pays([large], center_crop=32, **cov)
     assert not pays([large], mode="L", center_crop=(100, 200), **cov)
     assert pays([small, large], start=1, **cov)  # the run's first item decides
-    monkeypatch.setattr(mapside, "_NUMBA_FROM_ITEMS", 2)
+    monkeypatch.setattr(reduce_tasks, "_NUMBA_FROM_ITEMS", 2)
     assert pays([small, small])  # many items: numba's loops pay
     files = [small] * 300
-    assert len(mapside.ReducedBatches(files, batch_size=4)) == 75  # batch_size given: kept
-    assert [(t.first, t.stop) for t in mapside.ReducedBatches(files, batch_size=4, small_tasks=True).tasks] == \
+    assert len(reduce_tasks.ReducedBatches(files, batch_size=4)) == 75  # batch_size given: kept
+    assert [(t.first, t.stop) for t in reduce_tasks.ReducedBatches(files, batch_size=4, small_tasks=True).tasks] == \
         [(0, 256), (256, 300)]
-    assert len(mapside.ReducedBatches([large] * 9, batch_size=4, small_tasks=True)) == 3  # large: batch_size
+    assert len(reduce_tasks.ReducedBatches([large] * 9, batch_size=4, small_tasks=True)) == 3  # large: batch_size
 
 
 def test_default_tasks_of_small_images_give_the_state_of_any_batch_size(tmp_path):
@@ -137,7 +137,7 @@ def test_default_tasks_of_small_images_give_the_state_of_any_batch_size(tmp_path
 
 
 def test_the_size_guess_reads_no_archive_member_or_parquet_row(monkeypatch):
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
     from gpustats.sources.segment import Segment
 
     class Members:  # an archive-like unit: three items whose bytes must not be read to guess a size
@@ -145,6 +145,23 @@ def test_the_size_guess_reads_no_archive_member_or_parquet_row(monkeypatch):
 
     reads = []
     monkeypatch.setattr(Segment, "source", lambda self, pos: reads.append(pos))
-    dataset = mapside.ReducedBatches(Segment([Members()], [0]), batch_size=2, small_tasks=True, covariance=True)
+    dataset = reduce_tasks.ReducedBatches(Segment([Members()], [0]), batch_size=2, small_tasks=True, covariance=True)
     assert reads == []  # (a Parquet row would cost reading its row group's column)
-    assert not dataset.small and mapside._numba_pays(dataset) and len(dataset) == 2
+    assert not dataset.small and reduce_tasks._numba_pays(dataset) and len(dataset) == 2
+
+
+def test_moments_of_a_histogram_are_those_of_its_values():
+    """``int_state.hist_rows``, the one rule for moments from uint8 histograms, against the values
+    themselves (numpy on the expanded pixels); a row without values leaves min and max alone."""
+    from gpustats.backends.int_state import EMPTY_MAX, EMPTY_MIN, hist_rows
+
+    rng = np.random.default_rng(3)
+    values = [rng.integers(lo, hi, size, dtype=np.uint8) for lo, hi, size in ((0, 256, 500), (7, 8, 3), (250, 256, 9))]
+    hists = np.stack([np.bincount(v, minlength=256) for v in values] + [np.zeros(256, np.int64)])[:, None, :]
+    rows = hist_rows(hists)
+    wide = [v.astype(np.int64) for v in values]
+    assert rows["count"][:, 0].tolist() == [v.size for v in wide] + [0]
+    assert rows["total"][:, 0].tolist() == [int(v.sum()) for v in wide] + [0]
+    assert rows["total_sq"][:, 0].tolist() == [int((v * v).sum()) for v in wide] + [0]
+    assert rows["vmin"][:, 0].tolist() == [int(v.min()) for v in wide] + [EMPTY_MIN]
+    assert rows["vmax"][:, 0].tolist() == [int(v.max()) for v in wide] + [EMPTY_MAX]

@@ -36,7 +36,7 @@ WITH_EXAMPLES = [name for name in MODULES if _has_examples(name)]
 def test_every_module_is_collected():
     assert {"gpustats.numerics", "gpustats.sampling", "gpustats.sample_design"} <= set(WITH_EXAMPLES)
     for name in ("gpustats.api", "gpustats.cli", "gpustats.report", "gpustats.benchmark", "gpustats.sources.engine",
-                 "gpustats.sources.mapside", "gpustats.options", "gpustats.intervals"):
+                 "gpustats.sources.reduce_tasks", "gpustats.options", "gpustats.intervals"):
         assert name in MODULES
 
 

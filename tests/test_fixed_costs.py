@@ -49,10 +49,10 @@ _ONE_CALL = """
 import json
 import numpy as np
 from gpustats import compute_stats
-from gpustats.backends import _cpu_int
+from gpustats.backends import cpu_int_loops
 x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
 r = compute_stats([x], device="cpu", layout="NCHW")
-stats = _cpu_int.u8_sums.stats
+stats = cpu_int_loops.u8_sums.stats
 print(json.dumps({"path": stats.cache_path, "hits": sum(stats.cache_hits.values()),
                   "misses": sum(stats.cache_misses.values()), "mean": r.mean.tolist()}))
 """
@@ -198,12 +198,11 @@ def test_a_script_without_a_main_guard_runs_once_with_forked_workers(tmp_path):
 
 _WORKERS = """
 import os, sys
-from gpustats.sources import mapside
-from gpustats.backends import _cpu_int, _cpu_kernels
+from gpustats.sources import reduce_tasks
+from gpustats.backends import cpu_int_loops, cpu_float_loops
 
-LOOPS = [_cpu_int.hist_u8, _cpu_int.u8_sums, _cpu_int.u8_sum_rows, _cpu_int.int_rows, _cpu_int.rgbx_rows_here,
-         _cpu_kernels.float_rows,
-         _cpu_kernels.hist_float]
+LOOPS = [cpu_int_loops.hist_u8, cpu_int_loops.u8_sums, cpu_int_loops.u8_sum_rows, cpu_int_loops.int_rows,
+         cpu_int_loops.rgbx_rows_here, cpu_float_loops.float_rows, cpu_float_loops.hist_float]
 
 
 def compiled():  # loops compiled by this process (and, forked, by its parent before the fork)
@@ -215,8 +214,8 @@ def loaded():
 
 
 if sys.argv[3] == "spawn":
-    mapside._threads_started = lambda: "omp"  # as if this script's own numba code had run OpenMP threads
-real = mapside.ReducedBatches.__getitem__
+    reduce_tasks._threads_started = lambda: "omp"  # as if this script's own numba code had run OpenMP threads
+real = reduce_tasks.ReducedBatches.__getitem__
 
 
 def counted(self, b):  # in each worker, after its batch: what it compiled and loaded
@@ -226,7 +225,7 @@ def counted(self, b):  # in each worker, after its batch: what it compiled and l
     return result
 
 
-mapside.ReducedBatches.__getitem__ = counted
+reduce_tasks.ReducedBatches.__getitem__ = counted
 from gpustats import compute_stats
 
 GUARD

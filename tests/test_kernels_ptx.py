@@ -91,8 +91,8 @@ def kernels(strategy: str, dtype: str, layout: str, channels: int):
         # address x2, 5 sizes, partials, ticket, itotals, ftotals, status row, check
         signature = vec.kernel_argtypes(dtype)
         if dtype == "uint8":
-            return [(tag, vec._build_u8(layout, channels, THREADS), signature)]
-        return [(tag, vec._build_wide(dtype, layout, channels, THREADS, 256), signature)]
+            return [(tag, vec.build_u8(layout, channels, THREADS), signature)]
+        return [(tag, vec.build_wide(dtype, layout, channels, THREADS, 256), signature)]
     if strategy == "hist8":
         hist, finish = hist8._build(layout, channels, THREADS)
         return [(tag + "-hist", hist, (x, I2)),

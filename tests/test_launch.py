@@ -115,7 +115,7 @@ def test_recording_driver_sees_the_block_a_launch_passes():
 # ----------------------------------------------------------------------------- the compile cache
 
 
-PARTS = {"factory": "vec._build_u8", "mode": "CP", "channels": 3, "threads": 256}
+PARTS = {"factory": "vec.build_u8", "mode": "CP", "channels": 3, "threads": 256}
 SIG = [str(t) for t in vec.kernel_argtypes("uint8")]
 
 
@@ -123,7 +123,7 @@ def test_key_changes_with_everything_that_changes_the_code(monkeypatch):
     base = _cache.kernel_key(PARTS, SIG, (9, 0))
     assert base == _cache.kernel_key(dict(PARTS), list(SIG), (9, 0))  # deterministic
     others = {_cache.kernel_key({**PARTS, "channels": 4}, SIG, (9, 0)),
-              _cache.kernel_key({**PARTS, "factory": "vec._build_wide"}, SIG, (9, 0)),
+              _cache.kernel_key({**PARTS, "factory": "vec.build_wide"}, SIG, (9, 0)),
               _cache.kernel_key(PARTS, SIG[:-1] + ["int32"], (9, 0)),
               _cache.kernel_key(PARTS, SIG, (8, 0))}
     monkeypatch.setattr(_cache, "sources_digest", lambda: "another source tree")

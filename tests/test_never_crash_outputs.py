@@ -86,12 +86,12 @@ def test_a_report_may_go_into_the_input_folder(capsys, tmp_path):
 # ====================================================================== 8. SIGTERM saves like Ctrl-C
 _SLOW = textwrap.dedent("""
     import sys, time
-    from gpustats.sources import mapside
-    reduce_records = mapside.reduce_records
+    from gpustats.sources import reduce_tasks
+    reduce_records = reduce_tasks.reduce_records
     def slow(*args, **kwargs):
         time.sleep(0.4)
         return reduce_records(*args, **kwargs)
-    mapside.reduce_records = slow
+    reduce_tasks.reduce_records = slow
     from gpustats.cli import main
     sys.exit(main(sys.argv[1:]))
 """)

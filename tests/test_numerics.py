@@ -268,7 +268,7 @@ def test_exact_moments_arrays_int64_path_equals_rationals(rows, ddof, scale):
 
 # ------------------------------------------------------------------ histograms
 def test_bin_rule_is_the_cpu_kernels_rule_and_numpys():
-    from gpustats.backends import _cpu_kernels as k
+    from gpustats.backends import cpu_float_loops as k
 
     rng = np.random.default_rng(6)
     x = rng.integers(-1000, 1001, size=(1, 1, 5000)).astype(np.float64)

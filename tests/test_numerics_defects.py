@@ -21,10 +21,10 @@ import warnings
 warnings.simplefilter("error")  # any warning fails the run
 import numpy as np
 from gpustats import compute_stats
-from gpustats.backends import _cpu_int
+from gpustats.backends import cpu_int_loops
 x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
 r = compute_stats([x, x[:1]], device="cpu", layout="NCHW")
-print(r.count.tolist(), type(_cpu_int.u8_sums._cache).__name__)
+print(r.count.tolist(), type(cpu_int_loops.u8_sums._cache).__name__)
 """
 
 

@@ -37,8 +37,8 @@ def test_non_editable_install_provides_gpustats_kernels(tmp_path):
     assert not (target / "kernels").exists()  # no clashing top-level "kernels" module
     env = {**os.environ, "PYTHONPATH": str(target), "NUMBA_ENABLE_CUDASIM": "1", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     env.pop("NUMBA_CACHE_DIR", None)
-    code = ("import gpustats, gpustats.kernels as k; from gpustats.backends import _cpu_int; print(k.__file__); "
-            "print(gpustats.__file__); print(_cpu_int.u8_sums.stats.cache_path)")
+    code = ("import gpustats, gpustats.kernels as k; from gpustats.backends import cpu_int_loops; print(k.__file__); "
+            "print(gpustats.__file__); print(cpu_int_loops.u8_sums.stats.cache_path)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     kfile, gfile, cache = out.stdout.split()

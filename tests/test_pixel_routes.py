@@ -1,4 +1,4 @@
-"""What decoding hands the reduction (mapside._pixels): images decoded to their histograms (Pillow's
+"""What decoding hands the reduction (reduce_tasks._pixels): images decoded to their histograms (Pillow's
 ``histogram()`` over the decoded image, no array made) and views of Pillow's own memory (RGB at 4
 bytes a pixel, no copy) give exactly the pixels/counts of the array route and bitwise its state, for
 every colour mode, geometry option, bad-file kind and statistic."""
@@ -15,7 +15,7 @@ from PIL import Image
 
 from gpustats.sources import synthetic
 from gpustats.sources.decode import BadImage, decode_bytes, decode_file
-from gpustats.sources.mapside import _Decoded, _Reduce, reduce_records
+from gpustats.sources.reduce_tasks import _Decoded, _Reduce, reduce_records
 from gpustats.sources.pixelview import image_view, rgbx_base
 
 pytestmark = pytest.mark.filterwarnings("ignore:16-bit grayscale image:UserWarning")  # deep16.png, expected
@@ -129,13 +129,13 @@ def test_a_batch_of_views_and_arrays_reduces_like_arrays_alone():
 
 
 def test_which_pixels_a_run_asks_for(tmp_path):
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     Image.new("RGB", (400, 300)).save(tmp_path / "large.png")  # large also as L (> 65,536 values)
     Image.new("RGB", (30, 20)).save(tmp_path / "small.png")
 
     def pixels(name, count=1, **extras):  # (decided from the first image; ``mode`` is a decode option)
-        return mapside.ReducedBatches([tmp_path / name] * count, batch_size=4, **extras).pixels
+        return reduce_tasks.ReducedBatches([tmp_path / name] * count, batch_size=4, **extras).pixels
 
     assert pixels("small.png") == pixels("small.png", covariance=True) == "readonly"
     assert pixels("large.png") == pixels("large.png", histogram=True, per_image=True) == "histogram"

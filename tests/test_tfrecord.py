@@ -133,11 +133,11 @@ def test_the_image_feature_is_found_or_named(tmp_path, shards):
 
 def test_checkpoint_resumes_a_shard_bitwise_and_workers_change_nothing(monkeypatch, tmp_path, shards):
     from gpustats.checkpoint import read_checkpoint
-    from gpustats.sources import mapside
+    from gpustats.sources import reduce_tasks
 
     full = shards["reference"]
     ck = tmp_path / "run.ckpt"
-    real, calls = mapside.ReducedBatches.__getitem__, {"n": 0}
+    real, calls = reduce_tasks.ReducedBatches.__getitem__, {"n": 0}
 
     def third_interrupts(self, b):
         calls["n"] += 1
@@ -145,11 +145,11 @@ def test_checkpoint_resumes_a_shard_bitwise_and_workers_change_nothing(monkeypat
             raise KeyboardInterrupt
         return real(self, b)
 
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", third_interrupts)
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", third_interrupts)
     with pytest.raises(KeyboardInterrupt):
         run_folder([shards["pattern"]], checkpoint=str(ck), checkpoint_every=3600, **OPTS)
     assert read_checkpoint(ck).next_index == 8
-    monkeypatch.setattr(mapside.ReducedBatches, "__getitem__", real)
+    monkeypatch.setattr(reduce_tasks.ReducedBatches, "__getitem__", real)
     resumed = run_folder([shards["pattern"]], checkpoint=str(ck), **OPTS)
     assert resumed.resumed_from == 8 and resumed.stats.state.to_dict() == full.stats.state.to_dict()
     assert resumed.bad_files == run_folder([shards["pattern"]], **OPTS).bad_files

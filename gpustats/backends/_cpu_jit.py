@@ -17,7 +17,10 @@ import tempfile
 
 from numba import njit
 
-_BLOCK = 1 << 16  # pixels per work item of hist_u8 (a work item is one (row, pixel-block))
+__all__ = ["BLOCK", "cache_dir", "cache_roots", "cached_jit", "dims"]
+
+
+BLOCK = 1 << 16  # pixels per work item of hist_u8 (a work item is one (row, pixel-block))
 
 
 def cache_roots() -> list[str]:
@@ -108,7 +111,7 @@ def _cache_class(root: str):
 _ROOT: list = []
 
 
-def _jit(**options):
+def cached_jit(**options):
     """``numba.njit(**options)`` with an on-disk cache in :func:`cache_dir`; without one where no
     folder can be written (the loops then compile once per process, silently)."""
 
@@ -127,7 +130,7 @@ def _jit(**options):
 
 
 @njit(inline="always", nogil=True)
-def _dims(x, cp):  # pragma: no cover - compiled
+def dims(x, cp):  # pragma: no cover - compiled
     """``(rows, channels, length)`` of ``x`` in either layout."""
     if cp:
         return x.shape[0], x.shape[1], x.shape[2]

@@ -20,15 +20,15 @@ from ..batches import InputError
 from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
 from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
+from .int_state import U8_RANGE, hist_rows, int_state, sums_rows
 
 if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing small images never import it
     import torch
 
     from ..batches import Chunk
 
-__all__ = ["CpuReducer", "NonFiniteError", "check_nonfinite", "float_hist_spec", "image_moments", "merge_rows"]
-
-_VALUES = np.arange(256, dtype=np.int64)
+__all__ = ["CpuReducer", "NonFiniteError", "RgbxSink", "SMALL_PART", "check_nonfinite", "float_hist_spec",
+           "image_moments"]
 
 
 class NonFiniteError(InputError):
@@ -63,17 +63,8 @@ def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index
     )
 
 
-def merge_rows(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, comoment: np.ndarray | None = None,
-               mean_lo: np.ndarray | float = 0.0):
-    """Rows [R, C] -> totals ``(count, mean, M2, comoment)`` [C] (old name of
-    :func:`gpustats.numerics.chan_merge_rows`, which also returns the mean's ``mean_lo``)."""
-    count = np.asarray(count)
-    merged = chan_merge_rows(Moments(count, mean, m2, np.broadcast_to(mean_lo, count.shape), comoment))
-    return merged.count, merged.mean, merged.m2, merged.comoment
-
-
 #: parts smaller than this (values) are joined into one strip: a numba call costs ~0.1-2 ms
-_SMALL_PART = 1 << 16
+SMALL_PART = 1 << 16
 
 
 def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
@@ -84,10 +75,10 @@ def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
     """
     import torch
 
-    small = [p for p in chunk.parts if p.numel() < _SMALL_PART]
+    small = [p for p in chunk.parts if p.numel() < SMALL_PART]
     if len(small) < 2:
         return list(chunk.parts)
-    large = [p for p in chunk.parts if p.numel() >= _SMALL_PART]
+    large = [p for p in chunk.parts if p.numel() >= SMALL_PART]
     if chunk.layout == "CP":
         strip = torch.cat([p.permute(1, 0, 2).reshape(chunk.channels, -1) for p in small], dim=1).unsqueeze(0)
     else:
@@ -213,15 +204,18 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     floats (non-finite values left out and counted in ``nonfinite``). ``totals``: the exact integer
     ``(sum, sum of squares)`` of integer data (int64 [K, C] each), None for floats. Used by sampling.
     """
-    from . import _cpu_kernels as k
-
     cp = chunk.layout == "CP"
     if chunk.dtype in INTEGER_DTYPES:
-        r = _int_rows(k, _numpy_parts(chunk, widen=False, keep_images=True), cp, chunk.channels, False, None)
+        from . import cpu_int_loops
+
+        parts = _numpy_parts(chunk, widen=False, keep_images=True)
+        r = _int_rows(cpu_int_loops, parts, cp, chunk.channels, False, None)
         mean, m2 = exact_moments(r["count"], r["total"], r["total_sq"])
         return (r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"]),
                 (r["total"], r["total_sq"]))
-    r = _float_rows(k, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
+    from . import cpu_float_loops
+
+    r = _float_rows(cpu_float_loops, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
     return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"], None
 
 
@@ -232,61 +226,20 @@ def _fresh_sums(channels: int) -> np.ndarray:
     return sums
 
 
-def u8_state_from_sums(sums: np.ndarray, scale: float) -> ChannelStats:
-    """The state of uint8 data from ``u8_sums``' exact totals ([5, C]: count, sum, sum of squares, min, max)."""
-    count, total, total_sq = ([int(v) for v in row] for row in sums[:3])
-    empty = sums[0] == 0
-    return ChannelStats.from_integer_sums(count, total, total_sq, np.where(empty, np.inf, sums[3]),
-                                          np.where(empty, -np.inf, sums[4]), dtype="uint8", scale=scale)
-
-
-def u8_state_from_hist(hist: np.ndarray, scale: float, keep: bool) -> ChannelStats:
-    """The state of uint8 data from its exact per-channel histograms ([C, 256]); ``keep``: the state holds them."""
-    count = [int(h.sum()) for h in hist]
-    total = [int(h @ _VALUES) for h in hist]
-    total_sq = [int(h @ (_VALUES * _VALUES)) for h in hist]
-    nz = [np.flatnonzero(h) for h in hist]
-    vmin = [float(z[0]) if z.size else np.inf for z in nz]
-    vmax = [float(z[-1]) if z.size else -np.inf for z in nz]
-    return ChannelStats.from_integer_sums(count, total, total_sq, vmin, vmax, dtype="uint8", scale=scale,
-                                          hist=hist if keep else None, hist_range=(0.0, 256.0) if keep else None)
-
-
-def _exact_column_sums(rows: np.ndarray) -> list:
-    """Sums over axis 0 of int64 ``rows`` as (nested) lists of Python ints: in int64 when no partial
-    sum can overflow it, else in Python ints."""
-    bound = float(np.abs(rows.astype(np.float64)).max(initial=0.0)) * rows.shape[0]
-    if bound < 2.0**62:
-        return rows.sum(axis=0).tolist()
-    return np.asarray(rows, dtype=object).sum(axis=0).tolist()
-
-
-def int_state_from_rows(r: dict, *, dtype: str, scale: float, covariance: bool, per_image: bool,
-                        hist: np.ndarray | None = None, hist_range: tuple | None = None,
-                        hist_ends: np.ndarray | None = None) -> ChannelStats:
-    """The state of integer data from :func:`_int_rows`' exact per-image rows (and its histogram)."""
-    count = [int(v) for v in r["count"].sum(axis=0)]
-    total, total_sq = _exact_column_sums(r["total"]), _exact_column_sums(r["total_sq"])
-    cross = _exact_column_sums(r["cross"]) if covariance else None
-    images = ImageMoments.from_integer_rows(r["count"], r["total"], r["total_sq"]) if per_image else None
-    return ChannelStats.from_integer_sums(
-        count, total, total_sq, r["vmin"].min(axis=0).astype(float), r["vmax"].max(axis=0).astype(float),
-        dtype=dtype, scale=scale, hist=hist, hist_range=hist_range, cross=cross, images=images, hist_ends=hist_ends,
-    )
-
-
 class RgbxSink:
     """Reduces RGB images held 4 bytes a pixel (``[H, W, 4]`` C-contiguous uint8, the fourth byte not a
     channel: a decoder's pixels read in place, without copying them into 3-byte pixels) one at a time,
     so that each is reduced while its memory is hot and can then be freed (a batch of them held until
     its end measured 20% slower: fresh memory for every image); :meth:`state` is then bitwise
     :meth:`CpuReducer.reduce_chunk`'s state of their RGB pixels as uint8 ``HWC``. For co-moments (with
-    any other statistic): without them Pillow's own histogram serves (:mod:`gpustats.sources.mapside`)."""
+    any other statistic): without them Pillow's own histogram serves (:mod:`gpustats.sources.reduce_tasks`)."""
 
-    def __init__(self, kernels: Any, options: Options):
+    def __init__(self, options: Options):
         if not options.covariance:
             raise ValueError("RgbxSink makes co-moments; without them use CpuReducer.reduce_chunk")
-        self._k, self.options = kernels, options
+        from . import cpu_int_loops  # numba loads here (without torch: decode workers make sinks)
+
+        self._loops, self.options = cpu_int_loops, options
         self.images = 0
         self.rows: list[list[np.ndarray]] = []  # each image's rows, as _int_rows makes them
 
@@ -295,7 +248,7 @@ class RgbxSink:
         x = readonly(image.reshape(1, -1, 4))
         row = [np.zeros((1, 3), np.int64) for _ in range(5)] + [np.zeros((1, 3, 3), np.int64)]
         hist = np.zeros((1, 3, 256) if self.options.histogram else (1, 1, 1), np.int64)
-        self._k.rgbx_rows_here(x, self.options.histogram, *row, hist)
+        self._loops.rgbx_rows_here(x, self.options.histogram, *row, hist)
         self.rows.append(row + [hist])
 
     def state(self, scale: float) -> ChannelStats | None:
@@ -306,8 +259,7 @@ class RgbxSink:
         names = ("count", "total", "total_sq", "vmin", "vmax", "cross", "hist")
         r = {name: np.concatenate([row[i] for row in self.rows]) for i, name in enumerate(names)}
         hist = r.pop("hist").sum(axis=0) if opts.histogram else None
-        return int_state_from_rows(r, dtype="uint8", scale=scale, covariance=True, per_image=opts.per_image,
-                                   hist=hist, hist_range=(0.0, 256.0) if opts.histogram else None)
+        return int_state(r, dtype="uint8", scale=scale, covariance=True, per_image=opts.per_image, hist=hist)
 
 
 class CpuReducer(MergingReducer):
@@ -320,15 +272,15 @@ class CpuReducer(MergingReducer):
         """``threads``: numba threads per call (``None``: numba's count at each call; 1: never open a
         parallel region, as decode workers do, which are the parallelism themselves)."""
         super().__init__(device, options)
-        from . import _cpu_kernels  # numba loads here, not at import gpustats
+        from . import cpu_float_loops, cpu_int_loops  # numba loads here, not at import gpustats
 
-        self._k = _cpu_kernels
+        self._ints, self._floats = cpu_int_loops, cpu_float_loops
         self.threads = threads
 
     def _blocks(self, a: np.ndarray, cp: bool) -> int:
         """Threads for one uint8 loop over ``a`` (work items: one pixel block of one row)."""
         length = a.shape[2] if cp else a.shape[1]
-        return _split(a.size, a.shape[0] * -(-length // self._k._BLOCK), self.threads)
+        return _split(a.size, a.shape[0] * -(-length // self._ints.BLOCK), self.threads)
 
     def _per_thread(self, a: np.ndarray, cp: bool, loop: Callable, first: np.ndarray) -> list[np.ndarray]:
         """``loop(a, cp, out, t, threads)`` in :func:`in_threads`, each thread into its own copy of
@@ -353,22 +305,23 @@ class CpuReducer(MergingReducer):
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
             for a in arrays:
-                parts = self._per_thread(a, cp, self._k.hist_u8, np.zeros_like(hist))
+                parts = self._per_thread(a, cp, self._ints.hist_u8, np.zeros_like(hist))
                 hist += sum(parts)
-            return hist, (0.0, 256.0), None
+            return hist, U8_RANGE, None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
         low_end, high_end = range_ends(lo, hi, chunk.dtype)
         hist = np.zeros((chunk.channels, bins), np.int64)
         ends = np.zeros((chunk.channels, 2), np.int64)
         for a in arrays:
-            below, above = self._k.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end, ends)
+            below, above = self._floats.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end,
+                                                   ends)
             if (below or above) and not self.options.clip:
                 raise out_of_range_error(below, above, lo, hi, batch_index)
         return hist, (lo, hi), ends
 
     # ----------------------------------------------------------------- integers
     def _reduce_int(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
-        opts, k, C = self.options, self._k, chunk.channels
+        opts, k, C = self.options, self._ints, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=False, keep_images=opts.per_image)
         rows_needed = opts.per_image or opts.covariance
@@ -380,28 +333,24 @@ class CpuReducer(MergingReducer):
                     sums[:3] += part[:3]
                     sums[3] = np.minimum(sums[3], part[3])
                     sums[4] = np.maximum(sums[4], part[4])
-            return u8_state_from_sums(sums, scale)
+            return int_state(sums_rows(sums), dtype="uint8", scale=scale)
         if chunk.dtype == "uint8" and not rows_needed:
             # the histogram alone gives exact count, sums, min and max: one fast pass
             hist, _, _ = self._histogram(chunk, arrays, batch_index)
-            return u8_state_from_hist(hist, scale, keep=opts.histogram)
+            return int_state(hist_rows(hist[None]), dtype="uint8", scale=scale, hist=hist if opts.histogram else None)
         fused_hist = opts.histogram and chunk.dtype == "uint8"  # built in the same pass as the rows
         hist, hist_range, ends = (None, None, None)
         if opts.histogram and not fused_hist:
             hist, hist_range, ends = self._histogram(chunk, arrays, batch_index)
         if fused_hist:
-            hist, hist_range = np.zeros((C, 256), np.int64), (0.0, 256.0)
+            hist, hist_range = np.zeros((C, 256), np.int64), U8_RANGE
         r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
-        return int_state_from_rows(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance,
-                                   per_image=opts.per_image, hist=hist, hist_range=hist_range, hist_ends=ends)
-
-    def rgbx_sink(self) -> "RgbxSink":
-        """A :class:`RgbxSink` with this reducer's loops and options."""
-        return RgbxSink(self._k, self.options)
+        return int_state(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance, per_image=opts.per_image,
+                         hist=hist, hist_range=hist_range, hist_ends=ends)
 
     # ----------------------------------------------------------------- floats
     def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
-        opts, k, C = self.options, self._k, chunk.channels
+        opts, k, C = self.options, self._floats, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=True, keep_images=opts.per_image)
         r = _float_rows(k, arrays, cp, C, opts.covariance, self.threads)

@@ -4,10 +4,11 @@ Loading numba's compiled loops costs a process ~0.4 s (importing numba, then its
 lowering registries on the first call), which is a fifth of a 20,000-file run of 32x32 PNGs. A
 decode process that only ever meets small images therefore reduces them here: the same exact
 integers (sums, minima and maxima along each channel plane, squares and cross products in uint16,
-histograms from ``np.bincount``), given to the CPU backend's own state builders, so the state is bitwise the
-one :class:`~gpustats.backends.cpu.CpuReducer` makes (tested). Per image it costs a few
+histograms from ``np.bincount``), given to the one state builder of every CPU route
+(:func:`~gpustats.backends.int_state.int_state`), so the state is bitwise the one
+:class:`~gpustats.backends.cpu.CpuReducer` makes (tested). Per image it costs a few
 microseconds more than the numba loops, so processes that reduce many images load numba instead
-(:mod:`gpustats.sources.mapside` decides).
+(:mod:`gpustats.sources.reduce_tasks` decides).
 
 >>> import numpy as np
 >>> from gpustats.backends import Options
@@ -23,14 +24,15 @@ import numpy as np
 
 from ..stats import ChannelStats
 from . import Options
-from .cpu import _SMALL_PART, _VALUES, int_state_from_rows, u8_state_from_hist, u8_state_from_sums
+from .cpu import SMALL_PART
+from .int_state import hist_rows, int_state
 
 __all__ = ["small_u8_state", "is_small_u8", "hist_u8_state"]
 
 
 def is_small_u8(arrays: list[np.ndarray]) -> bool:
     """True when every array is a small ``[H, W, C]`` uint8 image (one channel count): this module's case."""
-    return bool(arrays) and all(a.dtype == np.uint8 and a.ndim == 3 and a.size < _SMALL_PART
+    return bool(arrays) and all(a.dtype == np.uint8 and a.ndim == 3 and a.size < SMALL_PART
                                 and a.shape[2] == arrays[0].shape[2] for a in arrays)
 
 
@@ -55,15 +57,8 @@ def small_u8_state(arrays: list[np.ndarray], options: Options, scale: float) -> 
                 hist[c] += np.bincount(plane[c].ravel(), minlength=256)
     rows = [_rows(plane, options.covariance) for plane in planes]
     r = {name: np.concatenate([row[name] for row in rows]) for name in rows[0]}
-    if not (options.per_image or options.covariance):
-        if hist is not None:
-            return u8_state_from_hist(hist, scale, keep=True)
-        sums = np.stack([r["count"].sum(axis=0), r["total"].sum(axis=0), r["total_sq"].sum(axis=0),
-                         r["vmin"].min(axis=0), r["vmax"].max(axis=0)])  # int64: < 2**63 for any batch of small images
-        return u8_state_from_sums(sums, scale)
-    return int_state_from_rows(r, dtype="uint8", scale=scale, covariance=options.covariance,
-                               per_image=options.per_image, hist=hist,
-                               hist_range=(0.0, 256.0) if options.histogram else None)
+    return int_state(r, dtype="uint8", scale=scale, covariance=options.covariance, per_image=options.per_image,
+                     hist=hist)
 
 
 def hist_u8_state(hists: np.ndarray, options: Options, scale: float) -> ChannelStats:
@@ -73,15 +68,9 @@ def hist_u8_state(hists: np.ndarray, options: Options, scale: float) -> ChannelS
     if options.covariance:
         raise ValueError("co-moments need the pixels, not their histograms")
     total = hists.sum(axis=0)
-    if not options.per_image:
-        return u8_state_from_hist(total, scale, keep=options.histogram)
-    seen = hists > 0
-    r = {"count": hists.sum(axis=2), "total": hists @ _VALUES, "total_sq": hists @ (_VALUES * _VALUES),
-         "vmin": seen.argmax(axis=2), "vmax": 255 - seen[..., ::-1].argmax(axis=2),
-         "cross": np.zeros((len(hists), 1, 1), np.int64)}
-    return int_state_from_rows(r, dtype="uint8", scale=scale, covariance=False, per_image=True,
-                               hist=total if options.histogram else None,
-                               hist_range=(0.0, 256.0) if options.histogram else None)
+    rows = hist_rows(hists if options.per_image else total[None])
+    return int_state(rows, dtype="uint8", scale=scale, per_image=options.per_image,
+                     hist=total if options.histogram else None)
 
 
 #: values per plane: its arrays (a few times its size) stay in a core's cache, and below the sizes

@@ -2,7 +2,7 @@
 
 :func:`run_folder` lists the images (sorted, see :func:`list_images`), shards them across
 ``torchrun`` ranks, decodes and reduces them -- on the CPU in decode workers that send back only
-small exact states (:mod:`.mapside`), or with nvJPEG on the GPU, where the pixels stay on the
+small exact states (:mod:`.reduce_tasks`), or with nvJPEG on the GPU, where the pixels stay on the
 device and an :class:`~gpustats.Accumulator` reduces them -- merges the states in file order,
 skips and lists bad files (``strict=True``: the first one is fatal), saves and resumes
 checkpoints (:mod:`gpustats.checkpoint`; a resumed run gives the identical result), shows a
@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from ..stats import Stats
 from .errors import SourceError
 
-#: files per batch when ``batch_size`` is None (small images: at least ``mapside._SMALL_TASK``)
+#: files per batch when ``batch_size`` is None (small images: at least ``reduce_tasks._SMALL_TASK``)
 DEFAULT_BATCH_SIZE = 64
 __all__ = ["FolderStats", "StatsRun", "RunError", "StrictBadFile", "run_folder", "ENGINE_OPTIONS"]
 

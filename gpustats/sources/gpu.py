@@ -182,7 +182,7 @@ decode_files_gpu = decode_sources_gpu
 def gpu_batches(plan: Any, start: int, batch_size: int, device: str, decode_opts: dict) -> Iterator:
     """A folder run's nvJPEG batches of ``batch_size`` items from ``start`` (:meth:`.plan.Plan.byte_batches`):
     ``(first, stop, good CHW tensors on the device, bad [BadItem], nbytes)``."""
-    from .mapside import BadItem
+    from .reduce_tasks import BadItem
 
     for first, stop, items in plan.byte_batches(start, batch_size):
         records = decode_sources_gpu([item[3] for item in items], indices=[item[0] for item in items], device=device,

@@ -1,6 +1,6 @@
 """Whether starting decode workers as fresh processes would re-run the user's script.
 
-Decode workers are forked where that is safe (:func:`gpustats.sources.mapside._start_method`). Where
+Decode workers are forked where that is safe (:func:`gpustats.sources.reduce_tasks._start_method`). Where
 they must start as fresh processes (``spawn``: numba's GNU OpenMP threads already run here, or a
 platform without ``fork``), each one first imports the main script again, as ``__mp_main__``. A
 script that calls gpustats at its top level, outside ``if __name__ == "__main__":``, then runs its

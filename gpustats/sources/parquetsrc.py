@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 from .errors import SourceError
 from .tarindex import max_member_bytes, too_large
 
-__all__ = ["ParquetLayout", "inspect", "iter_values", "read_rows", "require_pyarrow"]
+__all__ = ["ParquetLayout", "inspect", "iter_values", "read_rows", "rechunk", "require_pyarrow"]
 
 Value = tuple  # (bytes | None, reason | None)
 
@@ -324,3 +324,32 @@ def read_rows(path: str, layout: ParquetLayout, group: int, rows: list[int]) -> 
     except Exception as exc:
         _reraise_remote(exc)
         return [(None, f"unreadable Parquet row group {group} ({type(exc).__name__}: {str(exc)[:200]})")] * len(rows)
+
+
+def rechunk(chunks: Iterable[list], skip: int, take: int, size: int, cap: int | None = None) -> Iterator[list]:
+    """Lists of ``size`` ``(bytes | None, reason)`` values (fewer at the end, or where ``cap`` bytes would be
+    passed: a value over ``cap`` goes alone) after dropping ``skip`` and keeping ``take``."""
+    pending: list = []
+    held = 0
+    for chunk in chunks:
+        if skip:
+            cut = min(skip, len(chunk))
+            chunk, skip = chunk[cut:], skip - cut
+        chunk = chunk[:take]
+        take -= len(chunk)
+        for value in chunk:
+            nbytes = 0 if value[0] is None else len(value[0])
+            if pending and cap is not None and held + nbytes > cap:
+                yield pending
+                pending, held = [], 0
+            pending.append(value)
+            value = None
+            held += nbytes
+            if len(pending) == size:
+                yield pending
+                pending, held = [], 0
+        chunk = None
+        if take <= 0:
+            break
+    if pending:
+        yield pending

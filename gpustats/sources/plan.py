@@ -3,9 +3,9 @@
 ``torchrun`` ranks share units (``units[rank::world]``: files, archives and the tars inside them,
 Parquet row groups, compressed tars). A rank's items are numbered in order (the index a checkpoint
 stores); runs of units with known items form :class:`~.segment.Segment`\\ s (decoded by
-DataLoader workers that read what they decode: :mod:`.mapside`), and each compressed tar is read
+DataLoader workers that read what they decode: :mod:`.reduce_tasks`), and each compressed tar is read
 by this process and decoded by a pool (:mod:`.streamed`). Both give
-:class:`~.mapside.BatchResult`\\ s in item order; :meth:`Plan.byte_batches` gives the items'
+:class:`~.reduce_tasks.BatchResult`\\ s in item order; :meth:`Plan.byte_batches` gives the items'
 bytes for the GPU decoder instead.
 
 A run of files only is identified by :func:`~gpustats.checkpoint.file_list_fingerprint`; a run with
@@ -30,7 +30,7 @@ import os
 from typing import Any, Iterator, Sequence
 
 from .errors import BadImage
-from .mapside import BatchResult, iter_reduced
+from .reduce_tasks import BatchResult, iter_reduced
 from .segment import Segment
 from .fingerprint import unit_fingerprint
 from .units import StreamUnit, Unit, unit_count
@@ -144,7 +144,7 @@ class Plan:
     def cpu_results(self, start: int, *, workers: int, batch_size: int, extras: dict,
                     decode_opts: dict, small_tasks: bool = False) -> Iterator[BatchResult]:
         """The :class:`BatchResult` of every task from item ``start`` on, in item order (CPU decoding);
-        ``small_tasks``: folder segments of small images go at least 256 files a task (see mapside)."""
+        ``small_tasks``: folder segments of small images go at least 256 files a task (see reduce_tasks)."""
         from .streamed import StreamPool, iter_stream_results
 
         pool = StreamPool(workers) if self.has_streams else None

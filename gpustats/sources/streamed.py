@@ -5,7 +5,7 @@ twice. So this process decompresses it once, member after member, and hands ``ba
 members at a time (their encoded bytes: small beside the pixels), and never more than half the
 per-worker budget of bytes (:func:`~.tarindex.worker_memory`, 512 MiB by default, so 256 MiB a batch:
 :func:`byte_capped`), to decode workers, which decode and reduce them
-(:func:`~gpustats.sources.mapside.reduce_records`) and send back exact states. Results come back in
+(:func:`~gpustats.sources.reduce_tasks.reduce_records`) and send back exact states. Results come back in
 member order, at most ``2 * workers`` batches in flight (one at a time with ``workers=0``), so what is
 held is bounded by bytes, not by member counts: at most the budget per worker. Tars inside it are read as nested archives, in place (:data:`~.tarindex.MAX_DEPTH`).
 
@@ -39,7 +39,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator
 
 from .listing import is_image_name
-from .mapside import BatchResult, _start_method, prefer_forksafe_threads, reduce_records
+from .reduce_tasks import BatchResult, _start_method, prefer_forksafe_threads, reduce_records
 from .tarindex import (MAX_DEPTH, LimitedFile, SeqReader, TarError, compression_of, is_hidden, is_tar_name,
                        iter_entries, max_member_bytes, open_decompressed, refusal)
 from .units import StreamUnit, is_zip_or_parquet

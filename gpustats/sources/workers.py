@@ -2,7 +2,7 @@
 
 What a folder run needs of torch's DataLoader, without importing torch (about a second of a CPU
 run's start-up): processes started once per segment (forked where safe, see
-:func:`gpustats.sources.mapside._start_method`), two tasks in flight per worker, results yielded in
+:func:`gpustats.sources.reduce_tasks._start_method`), two tasks in flight per worker, results yielded in
 task order, a worker that dies raising ``BrokenProcessPool`` (the engine reports it in one line),
 and Ctrl-C left to the main process. The task is given to each worker once, when it starts (a
 forked worker inherits it; a spawned one receives it pickled), never with every task.

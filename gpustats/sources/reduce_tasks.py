@@ -16,6 +16,23 @@ Without per-image statistics a batch's small images are joined into one strip (s
 care where a pixel sits) and reduced in one call, and large ones are reduced where they lie; with
 per-image statistics, each image stays its own row.
 
+Routes. A decoded image reaches its state by one of four routes, chosen here and only here, all
+ending in the one state builder :func:`gpustats.backends.int_state.int_state` (the same state bit
+for bit whichever is taken; tests/test_pixel_routes.py):
+
+1. a run's first image is small (:data:`~gpustats.backends.cpu.SMALL_PART` values): arrays, reduced
+   with numpy (:mod:`gpustats.backends.cpu_small`) until the process has loaded numba
+   (:func:`_numba_pays`), then with
+2. numba's loops (:class:`~gpustats.backends.cpu.CpuReducer`); large images go there too when they
+   come as arrays (L images; RGB ones the views below could not read in place);
+3. large images without co-moments: Pillow's own histogram of each image, no array made
+   (:func:`gpustats.backends.cpu_small.hist_u8_state`);
+4. large RGB images with co-moments: Pillow's memory read in place, 4 bytes a pixel, by the RGBX
+   sink (:class:`gpustats.backends.cpu.RgbxSink`).
+
+:func:`_pixels` decides what decoding hands over (1-2: arrays, 3: histograms, 4: views) and
+:meth:`_Reduce.decoded` sends each to its route.
+
 >>> import os, tempfile
 >>> from PIL import Image
 >>> folder = tempfile.mkdtemp()
@@ -37,7 +54,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from ..backends.cpu import _SMALL_PART
+from ..backends.cpu import SMALL_PART
 from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
 from .remote import RemoteReadError
@@ -174,11 +191,10 @@ class _Reduce:
             return None
         import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
 
-        from ..backends import _cpu_kernels
         from ..backends.cpu import RgbxSink
 
         prefer_forksafe_threads()
-        return RgbxSink(_cpu_kernels, self.options)
+        return RgbxSink(self.options)
 
     def decoded(self, done: _Decoded, b: int) -> Any:
         """The state of a batch's decoded images (arrays, histograms, the sink's), or None when it has none."""
@@ -199,12 +215,12 @@ class _Reduce:
             return small_u8_state(arrays, self.options, _UINT8_SCALE)
         self.load_numba()
         batch: Any = arrays
-        small = [a for a in arrays if a.size < _SMALL_PART]
+        small = [a for a in arrays if a.size < SMALL_PART]
         # small images: one strip, one reduction call (joined here, as backends.cpu would join them,
         # so that the adapter converts one array instead of one per image)
         if not self.per_image and len(small) > 1:
             strip = np.concatenate([a.reshape(-1, a.shape[2]) for a in small])[None]
-            batch = [a for a in arrays if a.size >= _SMALL_PART] + [strip]
+            batch = [a for a in arrays if a.size >= SMALL_PART] + [strip]
         elif self.per_image and len(small) == len(arrays) > 1 and all(a.shape == arrays[0].shape for a in arrays):
             # small images of one size (CIFAR-like): one [N, H, W, C] block, each image still its own row
             return self.reducer.reduce_chunk(self.stacked.adapt(np.stack(arrays), b), _UINT8_SCALE, b)
@@ -310,7 +326,7 @@ class ReducedBatches:
         self.decode_opts = decode_opts
         self.extras = {"histogram": bool(histogram), "covariance": bool(covariance), "per_image": bool(per_image)}
         first = _first_values(self.segment, self.start, decode_opts) if self.start < len(self.segment) else None
-        self.small = first is not None and first < _SMALL_PART  # judged by the first image (speed only)
+        self.small = first is not None and first < SMALL_PART  # judged by the first image (speed only)
         self.pixels = _pixels(self.extras, self.small)
         # small_tasks and small images: tasks of _SMALL_TASK files (results do not depend on the split)
         grow = small_tasks and self.small and not self.segment.has_rowgroups
@@ -359,14 +375,14 @@ class ReducedBatches:
         """A Parquet row group (from ``first``): its column read once, decoded and reduced ``batch_size`` rows
         at a time, the states merged here in row order."""
         from ..stats import ChannelStats
-        from .parquetsrc import iter_values
+        from .parquetsrc import iter_values, rechunk
 
         seg, offset = self.segment, self.segment.offset
         unit, local = seg.rowgroup(first)
         done, state, pos = _Decoded(), ChannelStats.empty(), first
         from .tarindex import max_member_bytes
 
-        for values in _rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size,
+        for values in rechunk(iter_values(unit.container, unit.layout, unit.group, batch_rows=self.batch_size,
                                            paths=True), local, stop - first, self.batch_size, max_member_bytes()):
             records = [(offset + pos + i, seg.name(pos + i), seg.order(pos + i), BadImage(reason) if data is None
                         else data) for i, (data, reason, _) in enumerate(values)]
@@ -387,35 +403,6 @@ class ReducedBatches:
         images = sum(done.decoders.values())
         return BatchResult(offset + first, offset + stop, None if state.is_empty else state.to_dict(), images,
                            done.nbytes, done.bad, done.warnings, done.decoders)
-
-
-def _rechunk(chunks: Iterable[list], skip: int, take: int, size: int, cap: int | None = None) -> Iterator[list]:
-    """Lists of ``size`` ``(bytes | None, reason)`` values (fewer at the end, or where ``cap`` bytes would be
-    passed: a value over ``cap`` goes alone) after dropping ``skip`` and keeping ``take``."""
-    pending: list = []
-    held = 0
-    for chunk in chunks:
-        if skip:
-            cut = min(skip, len(chunk))
-            chunk, skip = chunk[cut:], skip - cut
-        chunk = chunk[:take]
-        take -= len(chunk)
-        for value in chunk:
-            nbytes = 0 if value[0] is None else len(value[0])
-            if pending and cap is not None and held + nbytes > cap:
-                yield pending
-                pending, held = [], 0
-            pending.append(value)
-            value = None
-            held += nbytes
-            if len(pending) == size:
-                yield pending
-                pending, held = [], 0
-        chunk = None
-        if take <= 0:
-            break
-    if pending:
-        yield pending
 
 
 def _threads_started() -> str | None:
@@ -449,8 +436,8 @@ def _start_method() -> str:
 
     A forked child of a process that has used GNU OpenMP must not use it again (numba aborts it:
     "fork() called from a process already using GNU OpenMP"), and the workers reduce with numba.
-    gpustats' own loops never start numba's threads (:mod:`gpustats.backends._cpu_kernels`), so only
-    the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
+    gpustats' own loops never start numba's threads (:mod:`gpustats.backends.cpu_float_loops`), so
+    only the user's own parallel numba code can force ``spawn``. Fresh processes cost about a second to
     start; fork costs nothing, so it is asked for explicitly where safe (not left to the platform's
     default, which is ``forkserver`` from Python 3.14 on Linux and ``spawn`` on macOS).
     """

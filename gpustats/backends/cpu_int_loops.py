@@ -1,4 +1,8 @@
-"""The integer loops of the CPU backend: uint8 histograms, vectorized exact uint8 sums, per-image rows.
+"""The CPU backend's numba loops for integer data: uint8 histograms, vectorized exact uint8 sums,
+exact per-image rows, and rows of RGB pixels held 4 bytes each (RGBX).
+
+torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mean``/``std`` moves
+4x the bytes and runs at ~0.2 GB/s on two cores), so these loops read each byte once.
 
 One file, so that numba's on-disk cache of each loop is invalidated with the code it inlines
 (numba checks only the cached function's own file).
@@ -15,7 +19,7 @@ One file, so that numba's on-disk cache of each loop is invalidated with the cod
 
 Each loop runs in the calling thread and does the share ``t`` of ``nthreads`` of the work it is
 given (``0, 1``: all of it); :func:`gpustats.backends.cpu.in_threads` runs the shares in Python
-threads (the loops release the GIL). Layout and ``cp`` as in :mod:`._cpu_kernels`.
+threads (the loops release the GIL). Layout and ``cp`` as in :mod:`.cpu_float_loops`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
-from ._cpu_jit import _BLOCK, _dims, _jit
+from ._cpu_jit import BLOCK, cached_jit, dims
+
+__all__ = ["hist_u8", "int_rows", "rgbx_rows_here", "u8_sum_rows", "u8_sums"]
+
 
 @njit(nogil=True)
 def _hist_block(x, n, cp, start, stop, channels, p):  # pragma: no cover - compiled
@@ -58,8 +65,8 @@ def _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # 
     p = np.zeros((channels, 256), np.uint32)
     k = 0
     for item in range(t, items, nthreads):
-        start = (item % nblocks) * _BLOCK
-        _hist_block(x, item // nblocks, cp, start, min(start + _BLOCK, length), channels, p)
+        start = (item % nblocks) * BLOCK
+        _hist_block(x, item // nblocks, cp, start, min(start + BLOCK, length), channels, p)
         k += 1
         if k == 16 or item + nthreads >= items:
             k = 0
@@ -69,13 +76,13 @@ def _hist_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # 
                     p[c, b] = 0
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def hist_u8(x, cp, hist, t, nthreads):  # pragma: no cover - compiled
     """Per-channel 256-bin histograms of uint8 ``x`` added into ``hist`` ([C, 256] int64): the share of
     thread ``t`` of ``nthreads`` (work items ``t, t + nthreads, ...``; ``0, 1``: all of it). Each thread
     adds into its own ``hist`` (:func:`gpustats.backends.cpu.in_threads`)."""
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
+    n_rows, channels, length = dims(x, cp)
+    nblocks = (length + BLOCK - 1) // BLOCK
     _hist_thread(x, cp, t, nthreads, n_rows * nblocks, nblocks, length, channels, hist)
 
 
@@ -134,20 +141,20 @@ def _sums_thread(x, cp, t, nthreads, items, nblocks, length, channels, out):  # 
     """Thread ``t``'s share of :func:`u8_sums` (work items as in :func:`hist_u8`) into ``out``."""
     for item in range(t, items, nthreads):
         n = item // nblocks
-        start = (item % nblocks) * _BLOCK
-        stop = min(start + _BLOCK, length)
+        start = (item % nblocks) * BLOCK
+        stop = min(start + BLOCK, length)
         for c in range(channels if cp else 1):  # one call of the loop (it is inlined: compiled once)
             flat = x[n, c, start:stop] if cp else x[n, start:stop].reshape(-1)
             _u8_sums_flat(flat, 1 if cp else channels, out, c)
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def u8_sums(x, cp, out, t, nthreads):  # pragma: no cover - compiled
     """Exact per-channel count, sum, sum of squares, min and max of C-contiguous uint8 ``x`` added into
     ``out`` ([5, C] int64; min/max rows start at 255/0, or hold earlier values): thread ``t``'s share
     of ``nthreads``, as in :func:`hist_u8`."""
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
+    n_rows, channels, length = dims(x, cp)
+    nblocks = (length + BLOCK - 1) // BLOCK
     _sums_thread(x, cp, t, nthreads, n_rows * nblocks, nblocks, length, channels, out)
 
 
@@ -161,7 +168,7 @@ def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, tot
     if fused:
         q01, q02, q12 = _u8_hist_products3(x[n], out)
     else:
-        nblocks = (length + _BLOCK - 1) // _BLOCK
+        nblocks = (length + BLOCK - 1) // BLOCK
         _hist_thread(x[n:n + 1], cp, 0, 1, nblocks, nblocks, length, channels, out)
     _row_from_hist(out, n, length, count, total, total_sq, vmin, vmax)
     if want_cross and channels == 3:  # RGB: the three products in one pass
@@ -179,7 +186,9 @@ def _u8_row(x, n, cp, channels, length, want_cross, want_hist, count, total, tot
 
 @njit(nogil=True)
 def _row_from_hist(out, n, length, count, total, total_sq, vmin, vmax):  # pragma: no cover - compiled
-    """Row ``n``'s exact count, sums, min and max from its histogram ``out`` ([C, 256])."""
+    """Row ``n``'s exact count, sums, min and max from its histogram ``out`` ([C, 256]): the rule of
+    :func:`gpustats.backends.int_state.hist_rows`, compiled into the histogram's pass (numpy's, after
+    the pass, cost as much again on 32x32 images); the routes' states are held bitwise equal by tests."""
     for c in range(out.shape[0]):
         s = 0
         q = 0
@@ -207,7 +216,7 @@ def _set_cross3(cross, n, total_sq, q01, q02, q12):  # pragma: no cover - compil
     cross[n, 1, 2] = cross[n, 2, 1] = q12
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def rgbx_rows_here(x, want_hist, count, total, total_sq, vmin, vmax, cross, hist):  # pragma: no cover - compiled
     """:func:`int_rows` (in this thread) with co-moments for RGB images held 4 bytes a pixel (``x``: [N, L, 4] uint8, the
     fourth byte not a channel: Pillow's own layout, read in place); the outputs have 3 channels."""
@@ -223,9 +232,9 @@ def _u8_products(u, v):  # pragma: no cover - compiled
     """Exact sum of ``u * v`` over two uint8 vectors: uint32 partial sums per 65536 values (at most
     65536 * 255**2 < 2**32), which the compiler vectorizes, added into an int64."""
     total = 0
-    for start in range(0, u.shape[0], _BLOCK):
-        a = u[start:start + _BLOCK]
-        b = v[start:start + _BLOCK]
+    for start in range(0, u.shape[0], BLOCK):
+        a = u[start:start + BLOCK]
+        b = v[start:start + BLOCK]
         part = np.uint32(0)
         for i in range(a.shape[0]):
             part += np.uint32(a[i]) * np.uint32(b[i])
@@ -237,10 +246,10 @@ def _u8_products(u, v):  # pragma: no cover - compiled
 def _u8_products3(r, g, b):  # pragma: no cover - compiled
     """:func:`_u8_products` of ``(r, g)``, ``(r, b)`` and ``(g, b)`` in one pass."""
     q01 = q02 = q12 = 0
-    for start in range(0, r.shape[0], _BLOCK):
-        rr = r[start:start + _BLOCK]
-        gg = g[start:start + _BLOCK]
-        bb = b[start:start + _BLOCK]
+    for start in range(0, r.shape[0], BLOCK):
+        rr = r[start:start + BLOCK]
+        gg = g[start:start + BLOCK]
+        bb = b[start:start + BLOCK]
         p01 = p02 = p12 = np.uint32(0)
         for i in range(rr.shape[0]):
             vr = np.uint32(rr[i])
@@ -262,8 +271,8 @@ def _u8_hist_products3(seg, out):  # pragma: no cover - compiled
     histogram's increments)."""
     q01 = q02 = q12 = 0
     p = np.zeros((3, 256), np.uint32)
-    for start in range(0, seg.shape[0], _BLOCK):
-        blk = seg[start:start + _BLOCK]
+    for start in range(0, seg.shape[0], BLOCK):
+        blk = seg[start:start + BLOCK]
         p01 = p02 = p12 = np.uint32(0)
         for i in range(blk.shape[0]):
             vr = blk[i, 0]
@@ -355,13 +364,13 @@ def _row_for_dtype(x, n, cp, channels, length, want_cross, want_hist, count, tot
     return impl
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def u8_sum_rows(x, cp, count, total, total_sq, vmin, vmax, t, nthreads):  # pragma: no cover - compiled
     """Exact per-row count, sum, sum of squares, min and max of uint8 ``x`` (per-image statistics without
     a histogram or co-moments): :func:`u8_sums`' vectorized loop row by row, rows as in :func:`int_rows`.
     Its own loop, so that a call with a histogram or co-moments does not compile this one."""
-    n_rows, channels, length = _dims(x, cp)
-    nblocks = (length + _BLOCK - 1) // _BLOCK
+    n_rows, channels, length = dims(x, cp)
+    nblocks = (length + BLOCK - 1) // BLOCK
     sums = np.zeros((5, channels), np.int64)
     for n in range(t, n_rows, nthreads):
         sums[:] = 0
@@ -375,7 +384,7 @@ def u8_sum_rows(x, cp, count, total, total_sq, vmin, vmax, t, nthreads):  # prag
             vmax[n, c] = sums[4, c] if length else -(1 << 40)
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist, t, nthreads):  # pragma: no cover
     """Exact per-row totals: all outputs are [N, C] (cross: [N, C, C]) int64; rows ``t, t + nthreads, ...``
     (thread ``t`` of ``nthreads``; each row is written by one thread only).
@@ -384,6 +393,6 @@ def int_rows(x, cp, want_cross, want_hist, count, total, total_sq, vmin, vmax, c
     loop as the sums. Per-channel scalar accumulators keep this loop in registers: a fused
     all-channels-per-pixel loop with array accumulators measured 2.5x slower.
     """
-    n_rows, channels, length = _dims(x, cp)
+    n_rows, channels, length = dims(x, cp)
     for n in range(t, n_rows, nthreads):
         _row(x, n, cp, channels, length, want_cross, want_hist, count, total, total_sq, vmin, vmax, cross, hist)

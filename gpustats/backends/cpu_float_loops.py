@@ -1,25 +1,19 @@
-"""numba ``@njit`` loops behind the CPU backend (imported on first use, never by ``import gpustats``).
+"""The CPU backend's numba loops for float data (imported on first use, never by ``import gpustats``).
 
-torch has no fast exact reduction for uint8 on the CPU (``x.float()`` then ``mean``/``std`` moves
-4x the bytes and runs at ~0.2 GB/s on two cores), so these loops read each byte once:
-
-* the integer loops (:mod:`._cpu_int`, re-exported here): :func:`hist_u8` (per-channel 256-bin
-  histograms), :func:`u8_sums` (vectorized exact count, sums of x and x*x, min and max), and
-  :func:`int_rows`, which gives exact int64 per-image (row) totals for any integer dtype, plus the exact
-  cross products for covariance; uint8 rows come from each row's histogram or vectorized sums (one
-  pass; RGB cross products ride along in uint32 partial sums), chosen by dtype at compile time.
 * :func:`float_rows` gives per-image float64 ``(count, mean, M2)`` by two passes over each row (a
   row is one image and stays in cache), plus co-moments; rows are merged with Chan's formula by
   the caller. Non-finite values are counted and left out.
+* :func:`hist_float`: a histogram over the user's bins and range, with exact counts at its ends.
 
-Every kernel takes a 3-D array ``x`` and a flag ``cp``: ``x`` is ``[N, C, L]`` when ``cp`` else
-``[N, L, C]``. No kernel opens a numba parallel region: each runs in the calling thread and does
-the share ``t`` of ``nthreads`` it is given, and :func:`gpustats.backends.cpu.in_threads` runs the
-shares in Python threads (the loops release the GIL). So numba's threading layer never starts
-(forking decode workers stays safe, and no parallel variant of a loop is compiled: the first call
-compiles each loop once). Inner loops index slices from 0: numba then proves the index
-non-negative and drops its wrap-around check (loops over ``range(start, stop)`` on ``x`` itself ran
-at half the speed).
+The integer loops (uint8 histograms and sums, exact integer rows, RGBX rows) are
+:mod:`.cpu_int_loops`. Every loop of both takes a 3-D array ``x`` and a flag ``cp``: ``x`` is
+``[N, C, L]`` when ``cp`` else ``[N, L, C]``. No loop opens a numba parallel region: each runs in
+the calling thread and does the share ``t`` of ``nthreads`` it is given, and
+:func:`gpustats.backends.cpu.in_threads` runs the shares in Python threads (the loops release the
+GIL). So numba's threading layer never starts (forking decode workers stays safe, and no parallel
+variant of a loop is compiled: the first call compiles each loop once). Inner loops index slices
+from 0: numba then proves the index non-negative and drops its wrap-around check (loops over
+``range(start, stop)`` on ``x`` itself ran at half the speed).
 
 Compiled code is cached on disk in a per-user folder, never next to these files (:mod:`._cpu_jit`).
 """
@@ -31,8 +25,9 @@ import math
 import numpy as np
 from numba import njit
 
-from ._cpu_jit import _BLOCK, _dims, _jit  # noqa: F401 (_BLOCK: read by the backend)
-from ._cpu_int import hist_u8, int_rows, rgbx_rows_here, u8_sum_rows, u8_sums  # noqa: F401
+from ._cpu_jit import cached_jit, dims
+
+__all__ = ["float_rows", "hist_float"]
 
 
 @njit(inline="always", nogil=True)
@@ -104,7 +99,7 @@ def _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2,
                 comoment[n, b, a] = q
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf, comoment, t,
                nthreads):  # pragma: no cover
     """Per-row float64 (count, mean + mean_lo, M2) by two passes; non-finite values counted and skipped.
@@ -112,20 +107,20 @@ def float_rows(x, cp, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, pos
 
     ``comoment`` ([N, C, C]) is filled only when ``want_cross`` and the row is all finite.
     """
-    n_rows, channels, length = _dims(x, cp)
+    n_rows, channels, length = dims(x, cp)
     for n in range(t, n_rows, nthreads):
         _float_row(x, n, cp, channels, length, want_cross, count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf,
                    comoment)
 
 
-@_jit(nogil=True)
+@cached_jit(nogil=True)
 def hist_float(x, cp, lo, hi, bins, clip, hist, low_end, high_end, ends):  # pragma: no cover
     """Histogram over [lo, hi] (last bin closed, like numpy); returns (#below, #above) outside.
 
     ``ends[c]`` ([C, 2]) counts the values at or below ``low_end`` and at or above ``high_end``
     (the range's lowest and highest value, ``numerics.range_ends``; outside values only with ``clip``).
     """
-    n_rows, channels, length = _dims(x, cp)
+    n_rows, channels, length = dims(x, cp)
     width = bins / (hi - lo)
     below = 0
     above = 0
