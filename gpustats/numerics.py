@@ -47,6 +47,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .tuning import EXACT_VECTOR_FROM as _VECTOR_FROM  # elements from which the int64 path beats a loop
+
 __all__ = [
     "StatsError", "INTEGER_DTYPES", "FLOAT_DTYPES", "Moments", "two_sum", "chan_merge", "chan_merge_rows", "exact_moments",
     "moments_from_shifted_sums", "moments_from_shifted_mean", "image_values_exact", "image_values", "exact_value_sums", "SUM_BITS",
@@ -189,7 +191,6 @@ def exact_moments(count: Any, total: Any, total_sq: Any, *, other_total: Any = N
 #: float64 is the correctly rounded rational (IEEE division), as Python's ``int / int`` is
 _EXACT = float(2**53)
 _SMALL = 1 << 20  # a scale's numerator and denominator small enough for the int64 path
-_VECTOR_FROM = 24  # elements from which the int64 path is faster than a loop (its ~25 numpy calls cost ~60 us)
 
 
 def _exact_moments_int64(n: np.ndarray, s: np.ndarray, q: np.ndarray, t: np.ndarray, ddof: int | None,

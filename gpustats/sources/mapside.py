@@ -212,14 +212,9 @@ class _Reduce:
         return self.reducer.reduce_chunk(chunk, _UINT8_SCALE, b)
 
 
-#: items from which a run loads numba even when its images are small: numpy costs ~4 us more per
-#: small image than numba's loops, numba ~0.4 s once per process
-_NUMBA_FROM_ITEMS = 100_000
-
-
-#: files handed to a worker at a time when the run's images are small (at most 256 x 64 K values):
-#: a task's fixed costs (IPC, the merge, numpy's per-call costs) then spread over more images
-_SMALL_TASK = 256
+# items from which a run loads numba even when its images are small; files per task when they are
+# small (measured, with the machine: gpustats.tuning)
+from ..tuning import NUMBA_FROM_ITEMS as _NUMBA_FROM_ITEMS, SMALL_TASK as _SMALL_TASK  # noqa: E402
 
 
 def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None:

@@ -1,0 +1,85 @@
+"""Every tuning constant in one place, each with the measurement that chose it and the machine.
+
+None of these changes a result: states are exact integers for 8-bit data and merged in file
+order, so any batch size, worker count or chunk size gives the same numbers bit for bit (the tests
+split the work every way). They change only speed and memory.
+
+Unless a constant says otherwise it was measured on the project's development machine: a 2-core
+AMD EPYC VM, no GPU, shared with other jobs (see ``bench/results/cpu-2core-2026-11-28-folder*.json``
+for its folder runs). On another machine -- a 64-core box, a fast NVMe, a GPU -- rerun
+``python bench/folder_throughput.py --workers N`` (folder runs, against plain Pillow processes, in
+the same run) and ``python -m pytest bench/bench_cpu.py --benchmark-enable`` (the CPU reductions),
+and change the value here.
+
+>>> DEFAULT_BATCH_SIZE, SMALL_TASK, default_workers() <= MAX_DEFAULT_WORKERS
+(64, 256, True)
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["DEFAULT_BATCH_SIZE", "SMALL_TASK", "MAX_DEFAULT_WORKERS", "MIN_FILES_FOR_WORKERS", "default_workers",
+           "NUMBA_FROM_ITEMS", "SMALL_PART", "PER_THREAD", "PLANE_VALUES", "EXACT_VECTOR_FROM",
+           "DEFAULT_WORKER_MEMORY_MB"]
+
+# ============================================================================ folder runs (sources/)
+
+#: files per batch when ``batch_size`` is None. Not chosen by a recorded measurement: the value of
+#: the first command (2026-11-25). It bounds what a decode worker holds (64 decoded images) and how
+#: much work a checkpoint can lose; large images gain nothing from larger batches (a batch costs
+#: one IPC round trip and one merge, ~1 ms, against ~1 ms to decode one 500x375 JPEG).
+DEFAULT_BATCH_SIZE = 64
+
+#: files per task when the run's images are small (at most 64 K values each, CIFAR-like) and the
+#: user gave no ``batch_size``: a task's fixed costs (IPC, the merge, numpy's per-call costs) then
+#: spread over more images. Chosen with the 32x32 PNG corpus of ``bench/folder_throughput.py``
+#: (2026-11-28, 2-core VM: ``bench/results/cpu-2core-2026-11-28-folder-*.json``).
+SMALL_TASK = 256
+
+#: most decode worker processes started when ``workers`` is None: ``min(MAX_DEFAULT_WORKERS,
+#: cores)``. Not measured beyond 2 cores: 8 was chosen (2026-11-25) so that a shared machine is
+#: not taken over by default. A decode-bound run scales with the cores it is given; on a 64-core
+#: box pass ``--workers`` (``workers=``) or raise this, and measure with ``folder_throughput.py``.
+MAX_DEFAULT_WORKERS = 8
+
+#: runs of fewer files than this decode in the calling process when ``workers`` is None: starting a
+#: worker process (fork, imports: ~0.2-0.5 s on the 2-core VM) costs more than decoding a few files.
+MIN_FILES_FOR_WORKERS = 64
+
+
+def default_workers() -> int:
+    """Decode processes when ``workers`` is None: ``min(MAX_DEFAULT_WORKERS, os.cpu_count())``."""
+    return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+
+
+#: items from which a CPU run loads numba even when its images are small: numpy costs ~4 us more
+#: per small image than numba's loops, loading numba ~0.4 s once per process (first result of a
+#: 20,000-PNG run after 0.16 s instead of 0.70 s without numba; 2-core VM, 2026-11-28).
+NUMBA_FROM_ITEMS = 100_000
+
+#: encoded bytes (archive members, Parquet values) a decode worker holds at once, in MiB, unless
+#: the environment variable ``GPUSTATS_WORKER_MEMORY_MB`` says otherwise
+#: (:func:`gpustats.sources.tarindex.worker_memory`). A memory bound, not a speed choice: two
+#: batches of half of it are in flight per worker, so 8 workers hold at most 4 GiB of encoded bytes.
+DEFAULT_WORKER_MEMORY_MB = 512
+
+# ============================================================================ CPU reductions (backends/)
+
+#: values under which the parts of a CPU batch are joined into one strip before the numba loops:
+#: a numba call costs ~0.1-2 ms whatever its size (2-core VM, 2026-11-25).
+SMALL_PART = 1 << 16
+
+#: values per thread from which a CPU loop runs in several threads: starting and joining a Python
+#: thread costs ~0.1 ms, the time the loops take for ~0.3 M values (2-core VM, 2026-12-04).
+PER_THREAD = 1 << 19
+
+#: values per plane when small uint8 images are reduced with numpy (``backends/cpu_small.py``): its
+#: arrays (a few times its size) stay in a core's cache and below the sizes malloc hands to mmap.
+#: 256 CIFAR images took 2.2-2.8 ms in one plane and 1.2 ms in planes of this size; 4x larger planes
+#: ran 2x slower (2-core VM, 2026-11-28).
+PLANE_VALUES = 3 << 16
+
+#: elements from which exact moments (``numerics.exact_moments``) take the vectorized int64 path
+#: instead of a Python loop: that path's ~25 numpy calls cost ~60 us (2-core VM, 2026-11-28).
+EXACT_VECTOR_FROM = 24
