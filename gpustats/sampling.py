@@ -56,10 +56,9 @@ True
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -68,10 +67,11 @@ from .batches import BatchAdapter, Chunk, InputError
 from .intervals import (STOP_REASONS, SampledStats, UnitSums, combine_rows, exact_result, may_stop, next_check,
                         ratio_intervals, sampled_stats)
 from .sample_design import checked_sizes, size_strata, sizes_of_items, unit_sizes, visiting_order
+from .sample_units import dataset_units, file_units, is_map_style, iterable_units, list_files
 from .stats import INTEGER_DTYPES
 
 __all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
-           "STOP_REASONS"]
+           "STOP_REASONS", "estimate_folder_stats", "FOLDER_SAMPLE_OPTIONS"]
 
 #: Default number of images that must be seen before the tolerance may stop the run.
 DEFAULT_MIN_IMAGES = 30
@@ -124,85 +124,6 @@ class SampleSpec:
                               max_images=self.max_images, seed=self.seed, batch_size=self.batch_size,
                               min_images=self.min_images, assume_shuffled=self.assume_shuffled,
                               workers=self.workers, sizes=self.sizes, **options, **self.decode_opts)
-
-
-#: One visited unit: ("item", obj) | ("bad", path, reason) | ("rows", batch of several units).
-_Unit = tuple
-
-
-def _is_pathlike(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike))
-
-
-def _is_map_style(x: Any) -> bool:
-    if isinstance(x, torch.utils.data.IterableDataset):
-        return False
-    return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (dict, str, bytes))
-
-
-def _list_files(source: Any, column: str | None = None, all_extensions: bool = False) -> Any:
-    """The file list when ``source`` names files/folders (a ``Segment`` when it names archives), else None."""
-    from .sources.listing import extensions_for
-    from .sources.segment import Segment
-    from .sources.units import StreamUnit, list_units
-
-    if _is_pathlike(source):
-        source = [source]
-    elif not (isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source)):
-        return None
-    units = list_units(list(source), column=column, extensions=extensions_for(all_extensions))
-    if all(_is_pathlike(u) and not hasattr(u, "url") for u in units):  # local files (remote ones: a Segment)
-        return [os.fspath(u) for u in units]
-    streams = [u for u in units if isinstance(u, StreamUnit)]
-    if streams:
-        fix = ("a tar or TFRecord shard in a store: indexing it would read it all); copy it to a local disk"
-               if "://" in streams[0].container else "a compressed tar or TFRecord shard); decompress it to a .tar "
-               "or a plain shard (e.g. gunzip), which is indexed")
-        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is read only from start "
-                         f"to end ({fix}, or drop the sampling for the exact pass")
-    return Segment(units, range(len(units)))
-
-
-def _file_units(files: Any, order: np.ndarray, stop: int, batch_size: int, workers: int,
-                decode_opts: dict) -> Iterator[list[_Unit]]:
-    from .sources import iter_decoded
-
-    if not isinstance(files, list):  # archive members and Parquet rows: read at random positions
-        picked = [int(i) for i in order[:stop]]
-        for records in iter_decoded(files, positions=picked, workers=workers, batch_size=batch_size, **decode_opts):
-            yield [("bad", files.name(picked[r.index]), r.bad_reason) if r.array is None else ("item", r.array)
-                   for r in records]
-        return
-    permuted = [files[i] for i in order[:stop]]
-    for records in iter_decoded(permuted, workers=workers, batch_size=batch_size, **decode_opts):
-        yield [("bad", permuted[r.index], r.bad_reason) if r.array is None else ("item", r.array)
-               for r in records]
-
-
-def _dataset_units(dataset: Any, order: np.ndarray, stop: int, batch_size: int,
-                   workers: int) -> Iterator[list[_Unit]]:
-    indices = [int(i) for i in order[:stop]]
-    if workers > 0:
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
-                                             shuffle=False, num_workers=workers, collate_fn=list)
-        for items in loader:
-            yield [_dataset_unit(item) for item in items]
-        return
-    for start in range(0, len(indices), batch_size):
-        yield [_dataset_unit(dataset[i]) for i in indices[start:start + batch_size]]
-
-
-def _dataset_unit(item: Any) -> _Unit:
-    from .sources import DecodedImage
-
-    if isinstance(item, DecodedImage):  # an ImageFileDataset item
-        return ("bad", str(item.index), item.bad_reason) if item.array is None else ("item", item.array)
-    return ("item", item)
-
-
-def _iterable_units(iterable: Iterable[Any]) -> Iterator[list[_Unit]]:
-    for batch in iterable:
-        yield [("rows", batch)]
 
 
 # ============================================================================ the driver
@@ -328,7 +249,7 @@ def estimate_stats(
     source = dataset_or_files
     loader_workers = workers
 
-    files = _list_files(source, column, all_extensions)
+    files = list_files(source, column, all_extensions)
     if files is not None and layout is None:
         layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
     if files is None and column is not None:
@@ -336,7 +257,7 @@ def estimate_stats(
     if files is None and decode_opts:
         raise TypeError(f"decode options ({', '.join(sorted(decode_opts))}) apply to image files and folders only")
     if files is None and isinstance(source, torch.utils.data.DataLoader) and not assume_shuffled:
-        if not _is_map_style(source.dataset):
+        if not is_map_style(source.dataset):
             raise InputError(
                 "this DataLoader wraps an IterableDataset, which cannot be visited in random order; "
                 "pass assume_shuffled=True if its stream is already in random order")
@@ -350,18 +271,18 @@ def estimate_stats(
         known = unit_sizes(files) if sizes is None else checked_sizes(sizes, population)
         order = visiting_order(population, known, seed)
         stop = population if cap is None else min(cap, population)
-        units = _file_units(files, order, stop, batch_size, loader_workers, decode_opts)
-    elif _is_map_style(source) and not (assume_shuffled and isinstance(source, torch.utils.data.DataLoader)):
+        units = file_units(files, order, stop, batch_size, loader_workers, decode_opts)
+    elif is_map_style(source) and not (assume_shuffled and isinstance(source, torch.utils.data.DataLoader)):
         population = len(source)
         known = sizes_of_items(source) if sizes is None else checked_sizes(sizes, population)
         order = visiting_order(population, known, seed)
         stop = population if cap is None else min(cap, population)
-        units = _dataset_units(source, order, stop, batch_size, loader_workers)
+        units = dataset_units(source, order, stop, batch_size, loader_workers)
     elif assume_shuffled and isinstance(source, Iterable):
         if sizes is not None:
             raise TypeError("sizes= gives the size of each item of a dataset or file list; a stream has none")
         population = None
-        units = _iterable_units(source)
+        units = iterable_units(source)
     elif isinstance(source, Iterable):
         raise InputError(
             f"a {type(source).__name__} cannot be visited in random order (it has no len() and indexing), and "
@@ -490,3 +411,35 @@ def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = N
                          "(drop sample=, or drop these options)")
     return sample.run(loader, device=device, layout=options.layout, channels=options.channels, key=options.key,
                       scale=options.scale, progress=bool(progress))
+
+
+#: the options of :func:`estimate_folder_stats` (``gpustats stats --sample-tolerance T`` passes its own)
+FOLDER_SAMPLE_OPTIONS = ("confidence", "max_images", "seed", "device", "workers", "batch_size", "mode", "max_pixels",
+                         "resize", "center_crop", "column", "strict", "all_extensions")
+
+
+def estimate_folder_stats(paths: Any, *, tolerance: float, confidence: float | None = None,
+                          max_images: int | None = None, seed: int | None = None, device: str | None = "auto",
+                          workers: int | None = None, batch_size: int | None = None, max_pixels: int | None = None,
+                          progress: bool = False, **options: Any) -> SampledStats:
+    """:func:`estimate_stats` on image files, folders and archives with the folder engine's defaults: what
+    ``gpustats stats PATH... --sample-tolerance T`` runs.
+
+    None takes the default: ``confidence`` 0.95, ``seed`` 0, ``device`` ``"auto"`` (where each image is),
+    ``workers`` :func:`gpustats.tuning.default_workers`, ``batch_size``
+    :data:`gpustats.tuning.DEFAULT_BATCH_SIZE`, ``max_pixels`` Pillow's limit
+    (:data:`gpustats.sources.DEFAULT_MAX_PIXELS`). ``progress``: a bar, on a terminal only. ``options``:
+    ``mode``, ``resize``, ``center_crop``, ``column``, ``strict``, ``all_extensions`` as in
+    :func:`estimate_stats`.
+    """
+    import sys
+
+    from .sources import DEFAULT_MAX_PIXELS
+    from .tuning import DEFAULT_BATCH_SIZE, default_workers
+
+    return estimate_stats(
+        paths, tolerance=tolerance, confidence=0.95 if confidence is None else confidence, max_images=max_images,
+        seed=0 if seed is None else seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        device=None if device in (None, "auto") else device, workers=default_workers() if workers is None else workers,
+        progress=progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(),
+        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, **options)

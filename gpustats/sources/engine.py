@@ -27,13 +27,14 @@ import time
 from typing import Any, Callable, Sequence
 
 from ..stats import Stats
+from ..tuning import DEFAULT_BATCH_SIZE, MIN_FILES_FOR_WORKERS, default_workers
 from .errors import SourceError
 
-#: files per batch when ``batch_size`` is None (small images: at least ``mapside._SMALL_TASK``)
-DEFAULT_BATCH_SIZE = 64
-__all__ = ["FolderStats", "StatsRun", "RunError", "StrictBadFile", "run_folder", "ENGINE_OPTIONS"]
+__all__ = ["FolderStats", "StatsRun", "RunError", "StrictBadFile", "run_folder", "ENGINE_OPTIONS", "CHANNEL_NAMES",
+           "expected_errors"]
 
-_CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
+#: the channels of each ``mode``, as reports name them
+CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
 
 #: the engine's options and their defaults (``compute_stats(path, **options)``, ``gpustats stats``)
 ENGINE_OPTIONS: dict[str, Any] = {
@@ -115,10 +116,6 @@ class _Target:
     device: str
     backend: str
     cpu_reason: str | None
-
-
-def _default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 def _choose_decode(opts: dict, acc: Any) -> tuple[str, str | None]:
@@ -254,8 +251,8 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
     batch_size = opts["batch_size"] or DEFAULT_BATCH_SIZE  # None: small images also go 256 at a time
     decode_opts = {"mode": opts["mode"], "max_pixels": max_pixels, "resize": opts["resize"],
                    "center_crop": opts["center_crop"]}
-    workers = _default_workers() if opts["workers"] is None else opts["workers"]
-    if opts["workers"] is None and plan.total is not None and plan.total < 64:
+    workers = default_workers() if opts["workers"] is None else opts["workers"]
+    if opts["workers"] is None and plan.total is not None and plan.total < MIN_FILES_FOR_WORKERS:
         workers = 0  # starting worker processes costs more than decoding a few files
     tasks = plan.tasks_at_most(batch_size)
     if tasks is not None and decode == "cpu":
@@ -425,7 +422,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
             bar.close()
             if ck_path:
                 save(next_index, True)
-    except _expected_errors() as exc:
+    except expected_errors() as exc:
         if world == 1:
             raise
         failure = exc
@@ -460,7 +457,7 @@ def run_folder(paths: Sequence[str | os.PathLike[str]], *, note: Callable[[str],
                         images=images, files=files_total, bad_files=tuple(bad_files),
                         warnings=tuple(sorted(seen_warnings.items())), skipped=tuple(sorted(skipped.items())))
     stats = dataclasses.replace(stats, device=run_device, strategy=strategy)
-    return StatsRun(stats=stats, channels=_CHANNEL_NAMES[opts["mode"]], images=images, files_total=files_total,
+    return StatsRun(stats=stats, channels=CHANNEL_NAMES[opts["mode"]], images=images, files_total=files_total,
                     bytes=nbytes, bad_files=bad_files, elapsed_s=elapsed, device=run_device, backend=backend,
                     strategy=strategy, cpu_reason=cpu_reason, decode=decode, decode_reason=decode_reason,
                     workers=0 if decode == "gpu" else workers, options=report_options, resumed_from=resumed_from,
@@ -489,7 +486,9 @@ def _files_total(plan: Any, previous_total: int | None, complete: bool) -> int:
     return mine
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The library's expected failures (each one line to a user; ``gpustats`` exits 1), which a
+    ``torchrun`` rank shares with the others instead of leaving them waiting."""
     from ..backends import BackendUnavailable
     from ..batches import InputError
     from ..checkpoint import CheckpointError
