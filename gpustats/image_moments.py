@@ -34,6 +34,7 @@ from .numerics import (
     chan_merge_rows,
     exact_moments,
     exact_value_sums,
+    frozen as _frozen,
     image_values,
     image_values_exact,
 )
@@ -41,12 +42,6 @@ from .numerics import (
 __all__ = ["ImageMoments"]
 
 ROWS = ("mean", "std", "std_ddof1")
-
-
-def _frozen(arr: Any, dtype: Any = np.float64) -> np.ndarray:
-    out = np.array(arr, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
 
 
 def _hex(arr: np.ndarray) -> list[str]:

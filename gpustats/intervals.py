@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from .batches import InputError
+from .numerics import frozen
 
 __all__ = ["SampledStats", "UnitSums", "ratio_intervals", "t_quantile", "exact_result", "sampled_stats", "may_stop",
            "next_check", "combine_rows", "STOP_REASONS"]
@@ -264,9 +265,7 @@ def may_stop(r: dict, tolerance: float, min_images: int) -> bool:
 
 
 def _frozen(arr: Any) -> np.ndarray:
-    out = np.array(arr, dtype=np.float64, copy=True).reshape(-1)
-    out.setflags(write=False)
-    return out
+    return frozen(arr, np.float64).reshape(-1)  # a view of a read-only array is read-only
 
 
 @dataclass(frozen=True, eq=False, repr=False)

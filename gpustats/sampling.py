@@ -68,7 +68,6 @@ from .intervals import (STOP_REASONS, SampledStats, UnitSums, combine_rows, exac
                         ratio_intervals, sampled_stats)
 from .sample_design import checked_sizes, size_strata, sizes_of_items, unit_sizes, visiting_order
 from .sample_units import dataset_units, file_units, is_map_style, iterable_units, list_files
-from .stats import INTEGER_DTYPES
 
 __all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
            "STOP_REASONS", "estimate_folder_stats", "FOLDER_SAMPLE_OPTIONS"]
@@ -138,29 +137,29 @@ class _Reducer:
             settings = StatsOptions(layout=layout, channels=channels, key=key, scale=scale)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        layout, channels, scale = settings.layout, settings.channels, settings.scale
+        layout, channels = settings.layout, settings.channels
         self.device = None if device is None else torch.device(device)
         if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
         self.adapter = BatchAdapter(layout, channels, key)
-        self.scale_arg = scale
+        self.settings = settings
         self.dtype: str | None = None
         self.scale: float | None = None
         self.calls = 0
 
     def _chunk(self, obj: Any) -> Chunk:
-        from .options import default_scale  # one rule for "auto", stated in options.py
+        from .options import scale_conflict  # one rule for the scale, stated in options.py
 
         index = self.calls
         chunk = self.adapter.adapt(obj, index)
         if not chunk.parts:  # zero images: contributes nothing, settles nothing
             self.calls += 1
             return chunk
-        scale = default_scale(chunk.dtype) if self.scale_arg == "auto" else float(self.scale_arg)
-        if self.dtype is not None and ((chunk.dtype in INTEGER_DTYPES) != (self.dtype in INTEGER_DTYPES)
-                                       or scale != self.scale):
-            raise InputError(f"item {index} is {chunk.dtype} (scale {scale:g}) but earlier items were {self.dtype} "
-                             f"(scale {self.scale:g}); convert every image to one dtype or pass scale=...")
+        scale = self.settings.scale_for(chunk.dtype)
+        problem = None if self.dtype is None else scale_conflict(
+            chunk.dtype, scale, self.dtype, self.scale, item=f"item {index}", earlier="items", every="image")
+        if problem:
+            raise InputError(problem)
         if self.scale is None:
             self.scale = scale
             self.dtype = chunk.dtype

@@ -40,6 +40,7 @@ import numpy as np
 
 from .image_moments import ImageMoments
 from .numerics import FLOAT_DTYPES, INTEGER_DTYPES, Moments, StatsError, chan_merge, exact_moments
+from .numerics import frozen as _frozen
 from .results import Stats
 
 __all__ = ["ChannelStats", "Stats", "StatsError", "ImageMoments", "INTEGER_DTYPES", "FLOAT_DTYPES",
@@ -62,14 +63,6 @@ def _f64(values: Any) -> np.ndarray:
 
 def _i64(values: Any) -> np.ndarray:
     arr = np.array(values, dtype=np.int64).reshape(-1)
-    arr.setflags(write=False)
-    return arr
-
-
-def _frozen(arr: np.ndarray | None, dtype: Any = None) -> np.ndarray | None:
-    if arr is None:
-        return None
-    arr = np.array(arr, dtype=dtype, copy=True)
     arr.setflags(write=False)
     return arr
 

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..numerics import moments_from_shifted_mean, moments_from_shifted_sums
+from ..numerics import FLOAT_DTYPES as _FLOAT_DTYPES, moments_from_shifted_mean, moments_from_shifted_sums
 from ..stats import ChannelStats, ImageMoments
 from . import BackendUnavailable, Options, Reducer
 from ._cuda_fast import current_raw_stream, fast_path_for, launcher_for, recorded_nonfinite, vec_reads
@@ -68,7 +68,6 @@ from ._cuda_fast import current_raw_stream, fast_path_for, launcher_for, recorde
 __all__ = ["CudaReducer"]
 
 _KERNEL_DTYPES = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 #: strategy="auto" per dtype for moments (histograms: hist8; co-moments, per-image sums: atomic).
 #: Measured: bench/results/h200-2026-11-27-gpu_check.json (NVIDIA H200, commit 22c3409): vec is

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ..backends.cpu import _SMALL_PART
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
+from .decode import DEFAULT_MAX_PIXELS, _check_options, check_decode_names, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
 from .remote import RemoteReadError
 from .segment import Segment
@@ -297,9 +297,7 @@ class ReducedBatches:
         if not 0 <= self.start <= len(self.segment):
             raise ValueError(f"start={start} is outside 0..{len(self.segment)} (number of items)")
         self.batch_size = int(batch_size)
-        unknown = set(decode_opts) - {"mode", "max_pixels", "resize", "center_crop"}
-        if unknown:
-            raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
+        check_decode_names(decode_opts)
         decode_opts.setdefault("max_pixels", DEFAULT_MAX_PIXELS)
         _check_options(decode_opts.get("mode", "RGB"), decode_opts.get("resize"), decode_opts.get("center_crop"))
         self.decode_opts = decode_opts
