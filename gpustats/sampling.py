@@ -234,6 +234,22 @@ def estimate_stats(
     :func:`gpustats.sources.decode_image` (files only).
     """
     started = time.perf_counter()
+    _check_arguments(tolerance, confidence, max_images, batch_size, min_images)
+    cap = None if max_images is None else int(max_images)
+    files = list_files(dataset_or_files, column, all_extensions)
+    if files is not None and layout is None:
+        layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
+    source = _open_source(dataset_or_files, files, cap=cap, seed=seed, batch_size=batch_size, workers=workers,
+                          column=column, assume_shuffled=assume_shuffled, sizes=sizes, decode_opts=decode_opts)
+    reducer = _Reducer(device, layout, channels, key, scale)
+    visit = _Visit(source, reducer, cap=cap, confidence=confidence, strict=strict)
+    stopped = visit.run(tolerance, min_images, progress)
+    return visit.finish(stopped, tolerance=tolerance, seed=seed, started=started,
+                        units="files" if files is not None else "items" if source.population is not None else "images")
+
+
+def _check_arguments(tolerance: Any, confidence: Any, max_images: Any, batch_size: Any, min_images: Any) -> None:
+    """:func:`estimate_stats`' own arguments (``ValueError`` naming the argument)."""
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite number >= 0 (on the reported scale, e.g. 0.001), got {tolerance!r}")
     if not 0.0 < confidence < 1.0:
@@ -244,13 +260,24 @@ def estimate_stats(
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     if min_images < 2:
         raise ValueError(f"min_images must be at least 2 (an interval needs a spread), got {min_images!r}")
-    cap = None if max_images is None else int(max_images)
-    source = dataset_or_files
-    loader_workers = workers
 
-    files = list_files(source, column, all_extensions)
-    if files is not None and layout is None:
-        layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
+
+@dataclass
+class _Source:
+    """What is sampled: the batches of units in visiting order, the population size (None: a stream),
+    each unit's size when known before it is read, and the strata of the visiting order."""
+
+    units: Any
+    population: int | None
+    known: Any = None
+    design: dict = field(default_factory=dict)
+
+
+def _open_source(source: Any, files: Any, *, cap: int | None, seed: int, batch_size: int, workers: int,
+                 column: str | None, assume_shuffled: bool, sizes: Any, decode_opts: dict) -> _Source:
+    """The units of ``source`` in a seeded random order (files, archive members, a map-style dataset or a
+    DataLoader's), or in the order given (a stream, under ``assume_shuffled``); refuses what cannot be sampled."""
+    loader_workers = workers
     if files is None and column is not None:
         raise TypeError("column= names the image column of Parquet files; this source is not a path")
     if files is None and decode_opts:
@@ -263,7 +290,6 @@ def estimate_stats(
         loader_workers = workers or source.num_workers
         source = source.dataset
 
-    population: int | None
     known = None  # each unit's size, when known before it is read (strata by size)
     if files is not None:
         population = len(files)
@@ -294,101 +320,123 @@ def estimate_stats(
     if known is not None:
         labels, stratum_sizes = size_strata(known)
         design = {"strata": labels[order], "stratum_sizes": stratum_sizes}
+    return _Source(units, population, known, design)
 
-    reducer = _Reducer(device, layout, channels, key, scale)
-    sums = UnitSums()
-    bad: list[tuple[str, str]] = []
-    pending_bad = 0  # units without pixels seen before the channel count is known
-    stopped = "exhausted"
-    check_at = 0  # stopping checks: after each batch, at most every 2% more units (intervals.next_check)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=cap if population is None else min(population, cap or population),
-                   desc="gpustats sample", unit="img")
+class _Visit:
+    """The sampling loop: per-unit sums in visiting order, bad files, and the stopping checks."""
 
-    def visited() -> int:
-        return sums.k + pending_bad
+    def __init__(self, source: _Source, reducer: _Reducer, *, cap: int | None, confidence: float, strict: bool):
+        self.source, self.reducer, self.cap = source, reducer, cap
+        self.confidence, self.strict = confidence, strict
+        self.sums = UnitSums()
+        self.bad: list[tuple[str, str]] = []
+        self.pending_bad = 0  # units without pixels seen before the channel count is known
 
-    def empty_unit() -> None:  # a unit of the population without pixels (a bad file, an item of no image)
-        nonlocal pending_bad
-        if sums.k == 0:
-            pending_bad += 1
+    def visited(self) -> int:
+        return self.sums.k + self.pending_bad
+
+    def empty_unit(self) -> None:  # a unit of the population without pixels (a bad file, an item of no image)
+        if self.sums.k == 0:
+            self.pending_bad += 1
         else:
-            zeros = np.zeros((1, sums.channels))
-            sums.append(np.zeros(1), zeros, zeros)
+            zeros = np.zeros((1, self.sums.channels))
+            self.sums.append(np.zeros(1), zeros, zeros)
 
-    def check() -> dict:
+    def check(self) -> dict:
+        design, sums = self.source.design, self.sums
         strata = {} if not design else {"strata": design["strata"][:sums.k], "stratum_sizes": design["stratum_sizes"]}
-        return ratio_intervals(*sums.arrays(), population_size=population, confidence=confidence, **strata)
+        return ratio_intervals(*sums.arrays(), population_size=self.source.population, confidence=self.confidence,
+                               **strata)
 
-    try:
-        for batch in units:
-            for unit in batch:
-                if cap is not None and visited() >= cap:
+    def add(self, unit: tuple) -> None:
+        """One unit: a bad file (``strict``: raises), an item (one unit, whatever images it holds) or an
+        iterable's batch (one unit per image, up to the cap)."""
+        cap, sums = self.cap, self.sums
+        if unit[0] == "bad":
+            if self.strict:
+                from .sources.engine import StrictBadFile
+
+                raise StrictBadFile(f"bad file {unit[1]}: {unit[2]} (strict)")
+            self.bad.append((unit[1], unit[2]))
+            self.empty_unit()
+            return
+        count, total, m2, ints = self.reducer.rows(unit[1])
+        if count.shape[0] == 0:
+            if unit[0] == "item":
+                self.empty_unit()
+            return
+        if self.pending_bad:
+            zeros = np.zeros((self.pending_bad, total.shape[1]))
+            sums.append(np.zeros(self.pending_bad), zeros, zeros)
+            self.pending_bad = 0
+        if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
+            n, s, q = combine_rows(count, total, m2)
+            sums.append(np.array([n]), s[None, :], q[None, :], ints)
+        elif unit[0] == "item":
+            sums.append(count, total, m2, ints)
+        else:  # an iterable's batch: one unit per image, up to the cap
+            room = count.shape[0] if cap is None else min(count.shape[0], cap - self.visited())
+            sums.append(count[:room], total[:room], m2[:room], None if ints is None else
+                        tuple(a[:room] for a in ints))
+
+    def run(self, tolerance: float, min_images: int, progress: bool) -> str:
+        """Visit batch after batch until the tolerance is met, the cap is reached or the units run out;
+        returns why it stopped (``"tolerance"``, ``"max_images"`` or ``"exhausted"``)."""
+        cap, population, units = self.cap, self.source.population, self.source.units
+        stopped = "exhausted"
+        check_at = 0  # stopping checks: after each batch, at most every 2% more units (intervals.next_check)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cap if population is None else min(population, cap or population),
+                       desc="gpustats sample", unit="img")
+        try:
+            for batch in units:
+                for unit in batch:
+                    if cap is not None and self.visited() >= cap:
+                        break
+                    self.add(unit)
+                if bar is not None:
+                    bar.update(len(batch))
+                if cap is not None and self.visited() >= cap:
+                    stopped = "max_images"
                     break
-                if unit[0] == "bad":
-                    if strict:
-                        from .sources.engine import StrictBadFile
-
-                        raise StrictBadFile(f"bad file {unit[1]}: {unit[2]} (strict)")
-                    bad.append((unit[1], unit[2]))
-                    empty_unit()
-                    continue
-                count, total, m2, ints = reducer.rows(unit[1])
-                if count.shape[0] == 0:
-                    if unit[0] == "item":
-                        empty_unit()
-                    continue
-                if pending_bad:
-                    zeros = np.zeros((pending_bad, total.shape[1]))
-                    sums.append(np.zeros(pending_bad), zeros, zeros)
-                    pending_bad = 0
-                if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
-                    n, s, q = combine_rows(count, total, m2)
-                    sums.append(np.array([n]), s[None, :], q[None, :], ints)
-                elif unit[0] == "item":
-                    sums.append(count, total, m2, ints)
-                else:  # an iterable's batch: one unit per image, up to the cap
-                    room = count.shape[0] if cap is None else min(count.shape[0], cap - visited())
-                    sums.append(count[:room], total[:room], m2[:room], None if ints is None else
-                                tuple(a[:room] for a in ints))
+                if self.sums.images >= min_images and self.sums.k >= check_at:
+                    check_at = next_check(self.sums.k)
+                    if may_stop(self.check(), tolerance, min_images):
+                        stopped = "tolerance"
+                        break
+        finally:
             if bar is not None:
-                bar.update(len(batch))
-            if cap is not None and visited() >= cap:
+                bar.close()
+            close = getattr(units, "close", None)
+            if close is not None:
+                close()  # stops decoding workers early
+        return stopped
+
+    def finish(self, stopped: str, *, tolerance: float, seed: int, started: float, units: str) -> SampledStats:
+        """The result: exact when every unit was seen, else the estimate and its intervals."""
+        sums, bad, population = self.sums, self.bad, self.source.population
+        if sums.k == 0:
+            raise InputError("no image with pixels was found: the source was empty or every visited file was bad"
+                             + (f" (e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""))
+        if self.pending_bad:
+            zeros = np.zeros((self.pending_bad, sums.channels))
+            sums.append(np.zeros(self.pending_bad), zeros, zeros)
+        if population is not None:
+            if sums.k >= population:
+                stopped = "exhausted"
+            elif stopped == "exhausted":  # the visiting order ended at the cap
                 stopped = "max_images"
-                break
-            if sums.images >= min_images and sums.k >= check_at:
-                check_at = next_check(sums.k)
-                if may_stop(check(), tolerance, min_images):
-                    stopped = "tolerance"
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
-        close = getattr(units, "close", None)
-        if close is not None:
-            close()  # stops decoding workers early
-
-    if sums.k == 0:
-        raise InputError("no image with pixels was found: the source was empty or every visited file was bad"
-                         + (f" (e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""))
-    if pending_bad:
-        zeros = np.zeros((pending_bad, sums.channels))
-        sums.append(np.zeros(pending_bad), zeros, zeros)
-    if population is not None:
-        if sums.k >= population:
-            stopped = "exhausted"
-        elif stopped == "exhausted":  # the visiting order ended at the cap
-            stopped = "max_images"
-    exact = stopped == "exhausted"  # every unit was seen (a stream's size is known once it ends)
-    r = exact_result(sums, reducer.scale) if exact else check()
-    return sampled_stats(r, sums, exact=exact, population=population, stopped=stopped, confidence=confidence,
-                         tolerance=tolerance, scale=reducer.scale, seed=seed, bad=bad, sizes_known=known is not None,
-                         strata=len(design.get("stratum_sizes", [1])), elapsed_s=time.perf_counter() - started,
-                         units="files" if files is not None else "items" if population is not None else "images")
-
+        exact = stopped == "exhausted"  # every unit was seen (a stream's size is known once it ends)
+        r = exact_result(sums, self.reducer.scale) if exact else self.check()
+        return sampled_stats(r, sums, exact=exact, population=population, stopped=stopped,
+                             confidence=self.confidence, tolerance=tolerance, scale=self.reducer.scale, seed=seed,
+                             bad=bad, sizes_known=self.source.known is not None,
+                             strata=len(self.source.design.get("stratum_sizes", [1])),
+                             elapsed_s=time.perf_counter() - started, units=units)
 
 def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = None, options: Any = None,
                              ddof: int = 0, progress: bool = False, distributed: Any = "auto") -> SampledStats:
