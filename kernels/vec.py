@@ -72,9 +72,9 @@ from ._vec_kernels import (
     U8_FLUSH_VECTORS,
     VECTOR_WIDTH,
     _build_u8,
-    _build_wide,
     _make_finish,
 )
+from ._vec_wide import build_wide as _build_wide
 
 __all__ = ["NAME", "SUPPORTS", "SUPPORTS_SIMULATOR", "reduce", "plan", "VECTOR_WIDTH", "U8_FLUSH_VECTORS",
            "STATUS_FIELDS", "STATUS_WORDS", "Launcher", "kernel_argtypes", "_build_u8", "_build_wide", "_make_finish"]
