@@ -1,7 +1,10 @@
-"""Where sampled units come from, for :func:`gpustats.sampling.estimate_stats`: a list of files
-(or archive members) decoded in a seeded random order, a map-style dataset indexed in that order,
-or an iterable taken as it comes. Each yields lists of units: ``("item", obj)``, ``("bad", path,
-reason)`` or ``("rows", batch)`` (a batch of several units).
+"""The units :func:`gpustats.sampling.estimate_stats` visits and their sums.
+
+Where they come from: a list of files (or archive members) decoded in a seeded random order, a
+map-style dataset indexed in that order, or an iterable taken as it comes. Each yields lists of
+units: ``("item", obj)``, ``("bad", path, reason)`` or ``("rows", batch)`` (a batch of several
+units). :class:`UnitReducer` turns an item into its images' pixel counts, sums and centred sums of
+squares (:func:`row_moments`), with the same layout, channel and scale rules as ``compute_stats``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from .batches import InputError
+from .batches import BatchAdapter, Chunk, InputError
 
-__all__ = ["Unit", "is_map_style", "list_files", "file_units", "dataset_units", "iterable_units"]
+__all__ = ["Unit", "is_map_style", "list_files", "file_units", "dataset_units", "iterable_units", "UnitReducer",
+           "row_moments"]
 
 #: One visited unit: ("item", obj) | ("bad", path, reason) | ("rows", batch of several units).
 Unit = tuple
@@ -93,3 +97,82 @@ def dataset_unit(item: Any) -> Unit:
 def iterable_units(iterable: Iterable[Any]) -> Iterator[list[Unit]]:
     for batch in iterable:
         yield [("rows", batch)]
+
+
+# ============================================================================ per-unit sums
+
+def row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int, scale: float) -> tuple:
+    """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``, and
+    for integer data the exact integer totals ``(sum, sum of squares)`` [N, C] (raw units; else None).
+
+    The CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`: exact for
+    integers, corrected two-pass float64 for floats), the one rule there is; a sampled CUDA image
+    is copied to the host first. Non-finite values are an error (sampling needs finite pixels).
+    """
+    from .backends.cpu import image_moments
+
+    count, mean, m2, bad, ints = image_moments(Chunk((part.cpu(),), layout, dtype, channels))
+    if bad.any():
+        raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
+                         "(use compute_stats with nan_policy='omit' for exact statistics)")
+    n = count.astype(np.float64)
+    return n[:, 0], n * mean / scale, m2 / (scale * scale), ints
+
+
+class UnitReducer:
+    """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
+
+    def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
+        from .options import StatsOptions  # one home for option validation
+
+        try:
+            settings = StatsOptions(layout=layout, channels=channels, key=key, scale=scale)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        layout, channels = settings.layout, settings.channels
+        self.device = None if device is None else torch.device(device)
+        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
+        self.adapter = BatchAdapter(layout, channels, key)
+        self.settings = settings
+        self.dtype: str | None = None
+        self.scale: float | None = None
+        self.calls = 0
+
+    def _chunk(self, obj: Any) -> Chunk:
+        from .options import scale_conflict  # one rule for the scale, stated in options.py
+
+        index = self.calls
+        chunk = self.adapter.adapt(obj, index)
+        if not chunk.parts:  # zero images: contributes nothing, settles nothing
+            self.calls += 1
+            return chunk
+        scale = self.settings.scale_for(chunk.dtype)
+        problem = None if self.dtype is None else scale_conflict(
+            chunk.dtype, scale, self.dtype, self.scale, item=f"item {index}", earlier="items", every="image")
+        if problem:
+            raise InputError(problem)
+        if self.scale is None:
+            self.scale = scale
+            self.dtype = chunk.dtype
+        self.adapter.commit()
+        self.calls += 1
+        return chunk
+
+    def rows(self, obj: Any) -> tuple:
+        """Per-image moments of every image in ``obj`` (:func:`row_moments`' four values)."""
+        chunk = self._chunk(obj)
+        pieces = []
+        for part in chunk.parts:
+            if self.device is not None and part.device != self.device:
+                part = part.to(self.device)
+            pieces.append(row_moments(part, chunk.layout, chunk.dtype, chunk.channels, self.scale))
+        if not pieces:
+            c = chunk.channels
+            return np.zeros(0), np.zeros((0, c)), np.zeros((0, c)), None
+        count, total, m2 = (np.concatenate(p) for p in list(zip(*pieces))[:3])
+        ints = None if pieces[0][3] is None else tuple(np.concatenate(p) for p in zip(*(q[3] for q in pieces)))
+        if not (np.isfinite(total).all() and np.isfinite(m2).all()):
+            raise InputError(f"item {self.calls - 1} contains NaN or infinite values; sampling needs finite "
+                             "pixels (use compute_stats with nan_policy='omit' for exact statistics)")
+        return count, total, m2, ints

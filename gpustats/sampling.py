@@ -63,38 +63,17 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from .batches import BatchAdapter, Chunk, InputError
+from .batches import InputError
 from .intervals import (STOP_REASONS, SampledStats, UnitSums, combine_rows, exact_result, may_stop, next_check,
                         ratio_intervals, sampled_stats)
 from .sample_design import checked_sizes, size_strata, sizes_of_items, unit_sizes, visiting_order
-from .sample_units import dataset_units, file_units, is_map_style, iterable_units, list_files
+from .sample_units import UnitReducer, dataset_units, file_units, is_map_style, iterable_units, list_files
 
 __all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
            "STOP_REASONS", "estimate_folder_stats", "FOLDER_SAMPLE_OPTIONS"]
 
 #: Default number of images that must be seen before the tolerance may stop the run.
 DEFAULT_MIN_IMAGES = 30
-
-
-# ============================================================================ per-unit sums
-
-
-def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int, scale: float) -> tuple:
-    """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``, and
-    for integer data the exact integer totals ``(sum, sum of squares)`` [N, C] (raw units; else None).
-
-    The CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`: exact for
-    integers, corrected two-pass float64 for floats), the one rule there is; a sampled CUDA image
-    is copied to the host first. Non-finite values are an error (sampling needs finite pixels).
-    """
-    from .backends.cpu import image_moments
-
-    count, mean, m2, bad, ints = image_moments(Chunk((part.cpu(),), layout, dtype, channels))
-    if bad.any():
-        raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
-                         "(use compute_stats with nan_policy='omit' for exact statistics)")
-    n = count.astype(np.float64)
-    return n[:, 0], n * mean / scale, m2 / (scale * scale), ints
 
 
 # ============================================================================ the sources
@@ -105,6 +84,14 @@ class SampleSpec:
 
     Fields as in :func:`estimate_stats`; ``compute_stats`` adds its ``device``, ``layout``,
     ``channels``, ``key`` and ``scale``.
+
+    >>> import numpy as np
+    >>> from gpustats import compute_stats
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(200)]
+    >>> est = compute_stats(images, device="cpu", layout="HWC", sample=SampleSpec(tolerance=0.01))
+    >>> est.is_estimate, est.images_used < 200, bool(np.all(est.half_widths["mean"] <= 0.01))
+    (True, True, True)
     """
 
     tolerance: float
@@ -119,6 +106,8 @@ class SampleSpec:
     sizes: Any = None
 
     def run(self, source: Any, **options: Any) -> "SampledStats":
+        """:func:`estimate_stats` on ``source`` with this spec's fields; ``options`` (``device``, ``layout``,
+        ``channels``, ``key``, ``scale``, ``progress``, decode options for files, ...) are passed on."""
         return estimate_stats(source, tolerance=self.tolerance, confidence=self.confidence,
                               max_images=self.max_images, seed=self.seed, batch_size=self.batch_size,
                               min_images=self.min_images, assume_shuffled=self.assume_shuffled,
@@ -126,65 +115,6 @@ class SampleSpec:
 
 
 # ============================================================================ the driver
-
-class _Reducer:
-    """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
-
-    def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
-        from .options import StatsOptions  # one home for option validation
-
-        try:
-            settings = StatsOptions(layout=layout, channels=channels, key=key, scale=scale)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        layout, channels = settings.layout, settings.channels
-        self.device = None if device is None else torch.device(device)
-        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
-        self.adapter = BatchAdapter(layout, channels, key)
-        self.settings = settings
-        self.dtype: str | None = None
-        self.scale: float | None = None
-        self.calls = 0
-
-    def _chunk(self, obj: Any) -> Chunk:
-        from .options import scale_conflict  # one rule for the scale, stated in options.py
-
-        index = self.calls
-        chunk = self.adapter.adapt(obj, index)
-        if not chunk.parts:  # zero images: contributes nothing, settles nothing
-            self.calls += 1
-            return chunk
-        scale = self.settings.scale_for(chunk.dtype)
-        problem = None if self.dtype is None else scale_conflict(
-            chunk.dtype, scale, self.dtype, self.scale, item=f"item {index}", earlier="items", every="image")
-        if problem:
-            raise InputError(problem)
-        if self.scale is None:
-            self.scale = scale
-            self.dtype = chunk.dtype
-        self.adapter.commit()
-        self.calls += 1
-        return chunk
-
-    def rows(self, obj: Any) -> tuple:
-        """Per-image moments of every image in ``obj`` (:func:`_row_moments`' four values)."""
-        chunk = self._chunk(obj)
-        pieces = []
-        for part in chunk.parts:
-            if self.device is not None and part.device != self.device:
-                part = part.to(self.device)
-            pieces.append(_row_moments(part, chunk.layout, chunk.dtype, chunk.channels, self.scale))
-        if not pieces:
-            c = chunk.channels
-            return np.zeros(0), np.zeros((0, c)), np.zeros((0, c)), None
-        count, total, m2 = (np.concatenate(p) for p in list(zip(*pieces))[:3])
-        ints = None if pieces[0][3] is None else tuple(np.concatenate(p) for p in zip(*(q[3] for q in pieces)))
-        if not (np.isfinite(total).all() and np.isfinite(m2).all()):
-            raise InputError(f"item {self.calls - 1} contains NaN or infinite values; sampling needs finite "
-                             "pixels (use compute_stats with nan_policy='omit' for exact statistics)")
-        return count, total, m2, ints
-
 
 def estimate_stats(
     dataset_or_files: Any,
@@ -241,7 +171,7 @@ def estimate_stats(
         layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
     source = _open_source(dataset_or_files, files, cap=cap, seed=seed, batch_size=batch_size, workers=workers,
                           column=column, assume_shuffled=assume_shuffled, sizes=sizes, decode_opts=decode_opts)
-    reducer = _Reducer(device, layout, channels, key, scale)
+    reducer = UnitReducer(device, layout, channels, key, scale)
     visit = _Visit(source, reducer, cap=cap, confidence=confidence, strict=strict)
     stopped = visit.run(tolerance, min_images, progress)
     return visit.finish(stopped, tolerance=tolerance, seed=seed, started=started,
@@ -326,7 +256,7 @@ def _open_source(source: Any, files: Any, *, cap: int | None, seed: int, batch_s
 class _Visit:
     """The sampling loop: per-unit sums in visiting order, bad files, and the stopping checks."""
 
-    def __init__(self, source: _Source, reducer: _Reducer, *, cap: int | None, confidence: float, strict: bool):
+    def __init__(self, source: _Source, reducer: UnitReducer, *, cap: int | None, confidence: float, strict: bool):
         self.source, self.reducer, self.cap = source, reducer, cap
         self.confidence, self.strict = confidence, strict
         self.sums = UnitSums()

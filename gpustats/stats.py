@@ -411,6 +411,21 @@ class ChannelStats:
 
     @staticmethod
     def from_json(text: str) -> "ChannelStats":
+        """The state :meth:`to_json` wrote, bit for bit (every check of :meth:`from_dict` applies: a
+        damaged or hand-edited text raises :class:`StatsError` saying what is wrong, never a wrong state).
+
+        >>> import numpy as np
+        >>> from gpustats import Accumulator
+        >>> acc = Accumulator(device="cpu", layout="CHW")
+        >>> acc.update(np.arange(12, dtype=np.uint8).reshape(3, 2, 2))
+        >>> state = acc.state()
+        >>> ChannelStats.from_json(state.to_json()) == state
+        True
+        >>> ChannelStats.from_json("{")
+        Traceback (most recent call last):
+        ...
+        gpustats.numerics.StatsError: not valid JSON (...); pass the text ChannelStats.to_json() wrote
+        """
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as exc:
