@@ -20,8 +20,8 @@ from __future__ import annotations
 import os
 
 __all__ = ["DEFAULT_BATCH_SIZE", "SMALL_TASK", "MAX_DEFAULT_WORKERS", "MIN_FILES_FOR_WORKERS", "default_workers",
-           "NUMBA_FROM_ITEMS", "SMALL_PART", "PER_THREAD", "PLANE_VALUES", "EXACT_VECTOR_FROM",
-           "DEFAULT_WORKER_MEMORY_MB"]
+           "NUMBA_FROM_ITEMS", "DEFAULT_WORKER_MEMORY_MB", "REMOTE_CHUNK", "REMOTE_AHEAD", "SMALL_PART", "PER_THREAD",
+           "HIST_BLOCK", "PLANE_VALUES", "EXACT_VECTOR_FROM", "AUTO_STRATEGY", "AUTO_HISTOGRAM_STRATEGY"]
 
 # ============================================================================ folder runs (sources/)
 
@@ -64,6 +64,15 @@ NUMBA_FROM_ITEMS = 100_000
 #: batches of half of it are in flight per worker, so 8 workers hold at most 4 GiB of encoded bytes.
 DEFAULT_WORKER_MEMORY_MB = 512
 
+#: bytes one request of a sequential read of a remote object (s3://, gs://, https://) asks for, and
+#: requests in flight per stream (``sources/remote.py``; ``GPUSTATS_REMOTE_CHUNK`` overrides the
+#: size). Not tuned: with these values a folder of 3,000 JPEGs in 12 shards read 0.76-0.81x as fast
+#: from a local S3 server and 0.93-1.05x from a local HTTP server as from the disk (2-core VM, busy:
+#: load ~9-11; ``bench/results/cpu-2core-2026-12-04-remote.json``). A real store's latency may want more
+#: requests in flight.
+REMOTE_CHUNK = 8 << 20
+REMOTE_AHEAD = 4
+
 # ============================================================================ CPU reductions (backends/)
 
 #: values under which the parts of a CPU batch are joined into one strip before the numba loops:
@@ -74,6 +83,11 @@ SMALL_PART = 1 << 16
 #: thread costs ~0.1 ms, the time the loops take for ~0.3 M values (2-core VM, 2026-12-04).
 PER_THREAD = 1 << 19
 
+#: pixels per work item of the numba uint8 histogram loop (a work item is one (row, pixel-block)). Not
+#: chosen by a recorded measurement (2026-11-25): 64 K pixels keep a work item's reads in cache and
+#: give a thread enough items to balance a batch of a few large images.
+HIST_BLOCK = 1 << 16
+
 #: values per plane when small uint8 images are reduced with numpy (``backends/cpu_small.py``): its
 #: arrays (a few times its size) stay in a core's cache and below the sizes malloc hands to mmap.
 #: 256 CIFAR images took 2.2-2.8 ms in one plane and 1.2 ms in planes of this size; 4x larger planes
@@ -83,3 +97,17 @@ PLANE_VALUES = 3 << 16
 #: elements from which exact moments (``numerics.exact_moments``) take the vectorized int64 path
 #: instead of a Python loop: that path's ~25 numpy calls cost ~60 us (2-core VM, 2026-11-28).
 EXACT_VECTOR_FROM = 24
+
+# ============================================================================ CUDA (backends/cuda.py)
+
+#: ``strategy="auto"`` per dtype for moments (histograms: :data:`AUTO_HISTOGRAM_STRATEGY`; co-moments,
+#: per-image sums: atomic). Measured: ``bench/results/h200-2026-11-27-gpu_check.json`` (NVIDIA H200,
+#: commit 22c3409): vec is the fastest per call in both layouts at 8 MiB, 256 MiB and 1 GiB for uint8,
+#: float16, bfloat16 and float32 (except bfloat16 NHWC at 8 MiB, where warp is 1.0x), e.g. uint8 NCHW
+#: 1 GiB: vec 2785 GB/s per call vs hist8 934, warp 542. Not measured: uint16 and float64 (design
+#: choices). On another GPU, ``gpustats bench`` compares the strategies.
+AUTO_STRATEGY = {"uint8": "vec", "uint16": "atomic", "float16": "vec", "bfloat16": "vec",
+                 "float32": "vec", "float64": "tree"}
+#: ``strategy="auto"`` for uint8 with histograms: hist8 (kernel 0.26-0.34 of the roofline at 1 GiB,
+#: vs atomic 0.11-0.14, same results file)
+AUTO_HISTOGRAM_STRATEGY = "hist8"

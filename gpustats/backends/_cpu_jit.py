@@ -17,7 +17,9 @@ import tempfile
 
 from numba import njit
 
-_BLOCK = 1 << 16  # pixels per work item of hist_u8 (a work item is one (row, pixel-block))
+from ..tuning import HIST_BLOCK
+
+_BLOCK = HIST_BLOCK  # pixels per work item of hist_u8 (a work item is one (row, pixel-block); why: gpustats.tuning)
 
 
 def cache_roots() -> list[str]:
