@@ -137,6 +137,15 @@ def test_the_function_measure_counts_decorators_docstrings_and_nested_functions(
     assert _long_functions(source, 6) == {}
 
 
+def test_the_command_imports_no_private_name_of_the_library():
+    """What the command uses of the library is the library's public surface (argparse, one call, report)."""
+    for name in ("gpustats.cli", "gpustats.cli_checks"):
+        tree = ast.parse(_modules()[name].read_text())
+        private = [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_") and not alias.name.endswith("__")]
+        assert not private, (name, private)
+
+
 def test_kernels_know_nothing_of_torch_or_the_package():
     for name, path in _modules().items():
         if not name.startswith("gpustats.kernels"):
