@@ -39,7 +39,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-
 # ============================================================================ arguments
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
