@@ -75,8 +75,10 @@ REMOTE_AHEAD = 4
 
 # ============================================================================ CPU reductions (backends/)
 
-#: values under which the parts of a CPU batch are joined into one strip before the numba loops:
-#: a numba call costs ~0.1-2 ms whatever its size (2-core VM, 2026-11-25).
+#: values under which an image is "small": the parts of a CPU batch under it are joined into one strip
+#: before the numba loops (a numba call costs ~0.1-2 ms whatever its size; 2-core VM, 2026-11-25), small
+#: uint8 images are reduced with numpy alone (``backends/cpu_small.py``), and a folder run whose first
+#: image is small hands :data:`SMALL_TASK` files to a worker at a time.
 SMALL_PART = 1 << 16
 
 #: values per thread from which a CPU loop runs in several threads: starting and joining a Python
