@@ -13,7 +13,7 @@ import torch
 
 from .backends import make_reducer
 from .batches import BatchAdapter, InputError
-from .options import StatsOptions
+from .options import StatsOptions, scale_conflict
 from .stats import ChannelStats, Stats, dtype_family
 
 __all__ = ["Accumulator"]
@@ -103,11 +103,10 @@ class Accumulator:
                 f"dtype ({_common_dtype(self._dtype, dtype)} holds both exactly)"
             )
         scale = self.settings.scale_for(dtype)
-        if self._scale is not None and scale != self._scale:
-            raise InputError(
-                f"batch {batch_index} is {dtype} (scale {scale:g}) but earlier batches were {self._dtype} "
-                f"(scale {self._scale:g}); convert every batch to one dtype or pass scale=..."
-            )
+        problem = None if self._scale is None else scale_conflict(
+            dtype, scale, self._dtype, self._scale, item=f"batch {batch_index}", earlier="batches", every="batch")
+        if problem:
+            raise InputError(problem)
         return scale
 
     def update(self, batch: Any) -> None:

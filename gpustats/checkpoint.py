@@ -59,7 +59,7 @@ from .checkpoint_checks import (
 from .stats import ChannelStats, StatsError
 
 __all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "CheckpointError", "NotACheckpointError", "atomic_target",
-           "atomic_write_bytes",
+           "atomic_write_bytes", "atomic_write_text",
            "check_compatible", "file_list_fingerprint", "probe_atomic_write", "rank_path", "read_checkpoint",
            "remove_stale_temps", "temp_path", "write_checkpoint", "write_problem"]
 
@@ -291,7 +291,7 @@ def _open_temp(path: str) -> tuple[str, int]:
 
 def probe_atomic_write(path: str | os.PathLike[str]) -> None:
     """Create and remove the temporary file an atomic write of ``path`` (a regular file's path, see
-    :func:`atomic_target`) would create, exactly as :func:`_atomic_write_text` does (same folder, same name
+    :func:`atomic_target`) would create, exactly as :func:`atomic_write_text` does (same folder, same name
     length, same flags): raises that write's ``OSError`` before any work is done."""
     tmp, fd = _open_temp(os.fspath(path))
     os.close(fd)
@@ -322,7 +322,7 @@ def write_problem(path: str | os.PathLike[str], what: str) -> str | None:
     return None
 
 
-def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically: :func:`atomic_write_bytes`."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -369,7 +369,7 @@ def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> No
     target = atomic_target(path)
     if target is None:
         raise CheckpointError(f"checkpoint path {os.fspath(path)!r} is not a regular file; pass a file path")
-    _atomic_write_text(target, json.dumps(checkpoint.to_dict(), separators=(",", ":")))
+    atomic_write_text(target, json.dumps(checkpoint.to_dict(), separators=(",", ":")))
 
 
 def _number(text: str, kind: type = float) -> Any:

@@ -4,8 +4,8 @@ Argument parsing, one library call, the report: ``gpustats stats PATH...`` runs 
 (:func:`gpustats.sources.engine.run_folder`, the same one ``compute_stats(path)`` runs) and
 prints :mod:`gpustats.report`'s table, JSON (schema ``gpustats.stats/1``, documented in
 ``docs/cli.md``) or a paste-ready ``Normalize`` line; ``--sample-tolerance`` runs
-:func:`gpustats.sampling.estimate_stats` instead. Every output location is checked before the
-first file is decoded.
+:func:`gpustats.sampling.estimate_folder_stats` instead; ``demo`` runs :func:`gpustats.demo.run_demo`.
+Every output location is checked before the first file is decoded (:mod:`gpustats.cli_checks`).
 
 Exit codes: 0 success; 1 failure (bad file under ``--strict``, no decodable image, unusable
 device, checkpoint of another run, ...), printed as one ``gpustats: error: ...`` line on
@@ -20,14 +20,11 @@ and 143 terminated (SIGTERM, what job schedulers send): the checkpoint is saved 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import re
 import sys
-from pathlib import Path
 from typing import Sequence
 
-from .cli_checks import CliError, StopSignals, check_before_run
+from . import cli_checks as checks
+from .cli_checks import StopSignals, check_before_run
 
 __all__ = ["main", "build_parser", "JSON_SCHEMA"]
 
@@ -41,73 +38,8 @@ def __getattr__(name: str):
         return JSON_SCHEMA
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-_CHANNEL_NAMES = {"RGB": ("R", "G", "B"), "L": ("L",)}
-
 
 # ============================================================================ arguments
-def _int_at_least(minimum: int, what: str):
-    """An argparse type: an int >= ``minimum`` (``what`` names it in the error)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1, "a positive integer")
-_non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
-    return value
-
-
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.95), got {text!r}")
-    return value
-
-
-def _strategy(text: str) -> str:
-    from .options import STRATEGY_NAMES
-
-    if text not in STRATEGY_NAMES:
-        raise argparse.ArgumentTypeError(f"expected one of {', '.join(STRATEGY_NAMES)}, got {text!r}")
-    return text
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _device(text: str) -> str:
-    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
-        return text
-    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
-
-
 def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``gpustats stats`` (shared with ``gpustats demo``'s code path)."""
     parser.add_argument("paths", nargs="+", metavar="PATH",
@@ -115,25 +47,25 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
                              ".zip, .parquet, TFRecord shards); brace patterns such as 'train-{000000..001023}.tar'; "
                              "s3://, gs://, https:// paths (see docs/cli.md)")
     dev = parser.add_argument_group("device and decoding")
-    dev.add_argument("--device", type=_device, default="auto",
+    dev.add_argument("--device", type=checks.device, default="auto",
                      help="auto (a usable GPU, else the CPU with the reason shown), cpu, cuda or cuda:N")
-    dev.add_argument("--strategy", type=_strategy, default="auto",
+    dev.add_argument("--strategy", type=checks.strategy, default="auto",
                      help="CUDA reduction strategy: auto (default), atomic, tree, warp, welford, hist8 or vec")
-    dev.add_argument("--workers", type=_non_negative_int, default=None,
+    dev.add_argument("--workers", type=checks.non_negative_int, default=None,
                      help="CPU decoding processes (default min(8, cores); 0 decodes in this process; "
                           "runs of fewer than 64 files always use 0)")
-    dev.add_argument("--batch-size", type=_positive_int, default=None,
+    dev.add_argument("--batch-size", type=checks.positive_int, default=None,
                      help="files per batch (default 64, and 256 when the images are small: under 64 K values)")
     dev.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                      help="auto: nvJPEG on the GPU when the statistics run there and torchvision is installed")
     img = parser.add_argument_group("what is measured")
     img.add_argument("--mode", choices=("RGB", "L"), default="RGB",
                      help="RGB (torchvision's default loader conversion) or L (luma)")
-    img.add_argument("--resize", type=_positive_int, default=None, metavar="N",
+    img.add_argument("--resize", type=checks.positive_int, default=None, metavar="N",
                      help="shorter side to N first, like torchvision Resize(N) (default: raw pixels)")
-    img.add_argument("--center-crop", type=_positive_int, default=None, metavar="N",
+    img.add_argument("--center-crop", type=checks.positive_int, default=None, metavar="N",
                      help="then a centre N x N crop (zero padded if smaller), like CenterCrop(N)")
-    img.add_argument("--max-pixels", type=_positive_int, default=None, metavar="N",
+    img.add_argument("--max-pixels", type=checks.positive_int, default=None, metavar="N",
                      help="files with more pixels are reported bad, before decoding (default: Pillow's limit)")
     img.add_argument("--column", default=None, metavar="NAME",
                      help="Parquet: the column holding the encoded images (default: found; binary, or a struct "
@@ -157,21 +89,21 @@ def add_stats_arguments(parser: argparse.ArgumentParser) -> None:
                           "implies --histogram; needs pip install 'gpustats[plot]')")
     out.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes on stderr")
     smp = parser.add_argument_group("sampling (an estimate with confidence intervals; see the README's Sampling section)")
-    smp.add_argument("--sample-tolerance", type=_non_negative_float, default=None, metavar="T",
+    smp.add_argument("--sample-tolerance", type=checks.non_negative_float, default=None, metavar="T",
                      help="visit images in random order and stop once every channel's mean and std is known to "
                           "± T (e.g. 0.001) at --confidence; prints intervals and says the result is an estimate")
-    smp.add_argument("--confidence", type=_probability, default=None,
+    smp.add_argument("--confidence", type=checks.probability, default=None,
                      help="confidence level of the intervals, between 0 and 1 (default 0.95)")
-    smp.add_argument("--max-images", type=_positive_int, default=None, metavar="N", help="visit at most N images")
-    smp.add_argument("--seed", type=_int_at_least(0, "an integer >= 0"), default=None,
+    smp.add_argument("--max-images", type=checks.positive_int, default=None, metavar="N", help="visit at most N images")
+    smp.add_argument("--seed", type=checks.non_negative_int, default=None,
                      help="seed of the random visiting order (default 0)")
     run = parser.add_argument_group("robustness")
     run.add_argument("--strict", action="store_true", help="stop with exit status 1 at the first bad file")
     run.add_argument("--checkpoint", metavar="FILE", default=None,
                      help="save progress to FILE; rerunning the same command resumes (identical result)")
-    run.add_argument("--checkpoint-every", type=_non_negative_float, default=30.0, metavar="SECONDS",
+    run.add_argument("--checkpoint-every", type=checks.non_negative_float, default=30.0, metavar="SECONDS",
                      help="seconds between checkpoint writes (default 30; 0: after every batch)")
-    run.add_argument("--rendezvous-timeout", type=_positive_float, default=300.0, metavar="SECONDS",
+    run.add_argument("--rendezvous-timeout", type=checks.positive_float, default=300.0, metavar="SECONDS",
                      help="under torchrun: seconds a rank waits for the others to join (default 300)")
 
 
@@ -190,7 +122,7 @@ def build_parser(bench_arguments: bool = False) -> argparse.ArgumentParser:
                                        "(exit 0 success, 1 failure, 2 usage error; see docs/cli.md)")
     add_stats_arguments(stats)
     demo = sub.add_parser("demo", help="run on a built-in sample folder and compare with the forum recipe")
-    demo.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--device", type=checks.device, default="auto", help="auto, cpu, cuda or cuda:N")
     demo.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     bench = sub.add_parser("bench", help="benchmark the reduction strategies against torch (see gpustats.benchmark)")
     if bench_arguments:
@@ -202,23 +134,10 @@ def build_parser(bench_arguments: bool = False) -> argparse.ArgumentParser:
 
 # ============================================================================ output
 def _emit(text: str, output: str | None, quiet: bool) -> None:
-    text = text if text.endswith("\n") else text + "\n"
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    from .checkpoint import _atomic_write_text, atomic_target
+    from .report import write_report
 
-    target = atomic_target(output)
-    if target is None:
-        # /dev/null, a FIFO, a pipe (/dev/fd/N): write through it, never replace it with a file
-        with open(output, "w", encoding="utf-8", errors="backslashreplace") as fh:
-            fh.write(text)
-    else:
-        # a reader never sees half a report; names that are not valid UTF-8 are escaped, not fatal; a symlink
-        # stays a link (its target is replaced), as the early check (cli_checks) expects
-        _atomic_write_text(target, text.encode("utf-8", "backslashreplace").decode("utf-8"))
-    if not quiet:
+    write_report(text, output)
+    if output is not None and not quiet:
         print(f"gpustats: wrote {output}", file=sys.stderr)
 
 
@@ -227,11 +146,6 @@ def _note(quiet: bool):
 
 
 # ============================================================================ commands
-_ENGINE_ARGS = ("device", "strategy", "workers", "batch_size", "decode", "mode", "resize", "center_crop",
-                "max_pixels", "covariance", "per_image", "ddof", "strict", "checkpoint", "checkpoint_every", "column",
-                "all_extensions", "rendezvous_timeout")
-
-
 #: set when this process is a rank other than 0 of a run whose failure rank 0 reports: it prints nothing
 _quiet_rank = False
 
@@ -240,14 +154,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
     global _quiet_rank
     from .distributed import is_main_process, rank_and_world, shutdown
     from .report import format_run
-    from .sources.engine import run_folder
+    from .sources.engine import ENGINE_OPTIONS, run_folder
 
     check_before_run(args)
     if getattr(args, "sample_tolerance", None) is not None:
         return cmd_sample(args)
+    options = {name: getattr(args, name) for name in ENGINE_OPTIONS if hasattr(args, name)}
+    options.update(histogram=bool(args.histogram or args.plot), progress=not args.quiet)
     try:
-        run = run_folder(args.paths, note=_note(args.quiet), histogram=bool(args.histogram or args.plot),
-                         progress=not args.quiet, **{name: getattr(args, name) for name in _ENGINE_ARGS})
+        run = run_folder(args.paths, note=_note(args.quiet), **options)
         if not is_main_process():
             return 0  # only rank 0 prints and writes
     except BaseException:
@@ -277,95 +192,25 @@ def _warn_constant(std, channels, quiet: bool) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_stats` on the files."""
+    """``gpustats stats --sample-tolerance T``: :func:`gpustats.sampling.estimate_folder_stats` on the files."""
     from .report import format_sampled
-    from .sampling import estimate_stats
-    from .sources import DEFAULT_MAX_PIXELS
+    from .sampling import FOLDER_SAMPLE_OPTIONS, estimate_folder_stats
+    from .sources.engine import CHANNEL_NAMES
 
-    exact_only = [flag for flag, on in (("--histogram", args.histogram), ("--covariance", args.covariance),
-                                        ("--per-image", args.per_image), ("--plot", args.plot),
-                                        ("--checkpoint", args.checkpoint), ("--ddof 1", args.ddof != 0)) if on]
-    if exact_only:
-        raise CliError(f"{', '.join(exact_only)} need(s) every image; drop --sample-tolerance or these options")
-    confidence = 0.95 if args.confidence is None else args.confidence
-    workers = min(8, os.cpu_count() or 1) if args.workers is None else args.workers
-    result = estimate_stats(
-        args.paths, tolerance=args.sample_tolerance, confidence=confidence, max_images=args.max_images,
-        seed=0 if args.seed is None else args.seed, batch_size=args.batch_size or 64,
-        device=None if args.device == "auto" else args.device, workers=workers,
-        progress=not args.quiet and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(), mode=args.mode,
-        max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels, resize=args.resize,
-        center_crop=args.center_crop, column=args.column, strict=args.strict,  # --strict: at the first bad file
-        all_extensions=args.all_extensions)
-    names = _CHANNEL_NAMES.get(args.mode)
+    result = estimate_folder_stats(args.paths, tolerance=args.sample_tolerance, progress=not args.quiet,
+                                   **{name: getattr(args, name) for name in FOLDER_SAMPLE_OPTIONS})
+    names = CHANNEL_NAMES.get(args.mode)
     _emit(format_sampled(result, args.format, names), args.output, args.quiet)
     _warn_constant(result.std, names, args.quiet)
     return 0
 
 
-def forum_recipe(files: Sequence[Path]) -> tuple[list[float], list[float], int]:
-    """The often-pasted recipe, as written: per image ``ToTensor()`` (float32 / 255), then
-    ``x.view(C, -1).mean(1)`` and ``.std(1)`` (unbiased, ddof=1), summed and divided by the
-    number of images. Returns ``(mean, std, images)``; bad files are skipped."""
-    import torch
-
-    from .sources import BadImage, decode_image
-
-    mean_sum = std_sum = None
-    images = 0
-    for path in files:
-        try:
-            array = decode_image(path)
-        except BadImage:
-            continue
-        x = torch.from_numpy(array).permute(2, 0, 1).float().div(255)  # ToTensor
-        flat = x.reshape(x.shape[0], -1)
-        m, s = flat.mean(1), flat.std(1)
-        mean_sum = m if mean_sum is None else mean_sum + m
-        std_sum = s if std_sum is None else std_sum + s
-        images += 1
-    return (mean_sum / images).tolist(), (std_sum / images).tolist(), images
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    import tempfile
+    """``gpustats demo``: :func:`gpustats.demo.run_demo`, reported by :func:`gpustats.report.format_demo`."""
+    from .demo import run_demo
+    from .report import format_demo
 
-    from .report import _row, format_python, format_table
-    from .sources import list_images
-    from .sources.engine import run_folder
-    from .sources.synthetic import make_demo_folder
-
-    with tempfile.TemporaryDirectory(prefix="gpustats-demo-") as tmp:
-        info = make_demo_folder(tmp)
-        root = str(info["root"])
-        run = run_folder([root], device=args.device, workers=0, histogram=True, per_image=True,
-                         progress=not args.quiet)
-        run.bad_files = [{"path": os.path.relpath(b["path"], root), "reason": b["reason"]} for b in run.bad_files]
-        forum_mean, forum_std, forum_images = forum_recipe(list_images([root]))
-    print(f"gpustats demo: {len(info['listed'])} files generated in a temporary folder (every colour mode, "
-          f"{len(info['bad'])} bad files)\n")
-    print(format_table(run))
-    mean, std = run.stats.normalize_args()
-    names = run.channels
-    print()
-    print("the common forum recipe on the same images (per image: ToTensor, then mean and std(ddof=1) of its")
-    print(f"pixels; both averaged over the {forum_images} images, float32):")
-    print(f"  {'':<18}" + "".join(f"{n:>10}" for n in names))
-    print(_row("gpustats mean", mean))
-    print(_row("forum mean", forum_mean))
-    print(_row("gpustats std", std))
-    print(_row("forum std", forum_std))
-    print(f"  transforms.Normalize(mean=[{', '.join(f'{v:.4f}' for v in forum_mean)}], "
-          f"std=[{', '.join(f'{v:.4f}' for v in forum_std)}])   <- forum recipe")
-    print()
-    print("why they differ: the recipe weights every image equally whatever its size (a 96x32 image counts as")
-    print("much as a 16x16 one), and averaging per-image stds leaves out how much the images differ from each other")
-    print("(the spread of their means), so its std is too small. gpustats uses every pixel once, exactly.")
-    print()
-    print("the line to paste (gpustats, these sample images):")
-    print(format_python(run))
-    print()
-    print("on your own images:  gpustats stats /path/to/train --format python")
+    print(format_demo(run_demo(args.device, progress=not args.quiet)))
     return 0
 
 
@@ -376,16 +221,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from .backends import BackendUnavailable
-    from .batches import InputError
-    from .checkpoint import CheckpointError
+    """The library's expected failures and the command's own: one ``gpustats: error:`` line, exit status 1."""
     from .plot import PlotUnavailable
-    from .sources import SourceError
+    from .sources.engine import expected_errors
     from .sources.remote import RemoteReadError
-    from .stats import StatsError
 
-    return (CliError, InputError, SourceError, BackendUnavailable, StatsError, CheckpointError, PlotUnavailable,
-            RemoteReadError)
+    return (checks.CliError, PlotUnavailable, RemoteReadError, *expected_errors())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,9 @@
 """What ``gpustats stats`` checks before a run, and how a run stops on a signal.
 
-* :func:`check_before_run`: options that would do nothing, geometry that makes every image too
+* the argument types (:func:`positive_int`, :func:`probability`, :func:`device`, ...): a bad value is
+  argparse's usage error (exit status 2);
+* :func:`check_before_run`: options that would do nothing (or need every image, under
+  ``--sample-tolerance``), geometry that makes every image too
   large, outputs that cannot be written (the very temporary file of each final atomic write is
   made and removed: :func:`gpustats.checkpoint.write_problem`), outputs that are each other or an
   input, a closed stdout -- all before the first file is decoded, each one line (:class:`CliError`);
@@ -11,14 +14,81 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import sys
 
-__all__ = ["CliError", "Interrupted", "StopSignals", "check_before_run"]
+__all__ = ["CliError", "Interrupted", "StopSignals", "check_before_run", "int_at_least", "positive_int",
+           "non_negative_int", "non_negative_float", "positive_float", "probability", "strategy", "device"]
 
 
 class CliError(Exception):
     """An expected failure: printed as one line, exit status 1."""
+
+
+# ------------------------------------------------------------ argument types (argparse: usage error, exit 2)
+def int_at_least(minimum: int, what: str):
+    """An argparse type: an int >= ``minimum`` (``what`` names it in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
+non_negative_int = int_at_least(0, "an integer >= 0")
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number strictly between 0 and 1 (e.g. 0.95), got {text!r}")
+    return value
+
+
+def strategy(text: str) -> str:
+    from .options import STRATEGY_NAMES
+
+    if text not in STRATEGY_NAMES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(STRATEGY_NAMES)}, got {text!r}")
+    return text
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def device(text: str) -> str:
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
 
 
 def _check_writable(path: str | None, what: str) -> None:
@@ -86,7 +156,8 @@ _SAMPLING_ONLY = (("--confidence", "confidence"), ("--max-images", "max_images")
 
 def check_before_run(args: argparse.Namespace) -> None:
     """Every check that needs no file decoded: options that do nothing here, geometry that makes every image
-    too large, outputs that cannot be written or that are inputs, a closed stdout."""
+    too large, outputs that cannot be written or that are inputs, a closed stdout, options that need every
+    image under ``--sample-tolerance``."""
     from .sources.decode import check_geometry
 
     if getattr(args, "sample_tolerance", None) is None:
@@ -115,6 +186,12 @@ def check_before_run(args: argparse.Namespace) -> None:
             plot_format(args.plot)
         except ValueError as exc:
             raise CliError(f"--plot {args.plot!r}: {exc}") from None
+    if getattr(args, "sample_tolerance", None) is not None:
+        exact_only = [flag for flag, on in (("--histogram", args.histogram), ("--covariance", args.covariance),
+                                            ("--per-image", args.per_image), ("--plot", args.plot),
+                                            ("--checkpoint", args.checkpoint), ("--ddof 1", args.ddof != 0)) if on]
+        if exact_only:
+            raise CliError(f"{', '.join(exact_only)} need(s) every image; drop --sample-tolerance or these options")
 
 
 class Interrupted(KeyboardInterrupt):

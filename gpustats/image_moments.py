@@ -34,17 +34,12 @@ from .numerics import (
     chan_merge_rows,
     exact_moments,
     exact_value_sums,
+    frozen as _frozen,
     image_values,
     image_values_exact,
 )
 
 __all__ = ["ImageMoments"]
-
-
-def _frozen(arr: Any, dtype: Any = np.float64) -> np.ndarray:
-    out = np.array(arr, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
 
 
 def _hex(arr: np.ndarray) -> list[str]:

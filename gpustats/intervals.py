@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 
 from .batches import InputError
+from .numerics import frozen
 
 __all__ = ["SampledStats", "UnitSums", "ratio_intervals", "t_quantile", "exact_result", "sampled_stats", "may_stop",
            "next_check", "combine_rows", "STOP_REASONS"]
@@ -264,9 +265,7 @@ def may_stop(r: dict, tolerance: float, min_images: int) -> bool:
 
 
 def _frozen(arr: Any) -> np.ndarray:
-    out = np.array(arr, dtype=np.float64, copy=True).reshape(-1)
-    out.setflags(write=False)
-    return out
+    return frozen(arr, np.float64).reshape(-1)  # a view of a read-only array is read-only
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -282,6 +281,19 @@ class SampledStats:
     ``(path, reason)`` of undecodable files visited. ``sizes_known``: the units were stratified by
     size (``strata`` strata, :mod:`gpustats.sample_design`); when False the intervals assume that
     the images not seen are like those seen (no few unseen images holding many of the pixels).
+
+    >>> import numpy as np
+    >>> from gpustats.sampling import estimate_stats
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(200)]
+    >>> est = estimate_stats(images, tolerance=0.01, device="cpu", layout="HWC")
+    >>> est.stopped_because, est.is_estimate, est.units_visited < est.population_size
+    ('tolerance', True, True)
+    >>> bool(np.all(est.mean_ci[0] <= est.mean) and np.all(est.mean <= est.mean_ci[1]))
+    True
+    >>> exact = estimate_stats(images[:50], tolerance=0.0, device="cpu", layout="HWC")  # reads every image
+    >>> exact.is_estimate, exact.stopped_because, exact.half_widths["mean"].tolist()
+    (False, 'exhausted', [0.0, 0.0, 0.0])
     """
 
     mean: np.ndarray

@@ -47,15 +47,29 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .tuning import EXACT_VECTOR_FROM as _VECTOR_FROM  # elements from which the int64 path beats a loop
+
 __all__ = [
     "StatsError", "INTEGER_DTYPES", "FLOAT_DTYPES", "Moments", "two_sum", "chan_merge", "chan_merge_rows", "exact_moments",
     "moments_from_shifted_sums", "moments_from_shifted_mean", "image_values_exact", "image_values", "exact_value_sums", "SUM_BITS",
     "hist_bin_index", "bin_value_spans", "range_ends", "hist_percentile", "PERCENTILE_METHODS",
+    "frozen",
 ]
 
 #: exact sums of float64 values are kept as Python ints in units of 2**-SUM_BITS (every float64 is
 #: an integer multiple of 2**-1074), their squares in units of 2**-(2 * SUM_BITS)
 SUM_BITS = 1074
+
+
+def frozen(arr: Any, dtype: Any = np.float64) -> Any:
+    """A read-only copy of ``arr`` as ``dtype`` (None stays None): the arrays of every immutable value
+    (:class:`~gpustats.ChannelStats`, :class:`~gpustats.stats.ImageMoments`, :class:`~gpustats.SampledStats`)."""
+    if arr is None:
+        return None
+    out = np.array(arr, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
 
 #: integer dtypes, reduced exactly (their squares' sums fit int64 per kernel call)
 INTEGER_DTYPES = ("uint8", "int8", "uint16", "int16")
@@ -189,7 +203,6 @@ def exact_moments(count: Any, total: Any, total_sq: Any, *, other_total: Any = N
 #: float64 is the correctly rounded rational (IEEE division), as Python's ``int / int`` is
 _EXACT = float(2**53)
 _SMALL = 1 << 20  # a scale's numerator and denominator small enough for the int64 path
-_VECTOR_FROM = 24  # elements from which the int64 path is faster than a loop (its ~25 numpy calls cost ~60 us)
 
 
 def _exact_moments_int64(n: np.ndarray, s: np.ndarray, q: np.ndarray, t: np.ndarray, ddof: int | None,

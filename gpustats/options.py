@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["StatsOptions", "ReduceOptions", "NAN_POLICIES", "LAYOUT_NAMES", "SCALE_RANGE", "STRATEGY_NAMES",
-           "default_scale"]
+           "default_scale", "scale_conflict"]
 
 NAN_POLICIES = ("raise", "omit", "propagate")
 #: the CUDA reduction strategies (``strategy=``; "auto" picks per dtype): the names of
@@ -45,6 +45,26 @@ _AUTO_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 def default_scale(dtype: str) -> float:
     """The divisor ``scale="auto"`` uses: 255 for uint8, 65535 for uint16, 1 for everything else."""
     return _AUTO_SCALE.get(dtype, 1.0)
+
+
+def scale_conflict(dtype: str, scale: float, first_dtype: str, first_scale: float, *, item: str, earlier: str,
+                   every: str) -> str | None:
+    """The one rule for data joining a reduction (an :class:`~gpustats.Accumulator`, a sampled run):
+    integer and float data never mix (integers are reduced exactly) and the scale stays the first
+    data's. Returns the error (``item``: what joins, ``earlier``: what came before, ``every``: what to
+    convert), or None when data of ``dtype`` on ``scale`` may join.
+
+    >>> scale_conflict("uint8", 255.0, "uint8", 255.0, item="batch 1", earlier="batches", every="batch") is None
+    True
+    >>> scale_conflict("float32", 1.0, "uint8", 255.0, item="item 4", earlier="items", every="image")
+    'item 4 is float32 (scale 1) but earlier items were uint8 (scale 255); convert every image to one dtype or pass scale=...'
+    """
+    from .numerics import INTEGER_DTYPES
+
+    if (dtype in INTEGER_DTYPES) == (first_dtype in INTEGER_DTYPES) and scale == first_scale:
+        return None
+    return (f"{item} is {dtype} (scale {scale:g}) but earlier {earlier} were {first_dtype} (scale {first_scale:g}); "
+            f"convert every {every} to one dtype or pass scale=...")
 
 
 def _np_bool() -> type:

@@ -4,7 +4,9 @@ sampled run (:class:`~gpustats.sampling.SampledStats`) as a table, JSON or a ``N
 * ``format_run(run, "table" | "json" | "python")``: the ``gpustats stats`` report; JSON schema
   ``gpustats.stats/1`` (every key described in docs/cli.md);
 * ``format_sampled(result, ...)``: the ``--sample-tolerance`` report, JSON schema ``gpustats.sample/1``;
-  every format says whether the numbers are an estimate.
+  every format says whether the numbers are an estimate;
+* ``format_demo(demo)``: ``gpustats demo``'s comparison with the forum recipe;
+* ``write_report(text, output)``: stdout, or a file written atomically.
 
 Floats are printed at full (round-trip) precision in JSON and in the python line; JSON is strict
 (NaN and inf become ``null``).
@@ -22,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 __all__ = ["JSON_SCHEMA", "SAMPLE_JSON_SCHEMA", "PERCENTILES", "format_run", "format_sampled", "format_python",
-           "run_to_dict", "jsonable", "zero_std_channels"]
+           "run_to_dict", "jsonable", "zero_std_channels", "format_demo", "write_report"]
 
 JSON_SCHEMA = "gpustats.stats/1"
 #: JSON schema name of :func:`format_sampled`'s ``"json"`` output.
@@ -302,3 +304,48 @@ def format_sampled(result: Any, fmt: str = "table", channels: Sequence[str] | No
         lines += [f"  {_printable(str(path))}: {_printable(str(reason))}" for path, reason in result.bad_files]
     lines += ["", python]
     return "\n".join(lines)
+
+
+def format_demo(demo: Any) -> str:
+    """``gpustats demo``'s report (:class:`gpustats.demo.Demo`): the folder table, the recipe beside it, the line."""
+    run = demo.run
+    mean, std = run.stats.normalize_args()
+    lines = [f"gpustats demo: {demo.files} files generated in a temporary folder (every colour mode, "
+             f"{demo.bad} bad files)\n", format_table(run), "",
+             "the common forum recipe on the same images (per image: ToTensor, then mean and std(ddof=1) of its",
+             f"pixels; both averaged over the {demo.recipe_images} images, float32):",
+             f"  {'':<18}" + "".join(f"{n:>10}" for n in run.channels),
+             _row("gpustats mean", mean), _row("forum mean", demo.recipe_mean),
+             _row("gpustats std", std), _row("forum std", demo.recipe_std),
+             f"  transforms.Normalize(mean=[{', '.join(f'{v:.4f}' for v in demo.recipe_mean)}], "
+             f"std=[{', '.join(f'{v:.4f}' for v in demo.recipe_std)}])   <- forum recipe", "",
+             "why they differ: the recipe weights every image equally whatever its size (a 96x32 image counts as",
+             "much as a 16x16 one), and averaging per-image stds leaves out how much the images differ from each other",
+             "(the spread of their means), so its std is too small. gpustats uses every pixel once, exactly.", "",
+             "the line to paste (gpustats, these sample images):", format_python(run), "",
+             "on your own images:  gpustats stats /path/to/train --format python"]
+    return "\n".join(lines)
+
+
+def write_report(text: str, output: str | None) -> None:
+    """Write ``text`` (a newline added when missing) to stdout (``output`` None) or to the file ``output``:
+    atomically (:func:`gpustats.checkpoint.atomic_write_text`; a symlink stays a link, its target is
+    replaced), or through it when it is a device or a pipe (``/dev/null``, ``/dev/fd/N``). Names that are
+    not valid UTF-8 are escaped, not fatal."""
+    import sys
+
+    text = text if text.endswith("\n") else text + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from .checkpoint import atomic_target, atomic_write_text
+
+    target = atomic_target(output)
+    if target is None:
+        # /dev/null, a FIFO, a pipe (/dev/fd/N): write through it, never replace it with a file
+        with open(output, "w", encoding="utf-8", errors="backslashreplace") as fh:
+            fh.write(text)
+    else:
+        # a reader never sees half a report; a symlink stays a link, as the early check (cli_checks) expects
+        atomic_write_text(target, text.encode("utf-8", "backslashreplace").decode("utf-8"))

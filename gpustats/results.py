@@ -45,6 +45,19 @@ class Stats:
     values per channel; ``scale`` the divisor applied to raw values (255 for uint8 by default).
     The full state is kept in ``state``, the :class:`~gpustats.stats.ChannelStats` it was made from
     (merge it, save it with ``state.to_json()``; annotated by what this class reads of it, :class:`StateView`).
+
+    >>> import numpy as np
+    >>> from gpustats import Accumulator
+    >>> acc = Accumulator(device="cpu", layout="HWC", histogram=True)
+    >>> acc.update(np.array([[[0, 0, 0], [255, 255, 255]], [[51, 102, 153], [51, 102, 153]]], np.uint8))
+    >>> stats = acc.result()                 # one 2x2 RGB uint8 image, reported on ToTensor's 0-1 scale
+    >>> stats.mean.tolist(), stats.count.tolist(), stats.max.tolist()
+    ([0.35, 0.45, 0.55], [4, 4, 4], [1.0, 1.0, 1.0])
+    >>> stats.median().tolist()              # from the exact 256-bin histogram
+    [0.2, 0.4, 0.6]
+    >>> mean, std = stats.normalize_args()   # for transforms.Normalize(mean, std)
+    >>> [round(v, 4) for v in std]
+    [0.3841, 0.3571, 0.3571]
     """
 
     mean: np.ndarray
@@ -139,6 +152,8 @@ class Stats:
         return out[0] if np.ndim(q) == 0 else out
 
     def median(self) -> np.ndarray:
+        """Per-channel median, shape [C]: :meth:`percentile` at 50 (numpy's "linear" rule; exact for
+        8-bit data). Needs the histogram (``histogram=True``); raises :class:`StatsError` without it."""
         return self.percentile(50.0)
 
     def range_ends(self) -> tuple[float, float]:

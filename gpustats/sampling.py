@@ -56,46 +56,24 @@ True
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from .batches import BatchAdapter, Chunk, InputError
+from .batches import InputError
 from .intervals import (STOP_REASONS, SampledStats, UnitSums, combine_rows, exact_result, may_stop, next_check,
                         ratio_intervals, sampled_stats)
 from .sample_design import checked_sizes, size_strata, sizes_of_items, unit_sizes, visiting_order
-from .stats import INTEGER_DTYPES
+from .sample_units import UnitReducer, dataset_units, file_units, is_map_style, iterable_units, list_files
 
 __all__ = ["SampleSpec", "SampledStats", "estimate_stats", "ratio_intervals", "sample_for_compute_stats",
-           "STOP_REASONS"]
+           "STOP_REASONS", "estimate_folder_stats", "FOLDER_SAMPLE_OPTIONS"]
 
 #: Default number of images that must be seen before the tolerance may stop the run.
 DEFAULT_MIN_IMAGES = 30
-
-
-# ============================================================================ per-unit sums
-
-
-def _row_moments(part: torch.Tensor, layout: str, dtype: str, channels: int, scale: float) -> tuple:
-    """Per-row (image) pixel count [N], sum [N, C] and centred M2 [N, C] in float64 on ``scale``, and
-    for integer data the exact integer totals ``(sum, sum of squares)`` [N, C] (raw units; else None).
-
-    The CPU backend's per-image rule (:func:`gpustats.backends.cpu.image_moments`: exact for
-    integers, corrected two-pass float64 for floats), the one rule there is; a sampled CUDA image
-    is copied to the host first. Non-finite values are an error (sampling needs finite pixels).
-    """
-    from .backends.cpu import image_moments
-
-    count, mean, m2, bad, ints = image_moments(Chunk((part.cpu(),), layout, dtype, channels))
-    if bad.any():
-        raise InputError("an image contains NaN or infinite values; sampling needs finite pixels "
-                         "(use compute_stats with nan_policy='omit' for exact statistics)")
-    n = count.astype(np.float64)
-    return n[:, 0], n * mean / scale, m2 / (scale * scale), ints
 
 
 # ============================================================================ the sources
@@ -106,6 +84,14 @@ class SampleSpec:
 
     Fields as in :func:`estimate_stats`; ``compute_stats`` adds its ``device``, ``layout``,
     ``channels``, ``key`` and ``scale``.
+
+    >>> import numpy as np
+    >>> from gpustats import compute_stats
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(200)]
+    >>> est = compute_stats(images, device="cpu", layout="HWC", sample=SampleSpec(tolerance=0.01))
+    >>> est.is_estimate, est.images_used < 200, bool(np.all(est.half_widths["mean"] <= 0.01))
+    (True, True, True)
     """
 
     tolerance: float
@@ -120,151 +106,15 @@ class SampleSpec:
     sizes: Any = None
 
     def run(self, source: Any, **options: Any) -> "SampledStats":
+        """:func:`estimate_stats` on ``source`` with this spec's fields; ``options`` (``device``, ``layout``,
+        ``channels``, ``key``, ``scale``, ``progress``, decode options for files, ...) are passed on."""
         return estimate_stats(source, tolerance=self.tolerance, confidence=self.confidence,
                               max_images=self.max_images, seed=self.seed, batch_size=self.batch_size,
                               min_images=self.min_images, assume_shuffled=self.assume_shuffled,
                               workers=self.workers, sizes=self.sizes, **options, **self.decode_opts)
 
 
-#: One visited unit: ("item", obj) | ("bad", path, reason) | ("rows", batch of several units).
-_Unit = tuple
-
-
-def _is_pathlike(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike))
-
-
-def _is_map_style(x: Any) -> bool:
-    if isinstance(x, torch.utils.data.IterableDataset):
-        return False
-    return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (dict, str, bytes))
-
-
-def _list_files(source: Any, column: str | None = None, all_extensions: bool = False) -> Any:
-    """The file list when ``source`` names files/folders (a ``Segment`` when it names archives), else None."""
-    from .sources.listing import extensions_for
-    from .sources.segment import Segment
-    from .sources.units import StreamUnit, list_units
-
-    if _is_pathlike(source):
-        source = [source]
-    elif not (isinstance(source, (list, tuple)) and source and all(_is_pathlike(p) for p in source)):
-        return None
-    units = list_units(list(source), column=column, extensions=extensions_for(all_extensions))
-    if all(_is_pathlike(u) and not hasattr(u, "url") for u in units):  # local files (remote ones: a Segment)
-        return [os.fspath(u) for u in units]
-    streams = [u for u in units if isinstance(u, StreamUnit)]
-    if streams:
-        fix = ("a tar or TFRecord shard in a store: indexing it would read it all); copy it to a local disk"
-               if "://" in streams[0].container else "a compressed tar or TFRecord shard); decompress it to a .tar "
-               "or a plain shard (e.g. gunzip), which is indexed")
-        raise InputError(f"sampling needs random access to the images, and {streams[0].label} is read only from start "
-                         f"to end ({fix}, or drop the sampling for the exact pass")
-    return Segment(units, range(len(units)))
-
-
-def _file_units(files: Any, order: np.ndarray, stop: int, batch_size: int, workers: int,
-                decode_opts: dict) -> Iterator[list[_Unit]]:
-    from .sources import iter_decoded
-
-    if not isinstance(files, list):  # archive members and Parquet rows: read at random positions
-        picked = [int(i) for i in order[:stop]]
-        for records in iter_decoded(files, positions=picked, workers=workers, batch_size=batch_size, **decode_opts):
-            yield [("bad", files.name(picked[r.index]), r.bad_reason) if r.array is None else ("item", r.array)
-                   for r in records]
-        return
-    permuted = [files[i] for i in order[:stop]]
-    for records in iter_decoded(permuted, workers=workers, batch_size=batch_size, **decode_opts):
-        yield [("bad", permuted[r.index], r.bad_reason) if r.array is None else ("item", r.array)
-               for r in records]
-
-
-def _dataset_units(dataset: Any, order: np.ndarray, stop: int, batch_size: int,
-                   workers: int) -> Iterator[list[_Unit]]:
-    indices = [int(i) for i in order[:stop]]
-    if workers > 0:
-        loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
-                                             shuffle=False, num_workers=workers, collate_fn=list)
-        for items in loader:
-            yield [_dataset_unit(item) for item in items]
-        return
-    for start in range(0, len(indices), batch_size):
-        yield [_dataset_unit(dataset[i]) for i in indices[start:start + batch_size]]
-
-
-def _dataset_unit(item: Any) -> _Unit:
-    from .sources import DecodedImage
-
-    if isinstance(item, DecodedImage):  # an ImageFileDataset item
-        return ("bad", str(item.index), item.bad_reason) if item.array is None else ("item", item.array)
-    return ("item", item)
-
-
-def _iterable_units(iterable: Iterable[Any]) -> Iterator[list[_Unit]]:
-    for batch in iterable:
-        yield [("rows", batch)]
-
-
 # ============================================================================ the driver
-
-class _Reducer:
-    """Adapts items with one :class:`BatchAdapter` (same layout/channel/dtype rules as compute_stats)."""
-
-    def __init__(self, device: Any, layout: str | None, channels: int | None, key: str | None, scale: Any):
-        from .options import StatsOptions  # one home for option validation
-
-        try:
-            settings = StatsOptions(layout=layout, channels=channels, key=key, scale=scale)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        layout, channels, scale = settings.layout, settings.channels, settings.scale
-        self.device = None if device is None else torch.device(device)
-        if self.device is not None and self.device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError(f"device={device!r} was asked for but CUDA is not available; use device='cpu'")
-        self.adapter = BatchAdapter(layout, channels, key)
-        self.scale_arg = scale
-        self.dtype: str | None = None
-        self.scale: float | None = None
-        self.calls = 0
-
-    def _chunk(self, obj: Any) -> Chunk:
-        from .options import default_scale  # one rule for "auto", stated in options.py
-
-        index = self.calls
-        chunk = self.adapter.adapt(obj, index)
-        if not chunk.parts:  # zero images: contributes nothing, settles nothing
-            self.calls += 1
-            return chunk
-        scale = default_scale(chunk.dtype) if self.scale_arg == "auto" else float(self.scale_arg)
-        if self.dtype is not None and ((chunk.dtype in INTEGER_DTYPES) != (self.dtype in INTEGER_DTYPES)
-                                       or scale != self.scale):
-            raise InputError(f"item {index} is {chunk.dtype} (scale {scale:g}) but earlier items were {self.dtype} "
-                             f"(scale {self.scale:g}); convert every image to one dtype or pass scale=...")
-        if self.scale is None:
-            self.scale = scale
-            self.dtype = chunk.dtype
-        self.adapter.commit()
-        self.calls += 1
-        return chunk
-
-    def rows(self, obj: Any) -> tuple:
-        """Per-image moments of every image in ``obj`` (:func:`_row_moments`' four values)."""
-        chunk = self._chunk(obj)
-        pieces = []
-        for part in chunk.parts:
-            if self.device is not None and part.device != self.device:
-                part = part.to(self.device)
-            pieces.append(_row_moments(part, chunk.layout, chunk.dtype, chunk.channels, self.scale))
-        if not pieces:
-            c = chunk.channels
-            return np.zeros(0), np.zeros((0, c)), np.zeros((0, c)), None
-        count, total, m2 = (np.concatenate(p) for p in list(zip(*pieces))[:3])
-        ints = None if pieces[0][3] is None else tuple(np.concatenate(p) for p in zip(*(q[3] for q in pieces)))
-        if not (np.isfinite(total).all() and np.isfinite(m2).all()):
-            raise InputError(f"item {self.calls - 1} contains NaN or infinite values; sampling needs finite "
-                             "pixels (use compute_stats with nan_policy='omit' for exact statistics)")
-        return count, total, m2, ints
-
 
 def estimate_stats(
     dataset_or_files: Any,
@@ -314,6 +164,22 @@ def estimate_stats(
     :func:`gpustats.sources.decode_image` (files only).
     """
     started = time.perf_counter()
+    _check_arguments(tolerance, confidence, max_images, batch_size, min_images)
+    cap = None if max_images is None else int(max_images)
+    files = list_files(dataset_or_files, column, all_extensions)
+    if files is not None and layout is None:
+        layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
+    source = _open_source(dataset_or_files, files, cap=cap, seed=seed, batch_size=batch_size, workers=workers,
+                          column=column, assume_shuffled=assume_shuffled, sizes=sizes, decode_opts=decode_opts)
+    reducer = UnitReducer(device, layout, channels, key, scale)
+    visit = _Visit(source, reducer, cap=cap, confidence=confidence, strict=strict)
+    stopped = visit.run(tolerance, min_images, progress)
+    return visit.finish(stopped, tolerance=tolerance, seed=seed, started=started,
+                        units="files" if files is not None else "items" if source.population is not None else "images")
+
+
+def _check_arguments(tolerance: Any, confidence: Any, max_images: Any, batch_size: Any, min_images: Any) -> None:
+    """:func:`estimate_stats`' own arguments (``ValueError`` naming the argument)."""
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and math.isfinite(tolerance)):
         raise ValueError(f"tolerance must be a finite number >= 0 (on the reported scale, e.g. 0.001), got {tolerance!r}")
     if not 0.0 < confidence < 1.0:
@@ -324,44 +190,54 @@ def estimate_stats(
         raise ValueError(f"batch_size must be positive, got {batch_size!r}")
     if min_images < 2:
         raise ValueError(f"min_images must be at least 2 (an interval needs a spread), got {min_images!r}")
-    cap = None if max_images is None else int(max_images)
-    source = dataset_or_files
-    loader_workers = workers
 
-    files = _list_files(source, column, all_extensions)
-    if files is not None and layout is None:
-        layout = "HWC"  # decode_image's layout (a 4x4 crop would otherwise be ambiguous)
+
+@dataclass
+class _Source:
+    """What is sampled: the batches of units in visiting order, the population size (None: a stream),
+    each unit's size when known before it is read, and the strata of the visiting order."""
+
+    units: Any
+    population: int | None
+    known: Any = None
+    design: dict = field(default_factory=dict)
+
+
+def _open_source(source: Any, files: Any, *, cap: int | None, seed: int, batch_size: int, workers: int,
+                 column: str | None, assume_shuffled: bool, sizes: Any, decode_opts: dict) -> _Source:
+    """The units of ``source`` in a seeded random order (files, archive members, a map-style dataset or a
+    DataLoader's), or in the order given (a stream, under ``assume_shuffled``); refuses what cannot be sampled."""
+    loader_workers = workers
     if files is None and column is not None:
         raise TypeError("column= names the image column of Parquet files; this source is not a path")
     if files is None and decode_opts:
         raise TypeError(f"decode options ({', '.join(sorted(decode_opts))}) apply to image files and folders only")
     if files is None and isinstance(source, torch.utils.data.DataLoader) and not assume_shuffled:
-        if not _is_map_style(source.dataset):
+        if not is_map_style(source.dataset):
             raise InputError(
                 "this DataLoader wraps an IterableDataset, which cannot be visited in random order; "
                 "pass assume_shuffled=True if its stream is already in random order")
         loader_workers = workers or source.num_workers
         source = source.dataset
 
-    population: int | None
     known = None  # each unit's size, when known before it is read (strata by size)
     if files is not None:
         population = len(files)
         known = unit_sizes(files) if sizes is None else checked_sizes(sizes, population)
         order = visiting_order(population, known, seed)
         stop = population if cap is None else min(cap, population)
-        units = _file_units(files, order, stop, batch_size, loader_workers, decode_opts)
-    elif _is_map_style(source) and not (assume_shuffled and isinstance(source, torch.utils.data.DataLoader)):
+        units = file_units(files, order, stop, batch_size, loader_workers, decode_opts)
+    elif is_map_style(source) and not (assume_shuffled and isinstance(source, torch.utils.data.DataLoader)):
         population = len(source)
         known = sizes_of_items(source) if sizes is None else checked_sizes(sizes, population)
         order = visiting_order(population, known, seed)
         stop = population if cap is None else min(cap, population)
-        units = _dataset_units(source, order, stop, batch_size, loader_workers)
+        units = dataset_units(source, order, stop, batch_size, loader_workers)
     elif assume_shuffled and isinstance(source, Iterable):
         if sizes is not None:
             raise TypeError("sizes= gives the size of each item of a dataset or file list; a stream has none")
         population = None
-        units = _iterable_units(source)
+        units = iterable_units(source)
     elif isinstance(source, Iterable):
         raise InputError(
             f"a {type(source).__name__} cannot be visited in random order (it has no len() and indexing), and "
@@ -374,101 +250,123 @@ def estimate_stats(
     if known is not None:
         labels, stratum_sizes = size_strata(known)
         design = {"strata": labels[order], "stratum_sizes": stratum_sizes}
+    return _Source(units, population, known, design)
 
-    reducer = _Reducer(device, layout, channels, key, scale)
-    sums = UnitSums()
-    bad: list[tuple[str, str]] = []
-    pending_bad = 0  # units without pixels seen before the channel count is known
-    stopped = "exhausted"
-    check_at = 0  # stopping checks: after each batch, at most every 2% more units (intervals.next_check)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=cap if population is None else min(population, cap or population),
-                   desc="gpustats sample", unit="img")
+class _Visit:
+    """The sampling loop: per-unit sums in visiting order, bad files, and the stopping checks."""
 
-    def visited() -> int:
-        return sums.k + pending_bad
+    def __init__(self, source: _Source, reducer: UnitReducer, *, cap: int | None, confidence: float, strict: bool):
+        self.source, self.reducer, self.cap = source, reducer, cap
+        self.confidence, self.strict = confidence, strict
+        self.sums = UnitSums()
+        self.bad: list[tuple[str, str]] = []
+        self.pending_bad = 0  # units without pixels seen before the channel count is known
 
-    def empty_unit() -> None:  # a unit of the population without pixels (a bad file, an item of no image)
-        nonlocal pending_bad
-        if sums.k == 0:
-            pending_bad += 1
+    def visited(self) -> int:
+        return self.sums.k + self.pending_bad
+
+    def empty_unit(self) -> None:  # a unit of the population without pixels (a bad file, an item of no image)
+        if self.sums.k == 0:
+            self.pending_bad += 1
         else:
-            zeros = np.zeros((1, sums.channels))
-            sums.append(np.zeros(1), zeros, zeros)
+            zeros = np.zeros((1, self.sums.channels))
+            self.sums.append(np.zeros(1), zeros, zeros)
 
-    def check() -> dict:
+    def check(self) -> dict:
+        design, sums = self.source.design, self.sums
         strata = {} if not design else {"strata": design["strata"][:sums.k], "stratum_sizes": design["stratum_sizes"]}
-        return ratio_intervals(*sums.arrays(), population_size=population, confidence=confidence, **strata)
+        return ratio_intervals(*sums.arrays(), population_size=self.source.population, confidence=self.confidence,
+                               **strata)
 
-    try:
-        for batch in units:
-            for unit in batch:
-                if cap is not None and visited() >= cap:
+    def add(self, unit: tuple) -> None:
+        """One unit: a bad file (``strict``: raises), an item (one unit, whatever images it holds) or an
+        iterable's batch (one unit per image, up to the cap)."""
+        cap, sums = self.cap, self.sums
+        if unit[0] == "bad":
+            if self.strict:
+                from .sources.engine import StrictBadFile
+
+                raise StrictBadFile(f"bad file {unit[1]}: {unit[2]} (strict)")
+            self.bad.append((unit[1], unit[2]))
+            self.empty_unit()
+            return
+        count, total, m2, ints = self.reducer.rows(unit[1])
+        if count.shape[0] == 0:
+            if unit[0] == "item":
+                self.empty_unit()
+            return
+        if self.pending_bad:
+            zeros = np.zeros((self.pending_bad, total.shape[1]))
+            sums.append(np.zeros(self.pending_bad), zeros, zeros)
+            self.pending_bad = 0
+        if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
+            n, s, q = combine_rows(count, total, m2)
+            sums.append(np.array([n]), s[None, :], q[None, :], ints)
+        elif unit[0] == "item":
+            sums.append(count, total, m2, ints)
+        else:  # an iterable's batch: one unit per image, up to the cap
+            room = count.shape[0] if cap is None else min(count.shape[0], cap - self.visited())
+            sums.append(count[:room], total[:room], m2[:room], None if ints is None else
+                        tuple(a[:room] for a in ints))
+
+    def run(self, tolerance: float, min_images: int, progress: bool) -> str:
+        """Visit batch after batch until the tolerance is met, the cap is reached or the units run out;
+        returns why it stopped (``"tolerance"``, ``"max_images"`` or ``"exhausted"``)."""
+        cap, population, units = self.cap, self.source.population, self.source.units
+        stopped = "exhausted"
+        check_at = 0  # stopping checks: after each batch, at most every 2% more units (intervals.next_check)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cap if population is None else min(population, cap or population),
+                       desc="gpustats sample", unit="img")
+        try:
+            for batch in units:
+                for unit in batch:
+                    if cap is not None and self.visited() >= cap:
+                        break
+                    self.add(unit)
+                if bar is not None:
+                    bar.update(len(batch))
+                if cap is not None and self.visited() >= cap:
+                    stopped = "max_images"
                     break
-                if unit[0] == "bad":
-                    if strict:
-                        from .sources.engine import StrictBadFile
-
-                        raise StrictBadFile(f"bad file {unit[1]}: {unit[2]} (strict)")
-                    bad.append((unit[1], unit[2]))
-                    empty_unit()
-                    continue
-                count, total, m2, ints = reducer.rows(unit[1])
-                if count.shape[0] == 0:
-                    if unit[0] == "item":
-                        empty_unit()
-                    continue
-                if pending_bad:
-                    zeros = np.zeros((pending_bad, total.shape[1]))
-                    sums.append(np.zeros(pending_bad), zeros, zeros)
-                    pending_bad = 0
-                if unit[0] == "item" and count.shape[0] > 1:  # one item holding several images: one unit
-                    n, s, q = combine_rows(count, total, m2)
-                    sums.append(np.array([n]), s[None, :], q[None, :], ints)
-                elif unit[0] == "item":
-                    sums.append(count, total, m2, ints)
-                else:  # an iterable's batch: one unit per image, up to the cap
-                    room = count.shape[0] if cap is None else min(count.shape[0], cap - visited())
-                    sums.append(count[:room], total[:room], m2[:room], None if ints is None else
-                                tuple(a[:room] for a in ints))
+                if self.sums.images >= min_images and self.sums.k >= check_at:
+                    check_at = next_check(self.sums.k)
+                    if may_stop(self.check(), tolerance, min_images):
+                        stopped = "tolerance"
+                        break
+        finally:
             if bar is not None:
-                bar.update(len(batch))
-            if cap is not None and visited() >= cap:
+                bar.close()
+            close = getattr(units, "close", None)
+            if close is not None:
+                close()  # stops decoding workers early
+        return stopped
+
+    def finish(self, stopped: str, *, tolerance: float, seed: int, started: float, units: str) -> SampledStats:
+        """The result: exact when every unit was seen, else the estimate and its intervals."""
+        sums, bad, population = self.sums, self.bad, self.source.population
+        if sums.k == 0:
+            raise InputError("no image with pixels was found: the source was empty or every visited file was bad"
+                             + (f" (e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""))
+        if self.pending_bad:
+            zeros = np.zeros((self.pending_bad, sums.channels))
+            sums.append(np.zeros(self.pending_bad), zeros, zeros)
+        if population is not None:
+            if sums.k >= population:
+                stopped = "exhausted"
+            elif stopped == "exhausted":  # the visiting order ended at the cap
                 stopped = "max_images"
-                break
-            if sums.images >= min_images and sums.k >= check_at:
-                check_at = next_check(sums.k)
-                if may_stop(check(), tolerance, min_images):
-                    stopped = "tolerance"
-                    break
-    finally:
-        if bar is not None:
-            bar.close()
-        close = getattr(units, "close", None)
-        if close is not None:
-            close()  # stops decoding workers early
-
-    if sums.k == 0:
-        raise InputError("no image with pixels was found: the source was empty or every visited file was bad"
-                         + (f" (e.g. {bad[0][0]}: {bad[0][1]})" if bad else ""))
-    if pending_bad:
-        zeros = np.zeros((pending_bad, sums.channels))
-        sums.append(np.zeros(pending_bad), zeros, zeros)
-    if population is not None:
-        if sums.k >= population:
-            stopped = "exhausted"
-        elif stopped == "exhausted":  # the visiting order ended at the cap
-            stopped = "max_images"
-    exact = stopped == "exhausted"  # every unit was seen (a stream's size is known once it ends)
-    r = exact_result(sums, reducer.scale) if exact else check()
-    return sampled_stats(r, sums, exact=exact, population=population, stopped=stopped, confidence=confidence,
-                         tolerance=tolerance, scale=reducer.scale, seed=seed, bad=bad, sizes_known=known is not None,
-                         strata=len(design.get("stratum_sizes", [1])), elapsed_s=time.perf_counter() - started,
-                         units="files" if files is not None else "items" if population is not None else "images")
-
+        exact = stopped == "exhausted"  # every unit was seen (a stream's size is known once it ends)
+        r = exact_result(sums, self.reducer.scale) if exact else self.check()
+        return sampled_stats(r, sums, exact=exact, population=population, stopped=stopped,
+                             confidence=self.confidence, tolerance=tolerance, scale=self.reducer.scale, seed=seed,
+                             bad=bad, sizes_known=self.source.known is not None,
+                             strata=len(self.source.design.get("stratum_sizes", [1])),
+                             elapsed_s=time.perf_counter() - started, units=units)
 
 def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = None, options: Any = None,
                              ddof: int = 0, progress: bool = False, distributed: Any = "auto") -> SampledStats:
@@ -490,3 +388,35 @@ def sample_for_compute_stats(loader: Any, sample: SampleSpec, *, device: Any = N
                          "(drop sample=, or drop these options)")
     return sample.run(loader, device=device, layout=options.layout, channels=options.channels, key=options.key,
                       scale=options.scale, progress=bool(progress))
+
+
+#: the options of :func:`estimate_folder_stats` (``gpustats stats --sample-tolerance T`` passes its own)
+FOLDER_SAMPLE_OPTIONS = ("confidence", "max_images", "seed", "device", "workers", "batch_size", "mode", "max_pixels",
+                         "resize", "center_crop", "column", "strict", "all_extensions")
+
+
+def estimate_folder_stats(paths: Any, *, tolerance: float, confidence: float | None = None,
+                          max_images: int | None = None, seed: int | None = None, device: str | None = "auto",
+                          workers: int | None = None, batch_size: int | None = None, max_pixels: int | None = None,
+                          progress: bool = False, **options: Any) -> SampledStats:
+    """:func:`estimate_stats` on image files, folders and archives with the folder engine's defaults: what
+    ``gpustats stats PATH... --sample-tolerance T`` runs.
+
+    None takes the default: ``confidence`` 0.95, ``seed`` 0, ``device`` ``"auto"`` (where each image is),
+    ``workers`` :func:`gpustats.tuning.default_workers`, ``batch_size``
+    :data:`gpustats.tuning.DEFAULT_BATCH_SIZE`, ``max_pixels`` Pillow's limit
+    (:data:`gpustats.sources.DEFAULT_MAX_PIXELS`). ``progress``: a bar, on a terminal only. ``options``:
+    ``mode``, ``resize``, ``center_crop``, ``column``, ``strict``, ``all_extensions`` as in
+    :func:`estimate_stats`.
+    """
+    import sys
+
+    from .sources import DEFAULT_MAX_PIXELS
+    from .tuning import DEFAULT_BATCH_SIZE, default_workers
+
+    return estimate_stats(
+        paths, tolerance=tolerance, confidence=0.95 if confidence is None else confidence, max_images=max_images,
+        seed=0 if seed is None else seed, batch_size=batch_size or DEFAULT_BATCH_SIZE,
+        device=None if device in (None, "auto") else device, workers=default_workers() if workers is None else workers,
+        progress=progress and hasattr(sys.stderr, "isatty") and sys.stderr.isatty(),
+        max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, **options)

@@ -40,6 +40,7 @@ import numpy as np
 
 from .image_moments import ImageMoments
 from .numerics import FLOAT_DTYPES, INTEGER_DTYPES, Moments, StatsError, chan_merge, exact_moments
+from .numerics import frozen as _frozen
 from .results import Stats
 
 __all__ = ["ChannelStats", "Stats", "StatsError", "ImageMoments", "INTEGER_DTYPES", "FLOAT_DTYPES", "dtype_family",
@@ -62,14 +63,6 @@ def _f64(values: Any) -> np.ndarray:
 
 def _i64(values: Any) -> np.ndarray:
     arr = np.array(values, dtype=np.int64).reshape(-1)
-    arr.setflags(write=False)
-    return arr
-
-
-def _frozen(arr: np.ndarray | None, dtype: Any = None) -> np.ndarray | None:
-    if arr is None:
-        return None
-    arr = np.array(arr, dtype=dtype, copy=True)
     arr.setflags(write=False)
     return arr
 
@@ -418,6 +411,21 @@ class ChannelStats:
 
     @staticmethod
     def from_json(text: str) -> "ChannelStats":
+        """The state :meth:`to_json` wrote, bit for bit (every check of :meth:`from_dict` applies: a
+        damaged or hand-edited text raises :class:`StatsError` saying what is wrong, never a wrong state).
+
+        >>> import numpy as np
+        >>> from gpustats import Accumulator
+        >>> acc = Accumulator(device="cpu", layout="CHW")
+        >>> acc.update(np.arange(12, dtype=np.uint8).reshape(3, 2, 2))
+        >>> state = acc.state()
+        >>> ChannelStats.from_json(state.to_json()) == state
+        True
+        >>> ChannelStats.from_json("{")
+        Traceback (most recent call last):
+        ...
+        gpustats.numerics.StatsError: not valid JSON (...); pass the text ChannelStats.to_json() wrote
+        """
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, TypeError) as exc:

@@ -55,24 +55,10 @@ def types_for(dtype_tag: str):
     return wt, float64, wt
 
 
-@functools.lru_cache(maxsize=None)
-def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool, cross: bool, per_image: bool,
-                    welford: bool = False):
-    """Device functions ``(init, visit, flush, as_mins)`` for one thread's accumulation (sums, or Welford)."""
-    C = channels
-    INTEGER = is_integer(dtype_tag)
-    WELFORD = bool(welford)
-    if WELFORD and (INTEGER or histogram or cross or per_image):
-        raise ValueError("Welford runs are for float input without extras (integers are summed exactly)")
-    RT, BT, MT = types_for(dtype_tag)
-    HIST = bool(histogram)
-    CROSS = bool(cross)
-    PER_IMAGE = bool(per_image)
-    CC = C * C if CROSS else 1
-    BINS = HIST_BINS
-    decode = make_decode(dtype_tag)
-    load = make_load(layout)
-    if INTEGER:
+def _value_ops(integer: bool, RT):
+    """``(min_init, max_init, finite, shifted, split_shift)``: the starting extremes and how a value is
+    checked and shifted (integers: always finite, never shifted; floats: by the split shift ``hi + lo``)."""
+    if integer:
         min_init, max_init = _INT_MIN_INIT, -_INT_MIN_INIT
 
         @device_function
@@ -102,6 +88,63 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
         def split_shift(s):
             hi = RT(s)
             return hi, RT(s - float64(hi))
+
+    return min_init, max_init, finite, shifted, split_shift
+
+
+def _bank_ops(C: int, CC: int, BT, WELFORD: bool, PER_IMAGE: bool, CROSS: bool):
+    """``(flush, as_mins)``: a thread's short float runs banked in ``BT`` (Welford runs merged by Chan's
+    rule), and its extremes as one array of minima."""
+
+    @device_function
+    def flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank):
+        if WELFORD:
+            for c in range(C):
+                if run_n[c] > 0:
+                    bank[c], bank[C + c] = chan(tally[c] - run_n[c], bank[c], bank[C + c],
+                                                run_n[c], BT(run[c]), BT(run[C + c]))[1:]
+                run_n[c] = 0
+        for k in range(2 * C):
+            if not WELFORD:
+                bank[k] += BT(run[k])
+            run[k] = 0
+            if PER_IMAGE:
+                img_bank[k] += BT(img_run[k])
+                img_run[k] = 0
+        if CROSS:
+            for k in range(CC):
+                cross_bank[k] += BT(cross_run[k])
+                cross_run[k] = 0
+
+    @device_function
+    def as_mins(extreme, mins):
+        """min in ``mins[c]`` and -max in ``mins[C + c]`` (float64), so one block_min combines both."""
+        for c in range(C):
+            mins[c] = float64(extreme[c])
+            mins[C + c] = -float64(extreme[C + c])
+
+    return flush, as_mins
+
+
+@functools.lru_cache(maxsize=None)
+def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool, cross: bool, per_image: bool,
+                    welford: bool = False):
+    """Device functions ``(init, visit, flush, as_mins)`` for one thread's accumulation (sums, or Welford)."""
+    C = channels
+    INTEGER = is_integer(dtype_tag)
+    WELFORD = bool(welford)
+    if WELFORD and (INTEGER or histogram or cross or per_image):
+        raise ValueError("Welford runs are for float input without extras (integers are summed exactly)")
+    RT, BT, MT = types_for(dtype_tag)
+    HIST = bool(histogram)
+    CROSS = bool(cross)
+    PER_IMAGE = bool(per_image)
+    CC = C * C if CROSS else 1
+    BINS = HIST_BINS
+    decode = make_decode(dtype_tag)
+    load = make_load(layout)
+    min_init, max_init, finite, shifted, split_shift = _value_ops(INTEGER, RT)
+    flush, as_mins = _bank_ops(C, CC, BT, WELFORD, PER_IMAGE, CROSS)
 
     @device_function
     def init(shift, hi, lo, tally, run, run_n, bank, extreme, cross_run, cross_bank, img_tally, img_run, img_bank):
@@ -163,33 +206,6 @@ def make_thread_ops(dtype_tag: str, layout: str, channels: int, histogram: bool,
                     for j in range(i, C):
                         if current_ok[j]:
                             cross_run[i * C + j] += current[i] * current[j]
-
-    @device_function
-    def flush(tally, run, run_n, bank, cross_run, cross_bank, img_run, img_bank):
-        if WELFORD:
-            for c in range(C):
-                if run_n[c] > 0:
-                    bank[c], bank[C + c] = chan(tally[c] - run_n[c], bank[c], bank[C + c],
-                                                run_n[c], BT(run[c]), BT(run[C + c]))[1:]
-                run_n[c] = 0
-        for k in range(2 * C):
-            if not WELFORD:
-                bank[k] += BT(run[k])
-            run[k] = 0
-            if PER_IMAGE:
-                img_bank[k] += BT(img_run[k])
-                img_run[k] = 0
-        if CROSS:
-            for k in range(CC):
-                cross_bank[k] += BT(cross_run[k])
-                cross_run[k] = 0
-
-    @device_function
-    def as_mins(extreme, mins):
-        """min in ``mins[c]`` and -max in ``mins[C + c]`` (float64), so one block_min combines both."""
-        for c in range(C):
-            mins[c] = float64(extreme[c])
-            mins[C + c] = -float64(extreme[C + c])
 
     return init, visit, flush, as_mins
 

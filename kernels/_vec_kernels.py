@@ -1,6 +1,6 @@
-"""The ``vec`` strategy's kernels: uint8 (dp4a, byte-pair min/max) and 16/32-bit (per-lane float32
-runs), and the one-launch finish their blocks share. :mod:`gpustats.kernels.vec` documents the
-strategy and launches them; this module only builds them (cached by their arguments).
+"""The ``vec`` strategy's uint8 kernel (dp4a, byte-pair min/max) and the one-launch finish it shares
+with the 16/32-bit kernel (per-lane float32 runs: :mod:`._vec_wide`). :mod:`gpustats.kernels.vec`
+documents the strategy and launches them; these modules only build them (cached by their arguments).
 """
 
 from __future__ import annotations
@@ -15,21 +15,15 @@ from ._status import record_nonfinite
 from ._common import (
     device_function,
     grid_next,
-    is_integer,
     simulator_enabled,
 )
-from ._thread import types_for
 from ._vector import (
     ONES,
     dp4a,
     even_bytes,
-    f16_bits,
-    f32_bits,
     load4,
     load_cg,
     load_u8,
-    load_u16,
-    load_u32,
     max16x2,
     min16x2,
     odd_bytes,
@@ -167,14 +161,9 @@ def make_finish(channels, threads, integer):
 # ----------------------------------------------------------------------------- uint8
 
 
-@functools.lru_cache(maxsize=None)
-def build_u8(mode, channels, threads):
-    C = channels
-    C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
-    K = 1 if mode == "CP" else C  # channel groups in a thread's accumulators
-    KM = 4 * K
-    LIMIT = U8_FLUSH_VECTORS - 4
-    finish = make_finish(C, threads, True)
+def _u8_ops(C, K):
+    """``(take4, flush, tail)`` of the uint8 kernel: one 16-byte vector into a thread's 32-bit sums (dp4a,
+    ``K`` channel groups) and byte-pair min/max; the sums into int64; the scalar NHWC tail (one thread)."""
 
     @device_function
     def take(w, k, s, sq, mn, mx, ones_m, byte_m):
@@ -208,6 +197,31 @@ def build_u8(mode, channels, threads):
             bank_q[g] += int64(sq[g])
             s[g] = 0
             sq[g] = 0
+
+    @device_function
+    def tail(bits, tail_start, total, tally, bank, mins):
+        for i in range(tail_start, total):  # the scalar tail (NHWC only)
+            v = int64(load_u8(bits, i))
+            ch = i % C
+            tally[ch] += 1
+            bank[ch] += v
+            bank[C + ch] += v * v
+            mins[ch] = min(mins[ch], float64(v))
+            mins[C + ch] = min(mins[C + ch], -float64(v))
+
+    return take4, flush, tail
+
+
+@functools.lru_cache(maxsize=None)
+def build_u8(mode, channels, threads):
+    C = channels
+    C2 = 2 * C  # array sizes must be plain constants: numba-cuda does not fold 2 * C
+    K = 1 if mode == "CP" else C  # channel groups in a thread's accumulators
+    KM = 4 * K
+    LIMIT = U8_FLUSH_VECTORS - 4
+    finish = make_finish(C, threads, True)
+
+    take4, flush, tail = _u8_ops(C, K)
 
     @cuda.jit
     def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals,
@@ -287,202 +301,7 @@ def build_u8(mode, channels, threads):
                 bank[ch] += bank_s[g]
                 bank[C + ch] += bank_q[g]
         if t == 0 and c == 0:
-            for i in range(tail_start, total):  # the scalar tail (NHWC only)
-                v = int64(load_u8(bits, i))
-                ch = i % C
-                tally[ch] += 1
-                bank[ch] += v
-                bank[C + ch] += v * v
-                mins[ch] = min(mins[ch], float64(v))
-                mins[C + ch] = min(mins[C + ch], -float64(v))
-
-        finish(tid, tally, bank, mins, part, counter, itotals, ftotals, status, check)
-
-    return kernel
-
-
-# ----------------------------------------------------------------------------- 16/32-bit
-
-
-@functools.lru_cache(maxsize=None)
-def build_wide(dtype_tag, mode, channels, threads, run):
-    C = channels
-    C2 = 2 * C
-    V = VECTOR_WIDTH[dtype_tag]
-    FLOAT = not is_integer(dtype_tag)
-    HALF = V == 8
-    RT, BT, MT = types_for(dtype_tag)
-    RUN = run
-    PER_ROW_MODE = mode == "CP"
-    finish = make_finish(C, threads, not FLOAT)
-    big = math.inf if FLOAT else 2**62
-    if dtype_tag == "float16":
-
-        @device_function
-        def decode16(h):
-            return f16_bits(h)
-
-    elif dtype_tag == "bfloat16":
-
-        @device_function
-        def decode16(h):
-            return f32_bits(uint32(h) << 16)
-
-    else:
-
-        @device_function
-        def decode16(h):
-            return int64(h) & 0xFFFF
-
-    @device_function
-    def decode32(w):
-        return f32_bits(w)
-
-    # exponent bits of each element of a word, and what adding INC to them does: a field that is
-    # all ones (NaN/inf) carries into the element's top bit, any other does not
-    if dtype_tag == "float32":
-        EXP, INC, TOP = 0x7F800000, 0x00800000, 0x80000000
-    elif dtype_tag == "float16":
-        EXP, INC, TOP = 0x7C007C00, 0x04000400, 0x80008000
-    else:
-        EXP, INC, TOP = 0x7F807F80, 0x00800080, 0x80008000
-
-    @device_function
-    def all_finite(w0, w1, w2, w3):
-        flags = ((w0 & EXP) + INC) | ((w1 & EXP) + INC) | ((w2 & EXP) + INC) | ((w3 & EXP) + INC)
-        return (flags & TOP) == 0
-
-    @device_function
-    def visit(v, j, hi, lo, rs, rq, mn, mx, bad, checked):
-        if FLOAT:
-            if checked:
-                ok = math.isfinite(v)
-                d = (v - hi[j]) - lo[j]
-                d = d if ok else RT(0)
-                mn[j] = min(mn[j], v if ok else MT(math.inf))
-                mx[j] = max(mx[j], v if ok else MT(-math.inf))
-                bad[j] += 0 if ok else 1
-            else:
-                d = (v - hi[j]) - lo[j]
-                mn[j] = min(mn[j], v)
-                mx[j] = max(mx[j], v)
-            rs[j] += d
-            rq[j] += d * d
-        else:
-            rs[j] += v
-            rq[j] += v * v
-            mn[j] = min(mn[j], v)
-            mx[j] = max(mx[j], v)
-
-    @device_function
-    def take(w, k, hi, lo, rs, rq, mn, mx, bad, checked):
-        if HALF:
-            visit(decode16(w & 0xFFFF), 2 * k, hi, lo, rs, rq, mn, mx, bad, checked)
-            visit(decode16(w >> 16), 2 * k + 1, hi, lo, rs, rq, mn, mx, bad, checked)
-        else:
-            visit(decode32(w), k, hi, lo, rs, rq, mn, mx, bad, checked)
-
-    @device_function
-    def take4(words, q, hi, lo, rs, rq, mn, mx, bad):
-        w0, w1, w2, w3 = load4(words, q)
-        if FLOAT and not all_finite(w0, w1, w2, w3):
-            take(w0, 0, hi, lo, rs, rq, mn, mx, bad, True)
-            take(w1, 1, hi, lo, rs, rq, mn, mx, bad, True)
-            take(w2, 2, hi, lo, rs, rq, mn, mx, bad, True)
-            take(w3, 3, hi, lo, rs, rq, mn, mx, bad, True)
-        else:
-            take(w0, 0, hi, lo, rs, rq, mn, mx, bad, False)
-            take(w1, 1, hi, lo, rs, rq, mn, mx, bad, False)
-            take(w2, 2, hi, lo, rs, rq, mn, mx, bad, False)
-            take(w3, 3, hi, lo, rs, rq, mn, mx, bad, False)
-
-    @device_function
-    def flush(since, chan, rs, rq, bad, tally, bank):
-        for j in range(V):
-            ch = chan[j]
-            bank[ch] += BT(rs[j])
-            bank[C + ch] += BT(rq[j])
-            rs[j] = 0
-            rq[j] = 0
-            tally[ch] += since - bad[j]
-            tally[C + ch] += bad[j]
-            bad[j] = 0
-
-    @cuda.jit
-    def kernel(words, bits, rows, per_row, rows_per_image, tail_start, total, part, counter, itotals, ftotals,
-               status, check):
-        tid = cuda.threadIdx.x
-        c = cuda.blockIdx.y
-        t, n, j, step_n, step_j = _walk_start(per_row)
-        chan = cuda.local.array(V, int32)
-        hi = cuda.local.array(V, RT)
-        lo = cuda.local.array(V, RT)
-        rs = cuda.local.array(V, RT)
-        rq = cuda.local.array(V, RT)
-        mn = cuda.local.array(V, MT)
-        mx = cuda.local.array(V, MT)
-        bad = cuda.local.array(V, int32)
-        tally = cuda.local.array(C2, int64)
-        bank = cuda.local.array(C2, BT)
-        mins = cuda.local.array(C2, float64)
-        phase = (t * V) % C
-        for lane in range(V):
-            ch = c if PER_ROW_MODE else (phase + lane) % C
-            chan[lane] = ch
-            if FLOAT:
-                h = RT(ftotals[4, ch])
-                hi[lane] = h
-                lo[lane] = RT(ftotals[4, ch] - float64(h))
-            else:
-                hi[lane] = 0
-                lo[lane] = 0
-            rs[lane] = 0
-            rq[lane] = 0
-            mn[lane] = big
-            mx[lane] = -big
-            bad[lane] = 0
-        for k in range(C2):
-            tally[k] = 0
-            bank[k] = 0
-            mins[k] = math.inf
-
-        since = 0  # elements per lane since the last flush
-        while True:
-            n1, j1 = grid_next(n, j, step_n, step_j, per_row)
-            if n1 >= rows:
-                break
-            take4(words, (n * rows_per_image + c) * per_row + j, hi, lo, rs, rq, mn, mx, bad)
-            take4(words, (n1 * rows_per_image + c) * per_row + j1, hi, lo, rs, rq, mn, mx, bad)
-            since += 2
-            if since + 2 > RUN:
-                flush(since, chan, rs, rq, bad, tally, bank)
-                since = 0
-            n, j = grid_next(n1, j1, step_n, step_j, per_row)
-        if n < rows:
-            take4(words, (n * rows_per_image + c) * per_row + j, hi, lo, rs, rq, mn, mx, bad)
-            since += 1
-        flush(since, chan, rs, rq, bad, tally, bank)
-        for lane in range(V):
-            ch = chan[lane]
-            mins[ch] = min(mins[ch], float64(mn[lane]))
-            mins[C + ch] = min(mins[C + ch], -float64(mx[lane]))
-
-        if t == 0 and c == 0:
-            for i in range(tail_start, total):  # the scalar tail (NHWC only), float64 throughout
-                ch = i % C
-                if HALF:
-                    v = decode16(load_u16(bits, i))
-                else:
-                    v = decode32(load_u32(bits, i))
-                if FLOAT and not math.isfinite(v):
-                    tally[C + ch] += 1
-                else:
-                    d = BT(v) - BT(ftotals[4, ch]) if FLOAT else BT(v)
-                    tally[ch] += 1
-                    bank[ch] += d
-                    bank[C + ch] += d * d
-                    mins[ch] = min(mins[ch], float64(v))
-                    mins[C + ch] = min(mins[C + ch], -float64(v))
+            tail(bits, tail_start, total, tally, bank, mins)
 
         finish(tid, tally, bank, mins, part, counter, itotals, ftotals, status, check)
 

@@ -72,9 +72,9 @@ from ._vec_kernels import (
     U8_FLUSH_VECTORS,
     VECTOR_WIDTH,
     build_u8,
-    build_wide,
     make_finish,
 )
+from ._vec_wide import build_wide
 
 __all__ = ["NAME", "SUPPORTS", "SUPPORTS_SIMULATOR", "reduce", "plan", "VECTOR_WIDTH", "U8_FLUSH_VECTORS",
            "STATUS_FIELDS", "STATUS_WORDS", "Launcher", "kernel_argtypes", "build_u8", "build_wide", "make_finish"]

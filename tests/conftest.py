@@ -2,8 +2,6 @@
 
 import os
 
-import pytest
-
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     # The simulator cases' child pytest: guard the simulator's shared-array allocation against
     # its thread race (see _simulator.make_shared_arrays_thread_safe).

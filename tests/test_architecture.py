@@ -1,5 +1,6 @@
 """The package's shape stays as docs/design.md draws it: no import cycles (function-level imports
-included), no module over 500 lines, and the kernels know nothing of torch or the rest.
+included), no module over 500 lines, no function over 100, and the kernels know nothing of torch or
+the rest.
 
 Imports are read from the source (``ast``), so a cycle hidden in a function body counts too.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"gpustats": ROOT / "gpustats", "gpustats.kernels": ROOT / "kernels"}
 MAX_LINES = 500
+MAX_FUNCTION_LINES = 100
 
 
 def _modules() -> dict[str, Path]:
@@ -133,6 +135,41 @@ def test_no_test_or_bench_file_over_500_lines():
             for path in sorted((ROOT / folder).rglob("*.py"))
             if (n := len(path.read_text().splitlines())) > MAX_LINES]
     assert not long, f"over {MAX_LINES} lines, split by subject: {', '.join(long)}"
+
+
+def _long_functions(source: str, limit: int) -> dict[str, int]:
+    """``{name:line: length}`` of the functions (methods and nested ones included) longer than ``limit``
+    lines, from the first decorator to the last line of the body (docstring included)."""
+    long = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            start = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            if (length := node.end_lineno - start + 1) > limit:
+                long[f"{node.name}:{node.lineno}"] = length
+    return long
+
+
+def test_no_function_over_100_lines():
+    """Split by what the code does (plan, loop, finish), not by line count."""
+    long = {f"{name}.{where}": n for name, path in _modules().items()
+            for where, n in _long_functions(path.read_text(), MAX_FUNCTION_LINES).items()}
+    assert not long, long
+
+
+def test_the_function_measure_counts_decorators_docstrings_and_nested_functions():
+    source = '@cache\ndef outer():\n    """doc"""\n    def inner():\n        pass\n    return inner\n'
+    assert _long_functions(source, 5) == {"outer:2": 6}
+    assert _long_functions(source, 1) == {"outer:2": 6, "inner:4": 2}
+    assert _long_functions(source, 6) == {}
+
+
+def test_the_command_imports_no_private_name_of_the_library():
+    """What the command uses of the library is the library's public surface (argparse, one call, report)."""
+    for name in ("gpustats.cli", "gpustats.cli_checks"):
+        tree = ast.parse(_modules()[name].read_text())
+        private = [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   for alias in node.names if alias.name.startswith("_") and not alias.name.endswith("__")]
+        assert not private, (name, private)
 
 
 def test_kernels_know_nothing_of_torch_or_the_package():

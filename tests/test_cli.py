@@ -370,10 +370,10 @@ def test_demo_runs_and_prints_normalize_and_forum_comparison():
     assert last[1].strip() == "on your own images:  gpustats stats /path/to/train --format python"
 
 
-def test_forum_recipe_is_the_per_image_average(demo):
-    from gpustats.cli import forum_recipe
+def test_per_image_recipe_is_the_per_image_average(demo):
+    from gpustats.demo import per_image_recipe
 
-    mean, std, images = forum_recipe(_good_paths(demo))
+    mean, std, images = per_image_recipe(_good_paths(demo))
     arrays = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float64).reshape(-1, 3) / 255.0
               for p in _good_paths(demo)]
     assert images == len(arrays)

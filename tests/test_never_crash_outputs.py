@@ -130,7 +130,7 @@ def test_sigterm_saves_the_checkpoint_once_and_leaves_no_temporary_file(tmp_path
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     """kill -9 during a write leaves NAME's temporary file; the next write removes it, and only such files:
     never one of a process that still runs, never another file's."""
-    from gpustats.checkpoint import _atomic_write_text, _swept, temp_path
+    from gpustats.checkpoint import _swept, atomic_write_text, temp_path
 
     target = tmp_path / "run.ckpt"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
@@ -144,6 +144,6 @@ def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     for path in (stale, running, other):
         path.write_text("half a checkpoint")
     _swept.clear()
-    _atomic_write_text(target, "{}")
+    atomic_write_text(target, "{}")
     assert not stale.exists() and running.exists() and other.exists()
     assert target.read_text() == "{}"

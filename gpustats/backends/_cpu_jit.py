@@ -19,8 +19,9 @@ from numba import njit
 
 __all__ = ["BLOCK", "cache_dir", "cache_roots", "cached_jit", "dims"]
 
+from ..tuning import HIST_BLOCK
 
-BLOCK = 1 << 16  # pixels per work item of hist_u8 (a work item is one (row, pixel-block))
+BLOCK = HIST_BLOCK  # pixels per work item of hist_u8 (a work item is one (row, pixel-block); why: gpustats.tuning)
 
 
 def cache_roots() -> list[str]:

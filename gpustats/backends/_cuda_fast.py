@@ -16,10 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..numerics import FLOAT_DTYPES as _FLOAT_DTYPES
+
 __all__ = ["FAST_DTYPES", "TORCH_DTYPES", "FastPath", "current_raw_stream", "fast_path_for", "launcher_for",
            "recorded_nonfinite", "vec_reads"]
 
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 FAST_DTYPES = ("uint8", "float16", "bfloat16", "float32")
 TORCH_DTYPES = {"uint8": torch.uint8, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

@@ -63,8 +63,8 @@ def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index
     )
 
 
-#: parts smaller than this (values) are joined into one strip: a numba call costs ~0.1-2 ms
-SMALL_PART = 1 << 16
+#: parts smaller than this (values) are joined into one strip (measured: gpustats.tuning.SMALL_PART)
+from ..tuning import SMALL_PART  # noqa: E402
 
 
 def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
@@ -122,9 +122,8 @@ def _threads(threads: int | None) -> int:
     return max(1, int(config.NUMBA_NUM_THREADS))
 
 
-#: values per thread from which a loop runs in several threads: starting and joining a Python
-#: thread costs ~0.1 ms, the time the loops take for ~0.3 M values
-_PER_THREAD = 1 << 19
+# values per thread from which a loop runs in several threads (measured: gpustats.tuning.PER_THREAD)
+from ..tuning import PER_THREAD as _PER_THREAD  # noqa: E402
 
 
 def in_threads(call: Callable[[int, int], None], threads: int) -> None:

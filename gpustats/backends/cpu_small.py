@@ -73,9 +73,8 @@ def hist_u8_state(hists: np.ndarray, options: Options, scale: float) -> ChannelS
                      hist=total if options.histogram else None)
 
 
-#: values per plane: its arrays (a few times its size) stay in a core's cache, and below the sizes
-#: that malloc hands to mmap (a fresh mapping per call: page faults); 4x larger planes ran 2x slower
-_CHUNK = 3 << 16
+# values per plane (measured, with the machine: gpustats.tuning.PLANE_VALUES)
+from ..tuning import PLANE_VALUES as _CHUNK  # noqa: E402
 
 
 def _groups(arrays: list[np.ndarray]) -> list[list[np.ndarray]]:

@@ -60,26 +60,15 @@ import numpy as np
 import torch
 
 from ..batches import Chunk, InputError
-from ..numerics import moments_from_shifted_mean, moments_from_shifted_sums
+from ..numerics import FLOAT_DTYPES as _FLOAT_DTYPES, moments_from_shifted_mean, moments_from_shifted_sums
 from ..stats import ChannelStats, ImageMoments
+from ..tuning import AUTO_HISTOGRAM_STRATEGY, AUTO_STRATEGY  # strategy="auto": measured on an H200 (see there)
 from . import BackendUnavailable, Options, Reducer
 from ._cuda_fast import current_raw_stream, fast_path_for, launcher_for, recorded_nonfinite, vec_reads
 
 __all__ = ["CudaReducer"]
 
 _KERNEL_DTYPES = ("uint8", "uint16", "float16", "bfloat16", "float32", "float64")
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-#: strategy="auto" per dtype for moments (histograms: hist8; co-moments, per-image sums: atomic).
-#: Measured: bench/results/h200-2026-11-27-gpu_check.json (NVIDIA H200, commit 22c3409): vec is
-#: the fastest per call in both layouts at 8 MiB, 256 MiB and 1 GiB for uint8, float16, bfloat16
-#: and float32 (except bfloat16 NHWC at 8 MiB, where warp is 1.0x), e.g. uint8 NCHW 1 GiB: vec
-#: 2785 GB/s per call vs hist8 934, warp 542. Not measured: uint16 and float64 (design choices).
-AUTO_STRATEGY = {"uint8": "vec", "uint16": "atomic", "float16": "vec", "bfloat16": "vec",
-                 "float32": "vec", "float64": "tree"}
-#: strategy="auto" for uint8 with histograms: hist8 (kernel 0.26-0.34 of the roofline at 1 GiB,
-#: vs atomic 0.11-0.14, same results file)
-AUTO_HISTOGRAM_STRATEGY = "hist8"
 
 
 def _load_kernels():

@@ -63,13 +63,11 @@ class ImageFileDataset(torch.utils.data.Dataset):
             self.files = [os.fspath(f) for f in files]
         self.decode_opts = decode_opts
         # Fail on invalid options now, in the caller, not once per file in a worker.
-        from .decode import _check_options
+        from .decode import _check_options, check_decode_names
 
         _check_options(decode_opts.get("mode", "RGB"), decode_opts.get("resize"),
                        decode_opts.get("center_crop"))
-        unknown = set(decode_opts) - {"mode", "max_pixels", "resize", "center_crop"}
-        if unknown:
-            raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
+        check_decode_names(decode_opts)
 
     def __len__(self) -> int:
         return len(self.files)

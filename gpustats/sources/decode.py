@@ -85,13 +85,15 @@ from .errors import BadImage
 from .geometry import center_crop_array, check_output_size, crop_box, crop_hw, pixel_limit, resized_size
 
 __all__ = ["DEFAULT_MAX_PIXELS", "decode_bytes", "decode_image", "decode_pil", "decode_with_info", "resized_size",
-           "center_crop_array", "check_geometry", "pixel_limit"]
+           "center_crop_array", "check_geometry", "pixel_limit", "DECODE_OPTIONS", "check_decode_names"]
 
 #: Default pixel limit: Pillow's own hard decompression-bomb limit (2 x 89,478,485 pixels,
 #: e.g. 13,000 x 13,000). Typical ImageNet photos have about 0.2 M pixels.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
 _MODES = ("RGB", "L")
+#: the options :func:`decode_image` takes besides the file (``decode_opts`` of datasets and workers)
+DECODE_OPTIONS = ("mode", "max_pixels", "resize", "center_crop")
 _OUTS = ("array", "readonly", "view", "histogram")  # what _decode returns
 _SIMPLEJPEG = None  # simplejpeg.decode_jpeg, False when unavailable (see _fast_jpeg)
 #: What converting an image of more than 8 bits did to its values, by Pillow mode (one text per kind:
@@ -151,6 +153,13 @@ def _check_options(mode: str, resize: int | None, center_crop) -> None:
         raise ValueError(f"resize must be a positive int (shorter side), got {resize!r}")
     if center_crop is not None:
         crop_hw(center_crop)
+
+
+def check_decode_names(decode_opts: dict) -> None:
+    """``TypeError`` naming the options in ``decode_opts`` that are not :data:`DECODE_OPTIONS`."""
+    unknown = set(decode_opts) - set(DECODE_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
 
 
 def _fast_jpeg():

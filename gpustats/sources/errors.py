@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["SourceError", "SourceNotFoundError", "NoImagesFoundError", "BadImage"]
+__all__ = ["SourceError", "SourceNotFoundError", "NoImagesFoundError", "BadImage", "RunError", "StrictBadFile"]
 
 
 class SourceError(ValueError):
@@ -30,6 +30,14 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
 
 class NoImagesFoundError(SourceError):
     """Walking the given paths found no image files."""
+
+
+class RunError(SourceError):
+    """An expected failure of a run (printed by the command as one line, exit status 1)."""
+
+
+class StrictBadFile(RunError):
+    """A bad file under ``strict=True``."""
 
 
 class BadImage(Exception):

@@ -55,7 +55,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from ..backends.cpu import SMALL_PART
-from .decode import DEFAULT_MAX_PIXELS, _check_options, decode_bytes, decode_file, decode_pil
+from .decode import DEFAULT_MAX_PIXELS, _check_options, check_decode_names, decode_bytes, decode_file, decode_pil
 from .errors import BadImage
 from .remote import RemoteReadError
 from .segment import Segment
@@ -228,14 +228,9 @@ class _Reduce:
         return self.reducer.reduce_chunk(chunk, _UINT8_SCALE, b)
 
 
-#: items from which a run loads numba even when its images are small: numpy costs ~4 us more per
-#: small image than numba's loops, numba ~0.4 s once per process
-_NUMBA_FROM_ITEMS = 100_000
-
-
-#: files handed to a worker at a time when the run's images are small (at most 256 x 64 K values):
-#: a task's fixed costs (IPC, the merge, numpy's per-call costs) then spread over more images
-_SMALL_TASK = 256
+# items from which a run loads numba even when its images are small; files per task when they are
+# small (measured, with the machine: gpustats.tuning)
+from ..tuning import NUMBA_FROM_ITEMS as _NUMBA_FROM_ITEMS, SMALL_TASK as _SMALL_TASK  # noqa: E402
 
 
 def _first_values(segment: Segment, start: int, decode_opts: dict) -> int | None:
@@ -318,9 +313,7 @@ class ReducedBatches:
         if not 0 <= self.start <= len(self.segment):
             raise ValueError(f"start={start} is outside 0..{len(self.segment)} (number of items)")
         self.batch_size = int(batch_size)
-        unknown = set(decode_opts) - {"mode", "max_pixels", "resize", "center_crop"}
-        if unknown:
-            raise TypeError(f"unknown decode option(s): {', '.join(sorted(unknown))}")
+        check_decode_names(decode_opts)
         decode_opts.setdefault("max_pixels", DEFAULT_MAX_PIXELS)
         _check_options(decode_opts.get("mode", "RGB"), decode_opts.get("resize"), decode_opts.get("center_crop"))
         self.decode_opts = decode_opts

@@ -56,14 +56,13 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Sequence
 
+from ..tuning import REMOTE_AHEAD as AHEAD  # requests in flight per stream (why: gpustats.tuning)
+from ..tuning import REMOTE_CHUNK as CHUNK  # bytes one request of a sequential read asks for
 from .errors import SourceError
 
 __all__ = ["AHEAD", "CHUNK", "RemoteFile", "RemoteReadError", "RemoteStream", "attempts", "is_url", "message_of",
            "prefetch", "read_range", "redact", "retrying", "shown_path"]
 
-#: bytes one request of a sequential read asks for, and requests in flight per stream
-CHUNK = 8 << 20
-AHEAD = 4
 #: bytes a small random read (a zip directory, a Parquet footer) reads ahead
 _READAHEAD = 1 << 16
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")

@@ -37,6 +37,8 @@ import lzma
 import os
 from typing import Any, BinaryIO, Iterator, NamedTuple
 
+from ..tuning import DEFAULT_WORKER_MEMORY_MB
+
 __all__ = ["MAX_DEPTH", "MAX_HEADER_BYTES", "MAX_MEMBER_BYTES", "DEFAULT_WORKER_MEMORY_MB", "TAR_SUFFIXES",
            "max_member_bytes", "too_large", "worker_memory", "TarError", "Entry", "SeqReader", "is_hidden", "pread",
            "PreadReader", "LimitedFile", "iter_entries", "compression_of", "open_decompressed", "is_tar_name",
@@ -47,9 +49,9 @@ BLOCK = 512
 MAX_HEADER_BYTES = 1 << 20
 #: archives inside archives are read this many levels deep (the outermost archive is level 1)
 MAX_DEPTH = 4
-#: encoded bytes (archive members, Parquet values) a decode worker holds at once, in MiB, unless the
-#: environment variable ``GPUSTATS_WORKER_MEMORY_MB`` says otherwise (:func:`worker_memory`)
-DEFAULT_WORKER_MEMORY_MB = 512
+# DEFAULT_WORKER_MEMORY_MB: encoded bytes (archive members, Parquet values) a decode worker holds at once,
+# in MiB, unless the environment variable ``GPUSTATS_WORKER_MEMORY_MB`` says otherwise (:func:`worker_memory`;
+# why 512: :data:`gpustats.tuning.DEFAULT_WORKER_MEMORY_MB`)
 #: largest member read into memory with the default budget (half of it: two batches per worker are in
 #: flight); :func:`max_member_bytes` is the one in force
 MAX_MEMBER_BYTES = DEFAULT_WORKER_MEMORY_MB << 19
