@@ -8,6 +8,7 @@ heterogeneous synthetic populations: per-image means and stds vary, image sizes 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -36,11 +37,12 @@ def binomial_bounds(trials: int, low: float = CLAIM_LOW, high: float = CLAIM_HIG
     """``(fewest, most)`` hits of ``trials`` intervals that a true coverage in ``[low, high]`` gives with
     probability at least ``1 - alpha`` at each end: the alpha-quantile of Binomial(trials, low) and the
     (1 - alpha)-quantile of Binomial(trials, high), exact (math.comb), no hand-set margin."""
-    def cdf(h: int, p: float) -> float:
-        return sum(math.comb(trials, i) * p**i * (1 - p) ** (trials - i) for i in range(h + 1))
+    def cdf(p: float) -> list[float]:  # P(hits <= h) for h = 0..trials, each term once
+        return list(itertools.accumulate(math.comb(trials, i) * p**i * (1 - p) ** (trials - i)
+                                         for i in range(trials + 1)))
 
-    fewest = next(h for h in range(trials + 1) if cdf(h, low) >= alpha)
-    most = next(h for h in range(trials + 1) if cdf(h, high) >= 1 - alpha)
+    fewest = next(h for h, c in enumerate(cdf(low)) if c >= alpha)
+    most = next(h for h, c in enumerate(cdf(high)) if c >= 1 - alpha)
     return fewest, most
 
 
