@@ -47,14 +47,19 @@ positive_int = int_at_least(1, "a positive integer")
 non_negative_int = int_at_least(0, "an integer >= 0")
 
 
-def non_negative_float(text: str) -> float:
+def _seconds(text: str, least: str) -> float:
+    """A finite number of seconds ``>= 0`` (``least=">= 0"``) or ``> 0``, else argparse's one-line error."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+        value = math.nan
+    if not (value >= 0 if least == ">= 0" else value > 0) or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds {least}, got {text!r}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    return _seconds(text, ">= 0")
 
 
 def probability(text: str) -> float:
@@ -76,13 +81,7 @@ def strategy(text: str) -> str:
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
+    return _seconds(text, "> 0")
 
 
 def device(text: str) -> str:
