@@ -21,7 +21,8 @@ import os
 
 __all__ = ["DEFAULT_BATCH_SIZE", "SMALL_TASK", "MAX_DEFAULT_WORKERS", "MIN_FILES_FOR_WORKERS", "default_workers",
            "NUMBA_FROM_ITEMS", "DEFAULT_WORKER_MEMORY_MB", "REMOTE_CHUNK", "REMOTE_AHEAD", "SMALL_PART", "PER_THREAD",
-           "HIST_BLOCK", "PLANE_VALUES", "EXACT_VECTOR_FROM", "AUTO_STRATEGY", "AUTO_HISTOGRAM_STRATEGY"]
+           "HIST_BLOCK", "PLANE_VALUES", "EXACT_VECTOR_FROM", "AUTO_STRATEGY", "AUTO_HISTOGRAM_STRATEGY",
+           "LOOP_COMPILE_BUDGET_S", "NUMPY_LOOP_S_PER_VALUE"]
 
 # ============================================================================ folder runs (sources/)
 
@@ -113,3 +114,15 @@ AUTO_STRATEGY = {"uint8": "vec", "uint16": "atomic", "float16": "vec", "bfloat16
 #: ``strategy="auto"`` for uint8 with histograms: hist8 (kernel 0.26-0.34 of the roofline at 1 GiB,
 #: vs atomic 0.11-0.14, same results file)
 AUTO_HISTOGRAM_STRATEGY = "hist8"
+
+#: seconds of numpy time per loop and process after which the CPU backend compiles the numba loop
+#: (:mod:`gpustats.backends.cpu_loops`): about what one loop's first compile costs on the 2-core VM
+#: (2026-12-05, cold cache: u8_sums 2.5 s, float_rows 0.9 s, each plus ~0.4 s to import numba), so a
+#: process never loses more than about one compile to the numpy twins and a short one compiles nothing.
+LOOP_COMPILE_BUDGET_S = 1.0
+
+#: the numpy twins' seconds per value before a process has timed its own (then its own rate is used):
+#: the slowest of three shapes (64x3x50176 and 64x50176x3, 1024x3x1024) measured on the 2-core VM
+#: (2026-12-05, quiet; the numba loops: 0.4-4.5 ns per value), rounded up.
+NUMPY_LOOP_S_PER_VALUE = {"u8_sums": 3e-9, "u8_sum_rows": 3e-9, "int_rows": 18e-9, "hist_u8": 10e-9,
+                          "float_rows": 40e-9, "hist_float": 26e-9}

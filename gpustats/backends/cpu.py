@@ -20,6 +20,7 @@ from ..batches import InputError
 from ..numerics import INTEGER_DTYPES, Moments, chan_merge_rows, exact_moments, range_ends
 from ..stats import ChannelStats, ImageMoments
 from . import MergingReducer, Options
+from .cpu_loops import Loops
 from .int_state import U8_RANGE, hist_rows, int_state, sums_rows
 
 if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing small images never import it
@@ -123,6 +124,7 @@ def _threads(threads: int | None) -> int:
 
 
 # values per thread from which a loop runs in several threads (measured: gpustats.tuning.PER_THREAD)
+from ..tuning import HIST_BLOCK  # noqa: E402
 from ..tuning import PER_THREAD as _PER_THREAD  # noqa: E402
 
 
@@ -156,7 +158,7 @@ def _split(values: int, items: int, threads: int | None) -> int:
     return max(1, min(_threads(threads), items, values // _PER_THREAD))
 
 
-def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, hist: np.ndarray | None,
+def _int_rows(loops: Loops, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, hist: np.ndarray | None,
               threads: int | None = None) -> dict:
     """Exact per-image int64 rows [K, C] of count, total, total_sq, vmin, vmax (and cross [K, C, C]).
 
@@ -169,9 +171,11 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
         products = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.int64)
         hist_rows = np.zeros((n, channels, 256) if hist is not None else (1, 1, 1), np.int64)
         if a.dtype == np.uint8 and not cross and hist is None:  # sums alone: their own (vectorized) loop
-            in_threads(lambda t, m: k.u8_sum_rows(a, cp, *out, t, m), _split(a.size, n, threads))
+            loop = loops.get("u8_sum_rows", a.size)
+            in_threads(lambda t, m: loop(a, cp, *out, t, m), _split(a.size, n, threads))
         else:
-            in_threads(lambda t, m: k.int_rows(a, cp, cross, hist is not None, *out, products, hist_rows, t, m),
+            loop = loops.get("int_rows", a.size)
+            in_threads(lambda t, m: loop(a, cp, cross, hist is not None, *out, products, hist_rows, t, m),
                        _split(a.size, n, threads))
         for name, arr in zip(rows, [*out, products]):
             rows[name].append(arr)
@@ -180,7 +184,8 @@ def _int_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
     return {name: np.concatenate(v) for name, v in rows.items()}
 
 
-def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool, threads: int | None = None) -> dict:
+def _float_rows(loops: Loops, arrays: list[np.ndarray], cp: bool, channels: int, cross: bool,
+                threads: int | None = None) -> dict:
     """Per-image float64 rows [K, C]: count, mean, mean_lo, m2, vmin, vmax, nan, posinf, neginf (+ comoment)."""
     names = ("count", "mean", "mean_lo", "m2", "vmin", "vmax", "nan", "posinf", "neginf")
     rows = {name: [] for name in (*names, "comoment")}
@@ -189,7 +194,8 @@ def _float_rows(k, arrays: list[np.ndarray], cp: bool, channels: int, cross: boo
         out = [np.zeros((n, channels), np.int64 if name in ("count", "nan", "posinf", "neginf") else np.float64)
                for name in names]
         com = np.zeros((n, channels, channels) if cross else (1, 1, 1), np.float64)
-        in_threads(lambda t, m: k.float_rows(a, cp, cross, *out, com, t, m), _split(a.size, n, threads))
+        loop = loops.get("float_rows", a.size)
+        in_threads(lambda t, m: loop(a, cp, cross, *out, com, t, m), _split(a.size, n, threads))
         for name, arr in zip(rows, [*out, com]):
             rows[name].append(arr)
     return {name: np.concatenate(v) for name, v in rows.items()}
@@ -205,16 +211,12 @@ def image_moments(chunk: Chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """
     cp = chunk.layout == "CP"
     if chunk.dtype in INTEGER_DTYPES:
-        from . import cpu_int_loops
-
         parts = _numpy_parts(chunk, widen=False, keep_images=True)
-        r = _int_rows(cpu_int_loops, parts, cp, chunk.channels, False, None)
+        r = _int_rows(Loops(), parts, cp, chunk.channels, False, None)
         mean, m2 = exact_moments(r["count"], r["total"], r["total_sq"])
         return (r["count"], np.where(r["count"] > 0, mean, 0.0), m2, np.zeros_like(r["count"]),
                 (r["total"], r["total_sq"]))
-    from . import cpu_float_loops
-
-    r = _float_rows(cpu_float_loops, _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
+    r = _float_rows(Loops(), _numpy_parts(chunk, widen=True, keep_images=True), cp, chunk.channels, False)
     return r["count"], r["mean"], r["m2"], r["nan"] + r["posinf"] + r["neginf"], None
 
 
@@ -262,24 +264,24 @@ class RgbxSink:
 
 
 class CpuReducer(MergingReducer):
-    """Reduce batches on the CPU with numba loops (the strategy is always "numba")."""
+    """Reduce batches on the CPU with numba loops, or their numpy twins until numba pays (the strategy
+    is always "numba": the twins give the same bits; :mod:`.cpu_loops`)."""
 
     name = "cpu"
     strategy = "numba"
 
-    def __init__(self, device: torch.device, options: Options, threads: int | None = None):
-        """``threads``: numba threads per call (``None``: numba's count at each call; 1: never open a
-        parallel region, as decode workers do, which are the parallelism themselves)."""
+    def __init__(self, device: torch.device, options: Options, threads: int | None = None, loops: str | None = None):
+        """``threads``: threads per call (``None``: numba's thread count setting at each call; 1: one, as
+        decode workers do, which are the parallelism themselves). ``loops``: ``"auto"``, ``"numba"`` or
+        ``"numpy"`` (:mod:`.cpu_loops`; ``None``: the ``GPUSTATS_CPU_LOOPS`` setting, else ``"auto"``)."""
         super().__init__(device, options)
-        from . import cpu_float_loops, cpu_int_loops  # numba loads here, not at import gpustats
-
-        self._ints, self._floats = cpu_int_loops, cpu_float_loops
+        self._loops = Loops(loops)  # numba loads with the first loop that needs it, not at import gpustats
         self.threads = threads
 
     def _blocks(self, a: np.ndarray, cp: bool) -> int:
         """Threads for one uint8 loop over ``a`` (work items: one pixel block of one row)."""
         length = a.shape[2] if cp else a.shape[1]
-        return _split(a.size, a.shape[0] * -(-length // self._ints.BLOCK), self.threads)
+        return _split(a.size, a.shape[0] * -(-length // HIST_BLOCK), self.threads)
 
     def _per_thread(self, a: np.ndarray, cp: bool, loop: Callable, first: np.ndarray) -> list[np.ndarray]:
         """``loop(a, cp, out, t, threads)`` in :func:`in_threads`, each thread into its own copy of
@@ -304,7 +306,7 @@ class CpuReducer(MergingReducer):
         if chunk.dtype == "uint8":
             hist = np.zeros((chunk.channels, 256), np.int64)
             for a in arrays:
-                parts = self._per_thread(a, cp, self._ints.hist_u8, np.zeros_like(hist))
+                parts = self._per_thread(a, cp, self._loops.get("hist_u8", a.size), np.zeros_like(hist))
                 hist += sum(parts)
             return hist, U8_RANGE, None
         bins, lo, hi = float_hist_spec(self.options, chunk.dtype)
@@ -312,15 +314,15 @@ class CpuReducer(MergingReducer):
         hist = np.zeros((chunk.channels, bins), np.int64)
         ends = np.zeros((chunk.channels, 2), np.int64)
         for a in arrays:
-            below, above = self._floats.hist_float(a, cp, lo, hi, bins, self.options.clip, hist, low_end, high_end,
-                                                   ends)
+            below, above = self._loops.get("hist_float", a.size)(a, cp, lo, hi, bins, self.options.clip, hist,
+                                                                 low_end, high_end, ends)
             if (below or above) and not self.options.clip:
                 raise out_of_range_error(below, above, lo, hi, batch_index)
         return hist, (lo, hi), ends
 
     # ----------------------------------------------------------------- integers
     def _reduce_int(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
-        opts, k, C = self.options, self._ints, chunk.channels
+        opts, C = self.options, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=False, keep_images=opts.per_image)
         rows_needed = opts.per_image or opts.covariance
@@ -328,7 +330,7 @@ class CpuReducer(MergingReducer):
                 and all(a.flags.c_contiguous for a in arrays):
             sums = _fresh_sums(C)
             for a in arrays:  # vectorized exact sums: twice the histogram's speed
-                for part in self._per_thread(a, cp, k.u8_sums, _fresh_sums(C)):
+                for part in self._per_thread(a, cp, self._loops.get("u8_sums", a.size), _fresh_sums(C)):
                     sums[:3] += part[:3]
                     sums[3] = np.minimum(sums[3], part[3])
                     sums[4] = np.maximum(sums[4], part[4])
@@ -343,16 +345,16 @@ class CpuReducer(MergingReducer):
             hist, hist_range, ends = self._histogram(chunk, arrays, batch_index)
         if fused_hist:
             hist, hist_range = np.zeros((C, 256), np.int64), U8_RANGE
-        r = _int_rows(k, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
+        r = _int_rows(self._loops, arrays, cp, C, opts.covariance, hist if fused_hist else None, self.threads)
         return int_state(r, dtype=chunk.dtype, scale=scale, covariance=opts.covariance, per_image=opts.per_image,
                          hist=hist, hist_range=hist_range, hist_ends=ends)
 
     # ----------------------------------------------------------------- floats
     def _reduce_float(self, chunk: Chunk, scale: float, batch_index: int) -> ChannelStats:
-        opts, k, C = self.options, self._floats, chunk.channels
+        opts, C = self.options, chunk.channels
         cp = chunk.layout == "CP"
         arrays = _numpy_parts(chunk, widen=True, keep_images=opts.per_image)
-        r = _float_rows(k, arrays, cp, C, opts.covariance, self.threads)
+        r = _float_rows(self._loops, arrays, cp, C, opts.covariance, self.threads)
         nan, pos, neg = (r[n].sum(axis=0) for n in ("nan", "posinf", "neginf"))
         bad = nan + pos + neg
         if opts.nan_policy == "raise":

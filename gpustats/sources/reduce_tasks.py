@@ -182,7 +182,7 @@ class _Reduce:
 
             prefer_forksafe_threads()
             # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates
-            self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1)
+            self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1, loops="numba")
 
     def sink(self, pixels: str) -> Any:
         """Where a batch decoded as ``pixels`` reduces RGB views as they come (``RgbxSink``: numba's loop

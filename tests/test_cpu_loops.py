@@ -1,0 +1,137 @@
+"""Issue 29, the first call: the CPU backend runs numpy twins until numba's compile pays for itself
+(gpustats/backends/cpu_loops.py), and which of them ran never changes a bit of the result.
+
+The cold-cache test runs in subprocesses with their own per-user cache folder and a timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gpustats import compute_stats
+from gpustats.backends import cpu_loops, cpu_numpy_loops
+from gpustats.batches import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_tiers(monkeypatch):
+    """This process's loop history emptied for the test (and put back after)."""
+    monkeypatch.setattr(cpu_loops, "_TIERS", {name: cpu_loops._Tier() for name in cpu_loops.LOOPS})
+    return cpu_loops._TIERS
+
+
+def _batches(dtype: str, layout: str) -> list:
+    g = torch.Generator().manual_seed(5)
+    shape = (3, 3, 17, 9) if layout == "NCHW" else (3, 17, 9, 3)
+    if dtype == "uint8":
+        x = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    elif dtype == "int16":
+        x = torch.randint(-32768, 32768, shape, dtype=torch.int16, generator=g)
+    else:
+        x = (torch.randn(shape, generator=g, dtype=torch.float64) * 1e3 + 1e6).to(getattr(torch, dtype))
+        x[0, 0, 0, 0] = float("nan")
+    return [x, x[:1].clone()]
+
+
+OPTION_SETS = [{}, {"histogram": True}, {"covariance": True}, {"per_image": True},
+               {"histogram": True, "covariance": True, "per_image": True}]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "float32", "float16"])
+def test_every_mode_gives_the_same_state_bit_for_bit(monkeypatch, fresh_tiers, dtype, layout):
+    results = {}
+    for mode in cpu_loops.MODES:
+        monkeypatch.setenv(cpu_loops.ENV, mode)
+        for i, options in enumerate(OPTION_SETS):
+            kw = dict(options)
+            if kw.get("histogram") and dtype != "uint8":
+                kw.update(hist_bins=64, hist_range=(-40000.0, 2e6) if dtype != "int16" else (-32768.0, 32768.0))
+            policy = "propagate" if kw.get("covariance") else "omit"  # co-moments need every channel
+            r = compute_stats(_batches(dtype, layout), device="cpu", layout=layout, nan_policy=policy, **kw)
+            results[mode, i] = json.dumps(r.state.to_dict(), sort_keys=True)
+    for i in range(len(OPTION_SETS)):
+        assert results["auto", i] == results["numba", i] == results["numpy", i], (dtype, layout, OPTION_SETS[i])
+
+
+def test_the_mode_is_checked(monkeypatch):
+    monkeypatch.setenv(cpu_loops.ENV, "fast")
+    with pytest.raises(InputError, match="GPUSTATS_CPU_LOOPS='fast' is not a CPU loop mode: use one of auto, numba"):
+        cpu_loops.Loops()
+    with pytest.raises(ValueError, match="loops='jit'"):
+        cpu_loops.Loops("jit")
+
+
+def test_auto_runs_numpy_until_the_budget_then_numba_for_good(monkeypatch, fresh_tiers):
+    monkeypatch.setattr(cpu_loops, "_compiled_on_disk", lambda loop: False)
+    loops = cpu_loops.Loops("auto")
+    first = loops.get("float_rows", 1000)
+    assert first.__name__ == "run"  # the timed twin
+    tier = fresh_tiers["float_rows"]
+    assert tier.values == 1000 and not tier.numba
+    x = np.ones((1, 1, 1000))
+    outs = [np.zeros((1, 1), np.int64 if i in (0, 6, 7, 8) else np.float64) for i in range(9)] + [np.zeros((1, 1, 1))]
+    first(x, True, False, *outs, 0, 1)
+    assert tier.spent > 0
+    # a call whose estimated numpy time would pass the budget compiles the loop, and numba stays
+    huge = int(cpu_loops.LOOP_COMPILE_BUDGET_S / cpu_loops.NUMPY_LOOP_S_PER_VALUE["float_rows"]) + 1
+    assert loops.get("float_rows", huge) is cpu_loops._numba_loop("float_rows")
+    assert tier.numba and loops.get("float_rows", 1) is cpu_loops._numba_loop("float_rows")
+    # the history is per loop: the histogram loop is still numpy's
+    assert loops.get("hist_float", 10).__name__ == "run"
+
+
+def test_auto_compiles_once_the_numpy_time_spent_reaches_the_budget(monkeypatch, fresh_tiers):
+    monkeypatch.setattr(cpu_loops, "_compiled_on_disk", lambda loop: False)
+    fresh_tiers["u8_sums"].spent = cpu_loops.LOOP_COMPILE_BUDGET_S
+    assert cpu_loops.Loops("auto").get("u8_sums", 1) is cpu_loops._numba_loop("u8_sums")
+
+
+def test_auto_uses_a_loop_compiled_on_this_machine_at_once(monkeypatch, fresh_tiers):
+    monkeypatch.setattr(cpu_loops, "_compiled_on_disk", lambda loop: True)
+    assert cpu_loops.Loops("auto").get("int_rows", 10) is cpu_loops._numba_loop("int_rows")
+
+
+def test_numpy_mode_never_loads_numba_loops(fresh_tiers):
+    assert cpu_loops.Loops("numpy").get("int_rows", 10**12) is cpu_numpy_loops.int_rows
+
+
+_CALL = """
+import json, sys
+import numpy as np
+from gpustats import compute_stats
+from gpustats.backends import cpu_int_loops
+x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
+r = compute_stats([x], device="cpu", layout="NCHW")
+stats = cpu_int_loops.u8_sums.stats
+print(json.dumps({"signatures": len(cpu_int_loops.u8_sums.signatures), "hits": sum(stats.cache_hits.values()),
+                  "misses": sum(stats.cache_misses.values()), "state": r.state.to_dict()}))
+"""
+
+
+def test_a_cold_process_compiles_nothing_and_a_warm_cache_is_used(tmp_path):
+    """auto on a small batch with an empty per-user cache: numpy, no compile; once a process has compiled
+    the loop (mode numba), the next auto process loads it from the disk cache: all three states equal."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR"):
+        env.pop(name, None)
+    runs = []
+    for mode in ("auto", "numba", "auto"):
+        proc = subprocess.run([sys.executable, "-c", _CALL], cwd=ROOT, env=dict(env, GPUSTATS_CPU_LOOPS=mode),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+        runs.append(json.loads(proc.stdout))
+    cold, compiled, warm = runs
+    assert (cold["signatures"], cold["hits"], cold["misses"]) == (0, 0, 0)  # numpy ran: nothing compiled
+    assert (compiled["signatures"], compiled["misses"]) == (1, 1)
+    assert (warm["signatures"], warm["hits"], warm["misses"]) == (1, 1, 0)  # loaded from the disk cache
+    assert cold["state"] == compiled["state"] == warm["state"]
