@@ -22,7 +22,7 @@ import os
 __all__ = ["DEFAULT_BATCH_SIZE", "SMALL_TASK", "MAX_DEFAULT_WORKERS", "MIN_FILES_FOR_WORKERS", "default_workers",
            "NUMBA_FROM_ITEMS", "DEFAULT_WORKER_MEMORY_MB", "REMOTE_CHUNK", "REMOTE_AHEAD", "SMALL_PART", "PER_THREAD",
            "HIST_BLOCK", "PLANE_VALUES", "EXACT_VECTOR_FROM", "AUTO_STRATEGY", "AUTO_HISTOGRAM_STRATEGY",
-           "LOOP_COMPILE_BUDGET_S", "NUMPY_LOOP_S_PER_VALUE"]
+           "LOOP_COMPILE_BUDGET_S", "LOOP_LOAD_BUDGET_S", "NUMPY_LOOP_S_PER_VALUE"]
 
 # ============================================================================ folder runs (sources/)
 
@@ -120,6 +120,11 @@ AUTO_HISTOGRAM_STRATEGY = "hist8"
 #: (2026-12-05, cold cache: u8_sums 2.5 s, float_rows 0.9 s, each plus ~0.4 s to import numba), so a
 #: process never loses more than about one compile to the numpy twins and a short one compiles nothing.
 LOOP_COMPILE_BUDGET_S = 1.0
+
+#: the same for a loop this machine compiled before (numba's per-user disk cache holds it): about what
+#: importing numba and loading the loop costs a process (2-core VM, 2026-12-05: the first call of a
+#: process with a warm cache took 0.80 s against 0.51 s in numpy, both with torch's import left out).
+LOOP_LOAD_BUDGET_S = 0.3
 
 #: the numpy twins' seconds per value before a process has timed its own (then its own rate is used):
 #: the slowest of three shapes (64x3x50176 and 64x50176x3, 1024x3x1024) measured on the 2-core VM

@@ -71,7 +71,7 @@ def test_the_mode_is_checked(monkeypatch):
         cpu_loops.Loops("jit")
 
 
-def test_auto_runs_numpy_until_the_budget_then_numba_for_good(monkeypatch, fresh_tiers):
+def test_auto_runs_numpy_until_the_compile_budget_then_numba_for_good(monkeypatch, fresh_tiers):
     monkeypatch.setattr(cpu_loops, "_compiled_on_disk", lambda loop: False)
     loops = cpu_loops.Loops("auto")
     first = loops.get("float_rows", 1000)
@@ -96,9 +96,13 @@ def test_auto_compiles_once_the_numpy_time_spent_reaches_the_budget(monkeypatch,
     assert cpu_loops.Loops("auto").get("u8_sums", 1) is cpu_loops._numba_loop("u8_sums")
 
 
-def test_auto_uses_a_loop_compiled_on_this_machine_at_once(monkeypatch, fresh_tiers):
+def test_auto_loads_a_loop_compiled_on_this_machine_once_past_the_load_budget(monkeypatch, fresh_tiers):
     monkeypatch.setattr(cpu_loops, "_compiled_on_disk", lambda loop: True)
-    assert cpu_loops.Loops("auto").get("int_rows", 10) is cpu_loops._numba_loop("int_rows")
+    loops, rate = cpu_loops.Loops("auto"), cpu_loops.NUMPY_LOOP_S_PER_VALUE["int_rows"]
+    assert loops.get("int_rows", 10).__name__ == "run"  # numpy: cheaper than even loading numba
+    over = int(cpu_loops.LOOP_LOAD_BUDGET_S / rate) + 10
+    assert over * rate < cpu_loops.LOOP_COMPILE_BUDGET_S
+    assert loops.get("int_rows", over) is cpu_loops._numba_loop("int_rows")  # loaded, not compiled
 
 
 def test_numpy_mode_never_loads_numba_loops(fresh_tiers):
@@ -109,29 +113,35 @@ _CALL = """
 import json, sys
 import numpy as np
 from gpustats import compute_stats
-from gpustats.backends import cpu_int_loops
+from gpustats.backends import cpu_loops
+cpu_loops.LOOP_LOAD_BUDGET_S = float(sys.argv[1])
 x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
 r = compute_stats([x], device="cpu", layout="NCHW")
-stats = cpu_int_loops.u8_sums.stats
-print(json.dumps({"signatures": len(cpu_int_loops.u8_sums.signatures), "hits": sum(stats.cache_hits.values()),
-                  "misses": sum(stats.cache_misses.values()), "state": r.state.to_dict()}))
+out = {"numba_imported": "numba" in sys.modules, "state": r.state.to_dict()}
+if out["numba_imported"]:
+    from gpustats.backends import cpu_int_loops
+    stats = cpu_int_loops.u8_sums.stats
+    out.update(signatures=len(cpu_int_loops.u8_sums.signatures), hits=sum(stats.cache_hits.values()),
+               misses=sum(stats.cache_misses.values()))
+print(json.dumps(out))
 """
 
 
-def test_a_cold_process_compiles_nothing_and_a_warm_cache_is_used(tmp_path):
-    """auto on a small batch with an empty per-user cache: numpy, no compile; once a process has compiled
-    the loop (mode numba), the next auto process loads it from the disk cache: all three states equal."""
+def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_compiled(tmp_path):
+    """auto on a small batch with an empty per-user cache: numpy, numba not even imported; once a process
+    has compiled the loop (mode numba), an auto process past the load budget (0 here) loads it from the
+    disk cache, and one under it still runs numpy: all four states equal."""
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR"):
         env.pop(name, None)
     runs = []
-    for mode in ("auto", "numba", "auto"):
-        proc = subprocess.run([sys.executable, "-c", _CALL], cwd=ROOT, env=dict(env, GPUSTATS_CPU_LOOPS=mode),
-                              capture_output=True, text=True, timeout=300)
+    for mode, load_budget in (("auto", "0.3"), ("numba", "0.3"), ("auto", "0"), ("auto", "0.3")):
+        proc = subprocess.run([sys.executable, "-c", _CALL, load_budget], cwd=ROOT,
+                              env=dict(env, GPUSTATS_CPU_LOOPS=mode), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
         runs.append(json.loads(proc.stdout))
-    cold, compiled, warm = runs
-    assert (cold["signatures"], cold["hits"], cold["misses"]) == (0, 0, 0)  # numpy ran: nothing compiled
+    cold, compiled, loaded, small = runs
+    assert not cold["numba_imported"] and not small["numba_imported"]  # numpy ran: numba never loaded
     assert (compiled["signatures"], compiled["misses"]) == (1, 1)
-    assert (warm["signatures"], warm["hits"], warm["misses"]) == (1, 1, 0)  # loaded from the disk cache
-    assert cold["state"] == compiled["state"] == warm["state"]
+    assert (loaded["signatures"], loaded["hits"], loaded["misses"]) == (1, 1, 0)  # from the disk cache
+    assert cold["state"] == compiled["state"] == loaded["state"] == small["state"]

@@ -11,6 +11,8 @@ its numeric rules").
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -115,12 +117,18 @@ def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarra
 
 def _threads(threads: int | None) -> int:
     """``threads``, or numba's thread count setting (``NUMBA_NUM_THREADS``, default: the CPUs this
-    process may use); read from numba's configuration, which starts no threads."""
+    process may use): read from numba's configuration (which starts no threads) once numba is loaded,
+    else as numba would read it (a call that runs numpy's twins alone does not import numba)."""
     if threads is not None:
         return threads
-    from numba.core import config
+    if "numba" in sys.modules:
+        from numba.core import config
 
-    return max(1, int(config.NUMBA_NUM_THREADS))
+        return max(1, int(config.NUMBA_NUM_THREADS))
+    setting = os.environ.get("NUMBA_NUM_THREADS", "").strip()
+    if setting.isdigit():
+        return max(1, int(setting))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 # values per thread from which a loop runs in several threads (measured: gpustats.tuning.PER_THREAD)

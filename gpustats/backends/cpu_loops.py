@@ -6,15 +6,18 @@ and its numpy twin (:mod:`.cpu_numpy_loops`; 10-50x slower per value, nothing to
 process's first ``compute_stats`` on a few batches is done sooner by numpy than by a compile, and
 a long run wants numba. So each loop, per process, in mode ``"auto"`` (the default):
 
-1. runs numba when the loop is ready: already called in this process, or compiled on this machine
-   before (numba's per-user disk cache holds it: loading it takes ~0.1 s);
+1. runs numba when the loop already ran in this process;
 2. else runs the numpy twin, timing it, while the loop's numpy time in this process plus this
    call's (estimated from the values it reads) stays under
-   :data:`~gpustats.tuning.LOOP_COMPILE_BUDGET_S`;
-3. else compiles the numba loop (once; the disk cache keeps it for every later process) and runs it.
+   :data:`~gpustats.tuning.LOOP_LOAD_BUDGET_S` (about what importing numba and loading a loop this
+   machine compiled before costs), and then under :data:`~gpustats.tuning.LOOP_COMPILE_BUDGET_S` if
+   numba's per-user disk cache does not hold the loop (about what compiling it costs);
+3. else runs the numba loop: loaded from the disk cache, or compiled (once; the disk cache keeps it
+   for every later process).
 
-A process thus spends at most about the budget in numpy before paying the compile it would have
-paid at once (rent, then buy): a short run never compiles, a long one loses at most the budget.
+Rent, then buy: a process spends at most about the price of numba's code in numpy before paying it,
+so a short run never loads numba at all (not even ``import numba``) and a long one loses at most
+about that price.
 Which route ran never changes a result (the twins are bitwise equal, tests/test_numpy_loops.py).
 
 ``GPUSTATS_CPU_LOOPS`` (environment) or ``CpuReducer(loops=...)`` chooses ``"numba"`` (always the
@@ -34,7 +37,7 @@ import time
 from typing import Callable
 
 from ..batches import InputError
-from ..tuning import LOOP_COMPILE_BUDGET_S, NUMPY_LOOP_S_PER_VALUE
+from ..tuning import LOOP_COMPILE_BUDGET_S, LOOP_LOAD_BUDGET_S, NUMPY_LOOP_S_PER_VALUE
 
 __all__ = ["ENV", "LOOPS", "Loops", "MODES", "env_mode"]
 
@@ -56,10 +59,17 @@ def env_mode() -> str:
 class _Tier:
     """One loop's history in this process: numpy seconds and values so far, and whether numba is ready."""
 
-    __slots__ = ("spent", "values", "numba", "looked")
+    __slots__ = ("spent", "values", "numba", "on_disk")
 
     def __init__(self) -> None:
-        self.spent, self.values, self.numba, self.looked = 0.0, 0, False, False
+        self.spent, self.values, self.numba = 0.0, 0, False
+        self.on_disk: bool | None = None  # numba's disk cache holds the loop (None: not looked yet)
+
+    def compiled_on_disk(self, name: str) -> bool:
+        """Looked once per process (imports numba): another process may compile it meanwhile, no matter."""
+        if self.on_disk is None:
+            self.on_disk = _compiled_on_disk(_numba_loop(name))
+        return self.on_disk
 
     def rate(self, name: str) -> float:
         """Seconds per value of the numpy twin: measured in this process, else the tuned estimate."""
@@ -104,16 +114,12 @@ class Loops:
             tier.numba = True
             return _numba_loop(name)
         with _LOCK:
-            if not tier.numba and tier.spent + values * tier.rate(name) <= LOOP_COMPILE_BUDGET_S:
-                if not tier.looked:  # once per process: another process may compile it meanwhile, no matter
-                    tier.looked = True
-                    loop = _numba_loop(name)
-                    if _compiled_on_disk(loop):
-                        tier.numba = True
-                        return loop
-                tier.values += values
-                return _timed(name, tier)
-            tier.numba = True
+            if not tier.numba:
+                cost = tier.spent + values * tier.rate(name)
+                if cost <= LOOP_LOAD_BUDGET_S or (cost <= LOOP_COMPILE_BUDGET_S and not tier.compiled_on_disk(name)):
+                    tier.values += values
+                    return _timed(name, tier)
+                tier.numba = True
         return _numba_loop(name)
 
 
