@@ -5,9 +5,11 @@ import os
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     # The simulator cases' child pytest: guard the simulator's shared-array allocation against
     # its thread race (see _simulator.make_shared_arrays_thread_safe).
-    from _simulator import make_shared_arrays_thread_safe
+    # Its block manager sleeps between looks at its threads instead of spinning (_simulator.pace_block_manager).
+    from _simulator import make_shared_arrays_thread_safe, pace_block_manager
 
     make_shared_arrays_thread_safe()
+    pace_block_manager()
 
 
 
