@@ -115,14 +115,14 @@ import numpy as np
 from gpustats import compute_stats
 from gpustats.backends import cpu_loops
 cpu_loops.LOOP_LOAD_BUDGET_S = float(sys.argv[1])
-x = np.arange(2 * 3 * 4 * 5, dtype=np.uint8).reshape(2, 3, 4, 5)
+x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # float_rows: the cheapest loop to compile
 r = compute_stats([x], device="cpu", layout="NCHW")
 out = {"numba_imported": "numba" in sys.modules, "state": r.state.to_dict()}
 if out["numba_imported"]:
-    from gpustats.backends import cpu_int_loops
-    stats = cpu_int_loops.u8_sums.stats
-    out.update(signatures=len(cpu_int_loops.u8_sums.signatures), hits=sum(stats.cache_hits.values()),
-               misses=sum(stats.cache_misses.values()))
+    from gpustats.backends import cpu_float_loops
+    loop = cpu_float_loops.float_rows
+    out.update(signatures=len(loop.signatures), hits=sum(loop.stats.cache_hits.values()),
+               misses=sum(loop.stats.cache_misses.values()))
 print(json.dumps(out))
 """
 
