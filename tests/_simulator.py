@@ -141,7 +141,6 @@ def pace_block_manager() -> None:
     a sleep of :data:`POLL_S` per round (the GIL is free meanwhile): the same barrier rule, the same
     exceptions, only the polling pace differs. Left alone (with a warning) if the simulator changed.
     """
-    import threading  # noqa: F401  (BlockThread's module is loaded with numba's simulator)
     import time
     import warnings
 

@@ -27,11 +27,11 @@ from gpustats.stats import ChannelStats
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(tmp_path: Path | None = None, loops: str = "numba") -> dict:
+def _env(tmp_path: Path | None = None) -> dict:
     """A child's environment: no simulator, one rank; with ``tmp_path``, its own (cold) per-user cache folder
     (XDG_CACHE_HOME), else this user's (usually warm: the loops compile once per machine). The CPU loops
-    are numba's (``loops``: what these tests are about; in "auto" small inputs would not compile them)."""
-    env = dict(os.environ, GPUSTATS_CPU_LOOPS=loops)
+    are numba's (what these tests are about; in "auto" small inputs would not compile them)."""
+    env = dict(os.environ, GPUSTATS_CPU_LOOPS="numba")
     if tmp_path is not None:
         env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
     for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR", "NUMBA_CACHE_LOCATOR_CLASSES"):
