@@ -94,8 +94,40 @@ def _device_function_decorator():
     return cuda.jit(device=True, inline=True)  # pragma: no cover - numba-cuda < 0.15
 
 
-#: decorator for every device function of the kernels (see :func:`_device_function_decorator`)
-device_function = _device_function_decorator()
+_DEVICE_JIT = _device_function_decorator()
+
+
+def _typed_as_values(dispatcher):
+    """Type a device function's constant arguments as plain values: one compile per argument *types*.
+
+    numba types a constant argument (``take(w0, 0, ...)``, ``combine(..., 6)``, ``visit(..., True)``) as
+    a literal and compiles the device function once per *value*: the vec kernels compiled their
+    per-word helpers 8 times each (4 word indices x checked or not), 138 of the 380 device-function
+    compiles of tests/test_kernels_ptx.py. NVVM inlines every device function (``forceinline``) and then
+    folds the same constants itself, so the code is the same (the PTX of every case, compared before and
+    after with ptxas's registers and instruction counts: bench/README.md). numba's typing looks
+    the call up through the dispatcher's ``get_call_template``; this instance's lookup drops the literal
+    types first (a literal converts to its value's type when the call is lowered). Left as it is when
+    numba-cuda's dispatcher has no such method.
+    """
+    from numba.core import types
+
+    original = getattr(dispatcher, "get_call_template", None)
+    if original is None:  # pragma: no cover - another numba-cuda
+        return dispatcher
+
+    def get_call_template(args, kws):
+        return original(tuple(types.unliteral(a) for a in args), {k: types.unliteral(v) for k, v in kws.items()})
+
+    dispatcher.get_call_template = get_call_template
+    return dispatcher
+
+
+def device_function(fn):
+    """Decorator for every device function of the kernels: ``cuda.jit(device=True, forceinline=True)``
+    (:func:`_device_function_decorator`), compiled once per argument types (:func:`_typed_as_values`)."""
+    dispatcher = _DEVICE_JIT(fn)
+    return dispatcher if simulator_enabled() else _typed_as_values(dispatcher)
 
 
 def is_integer(dtype_tag: str) -> bool:
