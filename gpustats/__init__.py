@@ -2,7 +2,9 @@
 
 Public surface only. The names load on first use (PEP 562), so ``import gpustats`` alone, and the
 ``gpustats`` command's argument parsing and ``--help``, import neither torch nor numba;
-``from gpustats import compute_stats`` imports torch and numpy, never numba or CUDA.
+``from gpustats import compute_stats`` imports numpy, never torch, numba or CUDA: torch loads with the
+first batch of arrays or tensors (``Accumulator``), and ``compute_stats`` over image files (the folder
+engine) never needs it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ __all__ = ["Accumulator", "BackendUnavailable", "ChannelStats", "InputError", "S
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it
-_WHERE = {"Accumulator": ".api", "compute_stats": ".api", "BackendUnavailable": ".backends",
+_WHERE = {"Accumulator": ".accumulator", "compute_stats": ".api", "BackendUnavailable": ".backends",
           "InputError": ".batches", "SampledStats": ".sampling", "SampleSpec": ".sampling",
           "estimate_stats": ".sampling", "ChannelStats": ".stats", "Stats": ".stats", "StatsError": ".stats"}
 

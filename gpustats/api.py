@@ -11,14 +11,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-from .accumulator import Accumulator
 from .batches import InputError
 from .options import StatsOptions, default_scale
 from .stats import Stats
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .accumulator import Accumulator
+
 __all__ = ["Accumulator", "compute_stats", "default_scale"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Accumulator`` loads torch, so it is imported when first asked for: ``compute_stats`` over image files
+    (the folder engine) never imports torch."""
+    if name == "Accumulator":
+        from .accumulator import Accumulator
+
+        return Accumulator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _paths(source: Any) -> list | None:
@@ -115,6 +127,8 @@ def compute_stats(
 
         return sample_for_compute_stats(loader, sample, device=device, options=settings, ddof=ddof,
                                         progress=progress, distributed=distributed)
+    from .accumulator import Accumulator
+
     acc = Accumulator(device, **options)
     iterable = loader
     if progress:

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ if out["numba_imported"]:
     from gpustats.backends import cpu_float_loops
     loop = cpu_float_loops.float_rows
     out.update(signatures=len(loop.signatures), hits=sum(loop.stats.cache_hits.values()),
-               misses=sum(loop.stats.cache_misses.values()))
+               misses=sum(loop.stats.cache_misses.values()), path=loop.stats.cache_path)
 print(json.dumps(out))
 """
 
@@ -130,7 +131,10 @@ print(json.dumps(out))
 def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_compiled(tmp_path):
     """auto on a small batch with an empty per-user cache: numpy, numba not even imported; once a process
     has compiled the loop (mode numba), an auto process past the load budget (0 here) loads it from the
-    disk cache, and one under it still runs numpy: all four states equal."""
+    disk cache, and one under it still runs numpy: all four states equal. The cache is the per-user folder
+    (XDG_CACHE_HOME), and nothing is written next to the sources (pip uninstall would leave it behind, and
+    the leftover folder once shadowed a later editable install)."""
+    started = time.time()
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR"):
         env.pop(name, None)
@@ -144,4 +148,9 @@ def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_com
     assert not cold["numba_imported"] and not small["numba_imported"]  # numpy ran: numba never loaded
     assert (compiled["signatures"], compiled["misses"]) == (1, 1)
     assert (loaded["signatures"], loaded["hits"], loaded["misses"]) == (1, 1, 0)  # from the disk cache
+    assert Path(compiled["path"]).is_relative_to(tmp_path / "xdg" / "gpustats" / "numba")
+    assert compiled["path"] == loaded["path"]
+    fresh = [p for folder in (ROOT / "gpustats", ROOT / "kernels") for p in folder.rglob("*.nb[ic]")
+             if p.stat().st_mtime >= started]
+    assert fresh == []
     assert cold["state"] == compiled["state"] == loaded["state"] == small["state"]

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,37 +45,8 @@ def _python(code_or_script: str | Path, *args: str, env: dict, timeout: float = 
 
 
 # ------------------------------------------------------------------ the compile cache
-_ONE_CALL = """
-import json
-import numpy as np
-from gpustats import compute_stats
-from gpustats.backends import cpu_float_loops
-x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
-r = compute_stats([x], device="cpu", layout="NCHW")
-stats = cpu_float_loops.float_rows.stats  # the float loop: its compile is the cheapest (the cache is the same)
-print(json.dumps({"path": stats.cache_path, "hits": sum(stats.cache_hits.values()),
-                  "misses": sum(stats.cache_misses.values()), "mean": r.mean.tolist()}))
-"""
-
-
-def test_loops_are_cached_per_user_outside_the_package_and_the_next_process_loads_them(tmp_path):
-    started = time.time()
-    env = _env(tmp_path)
-    runs = []
-    for _ in range(2):
-        proc = _python(_ONE_CALL, env=env)
-        assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
-        runs.append(json.loads(proc.stdout))
-    first, second = runs
-    assert Path(first["path"]).is_relative_to(tmp_path / "xdg" / "gpustats" / "numba")
-    assert (first["hits"], first["misses"]) == (0, 1)  # compiled, and written to the cache
-    assert (second["hits"], second["misses"]) == (1, 0)  # loaded, not compiled
-    expected = np.arange(120, dtype=np.float64).reshape(2, 3, 20).transpose(1, 0, 2).reshape(3, -1).mean(1)
-    np.testing.assert_allclose(second["mean"], expected, rtol=1e-12)
-    # nothing was written next to the sources (pip uninstall would leave it behind)
-    fresh = [p for folder in (ROOT / "gpustats", ROOT / "kernels") for p in folder.rglob("*.nb[ic]")
-             if p.stat().st_mtime >= started]
-    assert fresh == []
+# A second process loads what the first compiled, from the per-user folder and not next to the sources:
+# tests/test_cpu_loops.py (test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_compiled).
 
 
 def test_numba_cache_dir_is_respected(tmp_path, monkeypatch):

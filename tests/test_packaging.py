@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_is_light_and_does_not_touch_numba_or_cuda():
-    code = (
-        "import time, sys, torch; t = time.perf_counter(); import gpustats; dt = time.perf_counter() - t; "
-        "print(dt); assert 'numba' not in sys.modules, 'numba imported'; "
-        "assert not torch.cuda.is_initialized(), 'CUDA initialized'"
+    code = (  # no torch (so no CUDA through it) and no numba, down to the entry point itself
+        "import time, sys; t = time.perf_counter(); import gpustats; from gpustats import compute_stats; "
+        "dt = time.perf_counter() - t; print(dt); assert 'numba' not in sys.modules, 'numba imported'; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "tests")
     assert out.returncode == 0, out.stderr
