@@ -7,4 +7,4 @@ import pytest
 from _simulator import collect
 
 pytestmark = pytest.mark.cudasim
-collect(globals(), "sim_cuda_backend_cases", shards=2)
+collect(globals(), "sim_cuda_backend_cases")

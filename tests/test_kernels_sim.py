@@ -9,4 +9,4 @@ import pytest
 from _simulator import collect
 
 pytestmark = pytest.mark.cudasim
-collect(globals(), ["sim_kernels_cases", "sim_vec_extras_cases"], shards=4)
+collect(globals(), ["sim_kernels_cases", "sim_vec_extras_cases"], shards=2)
