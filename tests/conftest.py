@@ -1,6 +1,16 @@
 """Test-session set-up shared by every test file."""
 
 import os
+import sys
+
+# Bytecode caches on, for this session and every process it starts, whatever PYTHONDONTWRITEBYTECODE says
+# (container images often set it): the suite starts about eighty Python processes (simulator children,
+# CLI runs, torchrun ranks, decode workers), and without the caches each of them compiles every gpustats
+# module it imports again, and each pytest (the two workers, their children) rewrites every test module's
+# asserts again (collection: 10.3 s instead of 4.7 s on the 2-core CI machine). The caches go to
+# __pycache__ folders next to the sources, which git ignores.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    sys.dont_write_bytecode = False
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     # The simulator cases' child pytest: guard the simulator's shared-array allocation against
