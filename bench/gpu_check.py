@@ -122,10 +122,11 @@ def run_section(name: str, part: Path, deadline: float, go: Path | None) -> int:
     if dry_run():
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
         sys.path.insert(0, str(ROOT / "tests"))
-        from _simulator import make_shared_arrays_thread_safe, pace_block_manager
+        from _simulator import fast_device_calls, make_shared_arrays_thread_safe, pace_block_manager
 
         make_shared_arrays_thread_safe()
         pace_block_manager()
+        fast_device_calls()
         sys.setswitchinterval(1e-4)
     import gpu_check_sections
 

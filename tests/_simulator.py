@@ -193,3 +193,62 @@ def pace_block_manager() -> None:
 
     run._gpustats_paced = True
     manager.run = run
+
+
+def fast_device_calls() -> None:
+    """Let device functions skip the simulator's module swap when their module is already swapped for the launch.
+
+    numba-cuda's simulator (checked on 0.30.4) runs a device function by swapping the ``cuda`` name in its
+    module's globals for the launch's fake module (``swapped_cuda_module``): a lock, a reference count, and
+    a scan of the module's globals whenever the count returns to zero, on every call of every thread.
+    With the kernels' small device functions that was about a third of a simulator child's Python time (a
+    ``py-spy --gil`` profile). Here each launch holds the modules whose device functions earlier launches
+    called swapped for its whole length (the same swap, entered once), and a call into one of those modules
+    runs the function directly: its ``cuda`` is this launch's fake module either way. Calls into modules not
+    seen before take the simulator's own path. Left alone (with a warning) if the simulator changed.
+    """
+    import contextlib
+    import warnings
+
+    from numba import cuda
+
+    if not cuda.jit.__module__.startswith("numba.cuda.simulator"):
+        return
+    try:
+        from numba.cuda.simulator import kernel as sim_kernel
+        from numba.cuda.simulator import kernelapi
+
+        fake_kernel, push, swapped = sim_kernel.FakeCUDAKernel, sim_kernel._push_kernel_context, kernelapi.swapped_cuda_module
+        sim_kernel._kernel_context  # noqa: B018  (the launch's fake module, read by the calls)
+    except (ImportError, AttributeError) as exc:
+        warnings.warn(f"numba's simulator changed ({exc}); device functions keep its module swap per call")
+        return
+    if getattr(fake_kernel.__call__, "_gpustats_fast", False):
+        return
+    original_call = fake_kernel.__call__
+    seen: dict = {}  # id(module globals) -> a device function of that module
+    held: set = set()  # ids of the module globals the running launch holds swapped
+
+    def call(self, *args):
+        if self._device or sim_kernel._kernel_context is not None:
+            key = id(self.fn.__globals__)
+            if key in held:
+                return self.fn(*args)
+            seen.setdefault(key, self.fn)
+        return original_call(self, *args)
+
+    @contextlib.contextmanager
+    def push_and_hold(module):
+        with push(module), contextlib.ExitStack() as stack:
+            known = dict(seen)
+            for fn in known.values():
+                stack.enter_context(swapped(fn, module))
+            held.update(known)
+            try:
+                yield
+            finally:
+                held.clear()
+
+    call._gpustats_fast = True
+    fake_kernel.__call__ = call
+    sim_kernel._push_kernel_context = push_and_hold

@@ -15,11 +15,13 @@ if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     # The simulator cases' child pytest: guard the simulator's shared-array allocation against
     # its thread race (see _simulator.make_shared_arrays_thread_safe).
-    # Its block manager sleeps between looks at its threads instead of spinning (_simulator.pace_block_manager).
-    from _simulator import make_shared_arrays_thread_safe, pace_block_manager
+    # Its block manager sleeps between looks at its threads instead of spinning (_simulator.pace_block_manager),
+    # and device functions skip its per-call module swap where the launch already holds it (fast_device_calls).
+    from _simulator import fast_device_calls, make_shared_arrays_thread_safe, pace_block_manager
 
     make_shared_arrays_thread_safe()
     pace_block_manager()
+    fast_device_calls()
 
 
 

@@ -131,21 +131,22 @@ print(json.dumps(out))
 def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_compiled(tmp_path):
     """auto on a small batch with an empty per-user cache: numpy, numba not even imported; once a process
     has compiled the loop (mode numba), an auto process past the load budget (0 here) loads it from the
-    disk cache, and one under it still runs numpy: all four states equal. The cache is the per-user folder
-    (XDG_CACHE_HOME), and nothing is written next to the sources (pip uninstall would leave it behind, and
-    the leftover folder once shadowed a later editable install)."""
+    disk cache: all three states equal. (That a call under the load budget runs numpy whatever the cache
+    holds is the first check of test_auto_loads_a_loop_compiled_on_this_machine_once_past_the_load_budget.)
+    The cache is the per-user folder (XDG_CACHE_HOME), and nothing is written next to the sources (pip
+    uninstall would leave it behind, and the leftover folder once shadowed a later editable install)."""
     started = time.time()
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR"):
         env.pop(name, None)
     runs = []
-    for mode, load_budget in (("auto", "0.3"), ("numba", "0.3"), ("auto", "0"), ("auto", "0.3")):
+    for mode, load_budget in (("auto", "0.3"), ("numba", "0.3"), ("auto", "0")):
         proc = subprocess.run([sys.executable, "-c", _CALL, load_budget], cwd=ROOT,
                               env=dict(env, GPUSTATS_CPU_LOOPS=mode), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
         runs.append(json.loads(proc.stdout))
-    cold, compiled, loaded, small = runs
-    assert not cold["numba_imported"] and not small["numba_imported"]  # numpy ran: numba never loaded
+    cold, compiled, loaded = runs
+    assert not cold["numba_imported"]  # numpy ran: numba never loaded
     assert (compiled["signatures"], compiled["misses"]) == (1, 1)
     assert (loaded["signatures"], loaded["hits"], loaded["misses"]) == (1, 1, 0)  # from the disk cache
     assert Path(compiled["path"]).is_relative_to(tmp_path / "xdg" / "gpustats" / "numba")
@@ -153,4 +154,4 @@ def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_com
     fresh = [p for folder in (ROOT / "gpustats", ROOT / "kernels") for p in folder.rglob("*.nb[ic]")
              if p.stat().st_mtime >= started]
     assert fresh == []
-    assert cold["state"] == compiled["state"] == loaded["state"] == small["state"]
+    assert cold["state"] == compiled["state"] == loaded["state"]
