@@ -104,8 +104,9 @@ def _typed_as_values(dispatcher):
     a literal and compiles the device function once per *value*: the vec kernels compiled their
     per-word helpers 8 times each (4 word indices x checked or not), 138 of the 380 device-function
     compiles of tests/test_kernels_ptx.py. NVVM inlines every device function (``forceinline``) and then
-    folds the same constants itself, so the code is the same (the PTX of every case, compared before and
-    after with ptxas's registers and instruction counts: bench/README.md). numba's typing looks
+    folds the same constants itself, so the code is the same (the normalized PTX and ptxas's registers of
+    all 30 kernels, before and after: bench/ptx_dump.py, bench/results/cpu-2core-2026-12-05-ptx-literals.json).
+    numba's typing looks
     the call up through the dispatcher's ``get_call_template``; this instance's lookup drops the literal
     types first (a literal converts to its value's type when the call is lowered). Left as it is when
     numba-cuda's dispatcher has no such method.

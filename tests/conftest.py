@@ -7,7 +7,7 @@ import sys
 # (container images often set it): the suite starts about eighty Python processes (simulator children,
 # CLI runs, torchrun ranks, decode workers), and without the caches each of them compiles every gpustats
 # module it imports again, and each pytest (the two workers, their children) rewrites every test module's
-# asserts again (collection: 10.3 s instead of 4.7 s on the 2-core CI machine). The caches go to
+# asserts again (collection: 10.3 s instead of 4.7 s a pytest on the 2-core VM). The caches go to
 # __pycache__ folders next to the sources, which git ignores.
 if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
     sys.dont_write_bytecode = False
