@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from gpustats.backends import Options
-from gpustats.backends.cpu import CpuReducer
+from gpustats.backends.cpu import CpuReducer, numpy_chunk
 from gpustats.backends.cpu_small import is_small_u8, small_u8_state
 from gpustats.batches import BatchAdapter
 
@@ -68,6 +68,31 @@ def test_only_small_uint8_images_qualify():
     assert not is_small_u8([np.zeros((4, 4), np.uint8)])
 
 
+@settings(max_examples=40, deadline=None)
+@given(small_images(), st.sampled_from(OPTIONS), st.booleans())
+def test_numpy_chunks_reduce_as_the_adapters_tensors(images, options, with_large):
+    """Decode workers give numba's reducer numpy chunks (numpy_chunk: no torch): the state is the one
+    the adapter's tensors give, bit for bit, with small images joined into a strip beside a large one."""
+    if with_large:
+        images = images + [np.random.default_rng(1).integers(0, 256, (300, 200, images[0].shape[2]), dtype=np.uint8)]
+
+    def state(chunk):
+        return CpuReducer("cpu", options, threads=1).reduce_chunk(chunk, 255.0, 0).to_dict()
+
+    assert state(numpy_chunk(images)) == state(BatchAdapter("HWC").adapt(images, 0))
+    if all(a.shape == images[0].shape for a in images):
+        stack = np.stack(images)
+        assert state(numpy_chunk([stack], stacked=True)) == state(BatchAdapter("NHWC").adapt(stack, 0))
+
+
+def test_numpy_chunk_takes_only_hwc_uint8_of_one_channel_count():
+    rgb, grey = np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5, 1), np.uint8)
+    chunk = numpy_chunk([rgb, np.zeros((0, 5, 3), np.uint8)])
+    assert (chunk.layout, chunk.dtype, chunk.channels, [p.shape for p in chunk.parts]) == ("PC", "uint8", 3, [(1, 20, 3)])
+    for images in ([rgb.astype(np.uint16)], [rgb[..., 0]], [rgb, grey], []):
+        assert numpy_chunk(images) is None  # the adapter converts (or refuses) these
+
+
 _RUN = """
 import json, sys
 from gpustats.sources import reduce_tasks
@@ -75,7 +100,7 @@ reduce_tasks._NUMBA_FROM_ITEMS = int(sys.argv[2])
 from gpustats import compute_stats
 s = compute_stats(sys.argv[1], device="cpu", workers=int(sys.argv[3]), batch_size=4, progress=False,
                   histogram=True, covariance=True, per_image=True)
-print(json.dumps({"numba": "numba" in sys.modules, "state": s.state.to_dict()}))
+print(json.dumps({"numba": "numba" in sys.modules, "torch": "torch" in sys.modules, "state": s.state.to_dict()}))
 """
 
 
@@ -94,6 +119,7 @@ def test_folder_of_small_images_runs_without_numba_and_equals_the_numba_run(tmp_
     plain, forced = run(100_000), run(0)
     assert plain["numba"] is False  # numpy alone: numba's ~0.4 s start is not paid
     assert forced["numba"] is True
+    assert plain["torch"] is forced["torch"] is False  # numba's reducer takes numpy chunks: no torch either
     assert plain["state"] == forced["state"]
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch loads with the first chunk: decode workers reducing s
 
     from ..batches import Chunk
 
-__all__ = ["CpuReducer", "NonFiniteError", "RgbxSink", "SMALL_PART", "check_nonfinite", "float_hist_spec",
+__all__ = ["CpuReducer", "NonFiniteError", "RgbxSink", "SMALL_PART", "check_nonfinite", "float_hist_spec", "numpy_chunk",
            "image_moments"]
 
 
@@ -70,23 +70,44 @@ def out_of_range_error(below: int, above: int, lo: float, hi: float, batch_index
 from ..tuning import SMALL_PART  # noqa: E402
 
 
-def _coalesce(chunk: Chunk) -> list[torch.Tensor]:
+def _coalesce(chunk: Chunk) -> list:
     """The chunk's parts, with the small ones joined into one ``[1, C, P]``/``[1, P, C]`` strip.
 
     Only valid when image boundaries do not matter (no per-image statistics): a list of many
-    small variable-size images then costs one kernel call instead of one per image.
+    small variable-size images then costs one kernel call instead of one per image. Parts are torch
+    tensors, or numpy arrays (the decode workers' chunks, :func:`numpy_chunk`); the strip is of the same kind.
     """
-    import torch
-
-    small = [p for p in chunk.parts if p.numel() < SMALL_PART]
+    small = [p for p in chunk.parts if p.shape[0] * p.shape[1] * p.shape[2] < SMALL_PART]
     if len(small) < 2:
         return list(chunk.parts)
-    large = [p for p in chunk.parts if p.numel() >= SMALL_PART]
+    large = [p for p in chunk.parts if p.shape[0] * p.shape[1] * p.shape[2] >= SMALL_PART]
+    if isinstance(small[0], np.ndarray):  # numpy_chunk's parts: always "PC"
+        return large + [np.concatenate([p.reshape(-1, chunk.channels) for p in small])[None]]
+    import torch
+
     if chunk.layout == "CP":
         strip = torch.cat([p.permute(1, 0, 2).reshape(chunk.channels, -1) for p in small], dim=1).unsqueeze(0)
     else:
         strip = torch.cat([p.reshape(-1, chunk.channels) for p in small], dim=0).unsqueeze(0)
     return large + [strip]
+
+
+def numpy_chunk(images: list[np.ndarray], stacked: bool = False) -> Chunk | None:
+    """A chunk of ``HWC`` uint8 images (``stacked``: one ``[N, H, W, C]`` array) with numpy parts, as
+    ``BatchAdapter("HWC")`` (``"NHWC"``) would make it with torch tensors: one ``[1, H*W, C]`` part per
+    image (``[N, H*W, C]``), layout ``"PC"``, empty images dropped. The decode workers' batches come this
+    way, so that reducing them with numba's loops never imports torch. None when the arrays are anything
+    else (the caller then uses the adapter)."""
+    from ..batches import Chunk
+
+    rank = 4 if stacked else 3
+    if not images or any(a.dtype != np.uint8 or a.ndim != rank for a in images):
+        return None
+    parts = [a.reshape(a.shape[0], -1, a.shape[3]) if stacked else a.reshape(1, -1, a.shape[2]) for a in images]
+    channels = int(parts[0].shape[2])
+    if any(int(p.shape[2]) != channels for p in parts):
+        return None
+    return Chunk(tuple(p for p in parts if p.size > 0), "PC", "uint8", channels)
 
 
 def readonly(a: np.ndarray) -> np.ndarray:
@@ -102,10 +123,13 @@ def readonly(a: np.ndarray) -> np.ndarray:
 
 def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarray]:
     """The chunk's parts as read-only numpy arrays (:func:`readonly`)."""
-    import torch
-
     parts = []
     for p in (list(chunk.parts) if keep_images else _coalesce(chunk)):
+        if isinstance(p, np.ndarray):  # numpy_chunk's parts: uint8, nothing to widen or move
+            parts.append(readonly(p))
+            continue
+        import torch
+
         p = p.detach()
         if p.device.type != "cpu":
             p = p.cpu()

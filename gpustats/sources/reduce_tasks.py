@@ -176,13 +176,13 @@ class _Reduce:
         """Build the numba reducer (imports numba; its loops load on their first call)."""
         if self.reducer is None:
             import numba  # noqa: F401  (imported first: prefer_forksafe_threads acts on an imported numba)
-            import torch
 
             from ..backends.cpu import CpuReducer
 
             prefer_forksafe_threads()
-            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates
-            self.reducer = CpuReducer(torch.device("cpu"), self.options, threads=1, loops="numba")
+            # one thread: decode workers are the parallelism, and in process (workers=0) decoding dominates;
+            # "cpu" for the torch.device: the chunks are numpy (numpy_chunk), and torch is not imported
+            self.reducer = CpuReducer("cpu", self.options, threads=1, loops="numba")
 
     def sink(self, pixels: str) -> Any:
         """Where a batch decoded as ``pixels`` reduces RGB views as they come (``RgbxSink``: numba's loop
@@ -207,6 +207,7 @@ class _Reduce:
         return functools.reduce(lambda a, c: a.merge(c), parts) if parts else None
 
     def __call__(self, arrays: list[np.ndarray], b: int) -> Any:
+        from ..backends.cpu import numpy_chunk
         from ..backends.cpu_small import is_small_u8, small_u8_state
 
         arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]  # e.g. views
@@ -216,16 +217,17 @@ class _Reduce:
         self.load_numba()
         batch: Any = arrays
         small = [a for a in arrays if a.size < SMALL_PART]
-        # small images: one strip, one reduction call (joined here, as backends.cpu would join them,
-        # so that the adapter converts one array instead of one per image)
+        # small images: one strip, one reduction call (joined here, as backends.cpu would join them)
         if not self.per_image and len(small) > 1:
             strip = np.concatenate([a.reshape(-1, a.shape[2]) for a in small])[None]
             batch = [a for a in arrays if a.size >= SMALL_PART] + [strip]
         elif self.per_image and len(small) == len(arrays) > 1 and all(a.shape == arrays[0].shape for a in arrays):
             # small images of one size (CIFAR-like): one [N, H, W, C] block, each image still its own row
-            return self.reducer.reduce_chunk(self.stacked.adapt(np.stack(arrays), b), _UINT8_SCALE, b)
-        chunk = self.adapter.adapt(batch, b)
-        return self.reducer.reduce_chunk(chunk, _UINT8_SCALE, b)
+            stack = np.stack(arrays)
+            chunk = numpy_chunk([stack], stacked=True)
+            return self.reducer.reduce_chunk(chunk if chunk is not None else self.stacked.adapt(stack, b), _UINT8_SCALE, b)
+        chunk = numpy_chunk(batch)  # None: not HWC uint8, for the adapter (torch) to convert or refuse
+        return self.reducer.reduce_chunk(chunk if chunk is not None else self.adapter.adapt(batch, b), _UINT8_SCALE, b)
 
 
 # items from which a run loads numba even when its images are small; files per task when they are
