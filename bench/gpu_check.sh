@@ -48,15 +48,22 @@ PY
       echo "rerun with GPUSTATS_GPU_CHECK_INSTALL=1; the sections will fail"
     fi
   fi
+  # what is installed, by the distributions' records (importing torch here costs seconds; the machine
+  # section imports everything and says what fails)
   "$PY" - <<'PY' 2>&1
-import importlib
-for name in ("torch", "numpy", "numba", "numba_cuda", "cuda.bindings", "cuda.core", "torchvision", "PIL", "pytest",
-             "xdist", "hypothesis"):
+from importlib import metadata, util
+for name, dist in (("torch", "torch"), ("numpy", "numpy"), ("numba", "numba"), ("numba_cuda", "numba-cuda"),
+                   ("cuda.bindings", "cuda-bindings"), ("cuda.core", "cuda-core"), ("torchvision", "torchvision"),
+                   ("PIL", "pillow"), ("pytest", "pytest"), ("xdist", "pytest-xdist"), ("hypothesis", "hypothesis")):
     try:
-        module = importlib.import_module(name)
-        print(f"{name} {getattr(module, '__version__', '?')}")
-    except Exception as exc:
-        print(f"{name}: not importable ({type(exc).__name__}: {exc})")
+        found = util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package that fails to import
+        found = False
+    try:
+        version = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        version = None
+    print(f"{name} {version}" if found and version else f"{name}: not installed" if not found else f"{name} (version unknown)")
 PY
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 } > "$OUT/install.log" 2>&1

@@ -266,3 +266,7 @@ def test_cpu_folder_runs_import_neither_torch_nor_numba(tmp_path):
     proc = _python(_CPU_RUNS, json.dumps(runs), env=_env(), timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == f"{[0] * len(runs)} []", proc.stdout + proc.stderr[-3000:]
+    # "auto" under numba's simulator (the GPU kit's dry run) means the CPU, also told without torch
+    sim = _python(_CPU_RUNS, json.dumps(runs[:1]).replace('"cpu"', '"auto"'), env=dict(_env(), NUMBA_ENABLE_CUDASIM="1"),
+                  timeout=180)
+    assert sim.stdout.strip() == "[0] []", sim.stdout + sim.stderr[-3000:]

@@ -139,6 +139,7 @@ def test_dry_run_leaves_the_interpreter_unchanged(dry_run):
     out, proc = dry_run
     log = (out / "install.log").read_text()
     assert "the interpreter is unchanged" in log and "pip install" not in log, log
+    assert "\nnumba 0." in log and "\npytest " in log, log  # what is installed, with versions
     assert proc.installed_after == proc.installed_before
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch loads where a device is resolved: a CPU folder run ne
 
     from ..batches import Chunk
 
-__all__ = ["Options", "Reducer", "MergingReducer", "BackendUnavailable", "make_reducer", "resolve_device", "cuda_unavailable_reason", "BACKENDS"]
+__all__ = ["Options", "Reducer", "MergingReducer", "BackendUnavailable", "make_reducer", "resolve_device", "cuda_unavailable_reason", "simulator_on", "BACKENDS"]
 
 #: backend name -> "module:Class" (imported lazily)
 BACKENDS = {"cpu": "gpustats.backends.cpu:CpuReducer", "cuda": "gpustats.backends.cuda:CudaReducer"}
@@ -92,7 +92,8 @@ class MergingReducer(Reducer):
         self._state = ChannelStats.empty()
 
 
-def _simulator() -> bool:
+def simulator_on() -> bool:
+    """numba's CUDA simulator is on (``NUMBA_ENABLE_CUDASIM``): kernels run as Python, for tests."""
     return os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0")
 
 
@@ -103,7 +104,7 @@ _DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg")
 def no_driver_reason() -> str | None:
     """Why CUDA cannot run here, known without importing torch (a Linux machine with no NVIDIA driver),
     or None when only torch can tell."""
-    if sys.platform != "linux" or _simulator():
+    if sys.platform != "linux" or simulator_on():
         return None
     if any(os.path.exists(path) for path in _DRIVER_PATHS):
         return None
@@ -113,7 +114,7 @@ def no_driver_reason() -> str | None:
 
 def cuda_unavailable_reason() -> str | None:
     """None when the CUDA backend can run; otherwise the cause and the fix, in one sentence."""
-    if _simulator():
+    if simulator_on():
         try:
             importlib.import_module("numba.cuda")
         except Exception as exc:  # pragma: no cover - depends on the install
@@ -147,8 +148,8 @@ def resolve_device(device: Any) -> tuple[str, torch.device, str | None]:
     import torch
 
     if device is None or device == "auto":
-        reason = "no GPU requested" if _simulator() else cuda_unavailable_reason()
-        if _simulator() or reason is not None:
+        reason = "no GPU requested" if simulator_on() else cuda_unavailable_reason()
+        if simulator_on() or reason is not None:
             return "cpu", torch.device("cpu"), reason
         return "cuda", torch.device("cuda", torch.cuda.current_device()), None
     try:
@@ -162,7 +163,7 @@ def resolve_device(device: Any) -> tuple[str, torch.device, str | None]:
     reason = cuda_unavailable_reason()
     if reason is not None:
         raise BackendUnavailable(f"device={device!r} was asked for but cannot be used: {reason}")
-    if not _simulator():
+    if not simulator_on():
         index = dev.index if dev.index is not None else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise BackendUnavailable(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")

@@ -127,11 +127,13 @@ def _where(opts: dict) -> Target:
     """Where the statistics would run, without building a reducer yet: the CPU path reduces in the
     decode workers, and this process must not start numba's threads before forking them (a machine
     without an NVIDIA driver is told apart without torch: a CPU run never imports it)."""
-    from ..backends import no_driver_reason, resolve_device
+    from ..backends import no_driver_reason, resolve_device, simulator_on
 
     device = None if opts["device"] == "auto" else opts["device"]
     no_driver = no_driver_reason() if opts["device"] == "auto" else None
-    if opts["device"] == "cpu" or no_driver is not None:
+    if opts["device"] == "auto" and simulator_on():  # resolve_device's answer, without importing torch
+        backend, where, cpu_reason = "cpu", "cpu", "no GPU requested"
+    elif opts["device"] == "cpu" or no_driver is not None:
         backend, where, cpu_reason = "cpu", "cpu", no_driver
     else:
         backend, where, cpu_reason = resolve_device(device)
