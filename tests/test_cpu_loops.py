@@ -110,41 +110,43 @@ def test_numpy_mode_never_loads_numba_loops(fresh_tiers):
     assert cpu_loops.Loops("numpy").get("int_rows", 10**12) is cpu_numpy_loops.int_rows
 
 
-_CALL = """
-import json, sys
+_CALLS = """
+import json, os, sys
 import numpy as np
 from gpustats import compute_stats
 from gpustats.backends import cpu_loops
-cpu_loops.LOOP_LOAD_BUDGET_S = float(sys.argv[1])
 x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)  # float_rows: the cheapest loop to compile
-r = compute_stats([x], device="cpu", layout="NCHW")
-out = {"numba_imported": "numba" in sys.modules, "state": r.state.to_dict()}
-if out["numba_imported"]:
-    from gpustats.backends import cpu_float_loops
-    loop = cpu_float_loops.float_rows
-    out.update(signatures=len(loop.signatures), hits=sum(loop.stats.cache_hits.values()),
-               misses=sum(loop.stats.cache_misses.values()), path=loop.stats.cache_path)
-print(json.dumps(out))
+for mode, load_budget in json.loads(sys.argv[1]):  # one call per step, in this process
+    os.environ["GPUSTATS_CPU_LOOPS"] = mode
+    cpu_loops.LOOP_LOAD_BUDGET_S = float(load_budget)
+    r = compute_stats([x], device="cpu", layout="NCHW")
+    out = {"numba_imported": "numba" in sys.modules, "state": r.state.to_dict()}
+    if out["numba_imported"]:
+        from gpustats.backends import cpu_float_loops
+        loop = cpu_float_loops.float_rows
+        out.update(signatures=len(loop.signatures), hits=sum(loop.stats.cache_hits.values()),
+                   misses=sum(loop.stats.cache_misses.values()), path=loop.stats.cache_path)
+    print(json.dumps(out))
 """
 
 
 def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_compiled(tmp_path):
-    """auto on a small batch with an empty per-user cache: numpy, numba not even imported; once a process
-    has compiled the loop (mode numba), an auto process past the load budget (0 here) loads it from the
-    disk cache: all three states equal. (That a call under the load budget runs numpy whatever the cache
+    """auto on a small batch with an empty per-user cache: numpy, numba not even imported; then mode numba in
+    the same process compiles the loop, and a new auto process past the load budget (0 here) loads it from
+    the disk cache: all three states equal. (That a call under the load budget runs numpy whatever the cache
     holds is the first check of test_auto_loads_a_loop_compiled_on_this_machine_once_past_the_load_budget.)
     The cache is the per-user folder (XDG_CACHE_HOME), and nothing is written next to the sources (pip
     uninstall would leave it behind, and the leftover folder once shadowed a later editable install)."""
     started = time.time()
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
-    for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR"):
+    for name in ("NUMBA_ENABLE_CUDASIM", "WORLD_SIZE", "NUMBA_CACHE_DIR", "GPUSTATS_CPU_LOOPS"):
         env.pop(name, None)
     runs = []
-    for mode, load_budget in (("auto", "0.3"), ("numba", "0.3"), ("auto", "0")):
-        proc = subprocess.run([sys.executable, "-c", _CALL, load_budget], cwd=ROOT,
-                              env=dict(env, GPUSTATS_CPU_LOOPS=mode), capture_output=True, text=True, timeout=300)
+    for steps in ([("auto", "0.3"), ("numba", "0.3")], [("auto", "0")]):  # two processes
+        proc = subprocess.run([sys.executable, "-c", _CALLS, json.dumps(steps)], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
-        runs.append(json.loads(proc.stdout))
+        runs += [json.loads(line) for line in proc.stdout.splitlines()]
     cold, compiled, loaded = runs
     assert not cold["numba_imported"]  # numpy ran: numba never loaded
     assert (compiled["signatures"], compiled["misses"]) == (1, 1)
