@@ -314,8 +314,7 @@ def test_two_ranks_with_decode_workers_match_one_process(capsys, tmp_path, corpu
     assert main([*args, "--workers", "0"]) == 0
     one = json.loads(capsys.readouterr().out)
     env = _env({"WORLD_SIZE": "2"})
-    cmd = [sys.executable, "-m", "gpustats", *args, "--workers", "2"]
-    outs = run_ranks(cmd, env, tmp_path)
+    outs = run_ranks([*args, "--workers", "2"], env, tmp_path)
     assert [rc for rc, _, _ in outs] == [0, 0], outs
     two = json.loads(outs[0][1])  # only rank 0 prints
     assert two["workers"] == 2 and two["state"] == one["state"] and two["stats"] == one["stats"]

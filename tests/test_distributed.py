@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import _dist_worker as worker
+from _fork_ranks import run_forked
 from _once import shared_folder
 from gpustats import ChannelStats, compute_stats
 from gpustats import distributed as gdist
@@ -76,18 +77,13 @@ class Launch:
         return outs
 
 
-def run_ranks(cmd: list[str], env: dict[str, str], cwd: Path, world: int = 2) -> list[tuple[int, str, str]]:
-    """Run ``cmd`` once per rank (``RANK``/``LOCAL_RANK`` set) and return each ``(returncode, stdout, stderr)``;
-    every process is killed if one outlives the launch timeout."""
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), cwd=cwd, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(world)]
-    try:
-        outs = [p.communicate(timeout=LAUNCH_TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+def run_ranks(args: list[str], env: dict[str, str], cwd: Path, world: int = 2) -> list[tuple[int | None, str, str]]:
+    """``gpustats ARGS`` once per rank (``RANK``/``LOCAL_RANK`` set), forked from one process that imported
+    torch once (tests/_fork_ranks.py); each rank's ``(returncode, stdout, stderr)``. Every rank is killed if
+    the run outlives the launch timeout (returncode None)."""
+    jobs = [{"call": "gpustats.cli:main", "argv": args, "env": {"RANK": str(r), "LOCAL_RANK": str(r)}}
+            for r in range(world)]
+    return run_forked(jobs, env, cwd, LAUNCH_TIMEOUT_S)
 
 
 def start_workers(world: int, out_dir: Path, scenarios: list[str], backend: str = "gloo") -> Launch:
@@ -105,12 +101,18 @@ def read_results(out_dir: Path, world: int) -> list[dict]:
 
 
 def _launch_worlds(folder: Path) -> None:
-    launches = []
+    """Worlds 2 and 3 side by side: five ranks forked from one process (tests/_fork_ranks.py)."""
+    jobs = []
     for world in (2, 3):
         (folder / f"world{world}").mkdir()
-        launches.append(start_workers(world, folder / f"world{world}", SCENARIOS))
-    for launch in launches:  # side by side
-        launch.wait()
+        port = str(_free_port())
+        jobs += [{"call": "_dist_worker:main", "argv": [str(folder / f"world{world}"), *SCENARIOS],
+                  "env": {"WORLD_SIZE": str(world), "RANK": str(r), "LOCAL_RANK": str(r), "MASTER_PORT": port,
+                          "GPUSTATS_TEST_BACKEND": "gloo"}} for r in range(world)]
+    outs = run_forked(jobs, _env(), REPO, LAUNCH_TIMEOUT_S)
+    if any(rc != 0 for rc, _, _ in outs):
+        detail = "\n".join(f"--- {job['env']} rc={rc}\n{out[-3000:]}\n{err[-3000:]}" for job, (rc, out, err) in zip(jobs, outs))
+        pytest.fail(f"the ranks of worlds 2 and 3 failed or hung (rc None: killed at {LAUNCH_TIMEOUT_S:.0f} s)\n{detail}")
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +241,21 @@ def test_nccl_one_gpu(tmp_path):
     assert_close_states(ChannelStats.from_json(result["float"]["state"]), reference_state("float"))
 
 
+def test_forked_ranks_are_killed_when_one_fails_and_the_others_wait_or_at_the_timeout(tmp_path):
+    """The launcher of the forked ranks cannot hang the suite: a rank still waiting GRACE_S after another
+    failed is killed (-9), and everything is killed at the timeout (None)."""
+    def rank(seconds, status):
+        return {"call": "_fork_ranks:sleep_then_exit", "argv": [str(seconds), str(status)], "env": {}}
+
+    env = dict(_env(), GPUSTATS_RANK_GRACE_S="0.5")
+    started = time.monotonic()
+    outs = run_forked([rank(0, 3), rank(600, 0), rank(0, 0)], env, tmp_path, 60, preload=())
+    assert [rc for rc, _, _ in outs] == [3, -9, 0]
+    outs = run_forked([rank(600, 0), rank(600, 0)], env, tmp_path, 1.5, preload=())
+    assert [rc for rc, _, _ in outs] == [None, None]
+    assert time.monotonic() - started < 30
+
+
 # ---------------------------------------------------------------------------------- CLI under torchrun
 def test_cli_under_torchrun_matches_single_process(tmp_path):
     from PIL import Image
@@ -279,8 +296,7 @@ def test_cli_rank_failure_reaches_every_rank_instead_of_a_hang(tmp_path):
         Image.new("RGB", (4, 4), (10, 20, 30)).save(data / name)
     (data / "b.png").write_bytes(b"not an image")
     env = _env({"WORLD_SIZE": "2"})
-    cmd = [sys.executable, "-m", "gpustats", "stats", str(data), "--device", "cpu", "--strict", "--quiet"]
-    outs = run_ranks(cmd, env, tmp_path)
+    outs = run_ranks(["stats", str(data), "--device", "cpu", "--strict", "--quiet"], env, tmp_path)
     assert [rc for rc, _, _ in outs] == [1, 1], outs
     assert "rank 1 failed: bad file" in outs[0][2] and "b.png" in outs[0][2]
     assert outs[0][2].count("gpustats: error:") == 1 and "error" not in outs[1][2], outs

@@ -265,7 +265,7 @@ def test_two_torchrun_ranks_match_one_process(tmp_path, capsys, stores, faults):
     assert main([*args, "--workers", "0"]) == 0
     one = json.loads(capsys.readouterr().out)
     env = _env({"WORLD_SIZE": "2", **stores["env"], "GPUSTATS_REMOTE_BACKOFF": "0.01"})
-    outs = run_ranks([sys.executable, "-m", "gpustats", *args, "--workers", "0"], env, tmp_path)
+    outs = run_ranks([*args, "--workers", "0"], env, tmp_path)
     assert [rc for rc, _, _ in outs] == [0, 0], outs
     two = json.loads(outs[0][1])
     assert two["state"] == one["state"] and two["bad_files"] == one["bad_files"] and one["images"] == 39
