@@ -469,3 +469,26 @@ def test_fixed_cost_launcher_end_to_end(dtype, layout):
     # (C / gcd(C, threads x 4 lanes)) so that each thread keeps one channel per lane
     grids = {launch[1] for launch in driver.launches}
     assert grids == {(1, 3) if layout == "NCHW" else (3, 1)}, grids
+
+
+def test_bench_kernel_views_feed_every_strategy():
+    """The views the CUDA benchmarks hand the kernels (bf16 as int16 bits, NCHW/NHWC) are read right: the
+    integer path and the one dtype passed as other bits, one layout each (gpustats bench --device cuda)."""
+    from gpustats.benchmark import LAYOUTS, image_batches, kernel_strategies, kernel_view
+    from gpustats.kernels.accumulators import Accumulators
+
+    ran = 0
+    for dtype, layout in (("uint8", "NCHW"), ("bfloat16", "NHWC")):
+        (x,) = image_batches(dtype, layout, 1, batch_images=2, hw=4, pool=2)
+        ref = x.float().numpy().sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
+        for name, reduce in kernel_strategies().items():
+            if name == "warp" or (name == "hist8" and dtype != "uint8"):
+                continue  # warp: not under the simulator (its own cases on a GPU); hist8: uint8 only
+            acc = Accumulators.zeros(3, integer=dtype == "uint8", histogram=name == "hist8")
+            reduce(np.ascontiguousarray(kernel_view(x, layout).numpy()), LAYOUTS[layout], dtype, acc,
+                   histogram=name == "hist8")
+            host = acc.to_host()
+            total = host["isum"] if dtype == "uint8" else host["fsum"]
+            np.testing.assert_allclose(total, ref, rtol=1e-3, err_msg=f"{name} {dtype} {layout}")
+            ran += 1
+    assert ran == 9  # uint8: 5 strategies (all but warp), bfloat16: 4 (not hist8)

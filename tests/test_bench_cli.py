@@ -23,17 +23,20 @@ ROOT = Path(__file__).resolve().parent.parent
 ROW_NUMBERS = ("bytes", "gbps", "median_s", "min_s", "max_s", "speedup")
 
 
-def _run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    return subprocess.run([sys.executable, "-m", "gpustats", "bench", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def _run_cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``gpustats bench ARGS`` in this process (a process of its own would import torch again: seconds)."""
+    from gpustats.cli import main
+
+    capsys.readouterr()
+    code = main(["bench", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["gpustats", "bench", *args], code, out, err)
 
 
 @pytest.mark.bench
-def test_bench_cpu_quick_writes_json(tmp_path):
+def test_bench_cpu_quick_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    proc = _run_cli("--device", "cpu", "--quick", "--repeats", "2", "--json", str(out))
+    proc = _run_cli(capsys, "--device", "cpu", "--quick", "--repeats", "2", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert data["schema"] == "gpustats-bench/1"
@@ -60,7 +63,7 @@ def test_bench_cpu_quick_writes_json(tmp_path):
     assert "forum-recipe" in proc.stdout and "GB/s" in proc.stdout and proc.stdout.startswith("CPU ")
 
 
-def test_bench_cuda_that_cannot_run_says_why():
+def test_bench_cuda_that_cannot_run_says_why(capsys):
     """Without a GPU, or on one with the numba simulator on (true on both kinds of machine)."""
     if torch.cuda.is_available():
         env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
@@ -68,7 +71,7 @@ def test_bench_cuda_that_cannot_run_says_why():
                               env=env, capture_output=True, text=True, timeout=120)
         assert "simulator" in proc.stderr
     else:
-        proc = _run_cli("--device", "cuda", "--quick")
+        proc = _run_cli(capsys, "--device", "cuda", "--quick")
     assert proc.returncode == 2
     assert "--device cpu" in proc.stderr
 
@@ -114,42 +117,3 @@ def test_table_lists_every_row():
     assert table[0].split()[:5] == ["strategy", "dtype", "layout", "size", "GB/s"]
     assert "7.00x" in table[2] and "-" in table[2]
     assert "50.0%" in table[3] and "1234.5" in table[3]
-
-
-_SIM_SCRIPT = r'''
-import sys
-sys.path.insert(0, "tests")
-from _simulator import make_shared_arrays_thread_safe
-make_shared_arrays_thread_safe()  # the simulator's shared-array race (see tests/_simulator.py)
-
-import numpy as np
-from gpustats.benchmark import LAYOUTS, image_batches, kernel_strategies, kernel_view
-from gpustats.kernels.accumulators import Accumulators
-
-ran = 0
-# the integer path, and the one dtype passed as other bits; one layout each keeps this quick
-for dtype, layout in (("uint8", "NCHW"), ("bfloat16", "NHWC")):
-    (x,) = image_batches(dtype, layout, 1, batch_images=2, hw=4, pool=2)
-    ref = x.float().numpy().sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2))
-    for name, reduce in kernel_strategies().items():
-        if name == "warp" or (name == "hist8" and dtype != "uint8"):
-            continue  # warp: real GPU only; hist8: uint8 only
-        acc = Accumulators.zeros(3, integer=dtype == "uint8", histogram=name == "hist8")
-        reduce(np.ascontiguousarray(kernel_view(x, layout).numpy()), LAYOUTS[layout], dtype, acc,
-               histogram=name == "hist8")
-        host = acc.to_host()
-        total = host["isum"] if dtype == "uint8" else host["fsum"]
-        assert np.allclose(total, ref, rtol=1e-3), (name, dtype, layout, total, ref)
-        ran += 1
-print("RAN", ran)
-'''
-
-
-@pytest.mark.cudasim
-def test_kernel_views_feed_every_strategy_under_simulator():
-    """The views the CUDA benchmarks hand the kernels (bf16 as int16 bits, NCHW/NHWC) are read right."""
-    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-    proc = subprocess.run([sys.executable, "-c", _SIM_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "RAN 9" in proc.stdout, proc.stdout  # uint8: 5 strategies (all but warp), bfloat16: 4 (not hist8)
