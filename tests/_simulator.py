@@ -24,6 +24,10 @@ def in_process() -> bool:
     """True when the cases can be collected here: simulator already on, or a usable GPU."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
         return True
+    from gpustats.backends import no_driver_reason
+
+    if no_driver_reason() is not None:  # no NVIDIA driver: told without importing numba.cuda (a second)
+        return False
     try:
         from numba import cuda
 

@@ -10,6 +10,7 @@ skips with the reason where they are missing. It cannot run under the simulator.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -20,33 +21,21 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     pytest.skip("compile_ptx needs the real CUDA target, not the simulator", allow_module_level=True)
 
-from numba import cuda, types  # noqa: E402
-
-from gpustats.kernels import atomic, hist8, tree, vec, warp, welford  # noqa: E402
-
 CC = (9, 0)
 THREADS = 256
+PTXAS = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
+# numba.cuda and the kernels are imported by the tests, not at collection (a pytest-xdist worker that
+# runs none of these tests does not pay for them)
 
 
 class _Sm90:
     compute_capability = CC
 
 
-@pytest.fixture(autouse=True)
-def _device_functions_compile_for_sm90(monkeypatch):
-    """Device functions (``forceinline``) are compiled for the current device's compute capability;
-    without a GPU there is none, so they are compiled for sm_90 like the kernels."""
-    import numba.cuda.dispatcher as dispatcher
-
-    try:
-        usable = cuda.is_available()
-    except Exception:
-        usable = False
-    if not usable:
-        monkeypatch.setattr(dispatcher, "get_current_device", lambda: _Sm90())
-
-
+@functools.lru_cache(maxsize=None)
 def _toolchain_reason() -> str | None:
+    from numba import cuda, types
+
     def probe(out):
         out[0] = 1
 
@@ -57,22 +46,40 @@ def _toolchain_reason() -> str | None:
     return None
 
 
-_REASON = _toolchain_reason()
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
-PTXAS = shutil.which("ptxas") or ("/usr/local/cuda/bin/ptxas" if os.path.exists("/usr/local/cuda/bin/ptxas") else None)
+@pytest.fixture(autouse=True)
+def _device_functions_compile_for_sm90(monkeypatch):
+    """Skips where NVVM/NVRTC are missing. Device functions (``forceinline``) are compiled for the current
+    device's compute capability; without a GPU there is none, so they are compiled for sm_90 like the kernels."""
+    reason = _toolchain_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    import numba.cuda.dispatcher as dispatcher
+    from numba import cuda
 
-X = {"uint8": types.uint8, "uint16": types.uint16, "float16": types.float16, "bfloat16": types.uint16,
-     "float32": types.float32, "float64": types.float64}
-F1, I1, I2, F2 = types.float64[:], types.int64[:], types.int64[:, :], types.float64[:, :]
+    try:
+        usable = cuda.is_available()
+    except Exception:
+        usable = False
+    if not usable:
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: _Sm90())
 
 
 def _bank(dtype):  # exact int64 sums for integer input, float64 otherwise
+    from numba import types
+
     t = types.int64 if dtype.startswith("uint") else types.float64
     return types.Array(t, 1, "A"), types.Array(t, 2, "A")
 
 
 def kernels(strategy: str, dtype: str, layout: str, channels: int):
     """(name, kernel, signature) of every kernel the strategy launches for these inputs."""
+    from numba import types
+
+    from gpustats.kernels import atomic, hist8, tree, vec, warp, welford
+
+    X = {"uint8": types.uint8, "uint16": types.uint16, "float16": types.float16, "bfloat16": types.uint16,
+         "float32": types.float32, "float64": types.float64}
+    F1, I1, I2, F2 = types.float64[:], types.int64[:], types.int64[:, :], types.float64[:, :]
     x = types.Array(X[dtype], 3, "A")
     b1, b2 = _bank(dtype)
     tag = f"{strategy}-{dtype}-{layout}-C{channels}"
@@ -131,6 +138,8 @@ GROUPS = {group: [case for case in CASES if group_of(case) == group] for group i
 
 def problems_of(strategy: str, name: str, kernel, signature, folder) -> list[str]:
     """What is wrong with one kernel's PTX and, with ptxas, its sm_90 code (empty: nothing)."""
+    from numba import cuda
+
     try:
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=CC)
     except Exception as exc:  # every kernel of the group is still tried

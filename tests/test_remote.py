@@ -11,15 +11,16 @@ the faults are connections the servers really drop mid-response (tests/_servers.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import sys
 import zipfile
 
 import pytest
 
-pytest.importorskip("moto")
-pytest.importorskip("s3fs")
-pytest.importorskip("aiohttp")
+_MISSING = [name for name in ("moto", "s3fs", "aiohttp") if importlib.util.find_spec(name) is None]
+if _MISSING:  # looked up, not imported: the servers and clients load with the first test that needs them
+    pytest.skip(f"needs {', '.join(_MISSING)} (pip install -e '.[test]')", allow_module_level=True)
 
 from _servers import HttpServer, S3Server  # noqa: E402
 from _tfrecords import shard  # noqa: E402
