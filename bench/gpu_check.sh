@@ -25,9 +25,10 @@ cd "$ROOT" || exit 2
 # 1. the project, importable from this checkout (kernels/ is gpustats.kernels)
 here() { "$PY" - "$ROOT" <<'PY' 2>/dev/null
 import os, sys
-import gpustats, gpustats.kernels
+from importlib.util import find_spec
+kernels = find_spec("gpustats.kernels")  # found, not imported (that would import numba)
 root = os.path.realpath(sys.argv[1])
-sys.exit(0 if os.path.realpath(gpustats.kernels.__file__).startswith(root) else 1)
+sys.exit(0 if kernels is not None and os.path.realpath(kernels.origin).startswith(root) else 1)
 PY
 }
 {
