@@ -23,9 +23,18 @@ import pytest
 if os.environ.get("NUMBA_ENABLE_CUDASIM", "") not in ("", "0"):
     pytest.skip("numba's data model and _prepare_args are the real CUDA target's", allow_module_level=True)
 
-from numba.cuda import types  # noqa: E402
+# numba.cuda's types and the kernels' modules, set by _kernels (below) for the tests of this file: imported
+# at collection they cost every pytest-xdist worker about a second of its start
+types = _cache = _launch = vec = None
 
-from gpustats.kernels import _cache, _launch, vec  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _kernels():
+    from numba.cuda import types as numba_types
+
+    from gpustats.kernels import _cache as cache, _launch as launch, vec as vec_module
+
+    globals().update(types=numba_types, _cache=cache, _launch=launch, vec=vec_module)
 
 ADDRESS = 0x7F12_3456_7800
 
@@ -116,22 +125,27 @@ def test_recording_driver_sees_the_block_a_launch_passes():
 
 
 PARTS = {"factory": "vec.build_u8", "mode": "CP", "channels": 3, "threads": 256}
-SIG = [str(t) for t in vec.kernel_argtypes("uint8")]
 
 
-def test_key_changes_with_everything_that_changes_the_code(monkeypatch):
-    base = _cache.kernel_key(PARTS, SIG, (9, 0))
-    assert base == _cache.kernel_key(dict(PARTS), list(SIG), (9, 0))  # deterministic
-    others = {_cache.kernel_key({**PARTS, "channels": 4}, SIG, (9, 0)),
-              _cache.kernel_key({**PARTS, "factory": "vec.build_wide"}, SIG, (9, 0)),
-              _cache.kernel_key(PARTS, SIG[:-1] + ["int32"], (9, 0)),
-              _cache.kernel_key(PARTS, SIG, (8, 0))}
+@pytest.fixture
+def sig():
+    """The vec kernel's signature for uint8, as the cache keys it."""
+    return [str(t) for t in vec.kernel_argtypes("uint8")]
+
+
+def test_key_changes_with_everything_that_changes_the_code(monkeypatch, sig):
+    base = _cache.kernel_key(PARTS, sig, (9, 0))
+    assert base == _cache.kernel_key(dict(PARTS), list(sig), (9, 0))  # deterministic
+    others = {_cache.kernel_key({**PARTS, "channels": 4}, sig, (9, 0)),
+              _cache.kernel_key({**PARTS, "factory": "vec.build_wide"}, sig, (9, 0)),
+              _cache.kernel_key(PARTS, sig[:-1] + ["int32"], (9, 0)),
+              _cache.kernel_key(PARTS, sig, (8, 0))}
     monkeypatch.setattr(_cache, "sources_digest", lambda: "another source tree")
-    others.add(_cache.kernel_key(PARTS, SIG, (9, 0)))
+    others.add(_cache.kernel_key(PARTS, sig, (9, 0)))
     monkeypatch.undo()
     versions = _cache._versions()
     monkeypatch.setattr(_cache, "_versions", lambda: {**versions, "numba-cuda": "0.0.1"})
-    others.add(_cache.kernel_key(PARTS, SIG, (9, 0)))
+    others.add(_cache.kernel_key(PARTS, sig, (9, 0)))
     assert base not in others and len(others) == 6
 
 
@@ -152,14 +166,14 @@ def test_cache_folder_follows_the_environment(tmp_path):
     assert _cache.cache_dir({"NUMBA_CACHE_DIR": str(package.parent)}) is None or not (package.parent / "__init__.py").exists()
 
 
-def test_store_and_load_round_trip(tmp_path):
-    key = _cache.kernel_key(PARTS, SIG, (9, 0))
+def test_store_and_load_round_trip(tmp_path, sig):
+    key = _cache.kernel_key(PARTS, sig, (9, 0))
     cubin = bytes(range(256)) * 40 + b"\n\x00tail"  # any bytes, newlines included
     assert _cache.load(key, tmp_path) is None
     assert _cache.store(key, "_ZN5entry6kernelE", cubin, tmp_path)
     assert _cache.load(key, tmp_path) == ("_ZN5entry6kernelE", cubin)
     assert [p.name for p in tmp_path.iterdir()] == [f"{key}.cubin"]  # no temporary file left
-    other = _cache.kernel_key({**PARTS, "channels": 1}, SIG, (9, 0))
+    other = _cache.kernel_key({**PARTS, "channels": 1}, sig, (9, 0))
     (tmp_path / f"{other}.cubin").write_bytes((tmp_path / f"{key}.cubin").read_bytes())  # a file under the wrong name
     assert _cache.load(other, tmp_path) is None
     (tmp_path / f"{key}.cubin").write_bytes(b"something else")
@@ -206,14 +220,18 @@ class _Dispatcher:
         return type("Overload", (), {"_codelibrary": self.library})()
 
 
-class _LoadingDriver(_launch.RecordingDriver):
-    def __init__(self):
-        super().__init__()
-        self.cubins = []
+def _loading_driver():
+    """A recording driver that loads cubins (its class derives from _launch's, imported by the tests)."""
+    class LoadingDriver(_launch.RecordingDriver):
+        def __init__(self):
+            super().__init__()
+            self.cubins = []
 
-    def load(self, cubin, entry):
-        self.cubins.append((entry, cubin))
-        return _launch.Function(len(self.cubins), None, cubin, entry)
+        def load(self, cubin, entry):
+            self.cubins.append((entry, cubin))
+            return _launch.Function(len(self.cubins), None, cubin, entry)
+
+    return LoadingDriver()
 
 
 def test_second_process_loads_instead_of_compiling(tmp_path, monkeypatch):
@@ -222,11 +240,11 @@ def test_second_process_loads_instead_of_compiling(tmp_path, monkeypatch):
     before = sorted(p.name for p in package.rglob("*"))
     first, second = _Dispatcher(), _Dispatcher()
     argtypes = vec.kernel_argtypes("uint8")
-    drv = _LoadingDriver()
+    drv = _loading_driver()
     fn, compiled = _launch.kernel_function(drv, first, argtypes, PARTS, device=0, cc=(9, 0))
     assert compiled and first.compiles == 1 and drv.cubins == [("_ZN8gpustats6kernelE", b"CUBIN-for-(9, 0)")]
     monkeypatch.setattr(_launch, "_FUNCTIONS", {})  # a new process: nothing loaded yet
-    fn2, compiled2 = _launch.kernel_function(_LoadingDriver(), second, argtypes, PARTS, device=0, cc=(9, 0))
+    fn2, compiled2 = _launch.kernel_function(_loading_driver(), second, argtypes, PARTS, device=0, cc=(9, 0))
     assert not compiled2 and second.compiles == 0 and fn2.code == b"CUBIN-for-(9, 0)"
     assert list((tmp_path / "gpustats" / "cuda").glob("*.cubin"))
     assert sorted(p.name for p in package.rglob("*")) == before  # nothing written into the package
