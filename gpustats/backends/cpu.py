@@ -11,6 +11,7 @@ its numeric rules").
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -77,10 +78,11 @@ def _coalesce(chunk: Chunk) -> list:
     small variable-size images then costs one kernel call instead of one per image. Parts are torch
     tensors, or numpy arrays (the decode workers' chunks, :func:`numpy_chunk`); the strip is of the same kind.
     """
-    small = [p for p in chunk.parts if p.shape[0] * p.shape[1] * p.shape[2] < SMALL_PART]
+    is_small = [math.prod(p.shape) < SMALL_PART for p in chunk.parts]  # values (tensor or array alike)
+    small = [p for p, s in zip(chunk.parts, is_small) if s]
     if len(small) < 2:
         return list(chunk.parts)
-    large = [p for p in chunk.parts if p.shape[0] * p.shape[1] * p.shape[2] >= SMALL_PART]
+    large = [p for p, s in zip(chunk.parts, is_small) if not s]
     if isinstance(small[0], np.ndarray):  # numpy_chunk's parts: always "PC"
         return large + [np.concatenate([p.reshape(-1, chunk.channels) for p in small])[None]]
     import torch
@@ -123,20 +125,20 @@ def readonly(a: np.ndarray) -> np.ndarray:
 
 def _numpy_parts(chunk: Chunk, widen: bool, keep_images: bool) -> list[np.ndarray]:
     """The chunk's parts as read-only numpy arrays (:func:`readonly`)."""
-    parts = []
-    for p in (list(chunk.parts) if keep_images else _coalesce(chunk)):
-        if isinstance(p, np.ndarray):  # numpy_chunk's parts: uint8, nothing to widen or move
-            parts.append(readonly(p))
-            continue
-        import torch
+    parts = list(chunk.parts) if keep_images else _coalesce(chunk)
+    if all(isinstance(p, np.ndarray) for p in parts):  # numpy_chunk's parts: uint8, nothing to widen or move
+        return [readonly(p) for p in parts]
+    import torch
 
+    arrays = []
+    for p in parts:
         p = p.detach()
         if p.device.type != "cpu":
             p = p.cpu()
         if widen and p.dtype in (torch.float16, torch.bfloat16):
             p = p.float()  # numba has no half types on the CPU; exact widening
-        parts.append(readonly(p.numpy()))
-    return parts
+        arrays.append(readonly(p.numpy()))
+    return arrays
 
 
 def _threads(threads: int | None) -> int:
