@@ -157,3 +157,46 @@ def test_a_small_first_call_loads_no_numba_and_a_compiled_loop_is_loaded_not_com
              if p.stat().st_mtime >= started]
     assert fresh == []
     assert cold["state"] == compiled["state"] == loaded["state"]
+
+
+_ONE_LOOP = """
+import json, os, sys, time
+import numpy as np
+from gpustats.backends import cpu_float_loops
+from gpustats.backends.cpu import readonly
+x = readonly(np.linspace(-1, 2, 3 * 50, dtype=np.float32).reshape(1, 3, 50))
+hist, ends = np.zeros((3, 8), np.int64), np.zeros((3, 2), np.int64)
+open(os.path.join(sys.argv[1], str(os.getpid())), "w").close()  # a barrier: both ask for the loop at once
+deadline = time.monotonic() + 60
+while len(os.listdir(sys.argv[1])) < 2 and time.monotonic() < deadline:
+    time.sleep(0.002)
+cpu_float_loops.hist_float(x, True, 0.0, 1.0, 8, True, hist, 0.0, 1.0, ends)  # the cheapest loop to compile
+loop = cpu_float_loops.hist_float
+print(json.dumps({"hits": sum(loop.stats.cache_hits.values()), "misses": sum(loop.stats.cache_misses.values()),
+                  "hist": hist.tolist(), "ends": ends.tolist()}))
+"""
+
+
+def test_processes_that_need_a_loop_at_once_compile_it_once(tmp_path):
+    """Two processes (ranks, test workers, independent scripts) that need the same loop with an empty cache,
+    at the same moment: one compiles it and the other waits and loads what it saved (without the compile
+    lock of gpustats.backends._cpu_jit both compile it), and both count the same."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    for name in ("NUMBA_ENABLE_CUDASIM", "NUMBA_CACHE_DIR"):
+        env.pop(name, None)
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", _ONE_LOOP, str(barrier)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0 and err == "", err[-3000:]
+        runs.append(json.loads(out))
+    assert sorted((r["misses"], r["hits"]) for r in runs) == [(0, 1), (1, 0)], runs
+    assert runs[0]["hist"] == runs[1]["hist"] and runs[0]["ends"] == runs[1]["ends"]
+    hist = np.array(runs[0]["hist"])  # clip on: channel 0 (all below 0) in the first bin, channel 2 (above 1) in the last
+    assert hist.sum(axis=1).tolist() == [50, 50, 50] and hist[0, 0] == 50 and hist[2, -1] == 50

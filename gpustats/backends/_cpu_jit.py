@@ -10,10 +10,12 @@ file's contents (an edited or reinstalled file compiles again).
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import stat
 import tempfile
+import time
 
 from numba import njit
 
@@ -114,7 +116,9 @@ _ROOT: list = []
 
 def cached_jit(**options):
     """``numba.njit(**options)`` with an on-disk cache in :func:`cache_dir`; without one where no
-    folder can be written (the loops then compile once per process, silently)."""
+    folder can be written (the loops then compile once per process, silently). With the cache, a
+    signature compiles once per machine even when processes ask for it at the same moment
+    (:func:`_compile_once_per_machine`)."""
 
     def compile_with(func):
         dispatcher = njit(**options)(func)
@@ -125,9 +129,58 @@ def cached_jit(**options):
                 dispatcher._cache = _cache_class(_ROOT[0])(func)  # what numba's enable_caching() sets
             except RuntimeError:  # "no locator available": the folder cannot be written after all
                 pass
+            else:
+                _compile_once_per_machine(dispatcher)
         return dispatcher
 
     return compile_with
+
+
+#: how long a process waits for another one's compile of the same loop before compiling it itself
+COMPILE_WAIT_S = 120.0
+
+
+def _compile_once_per_machine(dispatcher) -> None:
+    """Processes that need the same loop at once (ranks, decode workers, test workers) compile it once:
+    ``dispatcher.compile`` (what numba calls for new argument types) holds an exclusive lock on a file
+    next to the loop's cache files while it loads or compiles, so a second process waits and then loads
+    what the first one saved instead of compiling it too. POSIX record locks (``lockf``): a forked child
+    never inherits one, and the lock goes with its process. Where locks are unavailable (no ``fcntl``,
+    a file system without them) or another process holds one past :data:`COMPILE_WAIT_S`, the loop
+    compiles as before: the lock saves time, never correctness (numba writes its cache files whole)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return
+    index = getattr(getattr(dispatcher._cache, "_cache_file", None), "_index_path", None)  # numba's <loop>.nbi
+    if not isinstance(index, str):  # pragma: no cover - another numba's layout
+        return
+    compile_now, path = dispatcher.compile, index + ".lock"
+
+    def compile(sig):
+        from numba.core import sigutils
+
+        if tuple(sigutils.normalize_signature(sig)[0]) in dispatcher.overloads:  # this process has it
+            return compile_now(sig)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError:
+            return compile_now(sig)
+        try:
+            deadline = time.monotonic() + COMPILE_WAIT_S
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN) or time.monotonic() > deadline:
+                        break  # no locks here, or waited long enough: compile anyway
+                    time.sleep(0.02)
+            return compile_now(sig)  # loads what a process that held the lock saved
+        finally:
+            os.close(fd)  # releases the lock
+
+    dispatcher.compile = compile
 
 
 @njit(inline="always", nogil=True)
