@@ -274,10 +274,11 @@ def test_bin_rule_is_the_cpu_kernels_rule_and_numpys():
     rng = np.random.default_rng(6)
     x = rng.integers(-1000, 1001, size=(1, 1, 5000)).astype(np.float64)
     x[0, 0, :4] = [-1000, 1000, -950, 950]  # the ends and a bin edge
+    passed = readonly(x)  # read-only, as the backend passes its arrays
     for bins, lo, hi in [(20, -1000.0, 1000.0), (7, -1000.0, 1000.0), (2001, -1000.0, 1000.0), (33, -1000.5, 1000.25)]:
         hist = np.zeros((1, bins), np.int64)
         ends = np.zeros((1, 2), np.int64)
-        k.hist_float(readonly(x), True, lo, hi, bins, False, hist, -1000.0, 1000.0, ends)  # read-only, as the backend's
+        k.hist_float(passed, True, lo, hi, bins, False, hist, -1000.0, 1000.0, ends)
         expected = np.bincount(N.hist_bin_index(x[0, 0], lo, hi, bins), minlength=bins)
         np.testing.assert_array_equal(hist[0], expected)
         np.testing.assert_array_equal(hist[0], np.histogram(x[0, 0], bins=bins, range=(lo, hi))[0])

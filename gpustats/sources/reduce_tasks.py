@@ -215,19 +215,15 @@ class _Reduce:
         if self.reducer is None and is_small_u8(arrays):
             return small_u8_state(arrays, self.options, _UINT8_SCALE)
         self.load_numba()
-        batch: Any = arrays
-        small = [a for a in arrays if a.size < SMALL_PART]
-        # small images: one strip, one reduction call (joined here, as backends.cpu would join them)
-        if not self.per_image and len(small) > 1:
-            strip = np.concatenate([a.reshape(-1, a.shape[2]) for a in small])[None]
-            batch = [a for a in arrays if a.size >= SMALL_PART] + [strip]
-        elif self.per_image and len(small) == len(arrays) > 1 and all(a.shape == arrays[0].shape for a in arrays):
+        # (without per-image statistics, backends.cpu joins the small images into one strip: one call)
+        if self.per_image and len(arrays) > 1 and all(a.size < SMALL_PART and a.shape == arrays[0].shape
+                                                      for a in arrays):
             # small images of one size (CIFAR-like): one [N, H, W, C] block, each image still its own row
             stack = np.stack(arrays)
             chunk = numpy_chunk([stack], stacked=True)
             return self.reducer.reduce_chunk(chunk if chunk is not None else self.stacked.adapt(stack, b), _UINT8_SCALE, b)
-        chunk = numpy_chunk(batch)  # None: not HWC uint8, for the adapter (torch) to convert or refuse
-        return self.reducer.reduce_chunk(chunk if chunk is not None else self.adapter.adapt(batch, b), _UINT8_SCALE, b)
+        chunk = numpy_chunk(arrays)  # None: not HWC uint8, for the adapter (torch) to convert or refuse
+        return self.reducer.reduce_chunk(chunk if chunk is not None else self.adapter.adapt(arrays, b), _UINT8_SCALE, b)
 
 
 # items from which a run loads numba even when its images are small; files per task when they are
