@@ -17,7 +17,9 @@ arguments, the argument types, the compute capability, a digest of every source 
 the gpustats, numba-cuda, numba and llvmlite versions, and this file format. A file holds a
 header line, the key, the kernel's entry name and the cubin; a file whose header or key does not
 match is ignored (and replaced at the next store). Files are written to a temporary name and
-renamed, so concurrent processes (decode workers) never read half a file.
+renamed, so concurrent processes (decode workers) never read half a file. Processes that need the
+same kernel at the same moment (torchrun ranks of one machine on a cold cache) compile it once: the
+compile holds a lock (:func:`compiling`) that the others wait on, then they load the stored cubin.
 
 numba-cuda's own ``cuda.jit(cache=True)`` is not used: its cache sits next to the source file
 (inside the installed package) unless ``NUMBA_CACHE_DIR`` is set, its key hashes the kernel's own
@@ -27,14 +29,17 @@ a hit still goes through numba's dispatcher, whose launch is the cost :mod:`._la
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
-__all__ = ["cache_dir", "kernel_key", "load", "store", "FORMAT"]
+__all__ = ["cache_dir", "compiling", "kernel_key", "load", "store", "FORMAT", "COMPILE_WAIT_S"]
 
 #: bump when the file layout or the key's meaning changes
 FORMAT = "gpustats-cubin/1"
@@ -148,3 +153,44 @@ def store(key: str, entry: str, cubin: bytes, folder: Path | None = None) -> boo
     except OSError:
         return False
     return True
+
+
+#: seconds a process waits for another one's compile of the same kernel before compiling it itself
+COMPILE_WAIT_S = 300.0
+
+
+@contextlib.contextmanager
+def compiling(key: str, folder: Path | None = None, wait_s: float | None = None):
+    """Held while this process compiles kernel ``key``, so that processes of one machine needing it at
+    once compile it once: the others wait here and then :func:`load` what the first one stored.
+
+    An exclusive POSIX record lock (``lockf``) on ``<key>.lock`` in the cache folder: locks belong to
+    their process (a forked child never inherits one; a process that dies releases its own). Where
+    there is no cache folder, no ``fcntl``, no lock support, or the wait passes ``wait_s`` (default
+    :data:`COMPILE_WAIT_S`), it goes on without the lock: the lock saves compiles, it never decides
+    what is loaded (files are written whole, and a stored cubin is checked against its key)."""
+    folder = cache_dir() if folder is None else folder
+    fd = None
+    try:
+        import fcntl
+
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except (ImportError, OSError):
+        fd = None
+    try:
+        if fd is not None:
+            deadline = time.monotonic() + (COMPILE_WAIT_S if wait_s is None else wait_s)
+            while True:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN) or time.monotonic() > deadline:
+                        break  # no locks on this file system, or waited long enough: compile anyway
+                    time.sleep(0.05)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock

@@ -24,7 +24,8 @@ This module does that work once per (kernel, accumulator):
   without a GPU.
 * :func:`kernel_function` gets a kernel's loaded function for a fixed signature: from the per-user
   compile cache (:mod:`._cache`) when a previous process compiled it, else compiled by numba-cuda
-  (``dispatcher.compile(signature)``), its cubin stored for the next process, then loaded.
+  (``dispatcher.compile(signature)``), its cubin stored for the next process, then loaded;
+  processes that miss the same kernel at once compile it once (:func:`._cache.compiling`).
 
 Under the numba simulator, or where cuda-bindings/cuda.core are missing (older numba-cuda),
 :func:`driver` returns None and callers keep numba's own launch.
@@ -319,7 +320,9 @@ def kernel_function(drv, dispatcher, argtypes: Sequence, key_parts: dict, *, dev
 
     Looked up in this process first, then in the per-user compile cache (:mod:`._cache`; ``key_parts``
     name the kernel factory and its arguments, the cache adds versions, sources and ``cc``); on a miss
-    numba-cuda compiles it (``dispatcher.compile``) and the cubin is stored for the next process.
+    numba-cuda compiles it (``dispatcher.compile``) and the cubin is stored for the next process (under
+    :func:`._cache.compiling`: another process of this machine that misses the same key meanwhile waits
+    and loads it).
     Returns ``(function, compiled)`` where ``compiled`` says whether this call compiled.
     """
     if cc is None:
@@ -333,13 +336,15 @@ def kernel_function(drv, dispatcher, argtypes: Sequence, key_parts: dict, *, dev
     compiled = False
     found = _cache.load(key)
     if found is None:
-        overload = dispatcher.compile(tuple(argtypes))
-        library = overload._codelibrary
-        entry, cubin = library._entry_name, library.get_cubin(cc=cc)
-        _cache.store(key, entry, cubin)
-        compiled = True
-    else:
-        entry, cubin = found
+        with _cache.compiling(key):  # a process of this machine compiling the same kernel: wait, then load its cubin
+            found = _cache.load(key)
+            if found is None:
+                overload = dispatcher.compile(tuple(argtypes))
+                library = overload._codelibrary
+                found = library._entry_name, library.get_cubin(cc=cc)
+                _cache.store(key, *found)
+                compiled = True
+    entry, cubin = found
     function = drv.load(cubin, entry)
     _FUNCTIONS[(key, device, id(drv))] = function
     return function, compiled

@@ -252,6 +252,77 @@ def test_second_process_loads_instead_of_compiling(tmp_path, monkeypatch):
     assert compiled3 and first.compiles == 2  # another kernel: compiled, not mistaken for the cached one
 
 
+class _SlowDispatcher(_Dispatcher):
+    """A compile that takes a while (a real one: 0.5-4 s), so that a second process asks meanwhile."""
+
+    def compile(self, signature):
+        import time
+
+        time.sleep(0.5)
+        return super().compile(signature)
+
+
+def _rank(folder: Path, barrier, out: Path) -> None:  # a forked process: the tests' imports, a fresh memo
+    _launch._FUNCTIONS.clear()
+    barrier.wait()
+    dispatcher = _SlowDispatcher()
+    fn, compiled = _launch.kernel_function(_loading_driver(), dispatcher, vec.kernel_argtypes("uint8"), PARTS,
+                                           device=0, cc=(9, 0))
+    out.write_text(f"{int(compiled)} {dispatcher.compiles} {fn.code.decode()}")
+
+
+def test_processes_that_need_a_kernel_at_once_compile_it_once(tmp_path, monkeypatch):
+    """Two processes (torchrun ranks of one machine) miss the same kernel at the same moment on a cold cache:
+    one compiles while the other waits on the compile lock, then loads the stored cubin."""
+    import multiprocessing
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    context = multiprocessing.get_context("fork")  # the children need nothing imported again
+    barrier = context.Barrier(2)
+    ranks = [context.Process(target=_rank, args=(tmp_path, barrier, tmp_path / f"{i}.txt")) for i in range(2)]
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(60)
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    results = sorted((tmp_path / f"{i}.txt").read_text() for i in range(2))
+    assert results == ["0 0 CUBIN-for-(9, 0)", "1 1 CUBIN-for-(9, 0)"], results  # one compiled, one loaded
+    assert sorted(p.suffix for p in (tmp_path / "cache" / "gpustats" / "cuda").iterdir()) == [".cubin", ".lock"]
+
+
+def _hold_lock(folder: Path, held, release) -> None:  # a forked process that holds the compile lock
+    with _cache.compiling("k" * 40, folder):
+        held.set()
+        release.wait(30)
+
+
+def test_the_compile_lock_never_stops_a_compile(tmp_path):
+    """No cache folder, a folder that cannot hold one, or a lock held past the wait: the caller goes on."""
+    import multiprocessing
+    import time
+
+    with _cache.compiling("k" * 40, None):
+        pass
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with _cache.compiling("k" * 40, blocker / "cuda"):  # cannot be created (even as root)
+        pass
+    context = multiprocessing.get_context("fork")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_lock, args=(tmp_path, held, release))
+    holder.start()
+    try:
+        assert held.wait(30)
+        started = time.monotonic()
+        with _cache.compiling("k" * 40, tmp_path, wait_s=0.3):  # another process holds it: waits 0.3 s, then goes on
+            waited = time.monotonic() - started
+        assert 0.3 <= waited < 5, waited
+    finally:
+        release.set()
+        holder.join(30)
+    assert holder.exitcode == 0
+
+
 def test_block_buffer_is_stable_across_writes():
     """The void*[] handed to the driver points into one buffer that never moves (no reallocation per launch)."""
     block = _launch.ParamBlock(vec.kernel_argtypes("uint8"))
