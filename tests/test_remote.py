@@ -14,6 +14,7 @@ import gzip
 import importlib.util
 import json
 import sys
+import tarfile
 import zipfile
 
 import pytest
@@ -148,7 +149,13 @@ def test_a_dropped_stream_is_resumed_at_the_right_offset_and_nothing_counts_twic
     ranges = server.faults.gets("shard-000002.tar")
     size = (stores["base"] / "shard-000002.tar").stat().st_size
     assert ranges.count("bytes=8192-12287") == 3  # dropped twice, whole the third time
-    assert sorted(set(ranges)) == sorted({f"bytes={s}-{min(s + 4096, size) - 1}" for s in range(0, size, 4096)})
+    # Every range up to the last member's data; the ranges wholly in the end-of-archive zeros may or may not
+    # be asked for: the reader stops at the end marker and cancels what is still queued (a race, not a fault).
+    with tarfile.open(stores["base"] / "shard-000002.tar") as tar:
+        data_end = max(m.offset_data + m.size for m in tar.getmembers())
+    chunks = [f"bytes={s}-{min(s + 4096, size) - 1}" for s in range(0, size, 4096)]
+    needed = [c for s, c in zip(range(0, size, 4096), chunks) if s < data_end]
+    assert set(needed) <= set(ranges) <= set(chunks) and len(needed) >= 3
     assert len(ranges) == len(set(ranges)) + 2  # every other range once: the object was never restarted
 
 
